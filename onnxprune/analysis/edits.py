@@ -1,0 +1,84 @@
+"""Edits: updates other than weight slicing that depend on which channels are kept."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .state import Edit, KeepFn, set_const_input
+
+
+@dataclass
+class SetAttrToKeptCount(Edit):
+    """An integer attribute equal to a channel count, e.g. a depthwise Conv's ``group``."""
+
+    node: gs.Node
+    attr: str
+    atoms: np.ndarray
+
+    def apply(self, keep: KeepFn) -> None:
+        self.node.attrs[self.attr] = int(keep(self.atoms).sum())
+
+
+@dataclass
+class SetSplitSizes(Edit):
+    """Split sizes on the channel axis, rewritten as explicit sizes (equal splits may not stay equal)."""
+
+    node: gs.Node
+    pieces: list  # atoms of each output
+    as_input: bool  # opset >= 13: sizes are input 1, else the ``split`` attribute
+
+    def apply(self, keep: KeepFn) -> None:
+        sizes = np.array([int(keep(p).sum()) for p in self.pieces], dtype=np.int64)
+        self.node.attrs.pop("num_outputs", None)
+        if self.as_input:
+            if len(self.node.inputs) < 2:
+                self.node.inputs.append(gs.Constant(f"{self.node.name}__input1", sizes))
+            else:
+                set_const_input(self.node, 1, sizes)
+        else:
+            self.node.attrs["split"] = [int(v) for v in sizes]
+
+
+@dataclass
+class SetSliceBounds(Edit):
+    """A step-1 Slice on the channel axis: its bounds become counts of kept channels."""
+
+    node: gs.Node
+    position: int  # index into starts/ends
+    atoms: np.ndarray  # atoms of the input's channel axis
+    start: int  # resolved, non-negative
+    stop: int
+    as_input: bool
+
+    def apply(self, keep: KeepFn) -> None:
+        kept = keep(self.atoms)
+        new_start = int(kept[: self.start].sum())
+        new_stop = new_start + int(kept[self.start: self.stop].sum())
+        if self.as_input:
+            for index, value in ((1, new_start), (2, new_stop)):
+                arr = np.array(self.node.inputs[index].values).copy()
+                arr[self.position] = value
+                set_const_input(self.node, index, arr)
+        else:
+            for attr, value in (("starts", new_start), ("ends", new_stop)):
+                vals = list(self.node.attrs[attr])
+                vals[self.position] = value
+                self.node.attrs[attr] = vals
+
+
+@dataclass
+class SetVectorEntry(Edit):
+    """One entry of a constant shape-like vector (Reshape shape, Resize sizes) equals a channel count."""
+
+    node: gs.Node
+    input_index: int
+    entry: int
+    atoms: np.ndarray  # the output's atoms on that axis (block expansion included)
+
+    def apply(self, keep: KeepFn) -> None:
+        arr = np.array(self.node.inputs[self.input_index].values).copy()
+        arr[self.entry] = int(keep(self.atoms).sum())
+        set_const_input(self.node, self.input_index, arr)

@@ -1,0 +1,194 @@
+"""The propagation engine and the groups it finds.
+
+Runs every node's rule in topological order, then turns the union-find classes of atoms into
+groups: the classes seen at exactly the same tensors form one group (e.g. all output channels of
+one conv and everything tied to them by residual adds). A group is prunable unless one of its
+classes was blocked; blocked groups keep their reasons for the report.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .rules import RULES, rule_key
+from .state import SliceSite, State, UnsupportedPattern
+
+
+@dataclass
+class Group:
+    """Channels that must lose the same indices together."""
+
+    id: int
+    #: union-find root of each removable channel, in channel order
+    classes: list[int]
+    #: (tensor name, axis) positions the channels occupy
+    positions: list[tuple[str, int]]
+    #: nodes whose weights are sliced for these channels
+    nodes: list[str]
+    #: nodes that create the channels (weight layers)
+    sources: list[str]
+    reasons: list[str] = field(default_factory=list)
+    params: int = 0
+    flops: int = 0
+
+    @property
+    def channels(self) -> int:
+        return len(self.classes)
+
+    @property
+    def prunable(self) -> bool:
+        return not self.reasons and self.channels > 1
+
+    @property
+    def name(self) -> str:
+        return ", ".join(self.sources[:3]) + (f" (+{len(self.sources) - 3})" if len(self.sources) > 3 else "")
+
+
+@dataclass
+class Analysis:
+    """Everything the scoring, selection and rewrite need to know about a graph."""
+
+    graph: gs.Graph
+    state: State
+    groups: list[Group]
+    #: root of every atom
+    root: np.ndarray
+
+    @property
+    def sites(self) -> list[SliceSite]:
+        return self.state.sites
+
+    @property
+    def prunable_groups(self) -> list[Group]:
+        return [g for g in self.groups if g.prunable]
+
+    def keep_fn(self, removed_roots: set[int]):
+        """The ``keep`` mask function for a set of removed classes."""
+        removed = np.zeros(len(self.root), dtype=bool)
+        if removed_roots:
+            removed[np.isin(self.root, np.fromiter(removed_roots, dtype=np.int64))] = True
+        return lambda atoms: ~removed[atoms]
+
+
+def analyze_graph(graph: gs.Graph, opset: int) -> Analysis:
+    """Propagate channels through ``graph`` (normalized: constants folded, shapes inferred)."""
+    state = State(opset=opset)
+    graph.toposort()
+    for node in graph.nodes:
+        _run_rule(node, state)
+    for out in graph.outputs:
+        tr = state.track(out)
+        if tr is not None:
+            state.block(tr.atoms, f"reaches graph output '{out.name}'")
+    root = state.roots(np.arange(len(state.parent), dtype=np.int64)) if state.parent else np.zeros(0, np.int64)
+    groups = _build_groups(state, root)
+    _attach_costs(state, root, groups)
+    return Analysis(graph, state, groups, root)
+
+
+def _run_rule(node: gs.Node, state: State) -> None:
+    tracked_inputs = [(i, t) for i, t in enumerate(node.inputs) if state.track(t) is not None]
+    implicit = [state.track(t) for t in _outer_scope_inputs(node)]
+    for tr in implicit:
+        if tr is not None:
+            state.block(tr.atoms, f"used inside the subgraph of {node.op} '{node.name}'")
+    rule = RULES.get(rule_key(node))
+    if rule is None:
+        for _, t in tracked_inputs:
+            state.block(state.track(t).atoms, f"op {rule_key(node)} ('{node.name}') is not supported")
+        return
+    if rule.channel_inputs is not None:
+        for i, t in tracked_inputs:
+            if i not in rule.channel_inputs:
+                state.block(state.track(t).atoms,
+                            f"{node.op} '{node.name}' input {i} carries channels where none are expected")
+    n_blocks = len(state.blocks)
+    try:
+        rule.fn(node, state)
+    except UnsupportedPattern as exc:
+        del state.blocks[n_blocks:]
+        for _, t in tracked_inputs:
+            state.block(state.track(t).atoms, f"{exc} ('{node.name}')")
+        for out in node.outputs:  # nothing downstream may believe in half-mapped channels
+            state.tracks.pop(out.name, None)
+
+
+def _outer_scope_inputs(node: gs.Node) -> list:
+    """Tensors a control-flow node's subgraphs read from the enclosing graph."""
+    found = []
+    for attr in node.attrs.values():
+        graphs = attr if isinstance(attr, list) else [attr]
+        for sub in graphs:
+            if not isinstance(sub, gs.Graph):
+                continue
+            produced = {t.name for n in sub.nodes for t in n.outputs} | {t.name for t in sub.inputs}
+            for n in sub.nodes:
+                for t in n.inputs:
+                    if not isinstance(t, gs.Constant) and t.name and t.name not in produced:
+                        found.append(t)
+                found.extend(_outer_scope_inputs(n))
+    return found
+
+
+def _build_groups(state: State, root: np.ndarray) -> list[Group]:
+    positions: dict[int, set] = defaultdict(set)
+    for name, tr in state.tracks.items():
+        for r in np.unique(root[tr.atoms]).tolist():
+            positions[r].add((name, tr.axis))
+    reasons: dict[int, list[str]] = defaultdict(list)
+    for atoms, reason in state.blocks:
+        for r in np.unique(root[atoms]).tolist():
+            if reason not in reasons[r]:
+                reasons[r].append(reason)
+    site_nodes: dict[int, list[str]] = defaultdict(list)
+    for site in state.sites:
+        for r in np.unique(root[site.atoms]).tolist():
+            if site.node.name not in site_nodes[r]:
+                site_nodes[r].append(site.node.name)
+    first_atom: dict[int, int] = {}
+    sources: dict[int, list[str]] = defaultdict(list)
+    for atom, r in enumerate(root.tolist()):
+        first_atom.setdefault(r, atom)
+        src = state.atom_source[atom]
+        if src not in sources[r]:
+            sources[r].append(src)
+
+    by_signature: dict[frozenset, list[int]] = defaultdict(list)
+    for r in sorted(first_atom, key=first_atom.get):
+        by_signature[frozenset(positions[r])].append(r)
+    groups = []
+    for classes in by_signature.values():
+        group_reasons, nodes, srcs = [], [], []
+        for r in classes:
+            for lst, src in ((group_reasons, reasons[r]), (nodes, site_nodes[r]), (srcs, sources[r])):
+                lst.extend(x for x in src if x not in lst)
+        poss = sorted(positions[classes[0]])
+        groups.append(Group(len(groups), classes, poss, nodes, srcs, group_reasons))
+    return groups
+
+
+def _attach_costs(state: State, root: np.ndarray, groups: list[Group]) -> None:
+    """Params and FLOPs that each group's channels account for (all of them removed)."""
+    from ..metrics import node_flops
+
+    group_of = {r: g for g in groups for r in g.classes}
+    flops_cache: dict[str, int] = {}
+    for site in state.sites:
+        values = site.node.inputs[site.input_index]
+        dims = values.shape
+        per_index = int(np.prod(dims, dtype=np.int64)) // max(dims[site.axis], 1)
+        flops = 0
+        if site.role in ("weight_out", "weight_in"):
+            if site.node.name not in flops_cache:
+                flops_cache[site.node.name] = node_flops(site.node)
+            flops = flops_cache[site.node.name] / max(dims[site.axis], 1)
+        for r in root[site.atoms].tolist():
+            g = group_of[r]
+            g.params += per_index
+            g.flops += flops
+    for g in groups:
+        g.flops = int(round(g.flops))

@@ -1,0 +1,662 @@
+"""One rule per op type: how an op maps the channels of its inputs to its outputs.
+
+A rule is called for every node, in topological order, with the :class:`State`. It reads the
+tracks of its inputs, sets the tracks of its outputs, records the constants to slice (sites) and
+the other updates (edits), and blocks what it does not understand — with a reason, never a guess.
+
+``channel_inputs`` names the inputs a rule knows how to handle when they carry channels; a
+channel-carrying tensor at any other input is blocked by the engine, so a rule cannot silently
+ignore one. Ops without a rule block every channel they touch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .edits import SetAttrToKeptCount, SetSliceBounds, SetSplitSizes, SetVectorEntry
+from .state import State, UnsupportedPattern, const, has_input, rank, shape, static_shape
+
+RuleFn = Callable[[gs.Node, State], None]
+
+
+@dataclass(frozen=True)
+class Rule:
+    fn: RuleFn
+    #: input indices the rule handles when they carry channels; None means all of them.
+    channel_inputs: tuple[int, ...] | None = None
+
+
+RULES: dict[str, Rule] = {}
+
+
+def rule(*op_types: str, channel_inputs: tuple[int, ...] | None = None):
+    """Register ``fn`` for the given op types (``"domain:Op"`` for non-default domains)."""
+
+    def register(fn: RuleFn) -> RuleFn:
+        for op in op_types:
+            RULES[op] = Rule(fn, channel_inputs)
+        return fn
+
+    return register
+
+
+def rule_key(node: gs.Node) -> str:
+    return node.op if node.domain in (None, "", "ai.onnx") else f"{node.domain}:{node.op}"
+
+
+# --- small helpers -----------------------------------------------------------------------
+
+def _norm_axis(axis: int, r: int) -> int:
+    return axis + r if axis < 0 else axis
+
+
+def _ints(node: gs.Node, attr: str, input_index: int, opset_switch: int, state: State) -> list[int] | None:
+    """Read an int list that moved from an attribute to an input at ``opset_switch``."""
+    if state.opset < opset_switch:
+        v = node.attrs.get(attr)
+        return None if v is None else [int(x) for x in np.atleast_1d(v)]
+    if not has_input(node, input_index):
+        return None
+    v = const(node.inputs[input_index])
+    if v is None:
+        raise UnsupportedPattern(f"{node.op} '{attr}' is computed at run time")
+    return [int(x) for x in np.atleast_1d(v)]
+
+
+def _output_used(node: gs.Node, index: int) -> bool:
+    return len(node.outputs) > index and bool(node.outputs[index].outputs)
+
+
+def _pass_through(node: gs.Node, state: State, out_index: int = 0) -> None:
+    tr = state.track(node.inputs[0])
+    if tr is not None:
+        state.set_track(node.outputs[out_index], tr.axis, tr.atoms, tr.rank)
+
+
+# --- channel-wise ops: every output channel depends only on the same input channel ----------
+
+@rule("Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf",
+      "Softplus", "Softsign", "Gelu", "Mish", "Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Floor",
+      "Ceil", "Round", "Sign", "Not", "IsNaN", "IsInf", "ThresholdedRelu", "Shrink", "Sin", "Cos", "Identity",
+      "Cast", "CastLike", "Clip", "Dropout", channel_inputs=(0,))
+def unary(node: gs.Node, state: State) -> None:
+    """Element-wise on one tensor (extra inputs are scalars: Clip bounds, Dropout ratio)."""
+    tr = state.track(node.inputs[0])
+    if tr is None:
+        return
+    for out in node.outputs:  # Dropout's mask has the same shape
+        state.set_track(out, tr.axis, tr.atoms, tr.rank)
+
+
+@rule("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "PRelu", "Equal", "Less",
+      "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Mod")
+def elementwise(node: gs.Node, state: State) -> None:
+    """Broadcasting element-wise ops: channels of all inputs are tied index by index.
+
+    Constant inputs with a per-channel axis are sliced with them; an activation that is not
+    tracked but has the full channel dimension cannot lose channels, so the group is blocked.
+    """
+    inputs = [t for t in node.inputs]
+    tracked = [(t, state.track(t)) for t in inputs if state.track(t) is not None]
+    if not tracked:
+        return
+    ranks = [rank(state, t) for t in inputs]
+    if any(r is None for r in ranks):
+        raise UnsupportedPattern(f"{node.op} input of unknown rank")
+    out_rank = max(ranks)
+    out_axes = {tr.axis + out_rank - tr.rank for _, tr in tracked}
+    if len(out_axes) != 1:
+        raise UnsupportedPattern(f"{node.op} combines channels on different axes")
+    axis = out_axes.pop()
+    ref = tracked[0][1].atoms
+    for _, tr in tracked[1:]:
+        if len(tr.atoms) != len(ref):
+            raise UnsupportedPattern(f"{node.op} broadcasts a channel axis")
+        state.union(ref, tr.atoms)
+    for index, t in enumerate(inputs):
+        if state.track(t) is not None:
+            continue
+        in_axis = axis - (out_rank - ranks[index])
+        if in_axis < 0:
+            continue
+        dims = shape(t)
+        dim = dims[in_axis]
+        if dim == 1:
+            continue
+        if dim != len(ref):
+            raise UnsupportedPattern(f"{node.op} input '{t.name}' has unknown or mismatched size on the channel axis")
+        if const(t) is None:
+            raise UnsupportedPattern(f"{node.op} merges channels with non-prunable tensor '{t.name}'")
+        state.site(node, index, in_axis, ref, "channel_const")
+    for out in node.outputs:
+        state.set_track(out, axis, ref, out_rank)
+
+
+# --- weight layers: sources of channels at their output, sinks at their input -------------
+
+@rule("Conv", channel_inputs=(0,))
+def conv(node: gs.Node, state: State) -> None:
+    x, tr = node.inputs[0], state.track(node.inputs[0])
+    weight = const(node.inputs[1])
+    if weight is None:
+        if tr is not None:
+            state.block(tr.atoms, "Conv with weights computed at run time")
+        return
+    c_out, c_in_per_group = weight.shape[0], weight.shape[1]
+    groups = int(node.attrs.get("group", 1))
+    out_rank = weight.ndim
+    if tr is not None and tr.axis != 1:
+        raise UnsupportedPattern("Conv input carries channels on a non-channel axis")
+    if groups == 1:
+        if tr is not None:
+            state.site(node, 1, 1, tr.atoms, "weight_in")
+        out = state.fresh(c_out, node)
+        state.site(node, 1, 0, out, "weight_out")
+    elif c_in_per_group == 1 and c_out % groups == 0 and tr is not None and len(tr.atoms) == groups:
+        # Depthwise (channel multiplier m): output channel o reads input channel o // m.
+        out = np.repeat(tr.atoms, c_out // groups)
+        state.site(node, 1, 0, out, "weight_out")
+        state.edit(SetAttrToKeptCount(node, "group", tr.atoms))
+    else:
+        if tr is not None:
+            state.block(tr.atoms, f"grouped Conv input (group={groups})")
+        out = state.fresh(c_out, node)
+        kind = "depthwise Conv on non-prunable input" if c_in_per_group == 1 else f"grouped Conv (group={groups})"
+        state.block(out, kind)
+        state.site(node, 1, 0, out, "weight_out")
+    _bias(node, 2, out, state)
+    state.set_track(node.outputs[0], 1, out, out_rank)
+
+
+@rule("ConvTranspose", channel_inputs=(0,))
+def conv_transpose(node: gs.Node, state: State) -> None:
+    tr = state.track(node.inputs[0])
+    weight = const(node.inputs[1])  # (C_in, C_out / group, k...)
+    if weight is None:
+        if tr is not None:
+            state.block(tr.atoms, "ConvTranspose with weights computed at run time")
+        return
+    if tr is not None and tr.axis != 1:
+        raise UnsupportedPattern("ConvTranspose input carries channels on a non-channel axis")
+    groups = int(node.attrs.get("group", 1))
+    if groups == 1:
+        if tr is not None:
+            state.site(node, 1, 0, tr.atoms, "weight_in")
+        out = state.fresh(weight.shape[1], node)
+        state.site(node, 1, 1, out, "weight_out")
+    elif tr is not None and groups == weight.shape[0] == len(tr.atoms):
+        out = np.repeat(tr.atoms, weight.shape[1])
+        state.site(node, 1, 0, tr.atoms, "weight_out")
+        state.edit(SetAttrToKeptCount(node, "group", tr.atoms))
+    else:
+        if tr is not None:
+            state.block(tr.atoms, f"grouped ConvTranspose input (group={groups})")
+        out = state.fresh(weight.shape[1] * groups, node)
+        state.block(out, f"grouped ConvTranspose (group={groups})")
+    _bias(node, 2, out, state)
+    state.set_track(node.outputs[0], 1, out, weight.ndim)
+
+
+def _bias(node: gs.Node, index: int, out: np.ndarray, state: State) -> None:
+    if not has_input(node, index):
+        return
+    bias = const(node.inputs[index])
+    if bias is None:
+        state.block(out, f"{node.op} bias computed at run time")
+    elif bias.ndim >= 1 and bias.shape[-1] == len(out) and len(out) > 1:
+        state.site(node, index, bias.ndim - 1, out, "bias")
+    elif bias.size != 1:
+        state.block(out, f"{node.op} bias of unexpected shape {list(bias.shape)}")
+
+
+@rule("Gemm", channel_inputs=(0,))
+def gemm(node: gs.Node, state: State) -> None:
+    tr = state.track(node.inputs[0])
+    weight = const(node.inputs[1])
+    if weight is None or weight.ndim != 2:
+        if tr is not None:
+            state.block(tr.atoms, "Gemm with weights computed at run time")
+        return
+    trans_b = int(node.attrs.get("transB", 0))
+    if tr is not None:
+        if int(node.attrs.get("transA", 0)) or tr.axis != 1:
+            raise UnsupportedPattern("Gemm with a transposed activation input")
+        state.site(node, 1, 1 if trans_b else 0, tr.atoms, "weight_in")
+    out = state.fresh(weight.shape[0] if trans_b else weight.shape[1], node)
+    state.site(node, 1, 0 if trans_b else 1, out, "weight_out")
+    _bias(node, 2, out, state)
+    state.set_track(node.outputs[0], 1, out, 2)
+
+
+@rule("MatMul", channel_inputs=(0,))
+def matmul(node: gs.Node, state: State) -> None:
+    """Activation @ constant 2-D weight: the last axis is contracted in and created out."""
+    a, b = node.inputs[0], node.inputs[1]
+    tr = state.track(a)
+    weight = const(b)
+    if weight is None or weight.ndim != 2 or const(a) is not None:
+        if tr is not None:
+            reason = "MatMul between two activations" if weight is None else "MatMul with a batched constant"
+            state.block(tr.atoms, reason)
+        return
+    r = rank(state, a)
+    if r is None:
+        if tr is not None:
+            state.block(tr.atoms, "MatMul input of unknown rank")
+        return
+    if tr is not None:
+        if tr.axis != r - 1:
+            raise UnsupportedPattern("MatMul input carries channels on a non-feature axis")
+        state.site(node, 1, 0, tr.atoms, "weight_in")
+    out = state.fresh(weight.shape[1], node)
+    state.site(node, 1, 1, out, "weight_out")
+    state.set_track(node.outputs[0], r - 1, out, r)
+
+
+# --- normalisation ----------------------------------------------------------------------
+
+@rule("BatchNormalization", channel_inputs=(0,))
+def batch_norm(node: gs.Node, state: State) -> None:
+    tr = state.track(node.inputs[0])
+    if tr is None:
+        return
+    if tr.axis != 1:
+        raise UnsupportedPattern("BatchNormalization over a non-channel axis")
+    if any(_output_used(node, i) for i in range(1, len(node.outputs))):
+        raise UnsupportedPattern("BatchNormalization in training mode")
+    for index, role in ((1, "bn_scale"), (2, "bn_shift"), (3, "bn_stat"), (4, "bn_stat")):
+        if const(node.inputs[index]) is None:
+            raise UnsupportedPattern("BatchNormalization parameters computed at run time")
+        state.site(node, index, 0, tr.atoms, role)
+    _pass_through(node, state)
+
+
+@rule("InstanceNormalization", channel_inputs=(0,))
+def instance_norm(node: gs.Node, state: State) -> None:
+    tr = state.track(node.inputs[0])
+    if tr is None:
+        return
+    if tr.axis != 1:
+        raise UnsupportedPattern("InstanceNormalization over a non-channel axis")
+    for index, role in ((1, "bn_scale"), (2, "bn_shift")):
+        if const(node.inputs[index]) is None:
+            raise UnsupportedPattern("InstanceNormalization parameters computed at run time")
+        state.site(node, index, 0, tr.atoms, role)
+    _pass_through(node, state)
+
+
+def _block_if_normalized(node: gs.Node, state: State, axes: list[int], what: str) -> None:
+    tr = state.track(node.inputs[0])
+    if tr is None:
+        return
+    if tr.axis in [_norm_axis(a, tr.rank) for a in axes]:
+        raise UnsupportedPattern(f"{node.op} {what} the channel axis")
+    _pass_through(node, state)
+    for i in range(1, len(node.outputs)):
+        if _output_used(node, i):
+            raise UnsupportedPattern(f"{node.op} statistics output is used")
+
+
+@rule("LayerNormalization", channel_inputs=(0,))
+def layer_norm(node: gs.Node, state: State) -> None:
+    tr = state.track(node.inputs[0])
+    if tr is None:
+        return
+    start = _norm_axis(int(node.attrs.get("axis", -1)), tr.rank)
+    _block_if_normalized(node, state, list(range(start, tr.rank)), "normalizes over")
+
+
+@rule("GroupNormalization", "LRN", channel_inputs=(0,))
+def normalize_over_channels(node: gs.Node, state: State) -> None:
+    _block_if_normalized(node, state, [1], "normalizes over")
+
+
+@rule("MeanVarianceNormalization", channel_inputs=(0,))
+def mvn(node: gs.Node, state: State) -> None:
+    _block_if_normalized(node, state, list(node.attrs.get("axes", [0, 2, 3])), "normalizes over")
+
+
+@rule("Softmax", "LogSoftmax", "Hardmax", channel_inputs=(0,))
+def softmax(node: gs.Node, state: State) -> None:
+    tr = state.track(node.inputs[0])
+    if tr is None:
+        return
+    if state.opset < 13:  # the input is coerced to 2-D from `axis`: every later axis is mixed
+        start = _norm_axis(int(node.attrs.get("axis", 1)), tr.rank)
+        axes = list(range(start, tr.rank))
+    else:
+        axes = [int(node.attrs.get("axis", -1))]
+    _block_if_normalized(node, state, axes, "normalizes over")
+
+
+# --- pooling, resizing, padding -----------------------------------------------------------
+
+@rule("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "MaxRoiPool",
+      channel_inputs=(0,))
+def pool(node: gs.Node, state: State) -> None:
+    tr = state.track(node.inputs[0])
+    if tr is None:
+        return
+    if tr.axis != 1:
+        raise UnsupportedPattern(f"{node.op} over the channel axis")
+    if _output_used(node, 1):  # MaxPool indices are flat offsets that include the channel
+        raise UnsupportedPattern("MaxPool indices output is used")
+    _pass_through(node, state)
+
+
+@rule("Resize", "Upsample", channel_inputs=(0,))
+def resize(node: gs.Node, state: State) -> None:
+    tr = state.track(node.inputs[0])
+    if tr is None:
+        return
+    axes = node.attrs.get("axes")
+    axes = [_norm_axis(int(a), tr.rank) for a in axes] if axes is not None else list(range(tr.rank))
+    if tr.axis not in axes:
+        _pass_through(node, state)
+        return
+    pos = axes.index(tr.axis)
+    if node.op == "Upsample" and "scales" in node.attrs:
+        scales = list(node.attrs["scales"])
+    else:
+        scale_index = 1 if node.op == "Upsample" or state.opset < 11 else 2
+        scales = const(node.inputs[scale_index]) if has_input(node, scale_index) else None
+        if has_input(node, scale_index) and scales is None:
+            raise UnsupportedPattern("Resize scales computed at run time")
+    if scales is not None and np.size(scales) > 0:
+        if float(np.asarray(scales).reshape(-1)[pos]) != 1.0:
+            raise UnsupportedPattern("Resize scales the channel axis")
+        _pass_through(node, state)
+        return
+    sizes = const(node.inputs[3]) if has_input(node, 3) else None
+    if sizes is None:
+        raise UnsupportedPattern("Resize output size computed at run time")
+    if int(sizes[pos]) != len(tr.atoms):
+        raise UnsupportedPattern("Resize changes the channel count")
+    state.edit(SetVectorEntry(node, 3, pos, tr.atoms))
+    _pass_through(node, state)
+
+
+@rule("Pad", channel_inputs=(0,))
+def pad(node: gs.Node, state: State) -> None:
+    tr = state.track(node.inputs[0])
+    if tr is None:
+        return
+    pads = _ints(node, "pads", 1, 11, state)
+    if pads is None:
+        raise UnsupportedPattern("Pad without pads")
+    axes = _ints(node, "axes", 3, 18, state) if state.opset >= 18 else None
+    axes = [_norm_axis(a, tr.rank) for a in axes] if axes else list(range(tr.rank))
+    if tr.axis in axes:
+        pos = axes.index(tr.axis)
+        if pads[pos] != 0 or pads[pos + len(axes)] != 0:
+            raise UnsupportedPattern("Pad pads the channel axis")
+    _pass_through(node, state)
+
+
+# --- axis bookkeeping: concat, split, slice, transpose, squeeze, gather -------------------
+
+@rule("Concat")
+def concat(node: gs.Node, state: State) -> None:
+    tracks = [state.track(t) for t in node.inputs]
+    first = next((t for t in tracks if t is not None), None)
+    if first is None:
+        return
+    r = first.rank
+    axis = _norm_axis(int(node.attrs["axis"]), r)
+    if any(t is not None and t.axis == axis for t in tracks):
+        if any(t is not None and t.axis != axis for t in tracks):
+            raise UnsupportedPattern("Concat of inputs with channels on different axes")
+        pieces = []
+        for t, tr in zip(node.inputs, tracks):
+            if tr is not None:
+                pieces.append(tr.atoms)
+                continue
+            dims = shape(t)
+            if dims is None or dims[axis] is None:
+                raise UnsupportedPattern(f"Concat input '{t.name}' of unknown size")
+            fixed = state.fresh(dims[axis], node)
+            state.block(fixed, f"concatenated with non-prunable tensor '{t.name}'")
+            pieces.append(fixed)
+        state.set_track(node.outputs[0], axis, np.concatenate(pieces), r)
+        return
+    for t, tr in zip(node.inputs, tracks):
+        if tr is None:
+            raise UnsupportedPattern(f"Concat merges channels with non-prunable tensor '{t.name}'")
+        if tr.axis != first.axis or len(tr.atoms) != len(first.atoms):
+            raise UnsupportedPattern("Concat of inputs with channels on different axes")
+        state.union(first.atoms, tr.atoms)
+    state.set_track(node.outputs[0], first.axis, first.atoms, r)
+
+
+@rule("Split", channel_inputs=(0,))
+def split(node: gs.Node, state: State) -> None:
+    tr = state.track(node.inputs[0])
+    if tr is None:
+        return
+    axis = _norm_axis(int(node.attrs.get("axis", 0)), tr.rank)
+    if axis != tr.axis:
+        for out in node.outputs:
+            state.set_track(out, tr.axis, tr.atoms, tr.rank)
+        return
+    sizes = _ints(node, "split", 1, 13, state)
+    n_out, total = len(node.outputs), len(tr.atoms)
+    if sizes is None:
+        if "num_outputs" in node.attrs:
+            n_out = int(node.attrs["num_outputs"])
+        chunk = -(-total // n_out)
+        sizes = [min(chunk, total - i * chunk) for i in range(n_out)]
+    if sum(sizes) != total or len(sizes) != len(node.outputs):
+        raise UnsupportedPattern("Split sizes do not match the channel count")
+    offsets = np.cumsum([0] + sizes)
+    pieces = [tr.atoms[offsets[i]:offsets[i + 1]] for i in range(len(sizes))]
+    for out, piece in zip(node.outputs, pieces):
+        state.set_track(out, axis, piece, tr.rank)
+    state.edit(SetSplitSizes(node, pieces, as_input=state.opset >= 13))
+
+
+@rule("Slice", channel_inputs=(0,))
+def slice_(node: gs.Node, state: State) -> None:
+    tr = state.track(node.inputs[0])
+    if tr is None:
+        return
+    as_input = state.opset >= 10
+    starts = _ints(node, "starts", 1, 10, state)
+    ends = _ints(node, "ends", 2, 10, state)
+    axes = _ints(node, "axes", 3, 10, state)
+    steps = _ints(node, "steps", 4, 10, state) if as_input else None
+    if starts is None or ends is None:
+        raise UnsupportedPattern("Slice without bounds")
+    axes = [_norm_axis(a, tr.rank) for a in (axes if axes is not None else range(len(starts)))]
+    if tr.axis not in axes:
+        _pass_through(node, state)
+        return
+    pos = axes.index(tr.axis)
+    if steps is not None and steps[pos] != 1:
+        raise UnsupportedPattern("Slice with a step on the channel axis")
+    start, stop, _ = slice(starts[pos], ends[pos]).indices(len(tr.atoms))
+    stop = max(start, stop)
+    state.set_track(node.outputs[0], tr.axis, tr.atoms[start:stop], tr.rank)
+    state.edit(SetSliceBounds(node, pos, tr.atoms, start, stop, as_input))
+
+
+@rule("Transpose", channel_inputs=(0,))
+def transpose(node: gs.Node, state: State) -> None:
+    tr = state.track(node.inputs[0])
+    if tr is None:
+        return
+    perm = list(node.attrs.get("perm", range(tr.rank - 1, -1, -1)))
+    state.set_track(node.outputs[0], perm.index(tr.axis), tr.atoms, tr.rank)
+
+
+@rule("Squeeze", channel_inputs=(0,))
+def squeeze(node: gs.Node, state: State) -> None:
+    tr = state.track(node.inputs[0])
+    if tr is None:
+        return
+    axes = _ints(node, "axes", 1, 13, state)
+    if axes is None:
+        dims = shape(node.inputs[0])
+        if dims is None or any(d is None for d in dims):
+            raise UnsupportedPattern("Squeeze without axes on a tensor of unknown shape")
+        axes = [i for i, d in enumerate(dims) if d == 1]
+    axes = [_norm_axis(a, tr.rank) for a in axes]
+    if tr.axis in axes:
+        raise UnsupportedPattern("Squeeze removes the channel axis")
+    new_axis = tr.axis - sum(a < tr.axis for a in axes)
+    state.set_track(node.outputs[0], new_axis, tr.atoms, tr.rank - len(axes))
+
+
+@rule("Unsqueeze", channel_inputs=(0,))
+def unsqueeze(node: gs.Node, state: State) -> None:
+    tr = state.track(node.inputs[0])
+    if tr is None:
+        return
+    axes = _ints(node, "axes", 1, 13, state)
+    if axes is None:
+        raise UnsupportedPattern("Unsqueeze without axes")
+    out_rank = tr.rank + len(axes)
+    inserted = sorted(_norm_axis(a, out_rank) for a in axes)
+    kept_positions = [i for i in range(out_rank) if i not in inserted]
+    state.set_track(node.outputs[0], kept_positions[tr.axis], tr.atoms, out_rank)
+
+
+@rule("Gather", channel_inputs=(0,))
+def gather(node: gs.Node, state: State) -> None:
+    tr = state.track(node.inputs[0])
+    if tr is None:
+        return
+    axis = _norm_axis(int(node.attrs.get("axis", 0)), tr.rank)
+    if axis == tr.axis:
+        raise UnsupportedPattern("Gather along the channel axis")
+    idx_rank = rank(state, node.inputs[1])
+    if idx_rank is None:
+        raise UnsupportedPattern("Gather indices of unknown rank")
+    new_axis = tr.axis if tr.axis < axis else tr.axis + idx_rank - 1
+    state.set_track(node.outputs[0], new_axis, tr.atoms, tr.rank + idx_rank - 1)
+
+
+@rule("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+      "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin", channel_inputs=(0,))
+def reduce(node: gs.Node, state: State) -> None:
+    tr = state.track(node.inputs[0])
+    if tr is None:
+        return
+    if node.op in ("ArgMax", "ArgMin"):
+        axes = [int(node.attrs.get("axis", 0))]
+    else:
+        switch = 13 if node.op == "ReduceSum" else 18
+        axes = _ints(node, "axes", 1, switch, state)
+        if not axes:
+            if int(node.attrs.get("noop_with_empty_axes", 0)):
+                _pass_through(node, state)
+                return
+            axes = list(range(tr.rank))
+    axes = [_norm_axis(a, tr.rank) for a in axes]
+    if tr.axis in axes:
+        raise UnsupportedPattern(f"{node.op} reduces over the channel axis")
+    if int(node.attrs.get("keepdims", 1)):
+        state.set_track(node.outputs[0], tr.axis, tr.atoms, tr.rank)
+    else:
+        new_axis = tr.axis - sum(a < tr.axis for a in axes)
+        state.set_track(node.outputs[0], new_axis, tr.atoms, tr.rank - len(axes))
+
+
+# --- reshaping: Flatten and Reshape map channels to blocks of features -------------------
+
+def _map_reshape(in_dims: list[int], axis: int, out_dims: list[int]) -> tuple[int, int] | None:
+    """Where does channel axis ``axis`` of ``in_dims`` land in ``out_dims``?
+
+    Returns ``(out_axis, m)``: channel ``c`` becomes indices ``c*m .. c*m+m-1`` of ``out_axis``
+    (m = 1: the axis is kept; m > 1: the channel is merged with the axes after it, as a Flatten
+    before a Gemm does). None when the channel axis is split or merged with earlier axes.
+    """
+    outer = int(np.prod(in_dims[:axis], dtype=np.int64))
+    inner = int(np.prod(in_dims[axis + 1:], dtype=np.int64))
+    channels = in_dims[axis]
+    prefix = 1
+    for b, d in enumerate(out_dims):
+        if prefix == outer and d != 1 and d % channels == 0:
+            m = d // channels
+            if m == 1 or inner % m == 0:
+                return b, m
+            return None
+        prefix *= d
+        if prefix > outer:
+            return None
+    return None
+
+
+@rule("Flatten", channel_inputs=(0,))
+def flatten(node: gs.Node, state: State) -> None:
+    tr = state.track(node.inputs[0])
+    if tr is None:
+        return
+    dims = static_shape(node.inputs[0])
+    if dims is None:
+        raise UnsupportedPattern("Flatten of a tensor with unknown shape")
+    k = _norm_axis(int(node.attrs.get("axis", 1)), tr.rank)
+    out_dims = [int(np.prod(dims[:k], dtype=np.int64)), int(np.prod(dims[k:], dtype=np.int64))]
+    mapped = _map_reshape(dims, tr.axis, out_dims)
+    if mapped is None:
+        raise UnsupportedPattern("Flatten merges the channel axis with earlier axes")
+    out_axis, m = mapped
+    state.set_track(node.outputs[0], out_axis, np.repeat(tr.atoms, m), 2)
+
+
+@rule("Reshape", channel_inputs=(0,))
+def reshape(node: gs.Node, state: State) -> None:
+    tr = state.track(node.inputs[0])
+    if tr is None:
+        return
+    in_dims = static_shape(node.inputs[0])
+    out_dims = static_shape(node.outputs[0])
+    if in_dims is None or out_dims is None:
+        raise UnsupportedPattern("Reshape with unknown input or output shape")
+    mapped = _map_reshape(in_dims, tr.axis, out_dims)
+    if mapped is None:
+        raise UnsupportedPattern("Reshape splits the channel axis or merges it with earlier axes")
+    out_axis, m = mapped
+    out_atoms = np.repeat(tr.atoms, m)
+    target = const(node.inputs[1])
+    if target is None:
+        raise UnsupportedPattern("Reshape target shape computed at run time")
+    entry = int(target[out_axis])
+    if entry == 0 and not int(node.attrs.get("allowzero", 0)):
+        if not (out_axis == tr.axis and m == 1):
+            raise UnsupportedPattern("Reshape copies a dimension that does not follow the channels")
+    elif entry != -1:
+        state.edit(SetVectorEntry(node, 1, out_axis, out_atoms))
+    state.set_track(node.outputs[0], out_axis, out_atoms, len(out_dims))
+
+
+@rule("Shape", channel_inputs=(0,))
+def shape_op(node: gs.Node, state: State) -> None:
+    """A shape read at run time follows pruning by itself, unless the channel count is read.
+
+    We allow it only when every consumer gathers dimensions other than the channel axis.
+    """
+    tr = state.track(node.inputs[0])
+    if tr is None:
+        return
+    start = _norm_axis(int(node.attrs.get("start", 0)), tr.rank)
+    end = node.attrs.get("end")
+    end = tr.rank if end is None else min(_norm_axis(int(end), tr.rank), tr.rank)
+    if not start <= tr.axis < end:
+        return
+    position = tr.axis - start
+    for consumer in node.outputs[0].outputs:
+        indices = const(consumer.inputs[1]) if consumer.op == "Gather" and len(consumer.inputs) > 1 else None
+        if indices is None or int(consumer.attrs.get("axis", 0)) != 0:
+            raise UnsupportedPattern("the channel count is read by Shape")
+        if position in [_norm_axis(int(i), end - start) for i in np.atleast_1d(indices)]:
+            raise UnsupportedPattern("the channel count is read by Shape")
+
+
+@rule("Size", channel_inputs=(0,))
+def size_op(node: gs.Node, state: State) -> None:
+    if state.track(node.inputs[0]) is not None:
+        raise UnsupportedPattern("the element count is read by Size")

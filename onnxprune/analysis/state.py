@@ -1,0 +1,174 @@
+"""The state that op rules read and write while channels are propagated through a graph.
+
+Channels are tracked as *atoms*: every prunable output channel of a weight layer (Conv, Gemm,
+MatMul...) gets a fresh integer id. A tensor that carries channels has a :class:`Track`: the axis
+and, for each index along it, the atom it holds. Rules map tracks from a node's inputs to its
+outputs; an element-wise merge unions atoms (they must go together); a Flatten into a Gemm
+repeats each atom over its block of features. After propagation, each union-find class of atoms
+is one removable channel, and classes seen at the same tensors form a group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+#: Maps an atom array to a boolean "kept" mask; used by edits when the selection is known.
+KeepFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class Track:
+    """Channels carried by one tensor: ``atoms[i]`` is the atom at index ``i`` of ``axis``."""
+
+    axis: int
+    atoms: np.ndarray
+    rank: int
+
+
+@dataclass
+class SliceSite:
+    """A constant input of a node whose ``axis`` is indexed by channels and must be sliced."""
+
+    node: gs.Node
+    input_index: int
+    axis: int
+    atoms: np.ndarray
+    #: weight_out / weight_in / bias / bn_scale / bn_shift / bn_stat / channel_const
+    role: str
+
+    @property
+    def values(self) -> np.ndarray:
+        return np.asarray(self.node.inputs[self.input_index].values)
+
+
+class Edit:
+    """A change, other than slicing a weight, that depends on which channels are kept.
+
+    Examples: a depthwise Conv's ``group``, Split sizes, Slice bounds, a channel count in a
+    Reshape shape. Each op rule that needs one creates it; the rewrite applies them all.
+    """
+
+    def apply(self, keep: KeepFn) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class UnsupportedPattern(Exception):
+    """Raised inside a rule to block every tracked input of the node with a reason."""
+
+
+@dataclass
+class State:
+    """What rules see: tracks, atom bookkeeping, sites and edits being collected."""
+
+    opset: int
+    parent: list[int] = field(default_factory=list)
+    atom_source: list[str] = field(default_factory=list)
+    tracks: dict[str, Track] = field(default_factory=dict)
+    sites: list[SliceSite] = field(default_factory=list)
+    edits: list[Edit] = field(default_factory=list)
+    blocks: list[tuple[np.ndarray, str]] = field(default_factory=list)
+
+    # --- atoms -------------------------------------------------------------------------
+    def fresh(self, count: int, source: gs.Node) -> np.ndarray:
+        """New atoms for ``count`` channels created by ``source``."""
+        start = len(self.parent)
+        self.parent.extend(range(start, start + count))
+        self.atom_source.extend([source.name] * count)
+        return np.arange(start, start + count, dtype=np.int64)
+
+    def find(self, a: int) -> int:
+        parent = self.parent
+        root = a
+        while parent[root] != root:
+            root = parent[root]
+        while parent[a] != root:
+            parent[a], a = root, parent[a]
+        return root
+
+    def union(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Tie channel ``i`` of ``a`` to channel ``i`` of ``b``: they are removed together."""
+        assert len(a) == len(b)
+        for x, y in zip(a.tolist(), b.tolist()):
+            rx, ry = self.find(x), self.find(y)
+            if rx != ry:
+                self.parent[max(rx, ry)] = min(rx, ry)
+
+    def roots(self, atoms: np.ndarray) -> np.ndarray:
+        return np.fromiter((self.find(a) for a in atoms.tolist()), dtype=np.int64, count=len(atoms))
+
+    def block(self, atoms: np.ndarray, reason: str) -> None:
+        """Mark the classes of ``atoms`` as not prunable, keeping the reason for the report."""
+        if len(atoms):
+            self.blocks.append((np.asarray(atoms), reason))
+
+    # --- tensors -----------------------------------------------------------------------
+    def track(self, tensor) -> Track | None:
+        if isinstance(tensor, gs.Constant) or tensor is None or not tensor.name:
+            return None
+        return self.tracks.get(tensor.name)
+
+    def set_track(self, tensor, axis: int, atoms: np.ndarray, rank: int) -> None:
+        if tensor is None or not tensor.name:
+            return
+        self.tracks[tensor.name] = Track(axis, atoms, rank)
+
+    def site(self, node: gs.Node, input_index: int, axis: int, atoms: np.ndarray, role: str) -> None:
+        self.sites.append(SliceSite(node, input_index, axis, atoms, role))
+
+    def edit(self, edit: Edit) -> None:
+        self.edits.append(edit)
+
+
+# --- helpers shared by the rules ---------------------------------------------------------
+
+def const(tensor) -> np.ndarray | None:
+    """Values of a constant tensor, or None for activations and missing optional inputs."""
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    return None
+
+
+def shape(tensor) -> list | None:
+    """Static shape as a list (entries may be None for unknown dims), or None if unknown rank."""
+    if tensor is None:
+        return None
+    if isinstance(tensor, gs.Constant):
+        return list(tensor.values.shape)
+    if tensor.shape is None:
+        return None
+    return [d if isinstance(d, (int, np.integer)) and d >= 0 else None for d in tensor.shape]
+
+
+def static_shape(tensor) -> list[int] | None:
+    s = shape(tensor)
+    if s is None or any(d is None for d in s):
+        return None
+    return [int(d) for d in s]
+
+
+def rank(state: State, tensor) -> int | None:
+    tr = state.track(tensor)
+    if tr is not None:
+        return tr.rank
+    s = shape(tensor)
+    return None if s is None else len(s)
+
+
+def has_input(node: gs.Node, index: int) -> bool:
+    return len(node.inputs) > index and bool(node.inputs[index].name) or (
+        len(node.inputs) > index and isinstance(node.inputs[index], gs.Constant))
+
+
+def set_const_input(node: gs.Node, index: int, values: np.ndarray) -> None:
+    """Replace a constant input's values without touching other nodes that share it."""
+    old = node.inputs[index]
+    values = np.ascontiguousarray(values)
+    if isinstance(old, gs.Constant) and len(old.outputs) <= 1:
+        old.values = values
+        return
+    # One (node, input) pair is unique, so this name is too, and it is the same on every run.
+    node.inputs[index] = gs.Constant(f"{node.name}__input{index}", values)

@@ -1,0 +1,149 @@
+"""Normalize: bring every exporter's way of storing weights to one form.
+
+Paddle2ONNX writes weights as ``Constant`` nodes, the model-zoo "light" models compute them with
+``ConstantOfShape`` subgraphs, others wrap them in Cast/Transpose/Unsqueeze chains. The analysis
+only needs to ask "is this input a constant, and what are its values", so we turn all of these
+into initializers (``gs.Constant``) and then infer shapes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import helper, numpy_helper
+
+log = logging.getLogger(__name__)
+
+#: Ops never folded: random ones change meaning, (de)quantization is kept so that
+#: quantized models stay quantized.
+_NO_FOLD = {
+    "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli",
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+}
+#: Do not materialise folded tensors larger than this (elements); such nodes stay as they are.
+MAX_FOLD_ELEMENTS = 1 << 28
+
+
+def normalize(model: onnx.ModelProto) -> gs.Graph:
+    """Return a graph with constants folded into initializers and shapes inferred.
+
+    The input proto is not modified.
+    """
+    graph = gs.import_onnx(model)
+    _constant_nodes_to_initializers(graph)
+    _fold_constant_nodes(graph, list(model.opset_import), model.ir_version)
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    return infer_shapes(graph)
+
+
+def infer_shapes(graph: gs.Graph) -> gs.Graph:
+    """Run ONNX shape inference (with data propagation) and re-import.
+
+    Inference is best-effort: where it fails, tensors keep unknown shapes and the rules
+    that need a shape block their groups instead of guessing.
+    """
+    model = gs.export_onnx(graph, do_type_check=False)
+    # IR < 4 requires every initializer to be a graph input; inference silently gives up
+    # otherwise. IR 4 lifts that rule and changes nothing else the rewrite relies on.
+    model.ir_version = max(model.ir_version, 4)
+    try:
+        model = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+    except Exception as exc:  # inference errors on exotic graphs must not stop us
+        log.warning("shape inference failed: %s", exc)
+    return gs.import_onnx(model)
+
+
+def _constant_nodes_to_initializers(graph: gs.Graph) -> None:
+    for node in list(graph.nodes):
+        if node.op != "Constant" or node.domain not in (None, "", "ai.onnx") or len(node.outputs) != 1:
+            continue
+        values = _constant_node_values(node)
+        if values is None:
+            continue
+        _replace_output_with_constant(graph, node, 0, values)
+
+
+def _constant_node_values(node: gs.Node) -> np.ndarray | None:
+    attrs = node.attrs
+    if "value" in attrs:
+        v = attrs["value"]
+        return np.asarray(v.values) if isinstance(v, gs.Constant) else None
+    if "value_float" in attrs:
+        return np.array(attrs["value_float"], dtype=np.float32)
+    if "value_floats" in attrs:
+        return np.array(attrs["value_floats"], dtype=np.float32)
+    if "value_int" in attrs:
+        return np.array(attrs["value_int"], dtype=np.int64)
+    if "value_ints" in attrs:
+        return np.array(attrs["value_ints"], dtype=np.int64)
+    return None  # strings and sparse values are left alone
+
+
+def _replace_output_with_constant(graph: gs.Graph, node: gs.Node, index: int, values: np.ndarray) -> None:
+    var = node.outputs[index]
+    const = gs.Constant(var.name, np.ascontiguousarray(values))
+    for consumer in list(var.outputs):
+        for i, inp in enumerate(consumer.inputs):
+            if inp is var:
+                consumer.inputs[i] = const
+    for i, out in enumerate(graph.outputs):
+        if out is var:
+            # A graph output must stay a node output: keep the node in that case.
+            return
+    node.outputs[index] = gs.Variable(var.name + "__folded_unused", dtype=var.dtype)
+
+
+def _fold_constant_nodes(graph: gs.Graph, opsets: list, ir_version: int) -> None:
+    """Evaluate nodes whose inputs are all constants with ONNX's reference evaluator."""
+    from onnx.reference import ReferenceEvaluator
+
+    graph.toposort()
+    for node in list(graph.nodes):
+        if node.op in _NO_FOLD or node.domain not in (None, "", "ai.onnx") or node.op == "Constant":
+            continue
+        if any(isinstance(a, gs.Graph) for a in node.attrs.values()):
+            continue
+        if not node.inputs or not all(isinstance(t, gs.Constant) or _is_empty(t) for t in node.inputs):
+            continue
+        if any(o in graph.outputs for o in node.outputs):
+            continue
+        try:
+            results = _evaluate(node, opsets, ir_version, ReferenceEvaluator)
+        except Exception as exc:
+            log.debug("not folding %s (%s): %s", node.name, node.op, exc)
+            continue
+        if any(r is None or np.asarray(r).size > MAX_FOLD_ELEMENTS for r in results):
+            continue
+        for i, r in enumerate(results):
+            if node.outputs[i].name:
+                _replace_output_with_constant(graph, node, i, np.asarray(r))
+
+
+def _is_empty(t) -> bool:
+    return isinstance(t, gs.Variable) and t.name == ""
+
+
+def _evaluate(node: gs.Node, opsets: list, ir_version: int, evaluator_cls) -> list:
+    inputs, inits = [], []
+    for i, t in enumerate(node.inputs):
+        if _is_empty(t):
+            inputs.append("")
+            continue
+        name = f"in{i}"
+        inputs.append(name)
+        inits.append(numpy_helper.from_array(np.asarray(t.values), name))
+    outputs = [f"out{i}" if o.name else "" for i, o in enumerate(node.outputs)]
+    attrs = {}
+    for k, v in node.attrs.items():
+        if isinstance(v, gs.Constant):
+            v = numpy_helper.from_array(np.asarray(v.values), k)
+        attrs[k] = v
+    onnx_node = helper.make_node(node.op, inputs, outputs, **attrs)
+    g = helper.make_graph([onnx_node], "fold", [], [helper.make_value_info(o, onnx.TypeProto()) for o in outputs if o],
+                          initializer=inits)
+    m = helper.make_model(g, opset_imports=opsets, ir_version=ir_version)
+    res = evaluator_cls(m).run(None, {})
+    return list(res)
