@@ -1,0 +1,18 @@
+"""onnxprune: structured pruning of exported ONNX graphs.
+
+Physically removes whole channels and neurons so that the result is a smaller dense model,
+refusing (with a reason) every group of channels whose removal it cannot prove correct.
+"""
+
+from .analysis import Analysis, Group, analyze_graph
+from .context import PruneOptions, PruningContext
+from .errors import BadInputError, OnnxPruneError
+from .passes.builtin import Analyze, Normalize, Pass, Rewrite, Score, Select
+from .pipeline import Pipeline, PruneResult, prune
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Analysis", "Analyze", "BadInputError", "Group", "Normalize", "OnnxPruneError", "Pass", "Pipeline",
+    "PruneOptions", "PruneResult", "PruningContext", "Rewrite", "Score", "Select", "analyze_graph", "prune",
+]

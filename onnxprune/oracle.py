@@ -1,0 +1,47 @@
+"""The oracle: the original model with the removed channels' contributions zeroed.
+
+A removed channel can only reach the outputs through a layer that contracts over channels
+(Conv, Gemm, MatMul input side); everything else it passes through is channel-wise, and any op
+that mixes channels otherwise blocks the group. So zeroing the consuming layers' input weights
+for the removed channels must give exactly what the pruned model computes. Tests run both.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .analysis import Analysis
+
+
+def zeroed_model(analysis: Analysis, removed: set[int]) -> onnx.ModelProto:
+    """Export ``analysis.graph`` with removed channels zeroed at their consumers (graph untouched)."""
+    keep = analysis.keep_fn(removed)
+    swaps = []
+    zeroed: dict[tuple[int, int], np.ndarray] = {}
+    for site in analysis.sites:
+        if site.role != "weight_in":
+            continue
+        mask = keep(site.atoms)
+        if mask.all():
+            continue
+        key = (id(site.node), site.input_index)
+        if key not in zeroed:
+            zeroed[key] = np.array(site.values, copy=True)
+        index = [slice(None)] * zeroed[key].ndim
+        index[site.axis] = np.flatnonzero(~mask)
+        zeroed[key][tuple(index)] = 0
+    try:
+        for site in analysis.sites:
+            key = (id(site.node), site.input_index)
+            if site.role == "weight_in" and key in zeroed:
+                original = site.node.inputs[site.input_index]
+                if isinstance(original, gs.Constant) and original.name.endswith("__zeroed"):
+                    continue
+                swaps.append((site.node, site.input_index, original))
+                site.node.inputs[site.input_index] = gs.Constant(f"{site.node.name}__input{site.input_index}__zeroed", zeroed.pop(key))
+        return gs.export_onnx(analysis.graph, do_type_check=False)
+    finally:
+        for node, index, original in reversed(swaps):
+            node.inputs[index] = original
