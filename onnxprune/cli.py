@@ -1,0 +1,102 @@
+"""The ``onnxprune`` command. ``onnxprune MODEL ...`` prunes; ``onnxprune analyze MODEL`` explains.
+
+Errors are one line on stderr and a non-zero exit code (2: bad input); ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import BadInputError, OnnxPruneError
+
+SUBCOMMANDS = ("analyze",)
+
+
+class DefaultToPrune(click.Group):
+    """A group whose default command is ``prune``: ``onnxprune MODEL`` means ``onnxprune prune MODEL``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = ["prune", *args]
+        return super().parse_args(ctx, args)
+
+
+def _fail(exc: Exception, debug: bool) -> None:
+    if debug:
+        raise exc
+    code = exc.exit_code if isinstance(exc, OnnxPruneError) else 1
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if not isinstance(exc, OnnxPruneError):
+        message = f"internal error: {type(exc).__name__}: {message} (rerun with --debug for details)"
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(cls=DefaultToPrune, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="onnxprune")
+def main() -> None:
+    """Structured pruning of ONNX models: remove whole channels and neurons.
+
+    \b
+    onnxprune MODEL --ratio 0.3 [-o OUT]   prune 30% of every prunable group
+    onnxprune analyze MODEL                list channel groups and why some are blocked
+    """
+
+
+@main.command("prune")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Output path [default: MODEL.pruned.onnx beside the input].")
+@click.option("--ratio", type=float, default=0.3, show_default=True,
+              help="Fraction of each prunable group's channels to remove, in [0, 1).")
+@click.option("--criterion", type=click.Choice(["l1", "l2", "bn"]), default="l1", show_default=True,
+              help="Channel importance: weight L1/L2 norm, or BatchNorm |gamma|.")
+@click.option("--round-to", type=int, default=1, show_default=True,
+              help="Keep channel counts multiples of N (groups narrower than N are left whole).")
+@click.option("--force", is_flag=True, help="Allow the output to overwrite the input file.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str, round_to: int, force: bool,
+              debug: bool) -> None:
+    """Prune MODEL and write the smaller model."""
+    try:
+        from .pipeline import prune
+        from .report.summary import prune_summary
+
+        if not 0 <= ratio < 1:
+            raise BadInputError(f"--ratio must be in [0, 1), got {ratio}")
+        if round_to < 1:
+            raise BadInputError(f"--round-to must be a positive integer, got {round_to}")
+        out = output or model.with_name(model.stem + ".pruned.onnx")
+        if out.exists() and model.exists() and out.resolve() == model.resolve() and not force:
+            raise BadInputError(f"{out}: output would overwrite the input (use --force)")
+        result = prune(model, ratio=ratio, criterion=criterion, round_to=round_to)
+        result.save(out)
+        click.echo(prune_summary(result.context))
+        click.echo(f"wrote {out}")
+    except Exception as exc:  # one line, right exit code
+        _fail(exc, debug)
+
+
+@main.command("analyze")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-v", "--verbose", is_flag=True, help="Do not shorten node lists and reasons.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def analyze_cmd(model: Path, verbose: bool, debug: bool) -> None:
+    """List MODEL's channel groups: channels, nodes, params, FLOPs, and why blocked ones are."""
+    try:
+        from .passes.builtin import Analyze, Normalize
+        from .pipeline import Pipeline
+        from .report.summary import analysis_table
+
+        ctx = Pipeline([Normalize(), Analyze()]).run(model)
+        before = ctx.report["before"]
+        click.echo(analysis_table(ctx.analysis, before["params"], before["flops"], verbose))
+    except Exception as exc:
+        _fail(exc, debug)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

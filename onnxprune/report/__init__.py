@@ -1,0 +1,1 @@
+"""Human-readable summaries of analyses and pruning results."""

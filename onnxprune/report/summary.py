@@ -1,0 +1,61 @@
+"""Terminal tables: what the analysis found and what pruning did."""
+
+from __future__ import annotations
+
+from ..analysis import Analysis
+from ..context import PruningContext
+
+
+def human(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def analysis_table(analysis: Analysis, params: int, flops: int, verbose: bool = False) -> str:
+    """Prunable groups (channels, nodes, params, FLOPs), then blocked groups with reasons."""
+    lines = []
+    prunable = analysis.prunable_groups
+    blocked = [g for g in analysis.groups if not g.prunable]
+    lines.append(f"{len(analysis.groups)} channel groups: {len(prunable)} prunable, {len(blocked)} blocked")
+    lines.append(f"model: {human(params)} params, {human(flops)} FLOPs")
+    lines.append("")
+    lines.append(f"{'group':>5}  {'channels':>8}  {'params':>8}  {'FLOPs':>8}  nodes")
+    for g in prunable:
+        nodes = ", ".join(g.nodes)
+        lines.append(f"{g.id:>5}  {g.channels:>8}  {human(g.params):>8}  {human(g.flops):>8}  "
+                     f"{nodes if verbose else _shorten(nodes, 70)}")
+    p_params = sum(g.params for g in prunable)
+    p_flops = sum(g.flops for g in prunable)
+    lines.append(f"{'total':>5}  {sum(g.channels for g in prunable):>8}  {human(p_params):>8}  {human(p_flops):>8}")
+    if blocked:
+        lines.append("")
+        lines.append("blocked:")
+        for g in blocked:
+            why = "; ".join(g.reasons) if g.reasons else "a single channel cannot be pruned"
+            lines.append(f"{g.id:>5}  {g.channels:>8}  {_shorten(g.name, 40):<40}  {why if verbose else _shorten(why, 100)}")
+    return "\n".join(lines)
+
+
+def prune_summary(ctx: PruningContext) -> str:
+    before, after = ctx.report["before"], ctx.report["after"]
+    sel = ctx.selection
+    pruned_groups = sum(1 for kept, total in sel.kept.values() if kept < total)
+    removed = sum(total - kept for kept, total in sel.kept.values())
+    total = sum(total for _, total in sel.kept.values())
+    blocked = len(ctx.analysis.groups) - len(ctx.analysis.prunable_groups)
+    rows = [
+        f"pruned {pruned_groups} of {len(ctx.analysis.groups)} groups ({blocked} blocked): "
+        f"removed {removed} of {total} prunable channels",
+        f"{'':8}{'before':>12}{'after':>12}{'change':>10}",
+    ]
+    for key, label in (("params", "params"), ("flops", "FLOPs")):
+        b, a = before[key], after[key]
+        change = f"{(a - b) / b * 100:+.1f}%" if b else "n/a"
+        rows.append(f"{label:8}{human(b):>12}{human(a):>12}{change:>10}")
+    return "\n".join(rows)

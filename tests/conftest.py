@@ -1,0 +1,74 @@
+"""Oracle helpers shared by the tests.
+
+``assert_oracle`` is the proof of correctness the whole project rests on: zero the removed
+channels' contributions in the original, prune, and the outputs must match.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+ort = pytest.importorskip("onnxruntime", reason="the oracle runs models in ONNX Runtime ([cpu] extra)")
+
+from onnxprune.context import PruneOptions  # noqa: E402
+from onnxprune.oracle import zeroed_model  # noqa: E402
+from onnxprune.passes.builtin import Analyze, Normalize, Rewrite, Score, Select  # noqa: E402
+from onnxprune.pipeline import Pipeline  # noqa: E402
+
+_NP = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
+       "tensor(int32)": np.int32, "tensor(float16)": np.float16, "tensor(bool)": np.bool_}
+
+
+def session(model: onnx.ModelProto):
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def random_feeds(sess, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for i in sess.get_inputs():
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
+        dtype = _NP[i.type]
+        feeds[i.name] = (rng.standard_normal(shape) if dtype != np.bool_ else rng.random(shape) > 0.5).astype(dtype)
+    return feeds
+
+
+def run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
+    return session(model).run(None, feeds)
+
+
+def prune_with_oracle(model, ratio: float = 0.3, criterion: str = "l1", round_to: int = 1):
+    """Prune and return (context, zeroed original) — the pair the oracle compares."""
+    ctx = Pipeline([Normalize(), Analyze(), Score(), Select()]).run(
+        model, PruneOptions(ratio=ratio, criterion=criterion, round_to=round_to))
+    zeroed = zeroed_model(ctx.analysis, ctx.selection.removed)
+    Rewrite().run(ctx)
+    return ctx, zeroed
+
+
+def assert_oracle(model, ratio: float = 0.3, criterion: str = "l1", round_to: int = 1, seeds=(0, 1),
+                  rtol: float = 1e-4, atol: float = 1e-5, expect_pruned: bool = True):
+    """Pruned model == original with removed channels zeroed; same output names and shapes."""
+    ctx, zeroed = prune_with_oracle(model, ratio, criterion, round_to)
+    pruned = ctx.pruned
+    onnx.checker.check_model(pruned, full_check=True)
+    original = ctx.model
+    assert [o.name for o in pruned.graph.output] == [o.name for o in original.graph.output]
+    zs, ps, os_ = session(zeroed), session(pruned), session(original)
+    for seed in seeds:
+        feeds = random_feeds(os_, seed)
+        expected = zs.run(None, feeds)
+        got = ps.run(None, feeds)
+        reference = os_.run(None, feeds)
+        for e, g, r in zip(expected, got, reference):
+            assert g.shape == r.shape, "output shape changed"
+            np.testing.assert_allclose(g, e, rtol=rtol, atol=atol)
+    if expect_pruned:
+        assert ctx.selection.removed, "nothing was pruned"
+        assert ctx.report["after"]["params"] < ctx.report["before"]["params"]
+    return ctx
