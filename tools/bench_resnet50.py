@@ -12,16 +12,20 @@ Steps:
    export it to ``<workdir>/resnet50_tp.onnx``.
 3. Prune ``resnet50.onnx`` with onnxprune through its command line
    (``python -m onnxprune IN -o OUT --ratio 0.5 --criterion l1``), timing
-   it end to end, and through the Python API (``onnxprune.prune``) if that
-   can be imported.  Missing pieces are reported as "n/a".
-4. Compare parameter counts and onnxruntime CPU latency; the latency runs
-   are interleaved in rounds with a rotating model order so that drift in
-   machine load affects all models alike.
+   it end to end, and through the Python API (``onnxprune.prune`` plus
+   ``.save``) if that can be imported; each ``--repeats`` times.  Missing
+   pieces are reported as "n/a".
+4. Compare parameter counts (per use of each weight, so that the exporter's
+   sharing of identical constants does not skew them), Conv/Gemm weight
+   shapes layer by layer, and onnxruntime CPU latency for each ``--threads``
+   value; the latency runs are interleaved in rounds with a rotating model
+   order so that drift in machine load affects all models alike.
+5. Print the results as markdown tables.
 
 Usage::
 
-    python tools/bench_resnet50.py [--workdir build/bench] [--threads 2]
-                                   [--rounds 15] [--runs 5]
+    python tools/bench_resnet50.py [--workdir build/bench] [--threads 1 2]
+                                   [--rounds 20] [--runs 5] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -129,45 +133,61 @@ def torch_pruning_step(model, ratio: float) -> float:
 # --------------------------------------------------------------------------
 
 
-def onnxprune_cli(src: str, dst: str, ratio: float, criterion: str) -> Dict[str, object]:
+def onnxprune_cli(src: str, dst: str, ratio: float, criterion: str, repeats: int = 1) -> Dict[str, object]:
+    """Run ``python -m onnxprune`` ``repeats`` times; wall time includes interpreter start and imports."""
     cmd = [sys.executable, "-m", "onnxprune", src, "-o", dst, "--ratio", str(ratio), "--criterion", criterion]
-    if os.path.exists(dst):
-        os.remove(dst)
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
-    except OSError as e:  # pragma: no cover - interpreter missing etc.
-        return {"ok": False, "seconds": None, "error": str(e), "cmd": cmd}
-    dt = time.perf_counter() - t0
-    ok = proc.returncode == 0 and os.path.exists(dst)
-    err = ""
-    if not ok:
-        tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-5:]
-        err = f"exit {proc.returncode}: " + " | ".join(tail)
-    return {"ok": ok, "seconds": dt if ok else None, "error": err, "cmd": cmd, "stdout": proc.stdout}
+    times: List[float] = []
+    stdout = ""
+    for _ in range(max(1, repeats)):
+        if os.path.exists(dst):
+            os.remove(dst)
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
+        except OSError as e:  # pragma: no cover - interpreter missing etc.
+            return {"ok": False, "seconds": None, "times": [], "error": str(e), "cmd": cmd}
+        dt = time.perf_counter() - t0
+        if proc.returncode != 0 or not os.path.exists(dst):
+            tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-5:]
+            return {"ok": False, "seconds": None, "times": [], "cmd": cmd,
+                    "error": f"exit {proc.returncode}: " + " | ".join(tail)}
+        times.append(dt)
+        stdout = proc.stdout
+    return {"ok": True, "seconds": statistics.median(times), "times": times, "error": "", "cmd": cmd,
+            "stdout": stdout}
 
 
-def onnxprune_api(src: str, dst: str, ratio: float, criterion: str) -> Dict[str, object]:
+def onnxprune_api(src: str, dst: str, ratio: float, criterion: str, repeats: int = 1) -> Dict[str, object]:
+    """Time ``onnxprune.prune(src, ...)`` plus ``.save(dst)`` in this process (load, analyze, rewrite, save)."""
     # Like ``python -m onnxprune`` run from the repo root, prefer the
     # checkout's package over an installed one.
     if REPO_ROOT not in sys.path:
         sys.path.insert(0, REPO_ROOT)
     try:
+        t0 = time.perf_counter()
         import onnxprune
 
         prune = onnxprune.prune
+        t_import = time.perf_counter() - t0
     except Exception as e:  # not written yet, or import error
-        return {"ok": False, "seconds": None, "error": f"{type(e).__name__}: {e}"}
+        return {"ok": False, "seconds": None, "times": [], "error": f"{type(e).__name__}: {e}"}
+    times: List[float] = []
+    prune_s: List[float] = []
     try:
-        t0 = time.perf_counter()
-        result = prune(src, ratio=ratio, criterion=criterion)
-        dt = time.perf_counter() - t0
-        if not isinstance(getattr(result, "model", None), onnx.ModelProto):
-            return {"ok": False, "seconds": dt, "error": "result.model is not an onnx.ModelProto"}
-        result.save(dst)
+        for _ in range(max(1, repeats)):
+            t0 = time.perf_counter()
+            result = prune(src, ratio=ratio, criterion=criterion)
+            t1 = time.perf_counter()
+            if not isinstance(getattr(result, "model", None), onnx.ModelProto):
+                return {"ok": False, "seconds": None, "times": [],
+                        "error": "result.model is not an onnx.ModelProto"}
+            result.save(dst)
+            times.append(time.perf_counter() - t0)
+            prune_s.append(t1 - t0)
     except Exception as e:
-        return {"ok": False, "seconds": None, "error": f"{type(e).__name__}: {e}"}
-    return {"ok": True, "seconds": dt, "error": ""}
+        return {"ok": False, "seconds": None, "times": [], "error": f"{type(e).__name__}: {e}"}
+    return {"ok": True, "seconds": statistics.median(times), "times": times, "prune_times": prune_s,
+            "import_seconds": t_import, "error": ""}
 
 
 # --------------------------------------------------------------------------
@@ -175,9 +195,72 @@ def onnxprune_api(src: str, dst: str, ratio: float, criterion: str) -> Dict[str,
 # --------------------------------------------------------------------------
 
 
-def onnx_params(path: str) -> int:
+def _initializer_aliases(m: onnx.ModelProto) -> Dict[str, str]:
+    """Map Identity outputs that merely forward an initializer to that initializer's name."""
+    inits = {t.name for t in m.graph.initializer}
+    alias: Dict[str, str] = {}
+    for n in m.graph.node:
+        if n.op_type == "Identity" and n.input and n.output:
+            src = alias.get(n.input[0], n.input[0])
+            if src in inits:
+                alias[n.output[0]] = src
+    return alias
+
+
+def onnx_params(path: str) -> Dict[str, int]:
+    """Floating-point parameters of an ONNX model, counted two ways.
+
+    ``per_use``: every (node, initializer) use counts, after resolving
+    Identity nodes that forward an initializer.  The TorchScript exporter
+    deduplicates identical constants (e.g. the all-zero conv biases that
+    folding a freshly initialised BatchNorm produces) into one initializer
+    fanned out through Identity nodes; counting per use gives the
+    architectural parameter count, independent of that deduplication.
+    ``stored``: distinct initializers as stored in the file.
+    """
     m = onnx.load(path)
-    return sum(int(np.prod(t.dims, dtype=np.int64)) for t in m.graph.initializer if t.data_type in FLOAT_TYPES)
+    sizes = {t.name: int(np.prod(t.dims, dtype=np.int64)) for t in m.graph.initializer
+             if t.data_type in FLOAT_TYPES}
+    alias = _initializer_aliases(m)
+    per_use = 0
+    for n in m.graph.node:
+        if n.op_type == "Identity":
+            continue
+        for name in set(alias.get(i, i) for i in n.input):
+            per_use += sizes.get(name, 0)
+    return {"per_use": per_use, "stored": sum(sizes.values())}
+
+
+def weight_shapes(path: str) -> Dict[str, tuple]:
+    """Node name -> weight shape of every Conv / Gemm / MatMul with a constant weight."""
+    m = onnx.load(path, load_external_data=False)
+    dims = {t.name: tuple(t.dims) for t in m.graph.initializer}
+    alias = _initializer_aliases(m)
+    out: Dict[str, tuple] = {}
+    for i, n in enumerate(m.graph.node):
+        if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1:
+            w = alias.get(n.input[1], n.input[1])
+            if w in dims:
+                out[n.name or f"#{i}:{n.op_type}"] = dims[w]
+    return out
+
+
+def compare_widths(a: str, b: str) -> str:
+    """Compare the Conv/Gemm weight shapes of two models node by node (by name, else by order)."""
+    sa, sb = weight_shapes(a), weight_shapes(b)
+    if set(sa) == set(sb):
+        pairs = [(k, sa[k], sb[k]) for k in sa]
+    else:
+        pairs = [(f"{ka} / {kb}", sa[ka], sb[kb]) for ka, kb in zip(sa, sb)]
+    diff = [p for p in pairs if p[1] != p[2]]
+    text = f"{len(pairs) - len(diff)} of {len(pairs)} Conv/Gemm weight shapes equal"
+    if len(sa) != len(sb):
+        text += f" (layer counts differ: {len(sa)} vs {len(sb)})"
+    for name, x, y in diff[:10]:
+        text += f"\n  - `{name}`: {x} vs {y}"
+    if len(diff) > 10:
+        text += f"\n  - ... {len(diff) - 10} more"
+    return text
 
 
 def make_session(path: str, threads: int) -> ort.InferenceSession:
@@ -245,15 +328,29 @@ def fmt_s(s: Optional[float]) -> str:
 # --------------------------------------------------------------------------
 
 
+def fmt_times(t: Dict[str, object]) -> str:
+    """``median (min–max of n)`` for a timing result, or n/a with the reason."""
+    if not t.get("ok"):
+        return f"{NA} ({t.get('error') or 'failed'})"
+    ts = t["times"]
+    if len(ts) == 1:
+        return f"{ts[0]:.2f} s"
+    return f"{statistics.median(ts):.2f} s (min–max {min(ts):.2f}–{max(ts):.2f}, n={len(ts)})"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default=DEFAULT_WORKDIR, help="where models are written (default: build/bench/)")
     ap.add_argument("--ratio", type=float, default=0.5, help="pruning ratio for both tools (default: 0.5)")
     ap.add_argument("--criterion", default="l1", help="onnxprune criterion (default: l1)")
-    ap.add_argument("--threads", type=int, default=2, help="onnxruntime intra_op_num_threads (default: 2)")
-    ap.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds (default: 15)")
+    ap.add_argument("--threads", type=int, nargs="+", default=[2],
+                    help="onnxruntime intra_op_num_threads; several values give one timing run each "
+                         "(default: 2)")
+    ap.add_argument("--rounds", type=int, default=20, help="interleaved timing rounds (default: 20)")
     ap.add_argument("--runs", type=int, default=5, help="runs per model per round (default: 5)")
     ap.add_argument("--warmup", type=int, default=10, help="warm-up runs per model (default: 10)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="times the onnxprune CLI and API are each run for timing (default: 3)")
     ap.add_argument("--num-labels", type=int, default=None,
                     help="classifier outputs (default: ResNetConfig() default, i.e. 2)")
     ap.add_argument("--reuse", action="store_true",
@@ -269,7 +366,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    print(f"torch {torch.__version__}, onnx {onnx.__version__}, onnxruntime {ort.__version__}", flush=True)
+    print(f"torch {torch.__version__}, onnx {onnx.__version__}, onnxruntime {ort.__version__}, "
+          f"{os.cpu_count()} CPUs", flush=True)
 
     # ---- original + Torch-Pruning --------------------------------------
     model = build_torch_model(args.num_labels)
@@ -290,13 +388,13 @@ def main(argv=None) -> int:
     del model
 
     # ---- onnxprune -------------------------------------------------------
-    cli = {"ok": False, "seconds": None, "error": "skipped"}
-    api = {"ok": False, "seconds": None, "error": "skipped"}
+    cli = {"ok": False, "seconds": None, "times": [], "error": "skipped"}
+    api = {"ok": False, "seconds": None, "times": [], "error": "skipped"}
     if not args.skip_onnxprune:
-        cli = onnxprune_cli(p_orig, p_op, args.ratio, args.criterion)
-        print(f"onnxprune CLI: {'ok' if cli['ok'] else 'n/a'} {fmt_s(cli['seconds'])} {cli['error']}", flush=True)
-        api = onnxprune_api(p_orig, p_op_api, args.ratio, args.criterion)
-        print(f"onnxprune API: {'ok' if api['ok'] else 'n/a'} {fmt_s(api['seconds'])} {api['error']}", flush=True)
+        cli = onnxprune_cli(p_orig, p_op, args.ratio, args.criterion, args.repeats)
+        print(f"onnxprune CLI: {fmt_times(cli)}", flush=True)
+        api = onnxprune_api(p_orig, p_op_api, args.ratio, args.criterion, args.repeats)
+        print(f"onnxprune API: {fmt_times(api)}", flush=True)
 
     paths = {"original": p_orig}
     if cli["ok"]:
@@ -307,53 +405,85 @@ def main(argv=None) -> int:
 
     # ---- params ----------------------------------------------------------
     params = {k: onnx_params(p) for k, p in paths.items()}
-    n_orig = params["original"]
-    n_op = params.get("onnxprune")
-    n_tp = params["torch-pruning"]
+    n_orig = params["original"]["per_use"]
+    n_op = params["onnxprune"]["per_use"] if "onnxprune" in params else None
+    n_tp = params["torch-pruning"]["per_use"]
+    widths = compare_widths(paths["onnxprune"], p_tp) if "onnxprune" in paths else None
 
     outs = check_outputs(paths)
 
     # ---- latency ---------------------------------------------------------
-    print(f"\ntiming: onnxruntime {ort.__version__} CPU, threads={args.threads}, "
-          f"warmup={args.warmup}, {args.rounds} rounds x {args.runs} runs, interleaved", flush=True)
-    samples, rmed = bench(paths, args.threads, args.rounds, args.runs, args.warmup)
+    timing = {}
+    for threads in args.threads:
+        print(f"timing: onnxruntime CPU, threads={threads}, warmup={args.warmup}, "
+              f"{args.rounds} rounds x {args.runs} runs, interleaved", flush=True)
+        timing[threads] = bench(paths, threads, args.rounds, args.runs, args.warmup)
 
-    def ratio_stats(a: str, b: str):
+    def ratio_stats(rmed, a: str, b: str):
         if a not in rmed or b not in rmed:
             return None
         rs = [x / y for x, y in zip(rmed[a], rmed[b])]
         return statistics.median(rs), min(rs), max(rs)
 
     # ---- report ----------------------------------------------------------
+    models = ["original", "onnxprune", "torch-pruning"]
     print("\n## ResNet-50: onnxprune vs Torch-Pruning\n")
-    print(f"pruning ratio {args.ratio}, onnxprune criterion `{args.criterion}`, "
-          f"Torch-Pruning MagnitudeImportance(p=1), input {'x'.join(map(str, INPUT_SHAPE))}\n")
-    print("| model | ONNX params | vs original | output | p50 ms | p90 ms | round medians min–max ms |")
-    print("|---|---:|---:|---|---:|---:|---:|")
-    for k in ["original", "onnxprune", "torch-pruning"]:
-        if k not in paths:
-            print(f"| {k} | {NA} | {NA} | {NA} | {NA} | {NA} | {NA} |")
-            continue
-        s = samples[k]
-        print(f"| {k} | {params[k]:,} | {100.0 * params[k] / n_orig:.1f}% | {outs[k]} | "
-              f"{pct(50, s):.2f} | {pct(90, s):.2f} | {min(rmed[k]):.2f}–{max(rmed[k]):.2f} |")
+    print(f"transformers ResNetConfig() (random init), input {'x'.join(map(str, INPUT_SHAPE))}, "
+          f"pruning ratio {args.ratio}; onnxprune criterion `{args.criterion}`; Torch-Pruning "
+          f"{tp.__version__} MagnitudeImportance(p=1), local, classifier ignored; "
+          f"onnxruntime {ort.__version__} CPU, {os.cpu_count()} CPUs.\n")
 
+    print("### Parameters\n")
+    print("| | original | onnxprune | torch-pruning | onnxprune vs torch-pruning |")
+    print("|---|---:|---:|---:|---:|")
+    diff = NA if n_op is None else f"{100.0 * (n_op - n_tp) / n_tp:+.2f}%"
+    print(f"| ONNX params | {n_orig:,} | {fmt_int(n_op)} | {n_tp:,} | {diff} |")
+    share = NA if n_op is None else f"{100.0 * n_op / n_orig:.1f}%"
+    print(f"| vs original | 100.0% | {share} | {100.0 * n_tp / n_orig:.1f}% | |")
+    st = {k: params[k]["stored"] if k in params else None for k in models}
+    sdiff = NA if st["onnxprune"] is None else \
+        f"{100.0 * (st['onnxprune'] - st['torch-pruning']) / st['torch-pruning']:+.2f}%"
+    print(f"| stored initializers | {st['original']:,} | {fmt_int(st['onnxprune'])} | "
+          f"{st['torch-pruning']:,} | {sdiff} |")
+    print(f"| torch `parameters()` | {tparams_orig:,} | | {tparams_tp:,} | |")
+    print(f"| output | {outs['original']} | {outs.get('onnxprune', NA)} | {outs['torch-pruning']} | |")
     print()
-    print(f"- torch params: original {tparams_orig:,}, Torch-Pruning {fmt_int(tparams_tp)}")
-    if n_op is not None:
-        print(f"- params onnxprune vs Torch-Pruning (ONNX): {100.0 * (n_op - n_tp) / n_tp:+.2f}%")
-    else:
-        print(f"- params onnxprune vs Torch-Pruning (ONNX): {NA}")
-    print(f"- onnxprune CLI wall time (end to end, incl. interpreter start): {fmt_s(cli['seconds'])}"
-          + ("" if cli["ok"] else f" [{cli['error']}]"))
-    print(f"- onnxprune.prune() API time: {fmt_s(api['seconds'])}" + ("" if api["ok"] else f" [{api['error']}]"))
-    print(f"- Torch-Pruning step time: {fmt_s(tp_seconds)}")
-    for a, b in [("onnxprune", "torch-pruning"), ("onnxprune", "original"), ("torch-pruning", "original")]:
-        r = ratio_stats(a, b)
-        if r is None:
-            print(f"- latency ratio {a}/{b} (per-round medians): {NA}")
-        else:
-            print(f"- latency ratio {a}/{b} (per-round medians): median {r[0]:.3f}, min–max {r[1]:.3f}–{r[2]:.3f}")
+    print("ONNX params count every use of a weight (Identity-forwarded initializers resolved); "
+          "stored initializers count each distinct tensor once (the exporter shares identical "
+          "constants, such as the all-zero biases from folding freshly initialised BatchNorms). "
+          "torch `parameters()` counts BatchNorm weight and bias, which the export folds into "
+          "one conv bias.")
+    if widths is not None:
+        print(f"\nLayer widths onnxprune vs torch-pruning: {widths}")
+
+    print("\n### Latency (ms per inference)\n")
+    print("| threads | model | p50 | p90 | spread (round medians min–max) | vs torch-pruning (round medians: median, min–max) |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for threads, (samples, rmed) in timing.items():
+        for k in models:
+            if k not in samples:
+                print(f"| {threads} | {k} | {NA} | {NA} | {NA} | {NA} |")
+                continue
+            s = samples[k]
+            r = ratio_stats(rmed, k, "torch-pruning")
+            rtxt = "1" if k == "torch-pruning" else (NA if r is None else f"{r[0]:.3f} ({r[1]:.3f}–{r[2]:.3f})")
+            print(f"| {threads} | {k} | {pct(50, s):.2f} | {pct(90, s):.2f} | "
+                  f"{min(rmed[k]):.2f}–{max(rmed[k]):.2f} | {rtxt} |")
+    print()
+    print(f"Interleaved: {args.rounds} rounds x {args.runs} runs per model, model order rotated each "
+          f"round, {args.warmup} warm-up runs; ratios are per-round median latency over the "
+          f"torch-pruning median of the same round.")
+
+    print("\n### Pruning time (ResNet-50, ratio " + f"{args.ratio})\n")
+    print("| step | time |")
+    print("|---|---:|")
+    print(f"| onnxprune CLI wall time (`python -m onnxprune`, incl. interpreter start) | {fmt_times(cli)} |")
+    print(f"| onnxprune API `prune()` + `save()` (load, analyze, rewrite, save) | {fmt_times(api)} |")
+    if api.get("ok"):
+        pt = api["prune_times"]
+        print(f"| of which `prune()` | {statistics.median(pt):.2f} s (min–max {min(pt):.2f}–{max(pt):.2f}) |")
+        print(f"| `import onnxprune` (once) | {api['import_seconds']:.2f} s |")
+    print(f"| Torch-Pruning `pruner.step()` (in memory, no export) | {fmt_s(tp_seconds)} |")
     return 0
 
 

@@ -40,12 +40,30 @@ def normalize(model: onnx.ModelProto) -> gs.Graph:
 
 
 def infer_shapes(graph: gs.Graph) -> gs.Graph:
-    """Run ONNX shape inference (with data propagation) and re-import.
+    """Run ONNX shape inference (with data propagation) and record the shapes on ``graph``.
 
-    Inference is best-effort: where it fails, tensors keep unknown shapes and the rules
-    that need a shape block their groups instead of guessing.
+    Inference runs on a skeleton: large float constants become graph inputs of the same type,
+    so the weights are never serialized (which dominated run time on big models). Small and
+    integer constants stay, because data propagation reads shape vectors. Inference is
+    best-effort: where it fails, tensors keep unknown shapes and the rules that need a shape
+    block their groups instead of guessing.
     """
-    model = gs.export_onnx(graph, do_type_check=False)
+    swaps, placeholders = [], {}
+    for node in graph.nodes:
+        for i, t in enumerate(node.inputs):
+            if isinstance(t, gs.Constant) and _is_bulky(t):
+                if t.name not in placeholders:
+                    placeholders[t.name] = gs.Variable(t.name, dtype=t.dtype, shape=list(t.shape))
+                swaps.append((node, i, t))
+                node.inputs[i] = placeholders[t.name]
+    real_inputs = list(graph.inputs)
+    graph.inputs = real_inputs + list(placeholders.values())
+    try:
+        model = gs.export_onnx(graph, do_type_check=False)
+    finally:
+        graph.inputs = real_inputs
+        for node, i, t in swaps:
+            node.inputs[i] = t
     # IR < 4 requires every initializer to be a graph input; inference silently gives up
     # otherwise. IR 4 lifts that rule and changes nothing else the rewrite relies on.
     model.ir_version = max(model.ir_version, 4)
@@ -53,7 +71,24 @@ def infer_shapes(graph: gs.Graph) -> gs.Graph:
         model = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
     except Exception as exc:  # inference errors on exotic graphs must not stop us
         log.warning("shape inference failed: %s", exc)
-    return gs.import_onnx(model)
+        return graph
+    inferred = {vi.name: vi for vi in list(model.graph.value_info) + list(model.graph.output)}
+    for tensor in graph.tensors().values():
+        vi = inferred.get(tensor.name)
+        if isinstance(tensor, gs.Variable) and vi is not None and vi.type.HasField("tensor_type"):
+            tt = vi.type.tensor_type
+            if tensor.dtype is None and tt.elem_type:
+                tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+            if tensor.shape is None and tt.HasField("shape"):
+                tensor.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+    return graph
+
+
+def _is_bulky(t: gs.Constant) -> bool:
+    try:
+        return np.issubdtype(np.dtype(t.dtype), np.floating) and int(np.prod(t.shape)) > 64
+    except TypeError:
+        return False
 
 
 def _constant_nodes_to_initializers(graph: gs.Graph) -> None:
@@ -126,7 +161,19 @@ def _is_empty(t) -> bool:
     return isinstance(t, gs.Variable) and t.name == ""
 
 
+def _constant_of_shape(node: gs.Node) -> list:
+    value = node.attrs.get("value")
+    fill = np.asarray(value.values).reshape(-1)[0] if isinstance(value, gs.Constant) else np.float32(0)
+    return [np.full(tuple(int(d) for d in np.asarray(node.inputs[0].values)), fill, dtype=np.asarray(fill).dtype)]
+
+
+#: Folds done directly in numpy, where the reference evaluator is slow on large tensors.
+_FAST_FOLDS = {"ConstantOfShape": _constant_of_shape}
+
+
 def _evaluate(node: gs.Node, opsets: list, ir_version: int, evaluator_cls) -> list:
+    if node.op in _FAST_FOLDS:
+        return _FAST_FOLDS[node.op](node)
     inputs, inits = [], []
     for i, t in enumerate(node.inputs):
         if _is_empty(t):

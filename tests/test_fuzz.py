@@ -1,0 +1,500 @@
+"""Property-based fuzzing: random stacks of supported structures, pruned and checked against the oracle.
+
+``graph_cases()`` is a Hypothesis strategy that builds a random model with :class:`FuzzBuilder`
+(conv/bn/activation chains, depthwise convs, residual Add/Sum/Mul branches, DenseNet concats,
+C2f split + concat, channel slices, squeeze-excite, pooling/resize/pad, transpose round trips,
+ConvTranspose, Gemm classifier heads, MatMul+Add MLPs) at opset 11, 13 or 17. The builder keeps
+its top-level calls as Python source, so a failing example prints a snippet that rebuilds the
+exact model. ``fuzz_examples()`` adds a ratio, criterion and round-to, and ``check_case`` runs one
+example through the oracle and returns what happened. ``tools/fuzz_campaign.py`` runs the same
+strategy for many more examples.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import pytest
+from conftest import assert_oracle
+from graphs import GraphBuilder
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+
+from onnxprune.passes.normalize import normalize
+
+OPSETS = (11, 13, 17)
+#: Widths of new layers, spatial sizes of the input.
+WIDTH = st.integers(2, 24)
+SPATIAL = st.integers(4, 12)
+#: Keep concatenations and channel multipliers from growing graphs without bound.
+MAX_CHANNELS = 64
+CRITERIA = ("l1", "l2", "bn")
+ROUND_TO = (1, 2, 4)
+
+
+# --- the builder --------------------------------------------------------------------------
+
+class FuzzBuilder(GraphBuilder):
+    """GraphBuilder with fan-in scaled weights, a few extra layers, and a log of its calls.
+
+    Weights are scaled by their fan-in so that deep random stacks keep activations near unit
+    size and the oracle's float tolerances stay meaningful.
+    """
+
+    def __init__(self, seed: int = 0, opset: int = 17):
+        super().__init__(seed=seed, opset=opset)
+        self.header = f"b = FuzzBuilder(seed={seed}, opset={opset})"
+        self.log: list[str] = []
+        self._depth = 0
+        self._fan_in: int | None = None
+
+    # --- weights scaled by fan-in --------------------------------------------------------
+    def weight(self, *shape: int) -> str:
+        w = self.rng.standard_normal(shape).astype(np.float32)
+        if len(shape) >= 2 and self._fan_in:
+            w *= np.float32(1.5 / np.sqrt(self._fan_in))
+        else:
+            w *= np.float32(0.5)
+        return self.const(w)
+
+    def _with_fan_in(self, fan_in: int, fn, *args, **kwargs):
+        self._fan_in = max(1, int(fan_in))
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._fan_in = None
+
+    def conv(self, x: str, c_out: int, k: int = 3, group: int = 1, bias: bool = True, stride: int = 1) -> str:
+        return self._with_fan_in(self.channels(x) // group * k * k, super().conv, x, c_out, k, group, bias, stride)
+
+    def conv_transpose(self, x: str, c_out: int) -> str:
+        return self._with_fan_in(self.channels(x), super().conv_transpose, x, c_out)
+
+    def gemm(self, x: str, n_out: int, trans_b: bool = True) -> str:
+        return self._with_fan_in(self.shapes[x][1], super().gemm, x, n_out, trans_b)
+
+    def matmul(self, x: str, n_out: int, bias: bool = True) -> str:
+        return self._with_fan_in(self.shapes[x][-1], super().matmul, x, n_out, bias)
+
+    # --- extra layers --------------------------------------------------------------------
+    def resize2x(self, x: str) -> str:
+        if self.opset >= 13:
+            return super().resize2x(x)
+        n, c, h, w = self.shapes[x]  # Resize-11 requires the roi input
+        roi = self.const(np.zeros(0, np.float32))
+        return self.node("Resize", [x, roi, self.const(np.array([1, 1, 2, 2], np.float32))], [n, c, 2 * h, 2 * w],
+                         mode="nearest")
+
+    def split_equal(self, x: str, n: int) -> list[str]:
+        """Split on channels into ``n`` equal parts, sizes left implicit."""
+        sh = list(self.shapes[x])
+        sh[1] //= n
+        outs = self.node("Split", [x], [sh], n_out=n, axis=1)
+        for o in outs:
+            self.shapes[o] = list(sh)
+        return outs
+
+    def slice_axis(self, x: str, start: int, end: int, axis: int = 1, step: int = 1) -> str:
+        sh = list(self.shapes[x])
+        sh[axis] = len(range(sh[axis])[start:end:step])
+        ins = [x] + [self.const(np.array([v], np.int64)) for v in (start, end, axis, step)]
+        return self.node("Slice", ins, sh)
+
+    def last_axis_op(self, x: str, op: str = "Mul") -> str:
+        """Element-wise with a constant vector along the last axis (channels-last layouts)."""
+        c = self.shapes[x][-1]
+        return self.node(op, [x, self.const(self.rng.uniform(0.5, 1.5, c).astype(np.float32))], self.shapes[x])
+
+    # --- the call log --------------------------------------------------------------------
+    def _arg(self, v) -> str:
+        if isinstance(v, str) and v in self.shapes and v.isidentifier() and not v.startswith("w"):
+            return v
+        return repr(v)
+
+    def _record(self, method: str, args, kwargs, out) -> None:
+        parts = [self._arg(a) for a in args] + [f"{k}={self._arg(v)}" for k, v in kwargs.items()]
+        call = f"b.{method}({', '.join(parts)})"
+        if out is None:
+            self.log.append(call)
+        elif isinstance(out, list):
+            self.log.append(f"{', '.join(out)} = {call}")
+        else:
+            self.log.append(f"{out} = {call}")
+
+    def code(self) -> str:
+        return "\n".join([self.header, *self.log, "model = b.model()"])
+
+
+def _logged(fn):
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        self._depth += 1
+        try:
+            out = fn(self, *args, **kwargs)
+        finally:
+            self._depth -= 1
+        if self._depth == 0:
+            self._record(fn.__name__, args, kwargs, out)
+        return out
+
+    return wrapper
+
+
+for _name in ("input", "conv", "conv_transpose", "bn", "instance_norm", "act", "channel_op", "add", "concat", "split",
+              "slice_channels", "maxpool", "avgpool", "gap", "resize2x", "pad", "flatten", "reshape", "gemm", "matmul",
+              "transpose", "se", "output", "split_equal", "slice_axis", "last_axis_op", "node"):
+    setattr(FuzzBuilder, _name, _logged(getattr(FuzzBuilder, _name)))
+
+
+@dataclass
+class FuzzCase:
+    """A generated model and the builder calls that make it (the repr is that source)."""
+
+    model: onnx.ModelProto = field(repr=False)
+    code: str
+    opset: int
+
+    def __repr__(self) -> str:
+        return "\n" + self.code + "\n"
+
+    def rebuild(self) -> onnx.ModelProto:
+        scope = {"FuzzBuilder": FuzzBuilder}
+        exec(self.code, scope)
+        return scope["model"]
+
+
+# --- the generator ------------------------------------------------------------------------
+
+def _activations(opset: int) -> list[str]:
+    acts = ["Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Softplus", "HardSigmoid", "Clip", "PRelu", "SiLU",
+            "GELU", "Identity"]
+    return acts + ["HardSwish"] if opset >= 14 else acts
+
+
+class _Gen:
+    """Draws structures onto a FuzzBuilder; every method takes a 4-D NCHW tensor and returns one."""
+
+    def __init__(self, draw, b: FuzzBuilder):
+        self.draw, self.b = draw, b
+
+    def c(self, x: str) -> int:
+        return self.b.channels(x)
+
+    def hw(self, x: str) -> tuple[int, int]:
+        return self.b.shapes[x][2], self.b.shapes[x][3]
+
+    def maybe_act(self, x: str) -> str:
+        if self.draw(st.booleans()):
+            return self.b.act(x, self.draw(st.sampled_from(_activations(self.b.opset))))
+        return x
+
+    def norm(self, x: str) -> str:
+        h, w = self.hw(x)
+        kinds = ["none", "bn", "bn"] + (["instance_norm"] if h * w > 1 else [])
+        kind = self.draw(st.sampled_from(kinds))
+        return self.b.bn(x) if kind == "bn" else self.b.instance_norm(x) if kind == "instance_norm" else x
+
+    def conv_unit(self, x: str, c_out: int | None = None, k: int | None = None, stride: int = 1) -> str:
+        c_out = self.draw(WIDTH) if c_out is None else c_out
+        k = self.draw(st.sampled_from([1, 3])) if k is None else k
+        y = self.b.conv(x, c_out, k=k, bias=self.draw(st.booleans()), stride=stride)
+        return self.maybe_act(self.norm(y))
+
+    # --- blocks --------------------------------------------------------------------------
+    def conv_block(self, x: str) -> str:
+        h, w = self.hw(x)
+        stride = self.draw(st.sampled_from([1, 1, 2])) if min(h, w) >= 4 else 1
+        return self.conv_unit(x, stride=stride)
+
+    def depthwise(self, x: str) -> str:
+        c = self.c(x)
+        mult = self.draw(st.sampled_from([1, 1, 2])) if 2 * c <= MAX_CHANNELS else 1
+        y = self.b.conv(x, c * mult, k=3, group=c, bias=self.draw(st.booleans()))
+        return self.maybe_act(self.norm(y))
+
+    def residual(self, x: str) -> str:
+        c = self.c(x)
+        projection = self.draw(st.booleans()) and self.draw(st.booleans())
+        c_out = self.draw(WIDTH) if projection else c
+        shortcut = self.norm(self.b.conv(x, c_out, k=1)) if projection else x
+        branches = []
+        for _ in range(self.draw(st.sampled_from([1, 1, 2]))):
+            y = x
+            for _ in range(self.draw(st.integers(0, 1))):
+                y = self.conv_unit(y)
+            branches.append(self.norm(self.b.conv(y, c_out, k=self.draw(st.sampled_from([1, 3])))))
+        op = self.draw(st.sampled_from(["Add", "Add", "Sum", "Mul", "Sub", "Max"]))
+        if len(branches) > 1:
+            op = "Sum"
+        terms = [shortcut] + branches
+        if self.draw(st.booleans()):
+            terms.reverse()
+        return self.maybe_act(self.b.add(*terms, op=op))
+
+    def dense(self, x: str) -> str:
+        for _ in range(self.draw(st.integers(1, 3))):
+            growth = self.draw(st.integers(2, 12))
+            if self.c(x) + growth > MAX_CHANNELS:
+                break
+            y = self.conv_unit(x, growth)
+            x = self.b.concat(x, y) if self.draw(st.booleans()) else self.b.concat(y, x)
+        return x
+
+    def c2f(self, x: str) -> str:
+        n = self.draw(st.integers(2, 3))
+        if self.draw(st.booleans()):
+            part = self.draw(st.integers(1, 8))
+            y = self.conv_unit(x, part * n, k=1)
+            parts = self.b.split_equal(y, n)
+        else:
+            sizes = [self.draw(st.integers(1, 8)) for _ in range(n)]
+            y = self.conv_unit(x, sum(sizes), k=1)
+            parts = self.b.split(y, sizes, as_attr=self.b.opset < 13)
+        outs = list(parts)
+        last = parts[-1]
+        for _ in range(self.draw(st.integers(1, 2))):
+            z = self.conv_unit(last, self.c(last), k=3)
+            last = self.b.add(last, z) if self.draw(st.booleans()) else z
+            outs.append(last)
+        if self.draw(st.booleans()):  # some YOLO heads drop the first part
+            outs = outs[1:]
+        return self.conv_unit(self.b.concat(*outs), k=1)
+
+    def channel_slice(self, x: str) -> str:
+        c = self.c(x)
+        start = self.draw(st.integers(0, c - 1))
+        end = self.draw(st.integers(start + 1, c))
+        if self.draw(st.booleans()):
+            start -= c
+        if end == c and self.draw(st.booleans()):
+            end = self.draw(st.sampled_from([c + 5, 2**31 - 1, 2**63 - 1]))
+        elif end < c and self.draw(st.booleans()):
+            end -= c
+        step = 1 if self.c(x) < 4 else self.draw(st.sampled_from([1, 1, 1, 2]))
+        if step != 1:
+            return self.b.slice_axis(x, start, end, axis=1, step=step)
+        if self.draw(st.booleans()):
+            return self.b.slice_channels(x, start, end)
+        return self.b.slice_axis(x, start, end, axis=1)
+
+    def spatial_slice(self, x: str) -> str:
+        axis = self.draw(st.sampled_from([2, 3, -1]))
+        size = self.b.shapes[x][axis]
+        if size < 2:
+            return x
+        return self.b.slice_axis(x, self.draw(st.integers(0, size // 2)), size, axis=axis)
+
+    def se(self, x: str) -> str:
+        return self.b.se(x, reduction=self.draw(st.sampled_from([2, 4])))
+
+    def spatial(self, x: str) -> str:
+        h, w = self.hw(x)
+        kinds = ["pad"] if max(h, w) <= 12 else []
+        kinds += ["maxpool", "avgpool"] if min(h, w) >= 2 else []
+        kinds += ["resize2x"] if max(h, w) <= 8 else []
+        kinds += ["gap"] if self.draw(st.integers(0, 3)) == 0 else []
+        if not kinds:
+            return x
+        return getattr(self.b, self.draw(st.sampled_from(kinds)))(x)
+
+    def transpose_round_trip(self, x: str) -> str:
+        t = self.b.transpose(x, [0, 2, 3, 1])  # NHWC: channels last
+        inner = self.draw(st.sampled_from(["none", "act", "vec", "matmul", "matmul"]))
+        if inner == "act":
+            t = self.b.act(t, self.draw(st.sampled_from(["Relu", "Sigmoid", "Tanh"])))
+        elif inner == "vec":
+            t = self.b.last_axis_op(t, self.draw(st.sampled_from(["Mul", "Add"])))
+        elif inner == "matmul":  # a 1x1 conv written as MatMul (+ Add)
+            t = self.b.matmul(t, self.draw(WIDTH), bias=self.draw(st.booleans()))
+        return self.b.transpose(t, [0, 3, 1, 2])
+
+    def conv_transpose(self, x: str) -> str:
+        h, w = self.hw(x)
+        if max(h, w) > 8:
+            return x
+        return self.maybe_act(self.norm(self.b.conv_transpose(x, self.draw(WIDTH))))
+
+    def channel_op(self, x: str) -> str:
+        return self.b.channel_op(x, self.draw(st.sampled_from(["Mul", "Add", "Sub", "Div"])))
+
+    def activation(self, x: str) -> str:
+        return self.b.act(x, self.draw(st.sampled_from(_activations(self.b.opset))))
+
+    BLOCKS = ("conv_block", "conv_block", "depthwise", "residual", "dense", "c2f", "channel_slice", "spatial_slice",
+              "se", "spatial", "transpose_round_trip", "conv_transpose", "channel_op", "activation")
+
+    # --- heads ---------------------------------------------------------------------------
+    def head(self, x: str) -> str:
+        b, draw = self.b, self.draw
+        n, c, h, w = b.shapes[x]
+        kinds = ["raw", "conv", "classifier", "classifier", "tokens"]
+        kind = draw(st.sampled_from(kinds))
+        if kind == "raw":
+            return x
+        if kind == "conv":
+            return b.conv(x, draw(WIDTH), k=1)
+        if kind == "tokens":  # (N, C, HW) -> (N, HW, C) -> MatMul+Add MLP
+            r = b.reshape(x, draw(st.sampled_from([[1, c, -1], [0, 0, -1], [1, c, h * w]])))
+            t = b.transpose(r, [0, 2, 1])
+            y = self.maybe_act(b.matmul(t, draw(WIDTH), bias=draw(st.booleans())))
+            return b.matmul(y, draw(WIDTH), bias=draw(st.booleans()))
+        flat_kinds = ["gap_flatten", "gap_reshape"]
+        if c * h * w <= 4096:
+            flat_kinds += ["flatten", "reshape_m1", "reshape_0m1", "reshape_explicit"]
+        flat = draw(st.sampled_from(flat_kinds))
+        if flat == "gap_flatten":
+            y = b.flatten(b.gap(x))
+        elif flat == "gap_reshape":
+            y = b.reshape(b.gap(x), [1, c])
+        elif flat == "flatten":
+            y = b.flatten(x)
+        elif flat == "reshape_m1":
+            y = b.reshape(x, [1, -1])
+        elif flat == "reshape_0m1":
+            y = b.reshape(x, [0, -1])
+        else:
+            y = b.reshape(x, [1, c * h * w])
+        for _ in range(draw(st.integers(0, 2))):
+            if draw(st.booleans()):
+                y = b.gemm(y, draw(WIDTH), trans_b=draw(st.booleans()))
+            else:
+                y = b.matmul(y, draw(WIDTH))
+            y = self.maybe_act(y)
+        return b.gemm(y, draw(st.integers(2, 10)), trans_b=draw(st.booleans()))
+
+
+@st.composite
+def graph_cases(draw, max_blocks: int = 6) -> FuzzCase:
+    """A random model: a stem, 1..max_blocks blocks, 1..2 heads, sometimes a side output."""
+    opset = draw(st.sampled_from(OPSETS))
+    b = FuzzBuilder(seed=draw(st.integers(0, 2**16)), opset=opset)
+    gen = _Gen(draw, b)
+    h, w = draw(SPATIAL), draw(SPATIAL)
+    x = b.input([1, draw(st.integers(1, 4)), h, w])
+    if draw(st.integers(0, 4)):  # usually a stem conv; sometimes blocks start on the graph input
+        x = gen.conv_unit(x)
+    outputs: list[str] = []
+    for _ in range(draw(st.integers(1, max_blocks))):
+        x = getattr(gen, draw(st.sampled_from(_Gen.BLOCKS)))(x)
+        if draw(st.integers(0, 9)) == 0 and x not in outputs and x != "x":
+            outputs.append(x)  # a side output: its channels must be kept
+    for _ in range(draw(st.sampled_from([1, 1, 1, 2]))):
+        y = gen.head(x)
+        if y not in outputs and y != "x":
+            outputs.append(y)
+    if not outputs:
+        outputs.append(b.conv(x, 2, k=1))
+    for y in outputs:
+        b.output(y)
+    return FuzzCase(b.model(), b.code(), opset)
+
+
+@st.composite
+def fuzz_examples(draw, max_blocks: int = 6):
+    """(case, ratio, criterion, round_to)."""
+    case = draw(graph_cases(max_blocks))
+    ratio = draw(st.floats(0.0, 0.9, exclude_max=True, allow_subnormal=False))
+    return case, ratio, draw(st.sampled_from(CRITERIA)), draw(st.sampled_from(ROUND_TO))
+
+
+# --- running one example --------------------------------------------------------------------
+
+def reason_category(reason: str) -> str:
+    """A refusal reason without node and tensor names or numbers, to count reasons by kind."""
+    r = re.sub(r"\s*\('[^']*'\)$", "", reason)
+    r = re.sub(r"'[^']*'", "'…'", r)
+    r = re.sub(r"\[[^\]]*\]", "[…]", r)
+    return re.sub(r"\d+", "N", r)
+
+
+@dataclass
+class Outcome:
+    groups: int = 0
+    prunable: int = 0
+    pruned_groups: int = 0
+    removed: int = 0
+    refused: Counter = field(default_factory=Counter)
+
+
+def _output_dims(model: onnx.ModelProto) -> dict[str, list | None]:
+    """Output shapes as shape inference sees them (after constant folding)."""
+    return {t.name: (list(t.shape) if t.shape is not None else None) for t in normalize(model).outputs}
+
+
+def check_case(case: FuzzCase, ratio: float, criterion: str, round_to: int, seeds=(0, 1)) -> Outcome:
+    """Prune one example and check it; raises on any failure, returns counts otherwise.
+
+    Checked: the analysis and rewrite do not raise, the pruned model passes the full checker,
+    it computes what the original computes with the removed channels zeroed, its outputs keep
+    their names and shapes (inferred and at run time), and it has no more parameters.
+    """
+    ctx = assert_oracle(case.model, ratio=ratio, criterion=criterion, round_to=round_to, seeds=seeds,
+                        expect_pruned=False)
+    before, after = _output_dims(ctx.model), _output_dims(ctx.pruned)
+    assert list(before) == list(after)
+    for name, dims in before.items():
+        if dims is not None and after[name] is not None and all(isinstance(d, int) for d in dims):
+            assert after[name] == dims, f"output '{name}' changed shape: {dims} -> {after[name]}"
+    assert ctx.report["after"]["params"] <= ctx.report["before"]["params"]
+    out = Outcome()
+    kept = ctx.selection.kept
+    for g in ctx.analysis.groups:
+        out.groups += 1
+        if g.prunable:
+            out.prunable += 1
+            keep, total = kept[g.id]
+            if keep < total:
+                out.pruned_groups += 1
+                out.removed += total - keep
+        elif g.reasons:
+            for cat in {reason_category(r) for r in g.reasons}:
+                out.refused[cat] += 1
+        else:
+            out.refused["single channel"] += 1
+    if out.removed:
+        assert ctx.report["after"]["params"] < ctx.report["before"]["params"]
+    return out
+
+
+# --- the tests ------------------------------------------------------------------------------
+
+FUZZ_SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
+                         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                                HealthCheck.large_base_example])
+
+
+@FUZZ_SETTINGS
+@given(fuzz_examples())
+def test_random_graphs_match_the_oracle(example):
+    case, ratio, criterion, round_to = example
+    note(f"ratio={ratio!r}, criterion={criterion!r}, round_to={round_to!r}")
+    check_case(case, ratio, criterion, round_to)
+
+
+@settings(max_examples=10, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
+@given(graph_cases())
+def test_generated_code_rebuilds_the_same_model(case):
+    """The printed snippet of a failing example must rebuild exactly that model."""
+    assert case.rebuild().SerializeToString() == case.model.SerializeToString()
+
+
+def test_builder_log_is_python():
+    b = FuzzBuilder(seed=3, opset=11)
+    x = b.conv(b.input([1, 3, 6, 6]), 8)
+    a, c = b.split(b.se(x), [3, 5], as_attr=True)
+    b.output(b.conv(b.concat(a, b.resize2x(b.maxpool(c))), 4, k=1))
+    model = b.model()
+    assert len(b.log) == 9 and not any("b.node(" in line for line in b.log)  # nested calls are not logged
+    case = FuzzCase(model, b.code(), 11)
+    assert case.rebuild().SerializeToString() == model.SerializeToString()
+    assert_oracle(model, ratio=0.5)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    pytest.main([__file__, "-q"])

@@ -1,0 +1,145 @@
+#!/usr/bin/env python
+"""A long fuzzing campaign with the generator of tests/test_fuzz.py.
+
+Every example is a random graph (see ``graph_cases`` there) pruned at a random ratio, criterion
+and round-to, and checked against the zeroed-channel oracle. Failures do not stop the campaign:
+each is counted by kind and its reproducing builder snippet is printed (and written to
+``--save-dir`` if given). At the end the counts are printed as a table.
+
+Usage::
+
+    python tools/fuzz_campaign.py [--examples 2000] [--seed 0] [--max-blocks 6] [--save-dir DIR]
+
+The exit status is 1 if any example failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+import warnings
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
+
+from test_fuzz import check_case, fuzz_examples  # noqa: E402
+
+
+def failure_kind(exc: BaseException) -> str:
+    """Which check an example failed."""
+    from onnxprune.errors import RewriteError
+
+    text = str(exc)
+    if isinstance(exc, RewriteError):
+        return "rewrite: pruned model failed validation"
+    if isinstance(exc, AssertionError):
+        if "Not equal to tolerance" in text or "Mismatched elements" in text:
+            return "oracle mismatch"
+        if "shape" in text:
+            return "output shape changed"
+        return "assertion: " + (text.strip().splitlines() or ["?"])[0][:60]
+    module = type(exc).__module__ or ""
+    if "onnxruntime" in module:
+        return "onnxruntime refused a model"
+    if "checker" in module or type(exc).__name__ == "ValidationError":
+        return "onnx checker failure"
+    return f"exception: {type(exc).__name__}"
+
+
+class Tally:
+    def __init__(self):
+        self.graphs = 0
+        self.graphs_pruned = 0
+        self.groups = 0
+        self.prunable = 0
+        self.refused_total = 0
+        self.groups_pruned = 0
+        self.channels_removed = 0
+        self.refused: Counter = Counter()
+        self.failures: Counter = Counter()
+        self.failed_examples: list[tuple[str, str, str]] = []
+        self.opsets: Counter = Counter()
+        self.criteria: Counter = Counter()
+
+    def table(self, elapsed: float) -> str:
+        rows = [
+            ("graphs generated", self.graphs),
+            ("graphs where something was pruned", self.graphs_pruned),
+            ("groups found", self.groups),
+            ("groups prunable", self.prunable),
+            ("groups pruned", self.groups_pruned),
+            ("channels removed", self.channels_removed),
+            ("groups refused (total)", self.refused_total),
+        ]
+        rows += [(f"  refused: {cat}", n) for cat, n in self.refused.most_common()]
+        rows.append(("failures (total)", sum(self.failures.values())))
+        rows += [(f"  failed: {kind}", n) for kind, n in self.failures.most_common()]
+        rows.append(("opsets", ", ".join(f"{k}: {v}" for k, v in sorted(self.opsets.items()))))
+        rows.append(("criteria", ", ".join(f"{k}: {v}" for k, v in sorted(self.criteria.items()))))
+        rows.append(("elapsed", f"{elapsed:.1f} s"))
+        width = max(len(r[0]) for r in rows)
+        return "\n".join(f"{name:<{width}}  {value:>8}" if isinstance(value, int) else f"{name:<{width}}  {value}"
+                         for name, value in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--examples", type=int, default=2000, help="graphs to generate (default 2000)")
+    ap.add_argument("--seed", type=int, default=0, help="Hypothesis seed (default 0)")
+    ap.add_argument("--max-blocks", type=int, default=6, help="most blocks per graph (default 6)")
+    ap.add_argument("--save-dir", type=Path, help="write a reproducing snippet per failure here")
+    ap.add_argument("--progress", type=int, default=100, help="print a line every N examples (0: never)")
+    args = ap.parse_args(argv)
+    warnings.simplefilter("ignore")
+
+    tally = Tally()
+    start = time.perf_counter()
+
+    @settings(max_examples=args.examples, deadline=None, database=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @seed(args.seed)
+    @given(fuzz_examples(args.max_blocks))
+    def campaign(example):
+        case, ratio, criterion, round_to = example
+        tally.graphs += 1
+        tally.opsets[case.opset] += 1
+        tally.criteria[criterion] += 1
+        try:
+            outcome = check_case(case, ratio, criterion, round_to)
+        except Exception as exc:  # noqa: BLE001 - every failure is counted, none stops the campaign
+            kind = failure_kind(exc)
+            tally.failures[kind] += 1
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            snippet = f"{case.code}\n# ratio={ratio!r}, criterion={criterion!r}, round_to={round_to!r}"
+            tally.failed_examples.append((kind, snippet, detail))
+            print(f"\n--- failure #{len(tally.failed_examples)}: {kind}\n{snippet}\n# {detail[:2000]}\n", flush=True)
+            if args.save_dir:
+                args.save_dir.mkdir(parents=True, exist_ok=True)
+                path = args.save_dir / f"failure_{len(tally.failed_examples):04d}.py"
+                path.write_text(f"# {kind}\n# {detail[:2000]}\n{snippet}\n")
+        else:
+            tally.groups += outcome.groups
+            tally.prunable += outcome.prunable
+            tally.groups_pruned += outcome.pruned_groups
+            tally.channels_removed += outcome.removed
+            tally.graphs_pruned += outcome.removed > 0
+            tally.refused.update(outcome.refused)
+            tally.refused_total += outcome.groups - outcome.prunable
+        if args.progress and tally.graphs % args.progress == 0:
+            print(f"[{tally.graphs}/{args.examples}] {time.perf_counter() - start:.0f} s, "
+                  f"{sum(tally.failures.values())} failures", flush=True)
+
+    campaign()
+    print()
+    print(tally.table(time.perf_counter() - start))
+    return 1 if tally.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
