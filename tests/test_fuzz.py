@@ -110,6 +110,63 @@ class FuzzBuilder(GraphBuilder):
         c = self.shapes[x][-1]
         return self.node(op, [x, self.const(self.rng.uniform(0.5, 1.5, c).astype(np.float32))], self.shapes[x])
 
+    def conv_transpose_dw(self, x: str, mult: int = 1) -> str:
+        """Depthwise ConvTranspose (group == channels), kernel 2, stride 2."""
+        n, c, h, w = self.shapes[x]
+        self._fan_in = 1
+        try:
+            ins = [x, self.weight(c, mult, 2, 2), self.weight(c * mult)]
+        finally:
+            self._fan_in = None
+        return self.node("ConvTranspose", ins, [n, c * mult, 2 * h, 2 * w], kernel_shape=[2, 2], strides=[2, 2],
+                         group=c)
+
+    def resize_sizes(self, x: str) -> str:
+        """Resize 2x given by output sizes, which include the channel count."""
+        n, c, h, w = self.shapes[x]
+        sizes = self.const(np.array([n, c, 2 * h, 2 * w], np.int64))
+        if self.opset >= 13:
+            ins = [x, "", "", sizes]
+        else:
+            ins = [x, self.const(np.zeros(0, np.float32)), self.const(np.zeros(0, np.float32)), sizes]
+        return self.node("Resize", ins, [n, c, 2 * h, 2 * w], mode="nearest")
+
+    def pad_channels(self, x: str) -> str:
+        """Pad one zero channel at each end of the channel axis."""
+        n, c, h, w = self.shapes[x]
+        return self.node("Pad", [x, self.const(np.array([0, 1, 0, 0, 0, 1, 0, 0], np.int64))], [n, c + 2, h, w])
+
+    def _axes_op(self, op: str, x: str, axes: list[int], shape: list[int], switch: int, **attrs) -> str:
+        if self.opset >= switch:
+            return self.node(op, [x, self.const(np.array(axes, np.int64))], shape, **attrs)
+        return self.node(op, [x], shape, axes=axes, **attrs)
+
+    def squeeze(self, x: str, axes: list[int]) -> str:
+        sh = [d for i, d in enumerate(self.shapes[x]) if i not in [a % len(self.shapes[x]) for a in axes]]
+        return self._axes_op("Squeeze", x, axes, sh, 13)
+
+    def unsqueeze(self, x: str, axes: list[int]) -> str:
+        sh = list(self.shapes[x])
+        for a in sorted(axes):
+            sh.insert(a, 1)
+        return self._axes_op("Unsqueeze", x, axes, sh, 13)
+
+    def reduce_mean(self, x: str, axes: list[int], keepdims: int = 1) -> str:
+        r = len(self.shapes[x])
+        axes_n = [a % r for a in axes]
+        sh = [1 if i in axes_n else d for i, d in enumerate(self.shapes[x]) if keepdims or i not in axes_n]
+        return self._axes_op("ReduceMean", x, axes, sh, 18, keepdims=keepdims)
+
+    def softmax(self, x: str, axis: int = -1) -> str:
+        return self.node("Softmax", [x], self.shapes[x], axis=axis)
+
+    def layer_norm(self, x: str) -> str:
+        """LayerNormalization over the last axis (opset 17)."""
+        d = self.shapes[x][-1]
+        return self.node("LayerNormalization", [x, self.const(self.rng.uniform(0.5, 1.5, d).astype(np.float32)),
+                                                self.const((self.rng.standard_normal(d) * 0.1).astype(np.float32))],
+                         self.shapes[x], axis=-1)
+
     # --- the call log --------------------------------------------------------------------
     def _arg(self, v) -> str:
         if isinstance(v, str) and v in self.shapes and v.isidentifier() and not v.startswith("w"):
@@ -147,7 +204,8 @@ def _logged(fn):
 
 for _name in ("input", "conv", "conv_transpose", "bn", "instance_norm", "act", "channel_op", "add", "concat", "split",
               "slice_channels", "maxpool", "avgpool", "gap", "resize2x", "pad", "flatten", "reshape", "gemm", "matmul",
-              "transpose", "se", "output", "split_equal", "slice_axis", "last_axis_op", "node"):
+              "transpose", "se", "output", "split_equal", "slice_axis", "last_axis_op", "conv_transpose_dw",
+              "resize_sizes", "pad_channels", "squeeze", "unsqueeze", "reduce_mean", "softmax", "layer_norm", "node"):
     setattr(FuzzBuilder, _name, _logged(getattr(FuzzBuilder, _name)))
 
 
