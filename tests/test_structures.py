@@ -84,15 +84,33 @@ def test_depthwise_with_channel_multiplier():
     assert_oracle(b.model(), ratio=0.5)
 
 
-def test_grouped_conv_is_refused_with_reason():
+@pytest.mark.parametrize("groups", [2, 4])
+def test_grouped_conv_loses_whole_conv_groups(groups):
     b = GraphBuilder()
     x = conv_stem(b, 8)
-    x = b.act(b.conv(x, 8, group=2))
+    x = b.act(b.conv(x, 12, group=groups))
     head(b, x)
+    ctx = assert_oracle(b.model(), ratio=0.5)
+    conv = [n for n in ctx.pruned.graph.node if n.op_type == "Conv"][1]
+    assert next(a.i for a in conv.attribute if a.name == "group") == groups // 2
+
+
+def test_grouped_conv_on_graph_input_is_refused_with_reason():
+    b = GraphBuilder()
+    head(b, b.act(b.conv(b.input([1, 4, 6, 6]), 8, group=2)))
     analysis = analyze(b.model())
-    blocked = [g for g in analysis.groups if g.reasons]
-    assert any("grouped Conv" in r for g in blocked for r in g.reasons)
-    assert_oracle(b.model(), ratio=0.5, expect_pruned=False)
+    assert not analysis.prunable_groups
+    assert any("grouped Conv" in r for g in analysis.groups for r in g.reasons)
+
+
+def test_grouped_conv_transpose():
+    b = GraphBuilder()
+    x = conv_stem(b, 8)
+    n, c, h, w = b.shapes[x]
+    y = b.node("ConvTranspose", [x, b.weight(8, 3, 2, 2), b.weight(6)], [n, 6, 2 * h, 2 * w], kernel_shape=[2, 2],
+               strides=[2, 2], group=2)
+    head(b, b.act(y))
+    assert_oracle(b.model(), ratio=0.5)
 
 
 def test_conv_transpose_and_instance_norm():

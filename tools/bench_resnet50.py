@@ -56,6 +56,11 @@ FLOAT_TYPES = {
 
 NA = "n/a"
 
+# Targets checked in the final table.
+PARAM_TOL_PCT = 2.0   # onnxprune params within this many percent of Torch-Pruning's
+LATENCY_TOL = 0.02    # median per-round latency ratio onnxprune / Torch-Pruning at most 1 + this
+TIME_LIMIT_S = 5.0    # onnxprune end-to-end time at ratio 0.5
+
 
 # --------------------------------------------------------------------------
 # torch side
@@ -300,6 +305,24 @@ def bench(paths: Dict[str, str], threads: int, rounds: int, runs: int, warmup: i
     return samples, round_medians
 
 
+def cpu_times() -> Optional[List[int]]:
+    """Aggregate CPU jiffies from /proc/stat (Linux), or None."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def steal_share(before: Optional[List[int]], after: Optional[List[int]]) -> Optional[float]:
+    """Fraction of CPU time stolen by the hypervisor between two cpu_times() samples."""
+    if not before or not after or len(before) < 8:
+        return None
+    d = [b - a for a, b in zip(before, after)]
+    total = sum(d[:8])
+    return d[7] / total if total > 0 else None
+
+
 def check_outputs(paths: Dict[str, str]) -> Dict[str, str]:
     """Run each model once; report the output shape and whether it is finite."""
     x = np.random.default_rng(1).standard_normal(INPUT_SHAPE).astype(np.float32)
@@ -414,16 +437,19 @@ def main(argv=None) -> int:
 
     # ---- latency ---------------------------------------------------------
     timing = {}
+    steal: Dict[int, Optional[float]] = {}
     for threads in args.threads:
         print(f"timing: onnxruntime CPU, threads={threads}, warmup={args.warmup}, "
               f"{args.rounds} rounds x {args.runs} runs, interleaved", flush=True)
+        c0 = cpu_times()
         timing[threads] = bench(paths, threads, args.rounds, args.runs, args.warmup)
+        steal[threads] = steal_share(c0, cpu_times())
 
     def ratio_stats(rmed, a: str, b: str):
         if a not in rmed or b not in rmed:
             return None
         rs = [x / y for x, y in zip(rmed[a], rmed[b])]
-        return statistics.median(rs), min(rs), max(rs)
+        return statistics.median(rs), min(rs), max(rs), pct(25, rs), pct(75, rs)
 
     # ---- report ----------------------------------------------------------
     models = ["original", "onnxprune", "torch-pruning"]
@@ -457,22 +483,31 @@ def main(argv=None) -> int:
         print(f"\nLayer widths onnxprune vs torch-pruning: {widths}")
 
     print("\n### Latency (ms per inference)\n")
-    print("| threads | model | p50 | p90 | spread (round medians min–max) | vs torch-pruning (round medians: median, min–max) |")
-    print("|---:|---|---:|---:|---:|---:|")
+    print("| threads | model | p50 | p90 | spread (round medians min–max) "
+          "| vs torch-pruning: median ratio | IQR | min–max |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for threads, (samples, rmed) in timing.items():
         for k in models:
             if k not in samples:
-                print(f"| {threads} | {k} | {NA} | {NA} | {NA} | {NA} |")
+                print(f"| {threads} | {k} | {NA} | {NA} | {NA} | {NA} | {NA} | {NA} |")
                 continue
             s = samples[k]
             r = ratio_stats(rmed, k, "torch-pruning")
-            rtxt = "1" if k == "torch-pruning" else (NA if r is None else f"{r[0]:.3f} ({r[1]:.3f}–{r[2]:.3f})")
+            if k == "torch-pruning":
+                rtxt = "1 | | "
+            elif r is None:
+                rtxt = f"{NA} | {NA} | {NA}"
+            else:
+                rtxt = f"{r[0]:.3f} | {r[3]:.3f}–{r[4]:.3f} | {r[1]:.3f}–{r[2]:.3f}"
             print(f"| {threads} | {k} | {pct(50, s):.2f} | {pct(90, s):.2f} | "
                   f"{min(rmed[k]):.2f}–{max(rmed[k]):.2f} | {rtxt} |")
     print()
     print(f"Interleaved: {args.rounds} rounds x {args.runs} runs per model, model order rotated each "
           f"round, {args.warmup} warm-up runs; ratios are per-round median latency over the "
           f"torch-pruning median of the same round.")
+    stolen = [f"threads={t}: {100.0 * v:.1f}%" for t, v in steal.items() if v is not None]
+    if stolen:
+        print(f"CPU time stolen by the hypervisor during timing (/proc/stat): {', '.join(stolen)}.")
 
     print("\n### Pruning time (ResNet-50, ratio " + f"{args.ratio})\n")
     print("| step | time |")
@@ -484,6 +519,26 @@ def main(argv=None) -> int:
         print(f"| of which `prune()` | {statistics.median(pt):.2f} s (min–max {min(pt):.2f}–{max(pt):.2f}) |")
         print(f"| `import onnxprune` (once) | {api['import_seconds']:.2f} s |")
     print(f"| Torch-Pruning `pruner.step()` (in memory, no export) | {fmt_s(tp_seconds)} |")
+
+    # ---- checks ----------------------------------------------------------
+    def verdict(ok: Optional[bool]) -> str:
+        return NA if ok is None else ("pass" if ok else "FAIL")
+
+    print("\n### Checks\n")
+    print("| check | value | result |")
+    print("|---|---:|---|")
+    pdiff = None if n_op is None else 100.0 * (n_op - n_tp) / n_tp
+    print(f"| params within {PARAM_TOL_PCT:g}% of Torch-Pruning | {diff} | "
+          f"{verdict(None if pdiff is None else abs(pdiff) <= PARAM_TOL_PCT)} |")
+    for threads, (_, rmed) in timing.items():
+        r = ratio_stats(rmed, "onnxprune", "torch-pruning")
+        print(f"| onnxprune no slower than Torch-Pruning, threads={threads} (median round ratio "
+              f"<= {1 + LATENCY_TOL:g}) | {NA if r is None else f'{r[0]:.3f}'} | "
+              f"{verdict(None if r is None else r[0] <= 1 + LATENCY_TOL)} |")
+    for name, t in (("CLI", cli), ("API", api)):
+        sec = t.get("seconds")
+        print(f"| onnxprune {name} end to end < {TIME_LIMIT_S:g} s (median) | {fmt_s(sec)} | "
+              f"{verdict(None if sec is None else sec < TIME_LIMIT_S)} |")
     return 0
 
 

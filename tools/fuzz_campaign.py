@@ -28,7 +28,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 
+from conftest import random_feeds, session  # noqa: E402
 from test_fuzz import check_case, fuzz_examples  # noqa: E402
+
+
+class GeneratorError(Exception):
+    """The generated model itself does not run."""
 
 
 def failure_kind(exc: BaseException) -> str:
@@ -36,6 +41,8 @@ def failure_kind(exc: BaseException) -> str:
     from onnxprune.errors import RewriteError
 
     text = str(exc)
+    if isinstance(exc, GeneratorError):
+        return "generator: the original model does not run"
     if isinstance(exc, RewriteError):
         return "rewrite: pruned model failed validation"
     if isinstance(exc, AssertionError):
@@ -111,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         tally.opsets[case.opset] += 1
         tally.criteria[criterion] += 1
         try:
+            try:  # a model the generator got wrong is not the pruner's failure
+                sess = session(case.model)
+                sess.run(None, random_feeds(sess))
+            except Exception as exc:  # noqa: BLE001
+                raise GeneratorError(str(exc)) from exc
             outcome = check_case(case, ratio, criterion, round_to)
         except Exception as exc:  # noqa: BLE001 - every failure is counted, none stops the campaign
             kind = failure_kind(exc)

@@ -156,17 +156,12 @@ def conv(node: gs.Node, state: State) -> None:
             state.site(node, 1, 1, tr.atoms, "weight_in")
         out = state.fresh(c_out, node)
         state.site(node, 1, 0, out, "weight_out")
-    elif c_in_per_group == 1 and c_out % groups == 0 and tr is not None and len(tr.atoms) == groups:
-        # Depthwise (channel multiplier m): output channel o reads input channel o // m.
-        out = np.repeat(tr.atoms, c_out // groups)
+    elif tr is not None and len(tr.atoms) == groups * c_in_per_group and c_out % groups == 0:
+        out = _whole_conv_groups(node, state, tr.atoms, groups, c_out // groups)
         state.site(node, 1, 0, out, "weight_out")
-        state.edit(SetAttrToKeptCount(node, "group", tr.atoms))
     else:
-        if tr is not None:
-            state.block(tr.atoms, f"grouped Conv input (group={groups})")
         out = state.fresh(c_out, node)
-        kind = "depthwise Conv on non-prunable input" if c_in_per_group == 1 else f"grouped Conv (group={groups})"
-        state.block(out, kind)
+        state.block(out, f"grouped Conv (group={groups}) on a non-prunable input")
         state.site(node, 1, 0, out, "weight_out")
     _bias(node, 2, out, state)
     state.set_track(node.outputs[0], 1, out, out_rank)
@@ -188,17 +183,30 @@ def conv_transpose(node: gs.Node, state: State) -> None:
             state.site(node, 1, 0, tr.atoms, "weight_in")
         out = state.fresh(weight.shape[1], node)
         state.site(node, 1, 1, out, "weight_out")
-    elif tr is not None and groups == weight.shape[0] == len(tr.atoms):
-        out = np.repeat(tr.atoms, weight.shape[1])
+    elif tr is not None and len(tr.atoms) == weight.shape[0] and weight.shape[0] % groups == 0:
+        out = _whole_conv_groups(node, state, tr.atoms, groups, weight.shape[1])
         state.site(node, 1, 0, tr.atoms, "weight_out")
-        state.edit(SetAttrToKeptCount(node, "group", tr.atoms))
     else:
-        if tr is not None:
-            state.block(tr.atoms, f"grouped ConvTranspose input (group={groups})")
         out = state.fresh(weight.shape[1] * groups, node)
-        state.block(out, f"grouped ConvTranspose (group={groups})")
+        state.block(out, f"grouped ConvTranspose (group={groups}) on a non-prunable input")
     _bias(node, 2, out, state)
     state.set_track(node.outputs[0], 1, out, weight.ndim)
+
+
+def _whole_conv_groups(node: gs.Node, state: State, in_atoms: np.ndarray, groups: int, per_group_out: int
+                       ) -> np.ndarray:
+    """Grouped and depthwise convs: a conv group's inputs and outputs go together.
+
+    Channels can only leave a grouped conv a whole conv group at a time (every group must keep
+    the same width), so the input channels of each conv group are tied into one channel and the
+    group's outputs repeat it. Depthwise is the case of one input channel per group. Returns
+    the output atoms; the ``group`` attribute becomes the number of conv groups kept.
+    """
+    blocks = in_atoms.reshape(groups, -1)
+    for j in range(1, blocks.shape[1]):
+        state.union(blocks[:, 0], blocks[:, j])
+    state.edit(SetAttrToKeptCount(node, "group", blocks[:, 0]))
+    return np.repeat(blocks[:, 0], per_group_out)
 
 
 def _bias(node: gs.Node, index: int, out: np.ndarray, state: State) -> None:
