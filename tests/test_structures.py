@@ -302,17 +302,30 @@ def test_channel_count_read_by_shape_blocks():
     assert not stem.prunable and any("Shape" in r for r in stem.reasons)
 
 
-def test_shape_reading_batch_only_is_fine():
+@pytest.mark.parametrize("entry", [-1, 24])
+def test_view_with_runtime_batch_size(entry):
+    """x.view(x.size(0), -1) as TorchScript writes it: Shape, Gather, Concat, Reshape."""
     b = GraphBuilder()
     x = b.maxpool(conv_stem(b, 6, hw=4))
     s = b.node("Shape", [x], [4])
     n = b.node("Gather", [s, b.const(np.array([0], np.int64))], [1])
-    target = b.node("Concat", [n, b.const(np.array([-1], np.int64))], [2], axis=0)
+    target = b.node("Concat", [n, b.const(np.array([entry], np.int64))], [2], axis=0)
     y = b.node("Reshape", [x, target], [1, 24])
     b.output(b.gemm(y, 3))
-    ctx = assert_oracle(b.model(), ratio=0.5, expect_pruned=False)
-    # the Reshape target is computed at run time: refused, not guessed
-    assert any("run time" in r for g in ctx.analysis.groups for r in g.reasons)
+    ctx = assert_oracle(b.model(), ratio=0.5)
+    assert ctx.analysis.groups[0].prunable
+
+
+def test_runtime_shape_entry_is_refused():
+    b = GraphBuilder()
+    x = b.maxpool(conv_stem(b, 6, hw=4))
+    s = b.node("Shape", [x], [4])
+    n = b.node("Gather", [s, b.const(np.array([0], np.int64))], [1])
+    target = b.node("Concat", [n, n], [2], axis=0)  # the feature count is not a constant
+    y = b.node("Reshape", [x, b.node("Mul", [target, b.const(np.array([1, 24], np.int64))], [2])], [1, 24])
+    b.output(b.gemm(y, 3))
+    analysis = analyze(b.model())
+    assert any("run time" in r for g in analysis.groups for r in g.reasons)
 
 
 @pytest.mark.parametrize("opset", [9, 11, 13, 21])

@@ -629,16 +629,40 @@ def reshape(node: gs.Node, state: State) -> None:
         raise UnsupportedPattern("Reshape splits the channel axis or merges it with earlier axes")
     out_axis, m = mapped
     out_atoms = np.repeat(tr.atoms, m)
-    target = const(node.inputs[1])
-    if target is None:
-        raise UnsupportedPattern("Reshape target shape computed at run time")
-    entry = int(target[out_axis])
+    holder, index, offset = _shape_entry(node.inputs[1], node, 1, out_axis)
+    entry = int(const(holder.inputs[index])[offset])
     if entry == 0 and not int(node.attrs.get("allowzero", 0)):
         if not (out_axis == tr.axis and m == 1):
             raise UnsupportedPattern("Reshape copies a dimension that does not follow the channels")
     elif entry != -1:
-        state.edit(SetVectorEntry(node, 1, out_axis, out_atoms))
+        state.edit(SetVectorEntry(holder, index, offset, out_atoms))
     state.set_track(node.outputs[0], out_axis, out_atoms, len(out_dims))
+
+
+def _shape_entry(vector, node: gs.Node, input_index: int, entry: int) -> tuple[gs.Node, int, int]:
+    """Find the constant that holds ``entry`` of a shape vector: (node, input index, offset).
+
+    The vector is either a constant, or a Concat of pieces (as the TorchScript exporter builds
+    ``x.view(x.size(0), -1)``) where that entry comes from a constant piece; an entry computed
+    at run time is refused, since we could not tell whether it follows the pruned channels.
+    """
+    if const(vector) is not None:
+        return node, input_index, entry
+    producer = vector.inputs[0] if vector.inputs else None
+    # A vector shared with other consumers cannot be edited for this Reshape alone.
+    if producer is not None and producer.op == "Concat" and int(producer.attrs.get("axis", 0)) == 0 \
+            and len(vector.outputs) == 1:
+        offset = 0
+        for i, piece in enumerate(producer.inputs):
+            dims = static_shape(piece)
+            if dims is None or len(dims) != 1:
+                break
+            if offset <= entry < offset + dims[0]:
+                if const(piece) is None:
+                    break
+                return producer, i, entry - offset
+            offset += dims[0]
+    raise UnsupportedPattern("Reshape target shape computed at run time")
 
 
 @rule("Shape", channel_inputs=(0,))
