@@ -360,3 +360,30 @@ def test_shared_weight_is_unshared_before_slicing():
     b.output(b.conv(b.act(y1), 4, k=1))
     b.output(b.conv(b.act(y2, "Sigmoid"), 4, k=1))
     assert_oracle(b.model(), ratio=0.5)
+
+
+def test_upsample_opset9():
+    b = GraphBuilder(opset=9)
+    x = conv_stem(b, 8)
+    n, c, h, w = b.shapes[x]
+    y = b.node("Upsample", [x, b.const(np.array([1, 1, 2, 2], np.float32))], [n, c, 2 * h, 2 * w], mode="nearest")
+    head(b, y)
+    assert_oracle(b.model(), ratio=0.5)
+
+
+def test_external_data_model(tmp_path):
+    from onnxprune import prune
+
+    b = GraphBuilder()
+    head(b, b.act(b.bn(b.conv(b.act(b.conv(b.input([1, 3, 6, 6]), 16)), 16))))
+    path = tmp_path / "ext.onnx"
+    onnx.save_model(b.model(), path, save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="ext.onnx.data", size_threshold=0)
+    result = prune(path, ratio=0.5)
+    out = tmp_path / "out" / "pruned.onnx"
+    result.save(out)
+    onnx.checker.check_model(str(out), full_check=True)
+    (tmp_path / "ext.onnx.data").unlink()
+    from onnxprune.errors import BadInputError
+    with pytest.raises(BadInputError, match="external data"):
+        prune(path, ratio=0.5)
