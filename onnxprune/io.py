@@ -87,12 +87,19 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
             os.replace(tmp_data, written)
         else:
             onnx.save_model(model, tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, target)
     except BaseException:
         for leftover in (tmp, tmp_data):
             if leftover and os.path.exists(leftover):
                 os.unlink(leftover)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _size_is_cheap(model: onnx.ModelProto) -> bool:
