@@ -494,7 +494,7 @@ def main(argv=None) -> int:
             s = samples[k]
             r = ratio_stats(rmed, k, "torch-pruning")
             if k == "torch-pruning":
-                rtxt = "1 | | "
+                rtxt = "1.000 | – | –"
             elif r is None:
                 rtxt = f"{NA} | {NA} | {NA}"
             else:
@@ -517,7 +517,7 @@ def main(argv=None) -> int:
     if api.get("ok"):
         pt = api["prune_times"]
         print(f"| of which `prune()` | {statistics.median(pt):.2f} s (min–max {min(pt):.2f}–{max(pt):.2f}) |")
-        print(f"| `import onnxprune` (once) | {api['import_seconds']:.2f} s |")
+        print(f"| `import onnxprune` (once; onnx and numpy already loaded) | {api['import_seconds']:.2f} s |")
     print(f"| Torch-Pruning `pruner.step()` (in memory, no export) | {fmt_s(tp_seconds)} |")
 
     # ---- checks ----------------------------------------------------------

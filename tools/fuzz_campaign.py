@@ -66,6 +66,7 @@ class Tally:
         self.groups = 0
         self.prunable = 0
         self.refused_total = 0
+        self.rounding = 0
         self.groups_pruned = 0
         self.channels_removed = 0
         self.refused: Counter = Counter()
@@ -82,6 +83,7 @@ class Tally:
             ("groups prunable", self.prunable),
             ("groups pruned", self.groups_pruned),
             ("channels removed", self.channels_removed),
+            ("float32 misses that float64 confirmed as rounding", self.rounding),
             ("groups refused (total)", self.refused_total),
         ]
         rows += [(f"  refused: {cat}", n) for cat, n in self.refused.most_common()]
@@ -130,11 +132,13 @@ def main(argv: list[str] | None = None) -> int:
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             snippet = f"{case.code}\n# ratio={ratio!r}, criterion={criterion!r}, round_to={round_to!r}"
             tally.failed_examples.append((kind, snippet, detail))
-            print(f"\n--- failure #{len(tally.failed_examples)}: {kind}\n{snippet}\n# {detail[:2000]}\n", flush=True)
+            comment = "\n".join(f"# {line}" for line in detail[:2000].splitlines())
+            print(f"\n--- failure #{len(tally.failed_examples)}: {kind}\n{snippet}\n{comment}\n", flush=True)
             if args.save_dir:
                 args.save_dir.mkdir(parents=True, exist_ok=True)
                 path = args.save_dir / f"failure_{len(tally.failed_examples):04d}.py"
-                path.write_text(f"# {kind}\n# {detail[:2000]}\n{snippet}\n")
+                comment = "\n".join(f"# {line}" for line in [kind, *detail[:2000].splitlines()])
+                path.write_text(f"{comment}\n{snippet}\n")
         else:
             tally.groups += outcome.groups
             tally.prunable += outcome.prunable
@@ -143,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             tally.graphs_pruned += outcome.removed > 0
             tally.refused.update(outcome.refused)
             tally.refused_total += outcome.groups - outcome.prunable
+            tally.rounding += outcome.float32_rounding
         if args.progress and tally.graphs % args.progress == 0:
             print(f"[{tally.graphs}/{args.examples}] {time.perf_counter() - start:.0f} s, "
                   f"{sum(tally.failures.values())} failures", flush=True)

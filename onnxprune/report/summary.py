@@ -30,9 +30,8 @@ def analysis_table(analysis: Analysis, params: int, flops: int, verbose: bool = 
         nodes = ", ".join(g.nodes)
         lines.append(f"{g.id:>5}  {g.channels:>8}  {human(g.params):>8}  {human(g.flops):>8}  "
                      f"{nodes if verbose else _shorten(nodes, 70)}")
-    p_params = sum(g.params for g in prunable)
-    p_flops = sum(g.flops for g in prunable)
-    lines.append(f"{'total':>5}  {sum(g.channels for g in prunable):>8}  {human(p_params):>8}  {human(p_flops):>8}")
+    lines.append(f"{'total':>5}  {sum(g.channels for g in prunable):>8}  {human(params):>8}  {human(flops):>8}  "
+                 "(model; a weight between two groups counts in both rows above)")
     if blocked:
         lines.append("")
         lines.append("blocked:")
