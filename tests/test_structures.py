@@ -387,3 +387,35 @@ def test_external_data_model(tmp_path):
     from onnxprune.errors import BadInputError
     with pytest.raises(BadInputError, match="external data"):
         prune(path, ratio=0.5)
+
+
+def test_float16_model():
+    b = GraphBuilder()
+    x = conv_stem(b, 8)
+    head(b, b.act(b.conv(x, 8)))
+    model = b.model()
+    from onnx import numpy_helper as nh
+    for i, init in enumerate(model.graph.initializer):
+        arr = nh.to_array(init)
+        if arr.dtype == np.float32:
+            model.graph.initializer[i].CopyFrom(nh.from_array(arr.astype(np.float16), init.name))
+    for vi in list(model.graph.input) + list(model.graph.output):
+        vi.type.tensor_type.elem_type = TensorProto.FLOAT16
+    assert_oracle(model, ratio=0.5, rtol=1e-2, atol=1e-2)
+
+
+def test_channels_used_inside_a_subgraph_are_refused():
+    b = GraphBuilder()
+    x = conv_stem(b, 8)
+    cond = b.const(np.array(True))
+    then_out = helper.make_tensor_value_info("t_out", TensorProto.FLOAT, None)
+    then = helper.make_graph([helper.make_node("Relu", [x], ["t_out"])], "then", [], [then_out])
+    other = helper.make_graph([helper.make_node("Sigmoid", [x], ["e_out"])], "else", [],
+                              [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, None)])
+    y = b.node("If", [cond], b.shapes[x], then_branch=then, else_branch=other)
+    head(b, y)
+    z = b.act(b.conv(b.input([1, 3, 6, 6], name="x2"), 6))  # outside the subgraph: prunable
+    head(b, z)
+    ctx = assert_oracle(b.model(), ratio=0.5)
+    stem = next(g for g in ctx.analysis.groups if g.channels == 8)
+    assert not stem.prunable and any("subgraph" in r for r in stem.reasons)

@@ -109,10 +109,13 @@ def _run_rule(node: gs.Node, state: State) -> None:
     n_blocks = len(state.blocks)
     try:
         rule.fn(node, state)
-    except UnsupportedPattern as exc:
+    except (UnsupportedPattern, KeyError, IndexError, TypeError, ValueError) as exc:
+        # A rule that meets something it did not expect (a missing shape, an odd attribute)
+        # refuses the channels it touches rather than failing the whole analysis.
+        reason = str(exc) if isinstance(exc, UnsupportedPattern) else f"{node.op} could not be analyzed ({exc})"
         del state.blocks[n_blocks:]
         for _, t in tracked_inputs:
-            state.block(state.track(t).atoms, f"{exc} ('{node.name}')")
+            state.block(state.track(t).atoms, f"{reason} ('{node.name}')")
         for out in node.outputs:  # nothing downstream may believe in half-mapped channels
             state.tracks.pop(out.name, None)
 

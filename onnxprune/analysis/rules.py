@@ -124,7 +124,7 @@ def elementwise(node: gs.Node, state: State) -> None:
         if in_axis < 0:
             continue
         dims = shape(t)
-        dim = dims[in_axis]
+        dim = dims[in_axis] if dims is not None else None
         if dim == 1:
             continue
         if dim != len(ref):
@@ -151,6 +151,8 @@ def conv(node: gs.Node, state: State) -> None:
     out_rank = weight.ndim
     if tr is not None and tr.axis != 1:
         raise UnsupportedPattern("Conv input carries channels on a non-channel axis")
+    if tr is not None and len(tr.atoms) != c_in_per_group * groups:
+        raise UnsupportedPattern("Conv weight does not match its input's channels")
     if groups == 1:
         if tr is not None:
             state.site(node, 1, 1, tr.atoms, "weight_in")
@@ -233,6 +235,8 @@ def gemm(node: gs.Node, state: State) -> None:
     if tr is not None:
         if int(node.attrs.get("transA", 0)) or tr.axis != 1:
             raise UnsupportedPattern("Gemm with a transposed activation input")
+        if len(tr.atoms) != weight.shape[1 if trans_b else 0]:
+            raise UnsupportedPattern("Gemm weight does not match its input's features")
         state.site(node, 1, 1 if trans_b else 0, tr.atoms, "weight_in")
     out = state.fresh(weight.shape[0] if trans_b else weight.shape[1], node)
     state.site(node, 1, 0 if trans_b else 1, out, "weight_out")
@@ -259,6 +263,8 @@ def matmul(node: gs.Node, state: State) -> None:
     if tr is not None:
         if tr.axis != r - 1:
             raise UnsupportedPattern("MatMul input carries channels on a non-feature axis")
+        if len(tr.atoms) != weight.shape[0]:
+            raise UnsupportedPattern("MatMul weight does not match its input's features")
         state.site(node, 1, 0, tr.atoms, "weight_in")
     out = state.fresh(weight.shape[1], node)
     state.site(node, 1, 1, out, "weight_out")
