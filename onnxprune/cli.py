@@ -12,9 +12,6 @@ import click
 
 from .errors import BadInputError, OnnxPruneError
 
-SUBCOMMANDS = ("analyze",)
-
-
 class DefaultToPrune(click.Group):
     """A group whose default command is ``prune``: ``onnxprune MODEL`` means ``onnxprune prune MODEL``."""
 
@@ -43,6 +40,7 @@ def main() -> None:
     \b
     onnxprune MODEL --ratio 0.3 [-o OUT]   prune 30% of every prunable group
     onnxprune analyze MODEL                list channel groups and why some are blocked
+    onnxprune bench MODEL [MODEL ...]      measure latency, side by side
     """
 
 
@@ -94,6 +92,37 @@ def analyze_cmd(model: Path, verbose: bool, debug: bool) -> None:
         ctx = Pipeline([Normalize(), Analyze()]).run(model)
         before = ctx.report["before"]
         click.echo(analysis_table(ctx.analysis, before["params"], before["flops"], verbose))
+    except Exception as exc:
+        _fail(exc, debug)
+
+
+@main.command("bench")
+@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="ONNX Runtime execution provider.")
+@click.option("--threads", type=int, default=None, help="Intra-op threads [default: ONNX Runtime's choice].")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:DIMS",
+              help="Shape for an input with dynamic dimensions, e.g. input:1x3x224x224 (repeatable).")
+@click.option("--rounds", type=int, default=50, show_default=True, help="At most this many interleaved rounds.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write results as JSON.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def bench_cmd(models: tuple[Path, ...], provider: str, threads: int | None, input_shapes: tuple[str, ...],
+              rounds: int, json_path: Path | None, debug: bool) -> None:
+    """Measure latency (p50/p90/p99, throughput); with several models, interleaved with ratios."""
+    try:
+        from .bench import bench_models, format_bench
+
+        if threads is not None and threads < 1:
+            raise BadInputError(f"--threads must be positive, got {threads}")
+        result = bench_models(models, provider=provider, threads=threads, input_shapes=input_shapes,
+                              max_rounds=rounds)
+        click.echo(format_bench(result))
+        if json_path:
+            import json
+
+            from .io import atomic_write_text
+
+            atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")
     except Exception as exc:
         _fail(exc, debug)
 

@@ -106,3 +106,19 @@ def _size_is_cheap(model: onnx.ModelProto) -> bool:
     """ByteSize() itself fails on messages past 2 GiB; estimate from raw tensors first."""
     total = sum(len(t.raw_data) for t in model.graph.initializer)
     return total < EXTERNAL_DATA_THRESHOLD
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a small text file (reports) with the same temporary-file-then-rename discipline."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,46 @@
+"""``onnxprune bench``: latency of one or more models, measured side by side."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+from .io import load_model
+from .runtime.session import make_runner, onnxruntime, parse_input_shapes
+from .runtime.timing import interleaved, ratios
+
+
+def bench_models(paths: list[Path] | tuple[Path, ...], provider: str = "cpu", threads: int | None = None,
+                 input_shapes: tuple[str, ...] | list[str] = (), max_rounds: int = 50,
+                 min_seconds: float = 2.0) -> dict:
+    """Time the models interleaved; the first model is the baseline for ratios."""
+    shapes = parse_input_shapes(input_shapes)
+    runners = []
+    for path in paths:
+        model = load_model(path)  # validates the file, one-line errors
+        runners.append((str(path), make_runner(model.SerializeToString(), provider, threads, shapes)))
+    timings = interleaved(runners, max_rounds=max_rounds, min_seconds=min_seconds)
+    ort = onnxruntime()
+    result = {
+        "provider": provider, "threads": threads,
+        "environment": {"onnxruntime": ort.__version__, "cpus": os.cpu_count(), "machine": platform.machine()},
+        "models": [t.summary() for t in timings],
+    }
+    if len(timings) > 1:
+        result["ratios_vs_first"] = [dict(name=t.name, **ratios(timings[0], t)) for t in timings[1:]]
+    return result
+
+
+def format_bench(result: dict) -> str:
+    rows = [f"provider {result['provider']}, threads {result['threads'] or 'default'}; "
+            f"{result['models'][0]['rounds']} interleaved rounds",
+            f"{'model':40} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'per s':>8}  round medians"]
+    for m in result["models"]:
+        name = m["name"] if len(m["name"]) <= 40 else "…" + m["name"][-39:]
+        rows.append(f"{name:40} {m['p50_ms']:9.3f} {m['p90_ms']:9.3f} {m['p99_ms']:9.3f} "
+                    f"{m['throughput_per_s']:8.1f}  {m['round_median_min_ms']:.3f}–{m['round_median_max_ms']:.3f}")
+    for r in result.get("ratios_vs_first", []):
+        rows.append(f"{Path(r['name']).name} / {Path(result['models'][0]['name']).name}: "
+                    f"{r['median']:.3f}x (per-round min–max {r['min']:.3f}–{r['max']:.3f})")
+    return "\n".join(rows)

@@ -1,0 +1,115 @@
+"""Sessions and inputs for a chosen provider.
+
+``cpu`` uses the CPUExecutionProvider; ``cuda`` uses the CUDAExecutionProvider with IOBinding,
+inputs copied to the device once, so host-device copies are not part of what is timed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import BadInputError, MissingRuntimeError
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+_NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+             "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
+             "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
+
+
+def onnxruntime():
+    """Import onnxruntime, or say which extra installs it."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MissingRuntimeError(
+            "ONNX Runtime is not installed: pip install 'onnxprune[cpu]' (or 'onnxprune[gpu]' for CUDA)") from None
+    return ort
+
+
+def parse_input_shapes(specs: tuple[str, ...] | list[str]) -> dict[str, list[int]]:
+    """``NAME:1x3x224x224`` (several allowed) -> {NAME: [1, 3, 224, 224]}."""
+    shapes = {}
+    for spec in specs:
+        m = re.fullmatch(r"(.+):(\d+(?:[x,]\d+)*)", spec.strip())
+        if not m:
+            raise BadInputError(f"--input-shape '{spec}': expected NAME:DIMS, e.g. input:1x3x224x224")
+        shapes[m.group(1)] = [int(d) for d in re.split(r"[x,]", m.group(2))]
+    return shapes
+
+
+@dataclass
+class Runner:
+    """One model on one provider, ready to run on fixed inputs."""
+
+    session: object
+    provider: str
+    feeds: dict
+    binding: object | None = None
+
+    def run(self) -> None:
+        if self.binding is not None:
+            self.session.run_with_iobinding(self.binding)
+        else:
+            self.session.run(None, self.feeds)
+
+
+def make_runner(model_bytes: bytes, provider: str = "cpu", threads: int | None = None,
+                shapes: dict[str, list[int]] | None = None, seed: int = 0) -> Runner:
+    ort = onnxruntime()
+    if provider not in PROVIDERS:
+        raise BadInputError(f"unknown provider '{provider}' (choose from {', '.join(PROVIDERS)})")
+    name = PROVIDERS[provider]
+    if name not in ort.get_available_providers():
+        raise BadInputError(f"provider '{provider}' is not available in this ONNX Runtime "
+                            f"(available: {', '.join(ort.get_available_providers())}); "
+                            "CUDA needs 'onnxprune[gpu]' and an NVIDIA GPU")
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(model_bytes, opts, providers=[name])
+    if name not in session.get_providers():
+        raise BadInputError(f"provider '{provider}' could not be initialised")
+    feeds = make_feeds(session, shapes or {}, seed)
+    binding = None
+    if provider == "cuda":
+        binding = session.io_binding()
+        for k, v in feeds.items():
+            binding.bind_ortvalue_input(k, ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0))
+        for out in session.get_outputs():
+            binding.bind_output(out.name, "cuda")
+    return Runner(session, provider, feeds, binding)
+
+
+def make_feeds(session, shapes: dict[str, list[int]], seed: int = 0) -> dict:
+    """Random inputs; dynamic dimensions come from ``shapes`` or are an error naming them."""
+    rng = np.random.default_rng(seed)
+    unknown = set(shapes) - {i.name for i in session.get_inputs()}
+    if unknown:
+        raise BadInputError(f"--input-shape names unknown input(s): {', '.join(sorted(unknown))} "
+                            f"(model inputs: {', '.join(i.name for i in session.get_inputs())})")
+    feeds = {}
+    for inp in session.get_inputs():
+        if inp.name in shapes:
+            shape = shapes[inp.name]
+            if len(shape) != len(inp.shape):
+                raise BadInputError(f"--input-shape {inp.name}: rank {len(shape)}, model expects {len(inp.shape)}")
+        else:
+            if any(not isinstance(d, int) or d <= 0 for d in inp.shape):
+                raise BadInputError(f"input '{inp.name}' has dynamic shape {inp.shape}: "
+                                    f"give it with --input-shape {inp.name}:1x...")
+            shape = list(inp.shape)
+        dtype = _NP_TYPES.get(inp.type)
+        if dtype is None:
+            raise BadInputError(f"input '{inp.name}' has unsupported type {inp.type}")
+        if dtype == np.bool_:
+            feeds[inp.name] = rng.random(shape) > 0.5
+        elif np.issubdtype(dtype, np.integer):
+            feeds[inp.name] = rng.integers(0, 2, shape).astype(dtype)
+        else:
+            feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
+    return feeds
