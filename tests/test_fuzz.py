@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import pytest
+from onnx import helper
 from conftest import assert_oracle, prune_with_oracle, random_feeds, session
 from graphs import GraphBuilder
 from hypothesis import HealthCheck, given, note, settings
@@ -42,6 +43,9 @@ SPATIAL = uniform_int(4, 12)
 #: Keep concatenations and channel multipliers from growing graphs without bound.
 MAX_CHANNELS = 64
 CRITERIA = ("l1", "l2", "bn")
+#: Whether ``constant_nodes=True`` also turns 0-d constants into Constant nodes. Off while
+#: normalization gives such constants a rank of 1 (see test_scalar_constant_node_keeps_its_rank).
+SCALAR_CONSTANT_NODES = False
 ROUND_TO = (1, 2, 4)
 
 
@@ -54,12 +58,24 @@ class FuzzBuilder(GraphBuilder):
     size and the oracle's float tolerances stay meaningful.
     """
 
-    def __init__(self, seed: int = 0, opset: int = 17):
+    def __init__(self, seed: int = 0, opset: int = 17, share_constants: bool = False):
         super().__init__(seed=seed, opset=opset)
-        self.header = f"b = FuzzBuilder(seed={seed}, opset={opset})"
+        self.header = f"b = FuzzBuilder(seed={seed}, opset={opset}" + (", share_constants=True)" if share_constants else ")")
+        #: reuse one initializer for equal integer constants (Slice bounds, shapes, sizes), as exporters do
+        self.share_constants = share_constants
+        self._shared: dict[tuple, str] = {}
         self.log: list[str] = []
         self._depth = 0
         self._fan_in: int | None = None
+
+    def const(self, values, prefix: str = "w") -> str:
+        arr = np.asarray(values)
+        if not (self.share_constants and arr.dtype == np.int64):
+            return super().const(values, prefix)
+        key = (arr.shape, tuple(arr.reshape(-1).tolist()))
+        if key not in self._shared:
+            self._shared[key] = super().const(values, prefix)
+        return self._shared[key]
 
     # --- weights scaled by fan-in --------------------------------------------------------
     def weight(self, *shape: int) -> str:
@@ -168,7 +184,7 @@ class FuzzBuilder(GraphBuilder):
         r = len(self.shapes[x])
         axes_n = [a % r for a in axes]
         sh = [1 if i in axes_n else d for i, d in enumerate(self.shapes[x]) if keepdims or i not in axes_n]
-        return self._axes_op(op, x, axes, sh, 18, keepdims=keepdims)
+        return self._axes_op(op, x, axes, sh, 13 if op == "ReduceSum" else 18, keepdims=keepdims)
 
     def split_axis(self, x: str, axis: int, sizes: list[int]) -> list[str]:
         """Split along any axis, sizes as input (opset 13+) or attribute."""
@@ -200,6 +216,54 @@ class FuzzBuilder(GraphBuilder):
         sh = self.shapes[x]
         return self.node("Flatten", [x], [int(np.prod(sh[:axis])), int(np.prod(sh[axis:]))], axis=axis)
 
+    def gather(self, x: str, axis: int, index) -> str:
+        """Gather with a scalar or 1-D constant index."""
+        idx = np.asarray(index, np.int64)
+        sh = list(self.shapes[x])
+        sh[axis:axis + 1] = list(idx.shape)
+        out = self.node("Gather", [x, self.const(idx)], sh or [1], axis=axis)
+        self.shapes[out] = sh
+        return out
+
+    def flatten_by_shape(self, x: str, keep_channels: bool = False) -> str:
+        """``x.view(x.size(0), -1)`` (or ``x.view(x.size(0), x.size(1), -1)``) as exporters write it."""
+        dims = self.node("Shape", [x], [len(self.shapes[x])])
+        parts = []
+        for i in ([0, 1] if keep_channels else [0]):
+            g = self.node("Gather", [dims, self.const(np.array(i, np.int64))], [1])
+            self.shapes[g] = []  # a scalar
+            parts.append(self._axes_op("Unsqueeze", g, [0], [1], 13))
+        target = self.node("Concat", parts + [self.const(np.array([-1], np.int64))], [len(parts) + 1], axis=0)
+        sh = self.shapes[x]
+        out = sh[:2] + [int(np.prod(sh[2:]))] if keep_channels else [sh[0], int(np.prod(sh[1:]))]
+        return self.node("Reshape", [x, target], out)
+
+    def const_op(self, x: str, op: str, shape: list[int], const_first: bool = False) -> str:
+        """Element-wise with a constant of ``shape`` (broadcast against x), e.g. a position embedding."""
+        c = self.const(self.rng.uniform(0.5, 1.5, shape).astype(np.float32))
+        out = list(np.broadcast_shapes(tuple(self.shapes[x]), tuple(shape)))
+        return self.node(op, [c, x] if const_first else [x, c], out)
+
+    def concat_const(self, x: str, k: int, first: bool = False) -> str:
+        """x concatenated on channels with a constant (N, k, H, W) map."""
+        n, c, h, w = self.shapes[x]
+        const = self.const(self.rng.standard_normal((n, k, h, w)).astype(np.float32))
+        return self.concat(const, x) if first else self.concat(x, const)
+
+    def where_leaky(self, x: str) -> str:
+        """LeakyReLU written as Where(x > 0, x, 0.1 * x)."""
+        sh = self.shapes[x]
+        cond = self.node("Greater", [x, self.const(np.float32(0))], sh)
+        return self.node("Where", [cond, x, self.node("Mul", [x, self.const(np.float32(0.1))], sh)], sh)
+
+    def attention(self, t: str, d: int) -> str:
+        """Single-head self-attention over tokens (N, T, C): softmax(q k^T) v."""
+        n, tokens, _ = self.shapes[t]
+        q, k, v = (self.matmul(t, d, bias=False) for _ in range(3))
+        scores = self.node("MatMul", [q, self.node("Transpose", [k], [n, d, tokens], perm=[0, 2, 1])],
+                           [n, tokens, tokens])
+        return self.node("MatMul", [self.node("Softmax", [scores], [n, tokens, tokens], axis=-1), v], [n, tokens, d])
+
     def global_max_pool(self, x: str) -> str:
         n, c = self.shapes[x][:2]
         return self.node("GlobalMaxPool", [x], [n, c, 1, 1])
@@ -230,8 +294,28 @@ class FuzzBuilder(GraphBuilder):
         else:
             self.log.append(f"{out} = {call}")
 
+    def model(self, dynamic_batch: bool = False, constant_nodes: bool = False) -> onnx.ModelProto:
+        """The model; optionally with a symbolic batch dimension, or weights as Constant nodes."""
+        self._model_args = ", ".join(f"{k}=True" for k, v in (("dynamic_batch", dynamic_batch),
+                                                               ("constant_nodes", constant_nodes)) if v)
+        m = super().model()
+        if constant_nodes:  # as some exporters write weights; normalization folds them back
+            inits = list(m.graph.initializer)
+            as_nodes = [t for t in inits if SCALAR_CONSTANT_NODES or len(t.dims) > 0]
+            nodes = [helper.make_node("Constant", [], [t.name], value=t) for t in as_nodes]
+            nodes += list(m.graph.node)
+            del m.graph.initializer[:]
+            m.graph.initializer.extend(t for t in inits if not any(t is a for a in as_nodes))
+            del m.graph.node[:]
+            m.graph.node.extend(nodes)
+        if dynamic_batch:
+            for i in m.graph.input:
+                i.type.tensor_type.shape.dim[0].dim_param = "N"
+        onnx.checker.check_model(m)
+        return m
+
     def code(self) -> str:
-        return "\n".join([self.header, *self.log, "model = b.model()"])
+        return "\n".join([self.header, *self.log, f"model = b.model({getattr(self, '_model_args', '')})"])
 
 
 def _logged(fn):
@@ -253,7 +337,8 @@ for _name in ("input", "conv", "conv_transpose", "bn", "instance_norm", "act", "
               "slice_channels", "maxpool", "avgpool", "gap", "resize2x", "pad", "flatten", "reshape", "gemm", "matmul",
               "transpose", "se", "output", "split_equal", "slice_axis", "last_axis_op", "conv_transpose_dw",
               "resize_sizes", "pad_channels", "squeeze", "unsqueeze", "reduce_mean", "softmax", "layer_norm", "split_axis",
-              "slice_multi", "flatten_axis", "global_max_pool", "node"):
+              "slice_multi", "flatten_axis", "global_max_pool", "gather", "flatten_by_shape", "const_op", "concat_const", "where_leaky",
+              "attention", "node"):
     setattr(FuzzBuilder, _name, _logged(getattr(FuzzBuilder, _name)))
 
 
@@ -267,6 +352,9 @@ class FuzzCase:
 
     def __repr__(self) -> str:
         return "\n" + self.code + "\n"
+
+    def _repr_pretty_(self, p, cycle) -> None:  # Hypothesis prints falsifying examples with this
+        p.text(repr(self))
 
     def rebuild(self) -> onnx.ModelProto:
         scope = {"FuzzBuilder": FuzzBuilder}
@@ -324,13 +412,13 @@ class _Gen:
 
     def residual(self, x: str) -> str:
         c = self.c(x)
-        projection = self.draw(st.integers(0, 3)) == 0
+        projection = self.draw(uniform_int(0, 3)) == 0
         c_out = self.draw(WIDTH) if projection else c
         shortcut = self.norm(self.b.conv(x, c_out, k=1)) if projection else x
         branches = []
         for _ in range(self.pick([1, 1, 2])):
             y = x
-            for _ in range(self.draw(st.integers(0, 1))):
+            for _ in range(self.draw(uniform_int(0, 1))):
                 y = self.pick([self.conv_unit, self.depthwise])(y)
             branches.append(self.norm(self.b.conv(y, c_out, k=self.pick([1, 3]))))
         op = self.pick(["Add", "Add", "Sum", "Mul", "Sub", "Max", "Min", "Div"]) if len(branches) == 1 else \
@@ -343,7 +431,7 @@ class _Gen:
         return self.maybe_act(self.b.add(*terms, op=op))
 
     def dense(self, x: str) -> str:
-        for _ in range(self.draw(st.integers(1, 3))):
+        for _ in range(self.draw(uniform_int(1, 3))):
             growth = self.draw(uniform_int(2, 12))
             if self.c(x) + growth > MAX_CHANNELS:
                 break
@@ -352,7 +440,7 @@ class _Gen:
         return x
 
     def c2f(self, x: str) -> str:
-        n = self.draw(st.integers(2, 3))
+        n = self.draw(uniform_int(2, 3))
         if self.draw(st.booleans()):
             y = self.conv_unit(x, self.draw(uniform_int(1, 8)) * n, k=1)
             parts = self.b.split_equal(y, n)
@@ -362,7 +450,7 @@ class _Gen:
             parts = self.b.split(y, sizes, as_attr=self.b.opset < 13)
         outs = list(parts)
         last = parts[-1]
-        for _ in range(self.draw(st.integers(1, 2))):
+        for _ in range(self.draw(uniform_int(1, 2))):
             z = self.conv_unit(last, self.c(last), k=3)
             last = self.b.add(last, z) if self.draw(st.booleans()) else z
             outs.append(last)
@@ -384,7 +472,7 @@ class _Gen:
         c = self.c(x)
         if c < 3:
             return x
-        k = self.draw(st.integers(c // 2 + 1, c - 1))
+        k = self.draw(uniform_int(c // 2 + 1, c - 1))
         return self.b.add(self.b.slice_channels(x, 0, k), self.b.slice_channels(x, c - k, c))
 
     def duplicate_concat(self, x: str) -> str:
@@ -400,8 +488,8 @@ class _Gen:
 
     def channel_slice(self, x: str) -> str:
         c = self.c(x)
-        start = self.draw(st.integers(0, c - 1))
-        end = self.draw(st.integers(start + 1, c))
+        start = self.draw(uniform_int(0, c - 1))
+        end = self.draw(uniform_int(start + 1, c))
         if self.draw(st.booleans()):
             start -= c
         if end == c and self.draw(st.booleans()):
@@ -420,11 +508,12 @@ class _Gen:
         size = self.b.shapes[x][axis]
         if size < 2:
             return x
-        return self.b.slice_axis(x, self.draw(st.integers(0, size // 2)), size, axis=axis)
+        return self.b.slice_axis(x, self.draw(uniform_int(0, size // 2)), size, axis=axis)
 
     def se(self, x: str) -> str:
-        if self.draw(st.integers(0, 3)) == 0:  # parameter-free: x * sigmoid(mean over space)
-            s = self.b.act(self.b.reduce_mean(x, [2, 3], keepdims=1), "Sigmoid")
+        if self.draw(uniform_int(0, 3)) == 0:  # parameter-free: x * sigmoid(reduce over space)
+            op = self.pick(["ReduceMean", "ReduceSum", "ReduceMax", "ReduceL2"])
+            s = self.b.act(self.b.reduce_mean(x, [2, 3], keepdims=1, op=op), "Sigmoid")
             return self.b.add(x, s, op="Mul")
         return self.b.se(x, reduction=self.pick([2, 4]))
 
@@ -433,13 +522,13 @@ class _Gen:
         kinds = ["pad", "pad_channels"] if max(h, w) <= 16 else []
         kinds += ["maxpool", "avgpool", "maxpool"] if min(h, w) >= 2 else []
         kinds += ["resize2x", "resize_sizes"] if max(h, w) <= 12 else []
-        kinds += ["gap", "global_max_pool"] if self.draw(st.integers(0, 3)) == 0 else []
+        kinds += ["gap", "global_max_pool"] if self.draw(uniform_int(0, 3)) == 0 else []
         if not kinds:
             return x
         return getattr(self.b, self.pick(kinds))(x)
 
     def transpose_round_trip(self, x: str) -> str:
-        if self.draw(st.integers(0, 3)) == 0:  # swap H and W: channels stay on axis 1
+        if self.draw(uniform_int(0, 3)) == 0:  # swap H and W: channels stay on axis 1
             return self.maybe_act(self.b.transpose(x, [0, 1, 3, 2]))
         t = self.b.transpose(x, [0, 2, 3, 1])  # NHWC: channels last
         inner = self.pick(["none", "act", "vec", "matmul", "matmul", "layer_norm"])
@@ -464,17 +553,30 @@ class _Gen:
         h, w = self.hw(x)
         if max(h, w) > 12:
             return x
-        if self.draw(st.integers(0, 2)) == 0:
+        if self.draw(uniform_int(0, 2)) == 0:
             y = self.b.conv_transpose_dw(x, self.pick([1, 1, 2]) if 2 * self.c(x) <= MAX_CHANNELS else 1)
         else:
             y = self.b.conv_transpose(x, self.draw(WIDTH))
         return self.maybe_act(self.norm(y))
 
     def channel_op(self, x: str) -> str:
-        return self.b.channel_op(x, self.pick(["Mul", "Add", "Sub", "Div"]))
+        kind = self.pick(["per_channel", "per_channel", "full", "const_first"])
+        if kind == "per_channel":
+            return self.b.channel_op(x, self.pick(["Mul", "Add", "Sub", "Div"]))
+        n, c, h, w = self.b.shapes[x]
+        if kind == "full":  # a constant map with channels and space, of rank 3 or 4
+            return self.b.const_op(x, self.pick(["Add", "Mul"]), self.pick([[c, h, w], [1, c, h, w], [c, 1, w]]))
+        return self.b.const_op(x, self.pick(["Sub", "Add", "Max"]), self.pick([[c, 1, 1], [1, c, 1, 1]]),
+                               const_first=True)
+
+    def concat_const(self, x: str) -> str:
+        """Channels concatenated with a constant map: only the constant's part is fixed."""
+        return self.b.concat_const(x, self.draw(uniform_int(1, 4)), first=self.draw(st.booleans()))
 
     def activation(self, x: str) -> str:
-        op = self.pick(_activations(self.b.opset) + ["Softmax"])
+        op = self.pick(_activations(self.b.opset) + ["Softmax", "Where"])
+        if op == "Where":
+            return self.b.where_leaky(x)
         if op == "Softmax":  # over a spatial axis it keeps channels; over the channel axis it blocks
             return self.b.softmax(x, axis=self.pick([-1, -1, 2, 1] if len(self.b.shapes[x]) == 4 else [-1, 1]))
         return self.b.act(x, op)
@@ -526,7 +628,7 @@ class _Gen:
               "overlapping_slices": 1, "duplicate_concat": 1, "broadcast_merge": 1, "channel_slice": 2,
               "spatial_slice": 1, "se": 2, "spatial": 3, "transpose_round_trip": 2, "reshape_round_trip": 1,
               "conv_transpose": 2, "channel_op": 1, "activation": 1, "spatial_concat": 1, "multi_axis_slice": 1,
-              "axis_shuffle": 1, "spatial_attention": 1}
+              "axis_shuffle": 1, "spatial_attention": 1, "concat_const": 1}
     BLOCK_LIST = tuple(name for name, weight in BLOCKS.items() for _ in range(weight))
 
     # --- heads ---------------------------------------------------------------------------
@@ -539,16 +641,28 @@ class _Gen:
         if kind == "conv":
             return b.conv(x, draw(WIDTH), k=1)
         if kind == "tokens":  # (N, C, HW) -> (N, HW, C) -> MatMul+Add MLP
-            r = b.reshape(x, self.pick([[1, c, -1], [0, 0, -1], [1, c, h * w]]))
+            target = self.pick([[1, c, -1], [0, 0, -1], [1, c, h * w], "shape"])
+            r = b.flatten_by_shape(x, keep_channels=True) if target == "shape" else b.reshape(x, target)
             t = b.transpose(r, [0, 2, 1])
             if b.opset >= 17 and draw(st.booleans()):
                 t = b.layer_norm(t)
+            if draw(st.booleans()):  # a position embedding
+                t = b.const_op(t, "Add", b.shapes[t][1:])
+            if draw(uniform_int(0, 3)) == 0:
+                t = b.attention(t, draw(WIDTH))
+            pool = self.pick(["none", "none", "mean", "cls", "first_two"])
+            if pool == "mean":  # average over tokens
+                t = b.reduce_mean(t, [1], keepdims=0)
+            elif pool == "cls":  # the first token, as ViT does
+                t = b.gather(t, 1, 0)
+            elif pool == "first_two":
+                t = b.gather(t, 1, [0, h * w - 1])
             y = self.maybe_act(b.matmul(t, draw(WIDTH), bias=draw(st.booleans())))
             return b.matmul(y, draw(WIDTH), bias=draw(st.booleans()))
-        if kind == "classifier" and self.draw(st.integers(0, 5)) == 0:  # channels end up on axis 0: refused
+        if kind == "classifier" and self.draw(uniform_int(0, 5)) == 0:  # channels end up on axis 0: refused
             y = b.flatten_axis(x, 2) if self.draw(st.booleans()) else b.reshape(x, [c, -1])
             return b.matmul(y, draw(WIDTH)) if self.draw(st.booleans()) else b.gemm(y, draw(WIDTH))
-        flat_kinds = ["gap_flatten", "gap_reshape", "gap_squeeze", "reduce_mean"]
+        flat_kinds = ["gap_flatten", "gap_reshape", "gap_squeeze", "reduce_mean", "gap_shape_view"]
         if c * h * w <= 4096:
             flat_kinds += ["flatten", "reshape_m1", "reshape_0m1", "reshape_explicit", "flatten_nhwc"]
         flat = self.pick(flat_kinds)
@@ -558,6 +672,8 @@ class _Gen:
             y = b.reshape(b.gap(x), [1, c])
         elif flat == "gap_squeeze":
             y = b.squeeze(b.gap(x), [2, 3])
+        elif flat == "gap_shape_view":
+            y = b.flatten_by_shape(b.gap(x))
         elif flat == "reduce_mean":
             y = b.reduce_mean(x, [2, 3], keepdims=0)
         elif flat == "flatten":
@@ -570,31 +686,31 @@ class _Gen:
             y = b.reshape(x, [1, c * h * w])
         else:  # channels last before flattening: channels are interleaved with space
             y = b.flatten(b.transpose(x, [0, 2, 3, 1]))
-        for _ in range(draw(st.integers(0, 2))):
+        for _ in range(draw(uniform_int(0, 2))):
             if draw(st.booleans()):
                 y = b.gemm(y, draw(WIDTH), trans_b=draw(st.booleans()))
             else:
                 y = b.matmul(y, draw(WIDTH))
             y = self.maybe_act(y)
-        if draw(st.integers(0, 4)) == 0:  # logits through Softmax
-            return b.softmax(b.gemm(y, draw(st.integers(2, 10)), trans_b=draw(st.booleans())), axis=-1)
-        return b.gemm(y, draw(st.integers(2, 10)), trans_b=draw(st.booleans()))
+        if draw(uniform_int(0, 4)) == 0:  # logits through Softmax
+            return b.softmax(b.gemm(y, draw(uniform_int(2, 10)), trans_b=draw(st.booleans())), axis=-1)
+        return b.gemm(y, draw(uniform_int(2, 10)), trans_b=draw(st.booleans()))
 
 
 @st.composite
 def graph_cases(draw, max_blocks: int = 6) -> FuzzCase:
     """A random model: usually a stem conv, 1..max_blocks blocks, 1..2 heads, sometimes a side output."""
     opset = draw(st.sampled_from(OPSETS))
-    b = FuzzBuilder(seed=draw(st.integers(0, 2**16)), opset=opset)
+    b = FuzzBuilder(seed=draw(st.integers(0, 2**16)), opset=opset, share_constants=draw(st.booleans()))
     gen = _Gen(draw, b)
     h, w = draw(SPATIAL), draw(SPATIAL)
-    x = b.input([1, draw(st.integers(1, 4)), h, w])
-    if draw(st.integers(0, 4)):  # sometimes blocks start on the graph input
+    x = b.input([1, draw(uniform_int(1, 4)), h, w])
+    if draw(uniform_int(0, 4)):  # sometimes blocks start on the graph input
         x = gen.conv_unit(x)
     outputs: list[str] = []
-    for _ in range(draw(st.integers(1, max_blocks))):
+    for _ in range(draw(uniform_int(1, max_blocks))):
         x = getattr(gen, draw(st.sampled_from(_Gen.BLOCK_LIST)))(x)
-        if draw(st.integers(0, 15)) == 0 and x not in outputs and x != "x":
+        if draw(uniform_int(0, 15)) == 0 and x not in outputs and x != "x":
             outputs.append(x)  # a side output: its channels must be kept
     for _ in range(draw(st.sampled_from([1, 1, 1, 2]))):
         y = gen.head(x)
@@ -604,7 +720,7 @@ def graph_cases(draw, max_blocks: int = 6) -> FuzzCase:
         outputs.append(b.conv(x, 2, k=1))
     for y in outputs:
         b.output(y)
-    model = b.model()
+    model = b.model(dynamic_batch=draw(uniform_int(0, 4)) == 0, constant_nodes=draw(uniform_int(0, 4)) == 0)
     onnx.checker.check_model(model, full_check=True)  # the generator itself must make valid models
     return FuzzCase(model, b.code(), opset)
 
@@ -653,7 +769,9 @@ def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     m.CopyFrom(model)
     g = m.graph
     keep32 = {n.input[i] for n in g.node if n.op_type == "Resize" for i in (1, 2) if i < len(n.input)}
-    for t in g.initializer:
+    tensors = list(g.initializer) + [a.t for n in g.node if n.op_type == "Constant" and n.output[0] not in keep32
+                                     for a in n.attribute if a.name == "value"]
+    for t in tensors:
         if t.data_type == onnx.TensorProto.FLOAT and t.name not in keep32:
             t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t).astype(np.float64), t.name))
     for vi in [*g.input, *g.output, *g.value_info]:
@@ -662,21 +780,78 @@ def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
+def _reference_ops(opset: int) -> list:
+    """Reference-evaluator ops to use instead of ONNX's own, where those differ from the spec
+    (and ONNX Runtime): its grouped ConvTranspose slices the weight by output channels and adds
+    the bias per group; its BatchNormalization uses batch statistics whenever ``momentum`` is set,
+    which its default value is; its Softmax before opset 13 normalizes over one axis only."""
+    from onnx.reference.op_run import OpRun
+    from onnx.reference.ops.op_conv_transpose import ConvTranspose
+
+    class Softmax(OpRun):
+        op_domain = ""
+
+        def _run(self, x, axis=None):
+            if opset >= 13:
+                axis = -1 if axis is None else axis
+                e = np.exp(x - x.max(axis=axis, keepdims=True))
+                return ((e / e.sum(axis=axis, keepdims=True)).astype(x.dtype),)
+            axis = (1 if axis is None else axis) % x.ndim  # coerced to 2-D at ``axis``
+            flat = x.reshape(int(np.prod(x.shape[:axis])), -1)
+            e = np.exp(flat - flat.max(axis=1, keepdims=True))
+            return ((e / e.sum(axis=1, keepdims=True)).reshape(x.shape).astype(x.dtype),)
+
+    class BatchNormalization(OpRun):
+        op_domain = ""
+
+        def _run(self, x, scale, bias, mean, var, epsilon=None, **_):
+            shape = (1, -1) + (1,) * (x.ndim - 2)
+            eps = 1e-5 if epsilon is None else epsilon
+            y = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps) * scale.reshape(shape) + bias.reshape(shape)
+            return (y.astype(x.dtype),)
+
+    class GroupedConvTranspose(ConvTranspose):
+        op_domain = ""
+
+        def _run(self, X, W, B=None, group=None, **attrs):  # noqa: N803 - ONNX input names
+            group = int(group or 1)
+            if group == 1:
+                return super()._run(X, W, B, group=1, **attrs)
+            c = X.shape[1] // group
+            parts = [super(GroupedConvTranspose, self)._run(X[:, g * c:(g + 1) * c], W[g * c:(g + 1) * c], None,
+                                                            group=1, **attrs)[0] for g in range(group)]
+            y = np.concatenate(parts, axis=1)
+            if B is not None:
+                y = y + B.reshape((1, -1) + (1,) * (y.ndim - 2))
+            return (y.astype(X.dtype),)
+
+    GroupedConvTranspose.__name__ = "ConvTranspose"
+    return [GroupedConvTranspose, BatchNormalization, Softmax]
+
+
 def _confirm_in_float64(model, ratio, criterion, round_to, seeds, mismatch: AssertionError):
     """A float32 mismatch is rounding (pruning changes summation order) if float64 agrees closely.
 
     Near-ties amplify rounding: e.g. a LayerNormalization over two features is about
     ``sign(a - b)``. The float64 run uses ONNX's reference evaluator (ONNX Runtime has no
-    float64 Conv) and a tolerance four orders of magnitude tighter than the float32 one.
+    float64 Conv) and a tolerance four orders of magnitude tighter than the float32 one; the
+    evaluator must first reproduce ONNX Runtime's float32 results of the zeroed model, or the
+    float32 mismatch stands.
     """
     from onnx.reference import ReferenceEvaluator
 
     ctx, zeroed = prune_with_oracle(model, ratio, criterion, round_to)
-    zs, ps = ReferenceEvaluator(to_float64(zeroed)), ReferenceEvaluator(to_float64(ctx.pruned))
-    original = session(ctx.model)
+    ops = _reference_ops(ctx.opset)
+    zs, ps = (ReferenceEvaluator(to_float64(m), new_ops=ops) for m in (zeroed, ctx.pruned))
+    zs32, original = session(zeroed), session(ctx.model)
     for seed in seeds:
-        feeds = {k: v.astype(np.float64) for k, v in random_feeds(original, seed).items()}
-        for e, g in zip(zs.run(None, feeds), ps.run(None, feeds)):
+        feeds32 = random_feeds(original, seed)
+        feeds = {k: v.astype(np.float64) for k, v in feeds32.items()}
+        expected = zs.run(None, feeds)
+        for e, e32 in zip(expected, zs32.run(None, feeds32)):
+            if not np.allclose(e, e32, rtol=1e-3, atol=1e-4):
+                raise AssertionError(f"{mismatch}\n\n(the float64 re-check does not reproduce the float32 results)")
+        for e, g in zip(expected, ps.run(None, feeds)):
             try:
                 np.testing.assert_allclose(g, e, rtol=1e-8, atol=1e-9)
             except AssertionError as exc:
@@ -729,7 +904,7 @@ def check_case(case: FuzzCase, ratio: float, criterion: str, round_to: int, seed
 
 # --- the tests ------------------------------------------------------------------------------
 
-FUZZ_SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
+FUZZ_SETTINGS = settings(max_examples=200, deadline=None, derandomize=True,
                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                                 HealthCheck.large_base_example])
 
@@ -742,7 +917,7 @@ def test_random_graphs_match_the_oracle(example):
     check_case(case, ratio, criterion, round_to)
 
 
-@settings(max_examples=10, deadline=None, derandomize=True,
+@settings(max_examples=30, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
 @given(graph_cases())
 def test_generated_code_rebuilds_the_same_model(case):
@@ -762,12 +937,25 @@ def test_builder_log_is_python():
     assert_oracle(model, ratio=0.5)
 
 
+@pytest.mark.xfail(strict=True, reason="normalize stores a 0-d Constant node's value as a 1-D initializer "
+                   "(np.ascontiguousarray), so a scalar Gather index keeps the axis it should drop; "
+                   "when fixed, remove this mark and set SCALAR_CONSTANT_NODES = True")
+def test_scalar_constant_node_keeps_its_rank():
+    b = GraphBuilder(opset=13)
+    y = b.act(b.conv(b.input([1, 3, 4, 4]), 8))
+    b.nodes.append(helper.make_node("Constant", [], ["row"], value=onnx.numpy_helper.from_array(np.array(0, np.int64))))
+    b.output(b.node("Gather", [y, "row"], [1, 8, 4], axis=2))  # y[:, :, 0]
+    b.output(b.conv(y, 4, k=1))
+    assert_oracle(b.model(), ratio=0.0, expect_pruned=False)
+
+
 def test_float64_recheck_is_strict(monkeypatch):
     """The float64 re-check accepts agreement and rejects a real difference."""
     import test_fuzz
 
     b = FuzzBuilder(seed=1, opset=13)
     x = b.act(b.bn(b.conv(b.input([1, 3, 6, 6]), 8)))
+    x = b.conv_transpose_dw(x, 2)  # the reference evaluator's own grouped ConvTranspose is wrong
     b.output(b.gemm(b.flatten(b.gap(b.resize2x(x))), 4))
     model = b.model()
     mismatch = AssertionError("float32 mismatch")
