@@ -166,7 +166,7 @@ def has_input(node: gs.Node, index: int) -> bool:
 def set_const_input(node: gs.Node, index: int, values: np.ndarray) -> None:
     """Replace a constant input's values without touching other nodes that share it."""
     old = node.inputs[index]
-    values = np.ascontiguousarray(values)
+    values = np.array(values, order="C")  # 0-d stays 0-d (ascontiguousarray would not)
     if isinstance(old, gs.Constant) and len(old.outputs) <= 1:
         old.values = values
         return

@@ -119,7 +119,7 @@ def _constant_node_values(node: gs.Node) -> np.ndarray | None:
 
 def _replace_output_with_constant(graph: gs.Graph, node: gs.Node, index: int, values: np.ndarray) -> None:
     var = node.outputs[index]
-    const = gs.Constant(var.name, np.ascontiguousarray(values))
+    const = gs.Constant(var.name, np.array(values, order="C"))  # 0-d stays 0-d (ascontiguousarray would not)
     for consumer in list(var.outputs):
         for i, inp in enumerate(consumer.inputs):
             if inp is var:
