@@ -25,6 +25,8 @@ def kept_count(total: int, ratio: float, round_to: int = 1) -> int:
     With ``round_to`` N the kept count is a multiple of N (the nearest one), since hardware
     kernels are often fastest at such widths; a group narrower than N keeps all its channels.
     """
+    if ratio <= 0:
+        return total
     keep = total - math.floor(ratio * total + 0.5)
     keep = max(1, keep)
     if round_to > 1:

@@ -419,3 +419,29 @@ def test_channels_used_inside_a_subgraph_are_refused():
     ctx = assert_oracle(b.model(), ratio=0.5)
     stem = next(g for g in ctx.analysis.groups if g.channels == 8)
     assert not stem.prunable and any("subgraph" in r for r in stem.reasons)
+
+
+def test_squeeze_without_axes_survives_a_group_pruned_to_one_channel():
+    b = GraphBuilder(opset=13)
+    y = b.conv(b.act(b.conv(b.input([1, 3, 6, 6]), 8)), 2, k=1)
+    s = b.node("Squeeze", [b.gap(y)], [2])  # no axes: (1, 2, 1, 1) -> (2,)
+    b.output(b.matmul(s, 4))
+    assert_oracle(b.model(), ratio=0.5)
+
+
+@pytest.mark.parametrize("how", ["reshape", "flatten"])
+def test_zero_size_tensor_does_not_crash(how):
+    from onnxprune import prune
+
+    b = GraphBuilder()
+    x = b.conv(b.input([1, 3, 4, 4]), 8)
+    y = b.node("Slice", [x] + [b.const(np.array([v], np.int64)) for v in (4, 8, 3)], [1, 8, 4, 0])
+    b.output(b.reshape(y, [1, -1]) if how == "reshape" else b.flatten(y))
+    prune(b.model(), ratio=0.5)
+
+
+def test_round_to_with_ratio_zero_keeps_everything():
+    from onnxprune.selection import kept_count
+
+    assert [kept_count(n, 0.0, 4) for n in (5, 9, 13)] == [5, 9, 13]
+    assert kept_count(13, 0.3, 4) == 8

@@ -82,3 +82,18 @@ class SetVectorEntry(Edit):
         arr = np.array(self.node.inputs[self.input_index].values).copy()
         arr[self.entry] = int(keep(self.atoms).sum())
         set_const_input(self.node, self.input_index, arr)
+
+
+@dataclass
+class SetExplicitAxes(Edit):
+    """Make an implicit axes list explicit (Squeeze without axes), so pruning cannot change it."""
+
+    node: gs.Node
+    axes: list
+    as_input: bool  # opset >= 13: axes are input 1, else the ``axes`` attribute
+
+    def apply(self, keep: KeepFn) -> None:
+        if self.as_input:
+            self.node.inputs.append(gs.Constant(f"{self.node.name}__input1", np.array(self.axes, dtype=np.int64)))
+        else:
+            self.node.attrs["axes"] = [int(a) for a in self.axes]

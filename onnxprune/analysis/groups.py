@@ -109,7 +109,7 @@ def _run_rule(node: gs.Node, state: State) -> None:
     n_blocks = len(state.blocks)
     try:
         rule.fn(node, state)
-    except (UnsupportedPattern, KeyError, IndexError, TypeError, ValueError) as exc:
+    except (UnsupportedPattern, KeyError, IndexError, TypeError, ValueError, ZeroDivisionError) as exc:
         # A rule that meets something it did not expect (a missing shape, an odd attribute)
         # refuses the channels it touches rather than failing the whole analysis.
         reason = str(exc) if isinstance(exc, UnsupportedPattern) else f"{node.op} could not be analyzed ({exc})"

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .edits import SetAttrToKeptCount, SetSliceBounds, SetSplitSizes, SetVectorEntry
+from .edits import SetAttrToKeptCount, SetExplicitAxes, SetSliceBounds, SetSplitSizes, SetVectorEntry
 from .state import State, UnsupportedPattern, const, has_input, rank, shape, static_shape
 
 RuleFn = Callable[[gs.Node, State], None]
@@ -517,6 +517,9 @@ def squeeze(node: gs.Node, state: State) -> None:
         if dims is None or any(d is None for d in dims):
             raise UnsupportedPattern("Squeeze without axes on a tensor of unknown shape")
         axes = [i for i, d in enumerate(dims) if d == 1]
+        # Without axes, Squeeze drops every size-1 dim: a group pruned to one channel would lose
+        # its axis too. Write today's axes down explicitly.
+        state.edit(SetExplicitAxes(node, axes, as_input=state.opset >= 13))
     axes = [_norm_axis(a, tr.rank) for a in axes]
     if tr.axis in axes:
         raise UnsupportedPattern("Squeeze removes the channel axis")
@@ -591,6 +594,8 @@ def _map_reshape(in_dims: list[int], axis: int, out_dims: list[int]) -> tuple[in
     outer = int(np.prod(in_dims[:axis], dtype=np.int64))
     inner = int(np.prod(in_dims[axis + 1:], dtype=np.int64))
     channels = in_dims[axis]
+    if channels <= 1 or 0 in in_dims:
+        return None
     prefix = 1
     for b, d in enumerate(out_dims):
         if prefix == outer and d != 1 and d % channels == 0:
