@@ -24,27 +24,40 @@ def count_params(graph: gs.Graph) -> int:
     return total
 
 
+def _prod(dims) -> int:
+    return int(np.prod(dims, dtype=np.int64))
+
+
+def _conv_flops(node: gs.Node) -> int:
+    out = static_shape(node.outputs[0])
+    return 2 * _prod(out) * _prod(node.inputs[1].shape[1:]) if out else 0
+
+
+def _conv_transpose_flops(node: gs.Node) -> int:
+    inp = static_shape(node.inputs[0])
+    return 2 * _prod(inp) * _prod(node.inputs[1].shape[1:]) if inp else 0
+
+
+def _matmul_flops(node: gs.Node) -> int:
+    out, a = static_shape(node.outputs[0]), static_shape(node.inputs[0])
+    if not out or not a:
+        return 0
+    k = a[0] if node.op == "Gemm" and int(node.attrs.get("transA", 0)) else a[-1]
+    return 2 * _prod(out) * k
+
+
+#: FLOP counters per op type; ops not listed count 0.
+FLOP_COUNTERS = {"Conv": _conv_flops, "ConvTranspose": _conv_transpose_flops, "Gemm": _matmul_flops,
+                 "MatMul": _matmul_flops}
+
+
 def node_flops(node: gs.Node) -> int:
     """FLOPs of one node for the shapes shape inference gave (0 if unknown or not counted)."""
+    counter = FLOP_COUNTERS.get(node.op)
     try:
-        if node.op == "Conv":
-            out = static_shape(node.outputs[0])
-            w = node.inputs[1].shape
-            return 2 * int(np.prod(out, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64)) if out else 0
-        if node.op == "ConvTranspose":
-            inp = static_shape(node.inputs[0])
-            w = node.inputs[1].shape
-            return 2 * int(np.prod(inp, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64)) if inp else 0
-        if node.op in ("Gemm", "MatMul"):
-            out = static_shape(node.outputs[0])
-            a = static_shape(node.inputs[0])
-            if not out or not a:
-                return 0
-            k = a[0] if node.op == "Gemm" and int(node.attrs.get("transA", 0)) else a[-1]
-            return 2 * int(np.prod(out, dtype=np.int64)) * k
+        return counter(node) if counter else 0
     except (TypeError, IndexError, AttributeError):
         return 0
-    return 0
 
 
 def count_flops(graph: gs.Graph) -> int:

@@ -38,10 +38,6 @@ def random_feeds(sess, seed: int = 0) -> dict:
     return feeds
 
 
-def run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
-    return session(model).run(None, feeds)
-
-
 def prune_with_oracle(model, ratio: float = 0.3, criterion: str = "l1", round_to: int = 1):
     """Prune and return (context, zeroed original) — the pair the oracle compares."""
     ctx = Pipeline([Normalize(), Analyze(), Score(), Select()]).run(
