@@ -7,12 +7,12 @@ refusing (with a reason) every group of channels whose removal it cannot prove c
 from .analysis import Analysis, Group, analyze_graph
 from .context import PruneOptions, PruningContext
 from .errors import BadInputError, OnnxPruneError
-from .passes.builtin import Analyze, Normalize, Pass, Rewrite, Score, Select
+from .passes.builtin import Analyze, Calibrate, Normalize, Pass, Reconstruct, Rewrite, Score, Select
 from .pipeline import Pipeline, PruneResult, prune
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Analysis", "Analyze", "BadInputError", "Group", "Normalize", "OnnxPruneError", "Pass", "Pipeline",
+    "Analysis", "Analyze", "BadInputError", "Calibrate", "Reconstruct", "Group", "Normalize", "OnnxPruneError", "Pass", "Pipeline",
     "PruneOptions", "PruneResult", "PruningContext", "Rewrite", "Score", "Select", "analyze_graph", "prune",
 ]

@@ -21,8 +21,15 @@ class PruneOptions:
     """Settings shared by the CLI and the Python API (same names, same defaults)."""
 
     ratio: float = 0.3
-    criterion: str = "l1"
+    #: None: "l1" without calibration data, DEFAULT_CALIBRATED_CRITERION with it
+    criterion: str | None = None
     round_to: int = 1
+    #: a .npz file, a folder of .npz files, a .py file defining load_data(), or an iterable of dicts
+    calibration: Any = None
+    calib_samples: int | None = None
+    #: None: "lstsq" with calibration data, "none" without; or "none", "bias", "lstsq"
+    reconstruct: str | None = None
+    ridge: float = 1e-3
 
 
 @dataclass
@@ -35,4 +42,13 @@ class PruningContext:
     scores: dict[int, np.ndarray] = field(default_factory=dict)
     selection: Selection | None = None
     pruned: onnx.ModelProto | None = None
+    #: the validated calibration source (re-iterable), when one was given
+    calibration: Any = None
+    #: per-channel statistics of the activations entering each consuming layer
+    stats: dict[str, Any] = field(default_factory=dict)
+    #: the normalized graph before the rewrite, kept for reconstruction
+    original: gs.Graph | None = None
+    #: the pruned graph, which reconstruction refines
+    pruned_graph: gs.Graph | None = None
     report: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)

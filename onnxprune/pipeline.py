@@ -43,8 +43,16 @@ class PruneResult:
         save_model(self.model, path)
 
 
-def prune(model: onnx.ModelProto | str | os.PathLike, *, ratio: float = 0.3, criterion: str = "l1",
-          round_to: int = 1) -> PruneResult:
-    """Prune ``ratio`` of the channels of every prunable group; the input is never modified."""
-    ctx = Pipeline().run(model, PruneOptions(ratio=ratio, criterion=criterion, round_to=round_to))
+def prune(model: onnx.ModelProto | str | os.PathLike, *, ratio: float = 0.3, criterion: str | None = None,
+          round_to: int = 1, calibration=None, calib_samples: int | None = None,
+          reconstruct: str | None = None) -> PruneResult:
+    """Prune ``ratio`` of the channels of every prunable group; the input is never modified.
+
+    ``calibration`` (a .npz path, a folder of .npz, a .py defining ``load_data()``, or an iterable
+    of input dicts) enables activation criteria (default ``fluctuation``) and reconstruction
+    (default ``lstsq``; ``"bias"`` or ``"none"`` to change it).
+    """
+    options = PruneOptions(ratio=ratio, criterion=criterion, round_to=round_to, calibration=calibration,
+                           calib_samples=calib_samples, reconstruct=reconstruct)
+    ctx = Pipeline().run(model, options)
     return PruneResult(ctx.pruned, ctx)

@@ -7,7 +7,7 @@ from ..context import PruningContext
 from ..errors import BadInputError
 from ..io import check_opset
 from ..metrics import count_flops, count_params
-from ..scoring import CRITERIA, score_groups
+from ..scoring import CRITERIA, needs_activations, score_groups, sink_tensors
 from ..selection import select_by_ratio
 from .normalize import normalize
 from .rewrite import export_checked, rewrite
@@ -45,15 +45,91 @@ class Analyze(Pass):
         ctx.analysis = analyze_graph(ctx.graph, ctx.opset)
 
 
+#: The criterion used when calibration data is given and none is named.
+DEFAULT_CALIBRATED_CRITERION = "fluctuation"
+RECONSTRUCT_MODES = ("none", "bias", "lstsq")
+
+
+def resolve_options(ctx: PruningContext) -> None:
+    """Fill the defaults that depend on whether calibration data was given."""
+    opts = ctx.options
+    if opts.criterion is None:
+        opts.criterion = DEFAULT_CALIBRATED_CRITERION if opts.calibration is not None else "l1"
+    if opts.criterion not in CRITERIA:
+        raise BadInputError(f"unknown criterion '{opts.criterion}' (choose from {', '.join(CRITERIA)})")
+    if opts.reconstruct is None:
+        opts.reconstruct = "lstsq" if opts.calibration is not None else "none"
+    if opts.reconstruct not in RECONSTRUCT_MODES:
+        raise BadInputError(f"unknown reconstruction '{opts.reconstruct}' (choose from {', '.join(RECONSTRUCT_MODES)})")
+    if opts.reconstruct != "none" and opts.calibration is None:
+        raise BadInputError("reconstruction needs calibration data (--calib)")
+
+
+class Calibrate(Pass):
+    """Read calibration data and reduce the activations entering each consuming layer to
+    per-channel statistics, streaming (memory does not grow with the number of samples)."""
+
+    name = "calibrate"
+
+    def run(self, ctx: PruningContext) -> None:
+        from ..calibration.data import Calibration, input_specs
+        from ..calibration.stats import ChannelStats
+        from ..runtime.capture import capture_session, run_captures
+
+        resolve_options(ctx)
+        opts = ctx.options
+        if opts.calibration is None:
+            if not needs_activations(opts.criterion):
+                return
+            ctx.warnings.append(f"criterion '{opts.criterion}' needs activations and no calibration data was given: "
+                                "using random synthetic inputs (give --calib for meaningful scores)")
+            source = _synthetic_batches(ctx.graph)
+        else:
+            source = opts.calibration
+        ctx.calibration = Calibration(source, input_specs(ctx.graph), opts.calib_samples)
+        if opts.reconstruct != "none":
+            import onnx_graphsurgeon as gs
+
+            ctx.original = gs.import_onnx(gs.export_onnx(ctx.graph, do_type_check=False))  # rewrite edits in place
+        if not needs_activations(opts.criterion):
+            return
+        tensors = sink_tensors(ctx.analysis)
+        if not tensors:
+            return
+        stats = {name: ChannelStats(axis) for name, axis in tensors.items()}
+        session = capture_session(ctx.graph, sorted(tensors))
+        for captured in run_captures(session, ctx.calibration):
+            for name, value in captured.items():
+                stats[name].update(value)
+        ctx.stats = stats
+
+
+def _synthetic_batches(graph) -> list[dict]:
+    import numpy as np
+
+    from ..calibration.data import input_specs
+
+    rng = np.random.default_rng(0)
+    batch = {}
+    for spec in input_specs(graph):
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape]
+        if np.issubdtype(spec.dtype, np.floating):
+            batch[spec.name] = rng.standard_normal([8] + shape[1:]).astype(spec.dtype)
+        else:
+            batch[spec.name] = np.ones([8] + shape[1:], dtype=spec.dtype)
+    return [batch]
+
+
 class Score(Pass):
     """Score every channel of every group with the chosen criterion."""
 
     name = "score"
 
     def run(self, ctx: PruningContext) -> None:
-        if ctx.options.criterion not in CRITERIA:
-            raise BadInputError(f"unknown criterion '{ctx.options.criterion}' (choose from {', '.join(CRITERIA)})")
-        ctx.scores = score_groups(ctx.analysis, ctx.options.criterion)
+        resolve_options(ctx)
+        if needs_activations(ctx.options.criterion) and not ctx.stats and sink_tensors(ctx.analysis):
+            raise BadInputError(f"criterion '{ctx.options.criterion}' needs the calibrate pass before score")
+        ctx.scores = score_groups(ctx.analysis, ctx.options.criterion, ctx.stats)
 
 
 class Select(Pass):
@@ -77,9 +153,39 @@ class Rewrite(Pass):
 
     def run(self, ctx: PruningContext) -> None:
         graph = rewrite(ctx.analysis, ctx.selection.removed)
+        ctx.pruned_graph = graph
         ctx.pruned = export_checked(graph, ctx.model)
         ctx.report["after"] = {"params": count_params(graph), "flops": count_flops(graph)}
 
 
+class Reconstruct(Pass):
+    """Refit the layers that lost input channels on calibration data (bias or least squares)."""
+
+    name = "reconstruct"
+
+    def run(self, ctx: PruningContext) -> None:
+        from ..reconstruct import reconstruct
+
+        mode = ctx.options.reconstruct
+        if mode in (None, "none") or ctx.original is None or not ctx.selection.removed:
+            return
+        keep = ctx.analysis.keep_fn(ctx.selection.removed)
+        inputs: dict[str, list[int]] = {}
+        outputs = {}
+        for site in ctx.analysis.sites:
+            if site.role == "weight_in":
+                mask = keep(site.atoms)
+                if not mask.all():
+                    inputs[site.node.name] = [int(mask.sum()), len(mask)]
+            elif site.role == "weight_out":
+                outputs[site.node.name] = keep(site.atoms)
+        layers = [(n.name, *inputs[n.name], outputs.get(n.name)) for n in ctx.original.nodes if n.name in inputs]
+        layers = reconstruct(ctx.original, ctx.pruned_graph, layers, ctx.calibration, mode=mode,
+                             ridge=ctx.options.ridge)
+        ctx.pruned_graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        ctx.pruned = export_checked(ctx.pruned_graph, ctx.model)
+        ctx.report["reconstruction"] = {"mode": mode, "layers": [vars(r) for r in layers]}
+
+
 def default_passes() -> list[Pass]:
-    return [Normalize(), Analyze(), Score(), Select(), Rewrite()]
+    return [Normalize(), Analyze(), Calibrate(), Score(), Select(), Rewrite(), Reconstruct()]

@@ -36,7 +36,20 @@ def normalize(model: onnx.ModelProto) -> gs.Graph:
     _constant_nodes_to_initializers(graph)
     _fold_constant_nodes(graph, list(model.opset_import), model.ir_version)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    _name_nodes(graph)
     return infer_shapes(graph)
+
+
+def _name_nodes(graph: gs.Graph) -> None:
+    """Give unnamed or duplicate-named nodes unique names: reports and reconstruction refer to them."""
+    seen = set()
+    for i, node in enumerate(graph.nodes):
+        if not node.name or node.name in seen:
+            base = node.name or node.op
+            node.name = f"{base}_{i}"
+            while node.name in seen:
+                node.name += "_"
+        seen.add(node.name)
 
 
 def infer_shapes(graph: gs.Graph) -> gs.Graph:

@@ -1,5 +1,28 @@
 """Channel importance criteria. Each returns, per group, one score per channel (higher = keep)."""
 
-from .magnitude import CRITERIA, score_groups
+from __future__ import annotations
 
-__all__ = ["CRITERIA", "score_groups"]
+import numpy as np
+
+from ..analysis import Analysis
+from .activation import ACTIVATION_CRITERIA, sink_tensors
+from .magnitude import CRITERIA as WEIGHT_CRITERIA
+
+#: every criterion name; the activation ones need calibration statistics
+CRITERIA = [*WEIGHT_CRITERIA, *ACTIVATION_CRITERIA]
+
+
+def needs_activations(criterion: str) -> bool:
+    return criterion in ACTIVATION_CRITERIA
+
+
+def score_groups(analysis: Analysis, criterion: str, stats: dict | None = None) -> dict[int, np.ndarray]:
+    """Per group id: an array of scores aligned with ``group.classes``."""
+    if criterion in ACTIVATION_CRITERIA:
+        per_class = ACTIVATION_CRITERIA[criterion](analysis, stats)
+    else:
+        per_class = WEIGHT_CRITERIA[criterion](analysis)
+    return {g.id: np.array([per_class.get(r, 0.0) for r in g.classes]) for g in analysis.groups}
+
+
+__all__ = ["CRITERIA", "needs_activations", "score_groups", "sink_tensors"]

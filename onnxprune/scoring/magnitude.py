@@ -58,9 +58,3 @@ def bn(analysis: Analysis) -> dict[int, float]:
 
 
 CRITERIA = {"l1": l1, "l2": l2, "bn": bn}
-
-
-def score_groups(analysis: Analysis, criterion: str) -> dict[int, np.ndarray]:
-    """Per group id: an array of scores aligned with ``group.classes``."""
-    per_class = CRITERIA[criterion](analysis)
-    return {g.id: np.array([per_class.get(r, 0.0) for r in g.classes]) for g in analysis.groups}

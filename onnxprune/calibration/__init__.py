@@ -1,0 +1,1 @@
+"""Calibration data: reading it, checking it against the model, and per-channel statistics."""

@@ -1,0 +1,46 @@
+"""Per-channel statistics reduced as batches arrive, so memory never grows with the sample count."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class ChannelStats:
+    """Running sums along one axis: mean, variance, mean |x|, fraction of zeros, L2 norm."""
+
+    def __init__(self, axis: int):
+        self.axis = axis
+        self.count = 0
+        self.sum = self.sumsq = self.sumabs = self.zeros = None
+
+    def update(self, x: np.ndarray) -> None:
+        flat = np.moveaxis(np.asarray(x), self.axis, -1)
+        flat = flat.reshape(-1, flat.shape[-1]).astype(np.float64)
+        if self.sum is None:
+            c = flat.shape[1]
+            self.sum, self.sumsq, self.sumabs, self.zeros = (np.zeros(c) for _ in range(4))
+        self.count += flat.shape[0]
+        self.sum += flat.sum(axis=0)
+        self.sumsq += (flat * flat).sum(axis=0)
+        self.sumabs += np.abs(flat).sum(axis=0)
+        self.zeros += (flat == 0).sum(axis=0)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.sum / self.count
+
+    @property
+    def var(self) -> np.ndarray:
+        return np.maximum(self.sumsq / self.count - self.mean ** 2, 0.0)
+
+    @property
+    def mean_abs(self) -> np.ndarray:
+        return self.sumabs / self.count
+
+    @property
+    def zero_fraction(self) -> np.ndarray:
+        return self.zeros / self.count
+
+    @property
+    def l2(self) -> np.ndarray:
+        return np.sqrt(self.sumsq)

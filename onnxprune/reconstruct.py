@@ -1,0 +1,337 @@
+"""Retraining-free reconstruction of the layers that consumed removed channels.
+
+Each consuming layer is seen as ``rows @ W + b`` (a Conv through its input patches, a Gemm or
+MatMul directly). With calibration data we run the original and the pruned model side by side and
+accumulate, over the rows of the pruned model's own input ``X'``, the Gram matrix ``[X',1]ᵀ[X',1]``
+and its product with the original layer's output ``T = X W + b``. Then:
+
+- ``bias``: keep the sliced weights, set the bias so the output's mean matches (the mean
+  contribution of removed channels, and of any drift upstream, is folded into the bias);
+- ``lstsq``: refit weights and bias by ridge-regularised least squares from those matrices.
+
+Layers are processed in waves in topological order, each wave on the inputs produced by the
+already-reconstructed pruned model, so errors do not compound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .analysis.state import const, set_const_input
+from .runtime.capture import capture_session, run_captures
+
+#: Rows sampled per layer and batch (conv patches can be many); keeps memory and time bounded.
+MAX_ROWS_PER_BATCH = 4096
+
+
+class LinearView:
+    """A consuming layer as ``rows @ W + b``; subclasses know one op type."""
+
+    def __init__(self, node: gs.Node, out_mask: np.ndarray | None = None):
+        self.node = node
+        #: on the original layer: the outputs the pruned layer still has
+        self.out_mask = out_mask
+
+    def target_weight(self) -> tuple[np.ndarray, np.ndarray]:
+        """Weight and bias restricted to the kept outputs (the refit's target)."""
+        w, b = self.weight(), self.bias()
+        if self.out_mask is not None:
+            w, b = w[:, self.out_mask], b[self.out_mask]
+        return w.astype(np.float64), b
+
+    def supported(self) -> str | None:
+        """None if the layer can be refit, else why not."""
+        return None
+
+    def rows(self, x: np.ndarray, pick: np.ndarray | None) -> np.ndarray:
+        raise NotImplementedError
+
+    def n_rows(self, x: np.ndarray) -> int:
+        raise NotImplementedError
+
+    def weight(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def set_weight(self, w: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def bias(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def set_bias(self, b: np.ndarray, graph: gs.Graph) -> None:
+        raise NotImplementedError
+
+
+class ConvView(LinearView):
+    def supported(self) -> str | None:
+        w = const(self.node.inputs[1])
+        if w is None or w.ndim != 4:
+            return "only 2-D convolutions are refit"
+        if int(self.node.attrs.get("group", 1)) != 1:
+            return "grouped convolution"
+        if self.node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+            return "auto_pad"
+        return None
+
+    def _geometry(self):
+        w = const(self.node.inputs[1])
+        kh, kw = w.shape[2:]
+        pads = list(self.node.attrs.get("pads", [0, 0, 0, 0]))
+        strides = list(self.node.attrs.get("strides", [1, 1]))
+        dil = list(self.node.attrs.get("dilations", [1, 1]))
+        return kh, kw, pads, strides, dil
+
+    def _out_hw(self, x: np.ndarray) -> tuple[int, int]:
+        kh, kw, pads, (sh, sw), (dh, dw) = self._geometry()
+        h = (x.shape[2] + pads[0] + pads[2] - dh * (kh - 1) - 1) // sh + 1
+        w = (x.shape[3] + pads[1] + pads[3] - dw * (kw - 1) - 1) // sw + 1
+        return h, w
+
+    def n_rows(self, x: np.ndarray) -> int:
+        h, w = self._out_hw(x)
+        return x.shape[0] * h * w
+
+    def rows(self, x: np.ndarray, pick: np.ndarray | None) -> np.ndarray:
+        kh, kw, pads, (sh, sw), (dh, dw) = self._geometry()
+        ho, wo = self._out_hw(x)
+        xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+        idx = np.arange(x.shape[0] * ho * wo) if pick is None else pick
+        n, rest = np.divmod(idx, ho * wo)
+        oy, ox = np.divmod(rest, wo)
+        ys = oy[:, None] * sh + np.arange(kh)[None, :] * dh
+        xs = ox[:, None] * sw + np.arange(kw)[None, :] * dw
+        c = np.arange(x.shape[1])
+        patches = xp[n[:, None, None, None], c[None, :, None, None], ys[:, None, :, None], xs[:, None, None, :]]
+        return patches.reshape(len(idx), -1)
+
+    def weight(self) -> np.ndarray:
+        w = const(self.node.inputs[1])
+        return w.reshape(w.shape[0], -1).T
+
+    def set_weight(self, w: np.ndarray) -> None:
+        old = const(self.node.inputs[1])
+        set_const_input(self.node, 1, w.T.reshape(old.shape).astype(old.dtype))
+
+    def bias(self) -> np.ndarray:
+        n = const(self.node.inputs[1]).shape[0]
+        b = const(self.node.inputs[2]) if len(self.node.inputs) > 2 and self.node.inputs[2].name else None
+        return np.zeros(n) if b is None else np.broadcast_to(b, (n,)).astype(np.float64)
+
+    def set_bias(self, b: np.ndarray, graph: gs.Graph) -> None:
+        dtype = const(self.node.inputs[1]).dtype
+        if len(self.node.inputs) > 2 and self.node.inputs[2].name:
+            set_const_input(self.node, 2, b.astype(dtype))
+        else:
+            while len(self.node.inputs) < 2:
+                self.node.inputs.append(gs.Variable(""))
+            self.node.inputs.append(gs.Constant(f"{self.node.name}__input2", b.astype(dtype)))
+
+
+class MatrixView(LinearView):
+    """Gemm (transA=0, alpha=beta=1) and MatMul with a 2-D constant weight; bias via Gemm C or
+    the Add that follows the MatMul (one is inserted where there is none)."""
+
+    def supported(self) -> str | None:
+        if self.node.op == "Gemm":
+            if int(self.node.attrs.get("transA", 0)) or float(self.node.attrs.get("alpha", 1.0)) != 1.0 \
+                    or float(self.node.attrs.get("beta", 1.0)) != 1.0:
+                return "Gemm with transA, alpha or beta"
+        return None
+
+    def n_rows(self, x: np.ndarray) -> int:
+        return int(np.prod(x.shape[:-1]))
+
+    def rows(self, x: np.ndarray, pick: np.ndarray | None) -> np.ndarray:
+        flat = x.reshape(-1, x.shape[-1])
+        return flat if pick is None else flat[pick]
+
+    def weight(self) -> np.ndarray:
+        w = const(self.node.inputs[1])
+        return w.T if self.node.op == "Gemm" and int(self.node.attrs.get("transB", 0)) else w
+
+    def set_weight(self, w: np.ndarray) -> None:
+        old = const(self.node.inputs[1])
+        new = w.T if self.node.op == "Gemm" and int(self.node.attrs.get("transB", 0)) else w
+        set_const_input(self.node, 1, np.ascontiguousarray(new).astype(old.dtype))
+
+    def _bias_add(self) -> gs.Node | None:
+        out = self.node.outputs[0]
+        if len(out.outputs) == 1 and out.outputs[0].op == "Add":
+            add = out.outputs[0]
+            other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+            b = const(other)
+            if b is not None and b.size == self.weight().shape[1] and b.shape[-1] == b.size:
+                return add
+        return None
+
+    def bias(self) -> np.ndarray:
+        n = self.weight().shape[1]
+        if self.node.op == "Gemm":
+            c = const(self.node.inputs[2]) if len(self.node.inputs) > 2 and self.node.inputs[2].name else None
+            return np.zeros(n) if c is None else np.broadcast_to(c, (1, n))[0].astype(np.float64)
+        add = self._bias_add()
+        if add is None:
+            return np.zeros(n)
+        other = add.inputs[1] if add.inputs[0] is self.node.outputs[0] else add.inputs[0]
+        return const(other).reshape(-1).astype(np.float64)
+
+    def set_bias(self, b: np.ndarray, graph: gs.Graph) -> None:
+        dtype = const(self.node.inputs[1]).dtype
+        b = b.astype(dtype)
+        if self.node.op == "Gemm":
+            if len(self.node.inputs) > 2 and self.node.inputs[2].name:
+                set_const_input(self.node, 2, b)
+            else:
+                self.node.inputs.append(gs.Constant(f"{self.node.name}__input2", b))
+            return
+        add = self._bias_add()
+        if add is not None:
+            i = 1 if add.inputs[0] is self.node.outputs[0] else 0
+            set_const_input(add, i, b.reshape(const(add.inputs[i]).shape))
+            return
+        out = self.node.outputs[0]
+        raw = gs.Variable(f"{out.name}__unbiased", dtype=out.dtype)
+        self.node.outputs[0] = raw
+        graph.nodes.append(gs.Node("Add", f"{self.node.name}__bias", inputs=[raw, gs.Constant(f"{self.node.name}__bias", b)],
+                                   outputs=[out]))
+
+
+#: How each consuming op type is seen as a linear layer.
+LINEAR_VIEWS = {"Conv": ConvView, "Gemm": MatrixView, "MatMul": MatrixView}
+
+
+@dataclass
+class LayerReport:
+    node: str
+    kept_inputs: int
+    total_inputs: int
+    error_before: float | None = None  # relative output error with sliced weights, original bias
+    error_after: float | None = None
+    skipped: str | None = None
+
+
+@dataclass
+class _Accumulator:
+    g: np.ndarray
+    b: np.ndarray
+    s_t: np.ndarray
+    s_tt: float = 0.0
+    n: int = 0
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+
+
+def reconstruct(original: gs.Graph, pruned: gs.Graph, consumers: list[tuple], calibration: Iterable[dict],
+                mode: str = "lstsq", ridge: float = 1e-3, threads: int | None = None) -> list[LayerReport]:
+    """Refit ``consumers`` of ``pruned`` in place.
+
+    Each consumer is (node name, kept inputs, total inputs, kept-output mask or None): a layer
+    may also have lost output channels, and its target is then the original's kept outputs.
+    """
+    orig_nodes = {n.name: n for n in original.nodes}
+    reports, views = [], {}
+    for name, kept, total, out_mask in consumers:
+        node_p = next((n for n in pruned.nodes if n.name == name), None)
+        view_cls = LINEAR_VIEWS.get(node_p.op) if node_p is not None else None
+        report = LayerReport(name, kept, total)
+        reports.append(report)
+        if view_cls is None:
+            report.skipped = "not a linear layer"
+            continue
+        vp, vo = view_cls(node_p), view_cls(orig_nodes[name], out_mask)
+        why = vp.supported()
+        if why:
+            report.skipped = why
+            continue
+        views[name] = (vo, vp, report)
+    if not views:
+        return reports
+    orig_session = capture_session(original, sorted({vo.node.inputs[0].name for vo, _, _ in views.values()}), threads)
+    for wave in _waves(pruned, list(views)):
+        pruned_session = capture_session(pruned, sorted({views[n][1].node.inputs[0].name for n in wave}), threads)
+        acc = {}
+        for outs_o, outs_p in zip(run_captures(orig_session, calibration), run_captures(pruned_session, calibration)):
+            for name in wave:
+                vo, vp, _ = views[name]
+                _accumulate(acc, name, vo, vp, outs_o[vo.node.inputs[0].name], outs_p[vp.node.inputs[0].name])
+        for name in wave:
+            vo, vp, report = views[name]
+            _solve(acc[name], vo, vp, report, pruned, mode, ridge)
+    return reports
+
+
+def _accumulate(acc: dict, name: str, vo: LinearView, vp: LinearView, x_o: np.ndarray, x_p: np.ndarray) -> None:
+    w_o, b_o = vo.target_weight()
+    a = acc.get(name)
+    n_rows = vp.n_rows(x_p)
+    if a is None:
+        k = vp.weight().shape[0] + 1
+        a = acc[name] = _Accumulator(np.zeros((k, k)), np.zeros((k, w_o.shape[1])), np.zeros(w_o.shape[1]))
+    pick = None if n_rows <= MAX_ROWS_PER_BATCH else np.sort(a.rng.choice(n_rows, MAX_ROWS_PER_BATCH, replace=False))
+    target = vo.rows(x_o.astype(np.float64), pick) @ w_o + b_o
+    rows = vp.rows(x_p.astype(np.float64), pick)
+    rows = np.hstack([rows, np.ones((rows.shape[0], 1))])
+    a.g += rows.T @ rows
+    a.b += rows.T @ target
+    a.s_t += target.sum(axis=0)
+    a.s_tt += float((target * target).sum())
+    a.n += rows.shape[0]
+
+
+def _relative_error(a: _Accumulator, wa: np.ndarray) -> float:
+    sse = float(np.sum(wa * (a.g @ wa)) - 2 * np.sum(wa * a.b) + a.s_tt)
+    sst = a.s_tt - float(a.s_t @ a.s_t) / a.n
+    return max(sse, 0.0) / sst if sst > 0 else 0.0
+
+
+def _solve(a: _Accumulator, vo: LinearView, vp: LinearView, report: LayerReport, graph: gs.Graph,
+           mode: str, ridge: float) -> None:
+    w_p = vp.weight().astype(np.float64)
+    current = np.vstack([w_p, vp.bias()[None, :]])
+    report.error_before = _relative_error(a, current)
+    if mode == "bias":
+        mean_rows = a.g[-1, :-1] / a.n  # column sums of X' (the ones column times X')
+        b_new = a.s_t / a.n - mean_rows @ w_p
+        solution = np.vstack([w_p, b_new[None, :]])
+    else:
+        k = a.g.shape[0] - 1
+        scale = np.trace(a.g[:k, :k]) / max(k, 1)
+        reg = np.zeros_like(a.g)
+        reg[np.arange(k), np.arange(k)] = ridge * scale if scale > 0 else ridge
+        try:
+            solution = np.linalg.solve(a.g + reg, a.b)
+        except np.linalg.LinAlgError:
+            solution = np.linalg.lstsq(a.g + reg, a.b, rcond=None)[0]
+    error = _relative_error(a, solution)
+    if error > report.error_before:  # never make a layer worse on the data we measured
+        report.error_after = report.error_before
+        return
+    vp.set_weight(solution[:-1])
+    vp.set_bias(solution[-1], graph)
+    report.error_after = error
+
+
+def _waves(graph: gs.Graph, names: list[str]) -> list[list[str]]:
+    """Group layers so that none in a wave feeds another in the same or a later-listed wave."""
+    graph.toposort()
+    pending = set(names)
+    depends: dict[str, set[str]] = {}
+    reach: dict[str, set[str]] = {}  # tensor name -> pending layers upstream of it
+    for node in graph.nodes:
+        upstream = set().union(*(reach.get(t.name, set()) for t in node.inputs)) if node.inputs else set()
+        if node.name in pending:
+            depends[node.name] = set(upstream)
+            upstream = upstream | {node.name}
+        for t in node.outputs:
+            reach[t.name] = upstream
+    waves, done = [], set()
+    while len(done) < len(names):
+        wave = [n for n in names if n not in done and depends.get(n, set()) <= done]
+        if not wave:
+            break
+        waves.append(wave)
+        done |= set(wave)
+    return waves
