@@ -50,14 +50,23 @@ def main() -> None:
               help="Output path [default: MODEL.pruned.onnx beside the input].")
 @click.option("--ratio", type=float, default=0.3, show_default=True,
               help="Fraction of each prunable group's channels to remove, in [0, 1).")
-@click.option("--criterion", type=click.Choice(["l1", "l2", "bn"]), default="l1", show_default=True,
-              help="Channel importance: weight L1/L2 norm, or BatchNorm |gamma|.")
+@click.option("--criterion", type=click.Choice(["l1", "l2", "bn", "activation", "apoz", "wanda", "fluctuation"]),
+              default=None, help="Channel importance [default: l1; fluctuation with --calib]. l1/l2: weight norms; "
+              "bn: BatchNorm |gamma|; activation: mean |x|; apoz: 1 - zero fraction; wanda: |W|·‖X‖; "
+              "fluctuation: Var(X)·‖W‖² (FLAP).")
 @click.option("--round-to", type=int, default=1, show_default=True,
               help="Keep channel counts multiples of N (groups narrower than N are left whole).")
+@click.option("--calib", type=click.Path(path_type=Path),
+              help="Calibration data: .npz keyed by input names, a folder of .npz, or a .py defining load_data().")
+@click.option("--calib-samples", type=int, default=None, help="Use at most N calibration samples.")
+@click.option("--reconstruct", "reconstruct", type=click.Choice(["lstsq", "bias"]), default=None,
+              help="How to repair the layers that lost inputs [default with --calib: lstsq].")
+@click.option("--no-reconstruct", is_flag=True, help="Do not repair layers, even with --calib.")
 @click.option("--force", is_flag=True, help="Allow the output to overwrite the input file.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str, round_to: int, force: bool,
-              debug: bool) -> None:
+def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str | None, round_to: int,
+              calib: Path | None, calib_samples: int | None, reconstruct: str | None, no_reconstruct: bool,
+              force: bool, debug: bool) -> None:
     """Prune MODEL and write the smaller model."""
     try:
         from .pipeline import prune
@@ -67,10 +76,15 @@ def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str, ro
             raise BadInputError(f"--ratio must be in [0, 1), got {ratio}")
         if round_to < 1:
             raise BadInputError(f"--round-to must be a positive integer, got {round_to}")
+        if no_reconstruct and reconstruct:
+            raise BadInputError("--reconstruct and --no-reconstruct contradict each other")
         out = output or model.with_name(model.stem + ".pruned.onnx")
         if out.exists() and model.exists() and out.resolve() == model.resolve() and not force:
             raise BadInputError(f"{out}: output would overwrite the input (use --force)")
-        result = prune(model, ratio=ratio, criterion=criterion, round_to=round_to)
+        result = prune(model, ratio=ratio, criterion=criterion, round_to=round_to, calibration=calib,
+                       calib_samples=calib_samples, reconstruct="none" if no_reconstruct else reconstruct)
+        for warning in result.context.warnings:
+            click.echo(f"warning: {warning}", err=True)
         result.save(out)
         click.echo(prune_summary(result.context))
         click.echo(f"wrote {out}")

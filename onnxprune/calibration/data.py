@@ -37,13 +37,15 @@ def input_specs(graph) -> list[InputSpec]:
 class Calibration:
     """A re-iterable, validated source of batches (reconstruction reads the data several times)."""
 
-    def __init__(self, source, specs: list[InputSpec], max_samples: int | None = None):
+    def __init__(self, source, specs: list[InputSpec], max_samples: int | None = None,
+                 description: str | None = None):
         if max_samples is not None and max_samples < 1:
             raise BadInputError(f"--calib-samples must be positive, got {max_samples}")
         self.source = source
         self.specs = specs
         self.max_samples = max_samples
-        self.description = str(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__
+        self.description = description or (str(source) if isinstance(source, (str, os.PathLike))
+                                           else f"{type(source).__name__} of batches")
         if not isinstance(source, (str, os.PathLike)) and iter(source) is source:
             # a one-shot iterator: keep what it gives (capped) so it can be replayed
             self.source = list(_take(self._validated(source), max_samples))

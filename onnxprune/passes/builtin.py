@@ -83,10 +83,10 @@ class Calibrate(Pass):
                 return
             ctx.warnings.append(f"criterion '{opts.criterion}' needs activations and no calibration data was given: "
                                 "using random synthetic inputs (give --calib for meaningful scores)")
-            source = _synthetic_batches(ctx.graph)
+            source, description = _synthetic_batches(ctx.graph), "synthetic random inputs"
         else:
-            source = opts.calibration
-        ctx.calibration = Calibration(source, input_specs(ctx.graph), opts.calib_samples)
+            source, description = opts.calibration, None
+        ctx.calibration = Calibration(source, input_specs(ctx.graph), opts.calib_samples, description)
         if opts.reconstruct != "none":
             import onnx_graphsurgeon as gs
 

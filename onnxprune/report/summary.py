@@ -57,4 +57,17 @@ def prune_summary(ctx: PruningContext) -> str:
         b, a = before[key], after[key]
         change = f"{(a - b) / b * 100:+.1f}%" if b else "n/a"
         rows.append(f"{label:8}{human(b):>12}{human(a):>12}{change:>10}")
+    rows.insert(1, f"criterion {ctx.options.criterion}" + (
+        f", calibration {ctx.calibration.description}" if ctx.calibration is not None else ""))
+    recon = ctx.report.get("reconstruction")
+    if recon:
+        done = [layer for layer in recon["layers"] if layer["error_after"] is not None]
+        if done:
+            before = sum(layer["error_before"] for layer in done) / len(done)
+            after = sum(layer["error_after"] for layer in done) / len(done)
+            rows.append(f"reconstruction ({recon['mode']}): {len(done)} layers, mean relative output error "
+                        f"{before:.4f} -> {after:.4f}")
+        skipped = [layer for layer in recon["layers"] if layer["skipped"]]
+        if skipped:
+            rows.append(f"  not refit: {len(skipped)} layers ({skipped[0]['node']}: {skipped[0]['skipped']}, ...)")
     return "\n".join(rows)
