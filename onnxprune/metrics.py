@@ -1,5 +1,8 @@
 """Parameter and FLOP counts, from initializers and inferred shapes.
 
+Dynamic dimensions (batch, sequence length) count as 1, so FLOPs of such models are per unit
+of each dynamic dimension (e.g. per token for a transformer with dynamic batch and sequence).
+
 FLOPs count a multiply-add as two operations and cover the layers that dominate cost (Conv,
 ConvTranspose, Gemm, MatMul); element-wise ops are left out, as most FLOP counters do.
 """
@@ -9,7 +12,13 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .analysis.state import static_shape
+from .analysis.state import shape
+
+
+def static_shape(tensor) -> list[int] | None:
+    """The tensor's shape with dynamic dimensions taken as 1; None if the rank is unknown."""
+    dims = shape(tensor)
+    return None if dims is None else [1 if d is None else int(d) for d in dims]
 
 
 def count_params(graph: gs.Graph) -> int:
