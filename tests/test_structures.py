@@ -445,3 +445,24 @@ def test_round_to_with_ratio_zero_keeps_everything():
 
     assert [kept_count(n, 0.0, 4) for n in (5, 9, 13)] == [5, 9, 13]
     assert kept_count(13, 0.3, 4) == 8
+
+
+@pytest.mark.parametrize("how", ["flatten", "reshape0", "view"])
+def test_dynamic_batch_into_gemm(how):
+    b = GraphBuilder()
+    x = b.maxpool(conv_stem(b, 6, hw=4))
+    if how == "flatten":
+        y = b.flatten(x)
+    elif how == "reshape0":
+        y = b.reshape(x, [0, -1])
+    else:
+        s = b.node("Shape", [x], [4])
+        n = b.node("Gather", [s, b.const(np.array([0], np.int64))], [1])
+        target = b.node("Concat", [n, b.const(np.array([-1], np.int64))], [2], axis=0)
+        y = b.node("Reshape", [x, target], [1, 24])
+    b.output(b.gemm(b.act(b.gemm(y, 8)), 3))
+    model = b.model()
+    for vi in (model.graph.input[0], model.graph.output[0]):
+        vi.type.tensor_type.shape.dim[0].dim_param = "N"
+    ctx = assert_oracle(model, ratio=0.5)
+    assert ctx.analysis.groups[0].prunable, ctx.analysis.groups[0].reasons

@@ -18,7 +18,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .edits import SetAttrToKeptCount, SetExplicitAxes, SetSliceBounds, SetSplitSizes, SetVectorEntry
-from .state import State, UnsupportedPattern, const, has_input, rank, shape, static_shape
+from .state import State, UnsupportedPattern, const, has_input, rank, shape, static_shape, symbolic_shape
 
 RuleFn = Callable[[gs.Node, State], None]
 
@@ -584,13 +584,28 @@ def reduce(node: gs.Node, state: State) -> None:
 
 # --- reshaping: Flatten and Reshape map channels to blocks of features -------------------
 
-def _map_reshape(in_dims: list[int], axis: int, out_dims: list[int]) -> tuple[int, int] | None:
+def _map_reshape(in_dims: list, axis: int, out_dims: list) -> tuple[int, int] | None:
     """Where does channel axis ``axis`` of ``in_dims`` land in ``out_dims``?
 
     Returns ``(out_axis, m)``: channel ``c`` becomes indices ``c*m .. c*m+m-1`` of ``out_axis``
     (m = 1: the axis is kept; m > 1: the channel is merged with the axes after it, as a Flatten
     before a Gemm does). None when the channel axis is split or merged with earlier axes.
+    Dims before the channel axis may be dynamic (named) if the output repeats them unchanged;
+    the channel axis and everything after it must be static.
     """
+    tail = in_dims[axis:]
+    if not all(isinstance(d, int) for d in tail):
+        return None
+    if all(isinstance(d, int) for d in in_dims) and all(isinstance(d, int) for d in out_dims):
+        return _map_static(in_dims, axis, out_dims)
+    head = in_dims[:axis]
+    if out_dims[:axis] != head or not all(isinstance(d, int) for d in out_dims[axis:]):
+        return None
+    mapped = _map_static([1] + tail, 1, [1] + out_dims[axis:])
+    return None if mapped is None else (mapped[0] - 1 + axis, mapped[1])
+
+
+def _map_static(in_dims: list[int], axis: int, out_dims: list[int]) -> tuple[int, int] | None:
     outer = int(np.prod(in_dims[:axis], dtype=np.int64))
     inner = int(np.prod(in_dims[axis + 1:], dtype=np.int64))
     channels = in_dims[axis]
@@ -614,11 +629,17 @@ def flatten(node: gs.Node, state: State) -> None:
     tr = state.track(node.inputs[0])
     if tr is None:
         return
-    dims = static_shape(node.inputs[0])
-    if dims is None:
-        raise UnsupportedPattern("Flatten of a tensor with unknown shape")
+    dims = symbolic_shape(node.inputs[0])
     k = _norm_axis(int(node.attrs.get("axis", 1)), tr.rank)
-    out_dims = [int(np.prod(dims[:k], dtype=np.int64)), int(np.prod(dims[k:], dtype=np.int64))]
+    if dims is None or not all(isinstance(d, int) for d in dims[k:]):
+        raise UnsupportedPattern("Flatten of a tensor with unknown shape")
+    inner = int(np.prod(dims[k:], dtype=np.int64))
+    if all(isinstance(d, int) for d in dims[:k]):
+        out_dims = [int(np.prod(dims[:k], dtype=np.int64)), inner]
+    elif k == 1:  # (batch, C, ...) -> (batch, C*...): a dynamic batch passes through
+        out_dims = [dims[0], inner]
+    else:
+        raise UnsupportedPattern("Flatten of a tensor with unknown shape")
     mapped = _map_reshape(dims, tr.axis, out_dims)
     if mapped is None:
         raise UnsupportedPattern("Flatten merges the channel axis with earlier axes")
@@ -631,10 +652,13 @@ def reshape(node: gs.Node, state: State) -> None:
     tr = state.track(node.inputs[0])
     if tr is None:
         return
-    in_dims = static_shape(node.inputs[0])
-    out_dims = static_shape(node.outputs[0])
+    in_dims = symbolic_shape(node.inputs[0])
+    out_dims = symbolic_shape(node.outputs[0])
     if in_dims is None or out_dims is None:
         raise UnsupportedPattern("Reshape with unknown input or output shape")
+    entries = _vector_entries(node.inputs[1])
+    if entries is not None and len(entries) == len(out_dims):
+        out_dims = _resolve_target(in_dims, tr.axis, out_dims, entries, node)
     mapped = _map_reshape(in_dims, tr.axis, out_dims)
     if mapped is None:
         raise UnsupportedPattern("Reshape splits the channel axis or merges it with earlier axes")
@@ -648,6 +672,60 @@ def reshape(node: gs.Node, state: State) -> None:
     elif entry != -1:
         state.edit(SetVectorEntry(holder, index, offset, out_atoms))
     state.set_track(node.outputs[0], out_axis, out_atoms, len(out_dims))
+
+
+def _resolve_target(in_dims: list, axis: int, out_dims: list, entries: list, node: gs.Node) -> list:
+    """Fill output dims that shape inference left unknown, from what the target vector says:
+    a dim read from the input's own shape is that dim, 0 copies it, and a single -1 is what is
+    left once the leading (batch-like) dims are matched."""
+    x_name = node.inputs[0].name
+    allow_zero = int(node.attrs.get("allowzero", 0))
+    out = list(out_dims)
+    for j, e in enumerate(entries):
+        if isinstance(e, tuple) and e[1] == x_name and e[2] < len(in_dims):
+            out[j] = in_dims[e[2]]
+        elif e == 0 and not allow_zero and j < len(in_dims):
+            out[j] = in_dims[j]
+        elif isinstance(e, int) and e > 0:
+            out[j] = e
+    free = [j for j, e in enumerate(entries) if e == -1]
+    if len(free) == 1 and free[0] >= axis and out[:axis] == in_dims[:axis] \
+            and all(isinstance(d, int) for d in in_dims[axis:]):
+        rest = [d for j, d in enumerate(out) if j >= axis and j != free[0]]
+        if all(isinstance(d, int) and d > 0 for d in rest):
+            total = int(np.prod(in_dims[axis:], dtype=np.int64))
+            known = int(np.prod(rest, dtype=np.int64))
+            if total % known == 0:
+                out[free[0]] = total // known
+    return out
+
+
+def _vector_entries(vector) -> list | None:
+    """What each entry of a 1-D shape vector is: an int, ("dim", tensor name, axis) for a
+    dimension read with Shape+Gather, or None when unknown. None if the vector is not understood."""
+    values = const(vector)
+    if values is not None:
+        return [int(v) for v in np.atleast_1d(values)]
+    producer = vector.inputs[0] if vector.inputs else None
+    if producer is None:
+        return None
+    if producer.op == "Concat" and int(producer.attrs.get("axis", 0)) == 0:
+        out = []
+        for piece in producer.inputs:
+            part = _vector_entries(piece)
+            if part is None:
+                return None
+            out.extend(part)
+        return out
+    if producer.op in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
+        return _vector_entries(producer.inputs[0])
+    if producer.op == "Gather" and int(producer.attrs.get("axis", 0)) == 0:
+        source = producer.inputs[0].inputs[0] if producer.inputs[0].inputs else None
+        idx = const(producer.inputs[1])
+        if source is not None and source.op == "Shape" and idx is not None and not source.attrs.get("start") \
+                and source.attrs.get("end") is None:
+            return [("dim", source.inputs[0].name, int(i)) for i in np.atleast_1d(idx)]
+    return None
 
 
 def _shape_entry(vector, node: gs.Node, input_index: int, entry: int) -> tuple[gs.Node, int, int]:

@@ -143,6 +143,26 @@ def shape(tensor) -> list | None:
     return [d if isinstance(d, (int, np.integer)) and d >= 0 else None for d in tensor.shape]
 
 
+def symbolic_shape(tensor) -> list | None:
+    """Shape with named dynamic dims kept as their names (equal names are equal dims);
+    anonymous unknown dims become distinct objects that equal nothing."""
+    if tensor is None:
+        return None
+    if isinstance(tensor, gs.Constant):
+        return list(tensor.values.shape)
+    if tensor.shape is None:
+        return None
+    out = []
+    for d in tensor.shape:
+        if isinstance(d, (int, np.integer)) and d >= 0:
+            out.append(int(d))
+        elif isinstance(d, str) and d:
+            out.append(d)
+        else:
+            out.append(object())
+    return out
+
+
 def static_shape(tensor) -> list[int] | None:
     s = shape(tensor)
     if s is None or any(d is None for d in s):
