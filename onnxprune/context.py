@@ -29,7 +29,8 @@ class PruneOptions:
     calib_samples: int | None = None
     #: None: "lstsq" with calibration data, "none" without; or "none", "bias", "lstsq"
     reconstruct: str | None = None
-    ridge: float = 1e-3
+    #: None: chosen per layer on held-out calibration rows
+    ridge: float | None = None
 
 
 @dataclass

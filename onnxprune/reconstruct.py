@@ -211,6 +211,9 @@ class LayerReport:
     total_inputs: int
     error_before: float | None = None  # relative output error with sliced weights, original bias
     error_after: float | None = None
+    #: which refit was kept ("current", "bias", "ridge <strength>") and its held-out error
+    choice: str | None = None
+    error_held_out: float | None = None
     skipped: str | None = None
 
 
@@ -225,7 +228,7 @@ class _Accumulator:
 
 
 def reconstruct(original: gs.Graph, pruned: gs.Graph, consumers: list[tuple], calibration: Iterable[dict],
-                mode: str = "lstsq", ridge: float = 1e-3, threads: int | None = None) -> list[LayerReport]:
+                mode: str = "lstsq", ridge: float | None = None, threads: int | None = None) -> list[LayerReport]:
     """Refit ``consumers`` of ``pruned`` in place.
 
     Each consumer is (node name, kept inputs, total inputs, kept-output mask or None): a layer
@@ -252,24 +255,30 @@ def reconstruct(original: gs.Graph, pruned: gs.Graph, consumers: list[tuple], ca
     orig_session = capture_session(original, sorted({vo.node.inputs[0].name for vo, _, _ in views.values()}), threads)
     for wave in _waves(pruned, list(views)):
         pruned_session = capture_session(pruned, sorted({views[n][1].node.inputs[0].name for n in wave}), threads)
-        acc = {}
-        for outs_o, outs_p in zip(run_captures(orig_session, calibration), run_captures(pruned_session, calibration)):
+        acc: dict[str, list[_Accumulator]] = {}
+        batches = zip(run_captures(orig_session, calibration), run_captures(pruned_session, calibration))
+        for index, (outs_o, outs_p) in enumerate(batches):
             for name in wave:
                 vo, vp, _ = views[name]
-                _accumulate(acc, name, vo, vp, outs_o[vo.node.inputs[0].name], outs_p[vp.node.inputs[0].name])
+                _accumulate(acc, name, index % 2, vo, vp, outs_o[vo.node.inputs[0].name],
+                            outs_p[vp.node.inputs[0].name])
         for name in wave:
             vo, vp, report = views[name]
-            _solve(acc[name], vo, vp, report, pruned, mode, ridge)
+            _solve(acc[name], vp, report, pruned, mode, ridge)
     return reports
 
 
-def _accumulate(acc: dict, name: str, vo: LinearView, vp: LinearView, x_o: np.ndarray, x_p: np.ndarray) -> None:
+def _accumulate(acc: dict, name: str, fold: int, vo: LinearView, vp: LinearView, x_o: np.ndarray,
+                x_p: np.ndarray) -> None:
+    """Add one batch to one of two folds (alternate batches): one fits, the other validates."""
     w_o, b_o = vo.target_weight()
-    a = acc.get(name)
-    n_rows = vp.n_rows(x_p)
-    if a is None:
+    folds = acc.get(name)
+    if folds is None:
         k = vp.weight().shape[0] + 1
-        a = acc[name] = _Accumulator(np.zeros((k, k)), np.zeros((k, w_o.shape[1])), np.zeros(w_o.shape[1]))
+        folds = acc[name] = [_Accumulator(np.zeros((k, k)), np.zeros((k, w_o.shape[1])), np.zeros(w_o.shape[1]))
+                             for _ in range(2)]
+    a = folds[fold]
+    n_rows = vp.n_rows(x_p)
     pick = None if n_rows <= MAX_ROWS_PER_BATCH else np.sort(a.rng.choice(n_rows, MAX_ROWS_PER_BATCH, replace=False))
     target = vo.rows(x_o.astype(np.float64), pick) @ w_o + b_o
     rows = vp.rows(x_p.astype(np.float64), pick)
@@ -281,37 +290,65 @@ def _accumulate(acc: dict, name: str, vo: LinearView, vp: LinearView, x_o: np.nd
     a.n += rows.shape[0]
 
 
+def _merged(folds: list[_Accumulator]) -> _Accumulator:
+    a, b = folds
+    return _Accumulator(a.g + b.g, a.b + b.b, a.s_t + b.s_t, a.s_tt + b.s_tt, a.n + b.n)
+
+
 def _relative_error(a: _Accumulator, wa: np.ndarray) -> float:
     sse = float(np.sum(wa * (a.g @ wa)) - 2 * np.sum(wa * a.b) + a.s_tt)
     sst = a.s_tt - float(a.s_t @ a.s_t) / a.n
     return max(sse, 0.0) / sst if sst > 0 else 0.0
 
 
-def _solve(a: _Accumulator, vo: LinearView, vp: LinearView, report: LayerReport, graph: gs.Graph,
-           mode: str, ridge: float) -> None:
+#: Ridge strengths tried (relative to the mean diagonal of the Gram matrix); the one with the
+#: lowest error on the held-out fold wins. Too little ridge overfits when rows are few.
+RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+
+def _bias_only(a: _Accumulator, w: np.ndarray) -> np.ndarray:
+    mean_rows = a.g[-1, :-1] / a.n  # column sums of X' (the ones column times X')
+    return np.vstack([w, (a.s_t / a.n - mean_rows @ w)[None, :]])
+
+
+def _ridge(a: _Accumulator, strength: float) -> np.ndarray:
+    k = a.g.shape[0] - 1
+    scale = np.trace(a.g[:k, :k]) / max(k, 1)
+    reg = np.zeros_like(a.g)
+    reg[np.arange(k), np.arange(k)] = strength * scale if scale > 0 else strength
+    try:
+        return np.linalg.solve(a.g + reg, a.b)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(a.g + reg, a.b, rcond=None)[0]
+
+
+def _solve(folds: list[_Accumulator], vp: LinearView, report: LayerReport, graph: gs.Graph,
+           mode: str, ridge: float | None) -> None:
+    """Pick the refit by its error on the fold it was not fitted on, then fit on all data.
+
+    Candidates: the layer as it is, bias only, and (lstsq) ridge solutions over ``RIDGE_GRID``
+    (or the given ``ridge``). A layer is never changed for the worse on held-out rows.
+    """
+    whole = _merged(folds)
     w_p = vp.weight().astype(np.float64)
     current = np.vstack([w_p, vp.bias()[None, :]])
-    report.error_before = _relative_error(a, current)
-    if mode == "bias":
-        mean_rows = a.g[-1, :-1] / a.n  # column sums of X' (the ones column times X')
-        b_new = a.s_t / a.n - mean_rows @ w_p
-        solution = np.vstack([w_p, b_new[None, :]])
-    else:
-        k = a.g.shape[0] - 1
-        scale = np.trace(a.g[:k, :k]) / max(k, 1)
-        reg = np.zeros_like(a.g)
-        reg[np.arange(k), np.arange(k)] = ridge * scale if scale > 0 else ridge
-        try:
-            solution = np.linalg.solve(a.g + reg, a.b)
-        except np.linalg.LinAlgError:
-            solution = np.linalg.lstsq(a.g + reg, a.b, rcond=None)[0]
-    error = _relative_error(a, solution)
-    if error > report.error_before:  # never make a layer worse on the data we measured
+    report.error_before = _relative_error(whole, current)
+    fit, check = folds if folds[1].n else (whole, whole)
+    candidates = {"current": (lambda a: current), "bias": (lambda a: _bias_only(a, w_p))}
+    if mode == "lstsq":
+        for strength in ([ridge] if ridge else RIDGE_GRID):
+            candidates[f"ridge {strength:g}"] = (lambda a, s=strength: _ridge(a, s))
+    scores = {name: _relative_error(check, make(fit)) for name, make in candidates.items()}
+    best = min(scores, key=scores.get)
+    report.choice = best
+    report.error_held_out = scores[best]
+    if best == "current":
         report.error_after = report.error_before
         return
+    solution = candidates[best](whole)
     vp.set_weight(solution[:-1])
     vp.set_bias(solution[-1], graph)
-    report.error_after = error
+    report.error_after = _relative_error(whole, solution)
 
 
 def _waves(graph: gs.Graph, names: list[str]) -> list[list[str]]:
