@@ -126,8 +126,6 @@ class ConvView(LinearView):
         if len(self.node.inputs) > 2 and self.node.inputs[2].name:
             set_const_input(self.node, 2, b.astype(dtype))
         else:
-            while len(self.node.inputs) < 2:
-                self.node.inputs.append(gs.Variable(""))
             self.node.inputs.append(gs.Constant(f"{self.node.name}__input2", b.astype(dtype)))
 
 

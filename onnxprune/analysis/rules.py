@@ -140,7 +140,7 @@ def elementwise(node: gs.Node, state: State) -> None:
 
 @rule("Conv", channel_inputs=(0,))
 def conv(node: gs.Node, state: State) -> None:
-    x, tr = node.inputs[0], state.track(node.inputs[0])
+    tr = state.track(node.inputs[0])
     weight = const(node.inputs[1])
     if weight is None:
         if tr is not None:
