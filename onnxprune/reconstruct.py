@@ -301,7 +301,7 @@ def _relative_error(a: _Accumulator, wa: np.ndarray) -> float:
 
 #: Ridge strengths tried (relative to the mean diagonal of the Gram matrix); the one with the
 #: lowest error on the held-out fold wins. Too little ridge overfits when rows are few.
-RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+RIDGE_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 
 
 def _bias_only(a: _Accumulator, w: np.ndarray) -> np.ndarray:

@@ -156,7 +156,14 @@ def short_error(e: BaseException) -> str:
     return msg if len(msg) <= 110 else msg[:107] + "..."
 
 
-def run_model(name: str, path: str, args, tok) -> List[dict]:
+def dump(rows: List[dict], args) -> None:
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"ratio": args.ratio, "heldout": args.heldout, "calib": args.calib,
+                       "api": str(inspect.signature(onnxprune.prune)), "rows": rows}, f, indent=1)
+
+
+def run_model(name: str, path: str, args, tok, done: List[dict]) -> List[dict]:
     sentences = minilm_data.heldout_sentences(args.heldout)
     batch = minilm_data.encode(tok, sentences, max_len=args.seq)
 
@@ -211,6 +218,7 @@ def run_model(name: str, path: str, args, tok) -> List[dict]:
                 print(f"  {name} {criterion:11s} {rec:5s}  {row['note']}", flush=True)
                 continue
             row.update(compare(ref, emb, ref_nn))
+            dump(done + rows, args)  # partial results survive an interrupted run
             print(f"  {name} {criterion:11s} {rec:5s}  {row['time_s']:6.2f} s  cos {row['cos_mean']:.4f}"
                   f"  nn@10 {row['nn_overlap']:.3f}", flush=True)
     return rows
@@ -274,13 +282,10 @@ def main(argv=None) -> int:
             print(f"missing {path}: run tools/export_minilm.py first", file=sys.stderr)
             return 2
         print(f"\n{name}: {os.path.relpath(path, REPO_ROOT)}", flush=True)
-        rows += run_model(name, path, args, tok)
+        rows += run_model(name, path, args, tok, rows)
 
     print_table(rows, args)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"ratio": args.ratio, "heldout": args.heldout, "calib": args.calib,
-                       "api": str(inspect.signature(onnxprune.prune)), "rows": rows}, f, indent=1)
+    dump(rows, args)
     return 0
 
 

@@ -9,8 +9,10 @@ with ``HF_HUB_OFFLINE=1``, so nothing is downloaded.
 Writes into ``--out`` (default ``build/minilm/``, git-ignored):
 
 - ``minilm_torchscript.onnx``: ``torch.onnx.export(dynamo=False)``, opset 17;
-- ``minilm_dynamo.onnx``: ``torch.onnx.export(dynamo=True)``, opset 17 requested, weights
-  embedded in the file (no external data);
+- ``minilm_dynamo.onnx``: ``torch.onnx.export(dynamo=True)``, opset 17 requested (torch
+  exports at 18 and converts down), weights embedded in the file (no external data); with
+  ``--dynamo-opset 20`` (or higher) ``minilm_dynamo_op20.onnx``, where GELU is one ``Gelu``
+  op instead of ``Div``/``Erf``/``Add``/``Mul``/``Mul``;
 - ``calib.npz``: ``--calib`` calibration sentences (``tools/minilm_data.py``), tokenized
   and padded to ``--seq`` tokens: int64 ``input_ids``, ``attention_mask``,
   ``token_type_ids``, samples stacked on axis 0 (mostly padding: the sentences average
@@ -31,7 +33,7 @@ each file is printed.
 Usage::
 
     python tools/export_minilm.py [--out build/minilm] [--seq 128] [--calib 256]
-                                  [--only torchscript|dynamo]
+                                  [--only torchscript|dynamo] [--dynamo-opset 20]
 """
 
 from __future__ import annotations
@@ -91,11 +93,11 @@ def export_torchscript(model, example, path: str) -> None:
                       output_names=OUTPUT_NAMES, dynamic_axes=dyn)
 
 
-def export_dynamo(model, example, path: str) -> None:
+def export_dynamo(model, example, path: str, opset: int = OPSET) -> None:
     batch = torch.export.Dim("batch", min=1, max=1024)
     seq = torch.export.Dim("seq", min=2, max=512)
     shapes = {name: {0: batch, 1: seq} for name in INPUT_NAMES}
-    prog = torch.onnx.export(model, example, dynamo=True, opset_version=OPSET,
+    prog = torch.onnx.export(model, example, dynamo=True, opset_version=opset,
                              input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
                              dynamic_shapes=shapes, optimize=True, verify=False)
     prog.save(path, external_data=False)
@@ -160,6 +162,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seq", type=int, default=128, help="padded length of calib.npz rows")
     ap.add_argument("--calib", type=int, default=256, help="calibration sentences")
     ap.add_argument("--only", choices=["torchscript", "dynamo"])
+    ap.add_argument("--dynamo-opset", type=int, default=OPSET,
+                    help="opset for the dynamo export (20+ writes GELU as one Gelu op; "
+                         "the file is then minilm_dynamo_op<N>.onnx)")
     args = ap.parse_args(argv)
 
     torch.manual_seed(0)
@@ -181,12 +186,14 @@ def main(argv=None) -> int:
     ref_emb, ref_name = reference_embeddings(path, model, check_sents, check)
     print(f"reference embeddings: {ref_name}")
 
-    exporters = {"torchscript": export_torchscript, "dynamo": export_dynamo}
+    exporters = {"torchscript": export_torchscript,
+                 "dynamo": lambda m, e, p: export_dynamo(m, e, p, args.dynamo_opset)}
     status = 0
     for name, fn in exporters.items():
         if args.only and name != args.only:
             continue
-        out = os.path.join(args.out, f"minilm_{name}.onnx")
+        suffix = f"_op{args.dynamo_opset}" if name == "dynamo" and args.dynamo_opset != OPSET else ""
+        out = os.path.join(args.out, f"minilm_{name}{suffix}.onnx")
         t0 = time.perf_counter()
         try:
             fn(model, example, out)
