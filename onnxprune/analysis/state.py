@@ -134,13 +134,8 @@ def const(tensor) -> np.ndarray | None:
 
 def shape(tensor) -> list | None:
     """Static shape as a list (entries may be None for unknown dims), or None if unknown rank."""
-    if tensor is None:
-        return None
-    if isinstance(tensor, gs.Constant):
-        return list(tensor.values.shape)
-    if tensor.shape is None:
-        return None
-    return [d if isinstance(d, (int, np.integer)) and d >= 0 else None for d in tensor.shape]
+    dims = symbolic_shape(tensor)
+    return None if dims is None else [d if isinstance(d, int) else None for d in dims]
 
 
 def symbolic_shape(tensor) -> list | None:

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-import numpy as np
 
 from ..analysis import Analysis
 from ..calibration.stats import ChannelStats
-from .magnitude import _per_index_norm
+from .magnitude import _per_index_norm, add_site_scores
 
 
 def sink_tensors(analysis: Analysis) -> dict[str, int]:
@@ -33,14 +32,8 @@ def sink_tensors(analysis: Analysis) -> dict[str, int]:
 def _accumulate(analysis: Analysis, stats: dict[str, ChannelStats], per_site) -> dict[int, float]:
     scores: dict[int, float] = defaultdict(float)
     for site in analysis.sites:
-        if site.role != "weight_in":
-            continue
-        values = np.asarray(per_site(site, stats[site.node.inputs[0].name]), dtype=np.float64)
-        mean = values.mean()
-        if mean > 0:
-            values = values / mean
-        for r, v in zip(analysis.root[site.atoms].tolist(), values.tolist()):
-            scores[r] += v
+        if site.role == "weight_in":
+            add_site_scores(scores, analysis, site, per_site(site, stats[site.node.inputs[0].name]))
     return scores
 
 

@@ -23,17 +23,22 @@ def _per_index_norm(values: np.ndarray, axis: int, p: int) -> np.ndarray:
     return np.sqrt((flat * flat).sum(axis=1))
 
 
+def add_site_scores(scores: dict[int, float], analysis: Analysis, site, values: np.ndarray) -> None:
+    """Add one weight site's per-index values to its channels' scores, after dividing them by
+    their mean, so every layer weighs the same whatever its width or scale."""
+    values = np.asarray(values, dtype=np.float64)
+    mean = values.mean()
+    if mean > 0:
+        values = values / mean
+    for r, v in zip(analysis.root[site.atoms].tolist(), values.tolist()):
+        scores[r] += v
+
+
 def _accumulate(analysis: Analysis, roles: tuple[str, ...], p: int) -> dict[int, float]:
     scores: dict[int, float] = defaultdict(float)
     for site in analysis.sites:
-        if site.role not in roles:
-            continue
-        norms = _per_index_norm(site.values, site.axis, p)
-        mean = norms.mean()
-        if mean > 0:
-            norms = norms / mean
-        for r, v in zip(analysis.root[site.atoms].tolist(), norms.tolist()):
-            scores[r] += v
+        if site.role in roles:
+            add_site_scores(scores, analysis, site, _per_index_norm(site.values, site.axis, p))
     return scores
 
 
