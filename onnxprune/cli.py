@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from .errors import BadInputError, OnnxPruneError
+from .scoring import CRITERIA
 
 class DefaultToPrune(click.Group):
     """A group whose default command is ``prune``: ``onnxprune MODEL`` means ``onnxprune prune MODEL``."""
@@ -50,7 +51,7 @@ def main() -> None:
               help="Output path [default: MODEL.pruned.onnx beside the input].")
 @click.option("--ratio", type=float, default=0.3, show_default=True,
               help="Fraction of each prunable group's channels to remove, in [0, 1).")
-@click.option("--criterion", type=click.Choice(["l1", "l2", "bn", "activation", "apoz", "wanda", "fluctuation"]),
+@click.option("--criterion", type=click.Choice(CRITERIA),
               default=None, help="Channel importance [default: l1; fluctuation with --calib]. l1/l2: weight norms; "
               "bn: BatchNorm |gamma|; activation: mean |x|; apoz: 1 - zero fraction; wanda: |W|·‖X‖; "
               "fluctuation: Var(X)·‖W‖² (FLAP).")
