@@ -31,6 +31,15 @@ class PruneOptions:
     reconstruct: str | None = None
     #: None: chosen per layer on held-out calibration rows
     ridge: float | None = None
+    #: a ``search.Target`` (latency, FLOPs or params) instead of ``ratio``
+    target: Any = None
+    #: where latency is measured: ONNX Runtime provider ("cpu" or "cuda") and intra-op threads
+    provider: str = "cpu"
+    threads: int | None = None
+    #: shapes for inputs with dynamic dimensions, {name: [dims]} (else a calibration batch's)
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    #: a latency table profiled on the target device (``onnxprune profile``) instead of measuring here
+    latency_table: Any = None
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import onnx
 
@@ -17,13 +17,14 @@ class Pipeline:
     """An ordered list of passes. ``run`` returns the context they filled in."""
 
     def __init__(self, passes: Iterable[Pass] | None = None):
-        self.passes = list(passes) if passes is not None else default_passes()
+        self.passes = list(passes) if passes is not None else None
 
     def run(self, model: onnx.ModelProto | str | os.PathLike, options: PruneOptions | None = None) -> PruningContext:
         if not isinstance(model, onnx.ModelProto):
             model = load_model(model)
         ctx = PruningContext(model=model, options=options or PruneOptions())
-        for p in self.passes:
+        passes = self.passes if self.passes is not None else default_passes(ctx.options)
+        for p in passes:
             p.run(ctx)
         return ctx
 
@@ -43,16 +44,39 @@ class PruneResult:
         save_model(self.model, path)
 
 
-def prune(model: onnx.ModelProto | str | os.PathLike, *, ratio: float = 0.3, criterion: str | None = None,
-          round_to: int = 1, calibration=None, calib_samples: int | None = None,
-          reconstruct: str | None = None) -> PruneResult:
-    """Prune ``ratio`` of the channels of every prunable group; the input is never modified.
+def prune(model: onnx.ModelProto | str | os.PathLike, *, ratio: float | None = None,
+          target_latency: str | float | None = None, target_flops: str | float | None = None,
+          target_params: str | float | None = None, criterion: str | None = None, round_to: int = 1,
+          calibration=None, calib_samples: int | None = None, reconstruct: str | None = None,
+          provider: str = "cpu", threads: int | None = None, input_shapes: dict[str, list[int]] | None = None,
+          latency_table=None, log: Callable[[str], None] | None = None) -> PruneResult:
+    """Prune MODEL; the input is never modified.
+
+    Either ``ratio`` (default 0.3): that fraction of every prunable group's channels; or one
+    target: ``target_latency`` ("50ms", or a number of ms) measured on ``provider`` with
+    ``threads`` (or predicted from ``latency_table``, a profile of the target device),
+    ``target_flops`` / ``target_params`` (a fraction of the original such as 0.5, or a count
+    such as "2G"). A target search raises ``TargetUnreachable`` when even the most pruning it
+    allows misses; when the model already meets the target, ``report["search"]["status"]`` is
+    ``"already_met"`` and nothing is removed.
 
     ``calibration`` (a .npz path, a folder of .npz, a .py defining ``load_data()``, or an iterable
-    of input dicts) enables activation criteria (default ``fluctuation``) and reconstruction
-    (default ``lstsq``; ``"bias"`` or ``"none"`` to change it).
+    of input dicts) enables activation criteria (default ``fluctuation``), reconstruction
+    (default ``lstsq``; ``"bias"`` or ``"none"`` to change it) and the fidelity report.
     """
-    options = PruneOptions(ratio=ratio, criterion=criterion, round_to=round_to, calibration=calibration,
-                           calib_samples=calib_samples, reconstruct=reconstruct)
-    ctx = Pipeline().run(model, options)
+    from .errors import BadInputError
+    from .search.targets import parse_target
+
+    target = parse_target(target_latency, target_flops, target_params)
+    if target is not None and ratio is not None:
+        raise BadInputError("give either a ratio or a target, not both")
+    if target is not None and target.kind != "latency" and latency_table is not None:
+        raise BadInputError("a latency table only serves a latency target")
+    options = PruneOptions(ratio=0.3 if ratio is None else ratio, criterion=criterion, round_to=round_to,
+                           calibration=calibration, calib_samples=calib_samples, reconstruct=reconstruct,
+                           target=target, provider=provider, threads=threads, input_shapes=dict(input_shapes or {}),
+                           latency_table=latency_table)
+    from .passes.builtin import default_passes
+
+    ctx = Pipeline(default_passes(options, log)).run(model, options)
     return PruneResult(ctx.pruned, ctx)

@@ -37,13 +37,13 @@ def kept_count(total: int, ratio: float, round_to: int = 1) -> int:
     return keep
 
 
-def select_by_ratio(analysis: Analysis, scores: dict[int, np.ndarray], ratio: float,
-                    round_to: int = 1) -> Selection:
-    """Remove the lowest-scored ``ratio`` of every prunable group (ties: later channels go first)."""
+def select_by_counts(analysis: Analysis, scores: dict[int, np.ndarray], counts: dict[int, int]) -> Selection:
+    """Keep the ``counts[g]`` best-scored channels of each prunable group ``g`` (all of a group
+    not in ``counts``); ties: later channels go first."""
     selection = Selection()
     for group in analysis.prunable_groups:
         total = group.channels
-        keep = kept_count(total, ratio, round_to)
+        keep = min(counts.get(group.id, total), total)
         selection.kept[group.id] = (keep, total)
         if keep >= total:
             continue
@@ -51,3 +51,10 @@ def select_by_ratio(analysis: Analysis, scores: dict[int, np.ndarray], ratio: fl
         for index in order[keep:]:
             selection.removed.add(group.classes[int(index)])
     return selection
+
+
+def select_by_ratio(analysis: Analysis, scores: dict[int, np.ndarray], ratio: float,
+                    round_to: int = 1) -> Selection:
+    """Remove the lowest-scored ``ratio`` of every prunable group."""
+    counts = {g.id: kept_count(g.channels, ratio, round_to) for g in analysis.prunable_groups}
+    return select_by_counts(analysis, scores, counts)

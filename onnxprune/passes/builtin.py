@@ -187,5 +187,9 @@ class Reconstruct(Pass):
         ctx.report["reconstruction"] = {"mode": mode, "layers": [vars(r) for r in layers]}
 
 
-def default_passes() -> list[Pass]:
-    return [Normalize(), Analyze(), Calibrate(), Score(), Select(), Rewrite(), Reconstruct()]
+def default_passes(options=None, log=None) -> list[Pass]:
+    """The standard pipeline; with a target in ``options``, a search replaces the ratio selection."""
+    from .search import Search, Verify
+
+    select = Search(log) if options is not None and options.target is not None else Select()
+    return [Normalize(), Analyze(), Calibrate(), Score(), select, Rewrite(), Reconstruct(), Verify()]

@@ -57,7 +57,8 @@ class Runner:
 
 
 def make_runner(model_bytes: bytes, provider: str = "cpu", threads: int | None = None,
-                shapes: dict[str, list[int]] | None = None, seed: int = 0) -> Runner:
+                shapes: dict[str, list[int]] | None = None, seed: int = 0, feeds: dict | None = None) -> Runner:
+    """A ready session; inputs are ``feeds`` if given, else random of the model's (or ``shapes``') shapes."""
     ort = onnxruntime()
     if provider not in PROVIDERS:
         raise BadInputError(f"unknown provider '{provider}' (choose from {', '.join(PROVIDERS)})")
@@ -74,7 +75,10 @@ def make_runner(model_bytes: bytes, provider: str = "cpu", threads: int | None =
     session = ort.InferenceSession(model_bytes, opts, providers=[name])
     if name not in session.get_providers():
         raise BadInputError(f"provider '{provider}' could not be initialised")
-    feeds = make_feeds(session, shapes or {}, seed)
+    if feeds is None:
+        feeds = make_feeds(session, shapes or {}, seed)
+    else:
+        feeds = {i.name: feeds[i.name] for i in session.get_inputs()}
     binding = None
     if provider == "cuda":
         binding = session.io_binding()

@@ -1,0 +1,152 @@
+"""Per-group cost models: how latency, FLOPs or params change as each group keeps fewer channels.
+
+The model is separable by layer: a weight layer's cost at the current widths is its full cost
+times, for each group touching it, the fraction that group's width leaves of it (measured on the
+provider for latency, counted for FLOPs and params)::
+
+    total(counts) = scale · Σ_layer full_layer · Π_group curve_layer,group(count_group) + rest
+
+Latency of the ops between layers (activations, adds, pooling) is not measured on its own:
+``scale`` stretches the layers' sum to the measured baseline, and the search corrects the model
+against end-to-end measurements.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..analysis import Analysis, Group
+from .probes import WEIGHT_INPUT, LayerSpec, base_spec, layer_nodes, resized
+
+#: no group is cut below this fraction of its channels by a target search
+MIN_KEEP_FRACTION = 0.1
+#: at most this many widths are measured or considered per group
+MAX_STEPS = 16
+
+
+def candidate_counts(total: int, round_to: int = 1, min_keep: float = MIN_KEEP_FRACTION,
+                     max_steps: int = MAX_STEPS) -> list[int]:
+    """Widths a group may be cut to, widest first (the full width included).
+
+    Steps are multiples of ``round_to``, and of 8 for groups of 32 channels or more (vector
+    widths of CPU kernels), coarsened so there are at most ``max_steps`` of them.
+    """
+    step = max(1, round_to)
+    if total >= 32:
+        step = max(step, 8)
+    while total // step > max_steps:
+        step *= 2
+    if total <= step:
+        return [total]
+    low = max(1, math.ceil(min_keep * total))
+    counts = [c for c in range(step * (total // step), 0, -step) if c >= low and c < total]
+    if not counts:
+        counts = [step * max(1, total // step)] if step * max(1, total // step) < total else []
+    return [total, *counts]
+
+
+@dataclass
+class CostModel:
+    """See the module docstring. ``steps[g]`` are the widths group ``g`` may take, widest first."""
+
+    kind: str
+    unit: str
+    full: dict[str, float]
+    curves: dict[str, dict[int, dict[int, float]]]
+    steps: dict[int, list[int]]
+    scale: float = 1.0
+    rest: float = 0.0
+    #: layers of each group (the inverse of ``curves``)
+    layers_of: dict[int, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.layers_of:
+            for layer, per_group in self.curves.items():
+                for g in per_group:
+                    self.layers_of.setdefault(g, []).append(layer)
+
+    def layer_cost(self, layer: str, counts: dict[int, int]) -> float:
+        value = self.full[layer]
+        for g, curve in self.curves[layer].items():
+            value *= curve.get(counts.get(g, self.steps[g][0]), 1.0)
+        return value
+
+    def total(self, counts: dict[int, int]) -> float:
+        return self.scale * sum(self.layer_cost(layer, counts) for layer in self.full) + self.rest
+
+    def saving(self, g: int, new: int, counts: dict[int, int]) -> float:
+        """How much the total drops when group ``g`` goes from its current width to ``new``."""
+        old = counts.get(g, self.steps[g][0])
+        drop = 0.0
+        for layer in self.layers_of.get(g, []):
+            curve = self.curves[layer][g]
+            others = self.layer_cost(layer, counts) / curve.get(old, 1.0) if curve.get(old, 1.0) else 0.0
+            drop += others * (curve.get(old, 1.0) - curve.get(new, 1.0))
+        return self.scale * drop
+
+
+def layer_variants(analysis: Analysis, shapes: dict[str, tuple], round_to: int = 1
+                   ) -> tuple[dict[str, LayerSpec], dict[str, dict[int, dict[int, LayerSpec]]], dict[int, list[int]]]:
+    """For each modelled layer: its full spec, and its spec at every candidate width of every
+    prunable group touching it (the other groups at full width); plus each group's candidates.
+
+    ``shapes`` gives each layer's concrete (input, output) shapes by node name.
+    """
+    nodes = layer_nodes(analysis)
+    group_of = {r: g for g in analysis.prunable_groups for r in g.classes}
+    sites: dict[str, list] = {name: [] for name in nodes}
+    touching: dict[str, list[Group]] = {name: [] for name in nodes}
+    for site in analysis.sites:
+        if site.node.name in nodes and site.input_index == WEIGHT_INPUT and site.role in ("weight_out", "weight_in"):
+            sites[site.node.name].append(site)
+            for r in np.unique(analysis.root[site.atoms]).tolist():
+                g = group_of.get(r)
+                if g is not None and g not in touching[site.node.name]:
+                    touching[site.node.name].append(g)
+    steps = {g.id: candidate_counts(g.channels, round_to) for g in analysis.prunable_groups}
+    full: dict[str, LayerSpec] = {}
+    variants: dict[str, dict[int, dict[int, LayerSpec]]] = {}
+    for name, node in nodes.items():
+        if name not in shapes:
+            continue
+        spec = base_spec(node, *shapes[name])
+        full[name] = spec
+        variants[name] = {}
+        for g in touching[name]:
+            per_count = {}
+            for count in steps[g.id][1:]:
+                keep = analysis.keep_fn(set(g.classes[count:]))
+                w_shape = list(spec.w_shape)
+                for site in sites[name]:
+                    w_shape[site.axis] = int(keep(site.atoms).sum())
+                per_count[count] = resized(spec, w_shape)
+            variants[name][g.id] = per_count
+    return full, variants, steps
+
+
+def counted_model(analysis: Analysis, shapes: dict[str, tuple], kind: str, total: float,
+                  round_to: int = 1) -> CostModel:
+    """A FLOPs or params model, counted from the layers' shapes (no measurement)."""
+    full, variants, steps = layer_variants(analysis, shapes, round_to)
+    measure = (lambda s: float(s.flops)) if kind == "flops" else (lambda s: float(s.params))
+    full_cost = {name: measure(spec) for name, spec in full.items()}
+    curves = {name: {g: {c: (measure(s) / full_cost[name] if full_cost[name] else 1.0) for c, s in per.items()}
+                     for g, per in variants[name].items()} for name in full}
+    rest = max(0.0, total - sum(full_cost.values()))
+    return CostModel(kind, "", full_cost, curves, steps, 1.0, rest)
+
+
+def static_layer_shapes(analysis: Analysis) -> dict[str, tuple]:
+    """Input and output shapes of the modelled layers from shape inference, dynamic dims as 1
+    (as FLOPs are counted in ``metrics``)."""
+    from ..metrics import static_shape
+
+    shapes = {}
+    for name, node in layer_nodes(analysis).items():
+        x = static_shape(node.inputs[0])
+        if x is not None:
+            shapes[name] = (x, static_shape(node.outputs[0]))
+    return shapes

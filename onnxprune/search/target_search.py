@@ -1,0 +1,209 @@
+"""The target search: allocate by importance per unit of cost, verify end to end, correct.
+
+For latency, the cost model comes from a latency table (measured here, or read from a table
+profiled on the target device). Each iteration allocates widths within a budget, builds the
+pruned model, and times it side by side with the original on the chosen provider; while the
+measured p50 is over the target, the budget shrinks by the measured overshoot (NetAdapt-style)
+and the allocation is redone. FLOPs and params targets are counted exactly on the rewritten
+model the same way. With a table from another device nothing can be measured here: the result
+is the model's prediction, and says so.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..analysis import Analysis, analyze_graph
+from ..errors import OnnxPruneError
+from ..metrics import count_flops, count_params
+from ..selection import Selection, select_by_counts
+from .allocate import allocate
+from .cost import CostModel, counted_model, static_layer_shapes
+from .targets import Target
+
+#: end-to-end corrections before giving up
+MAX_ITERATIONS = 8
+#: the first budget sits this much under the target, so that small model errors need no correction
+FIRST_MARGIN = 0.97
+
+
+class TargetUnreachable(OnnxPruneError):
+    """Even the most pruning the search allows does not meet the target."""
+
+    exit_code = 3
+
+
+@dataclass
+class SearchResult:
+    """What the search chose and what it measured or counted on the way."""
+
+    target: Target
+    #: "met", "already_met" (nothing to do) or "predicted" (latency from a table, not measured here)
+    status: str
+    baseline: float
+    achieved: float | None = None
+    counts: dict[int, int] = field(default_factory=dict)
+    selection: Selection = field(default_factory=Selection)
+    #: per iteration: budget, predicted and achieved cost
+    iterations: list[dict] = field(default_factory=list)
+    #: the last side-by-side measurement (latency targets): bench summaries and ratio
+    measurement: dict | None = None
+    seconds: float = 0.0
+
+    def as_report(self) -> dict:
+        return {"target": {"kind": self.target.kind, "value": self.target.value, "fraction": self.target.fraction},
+                "status": self.status, "baseline": self.baseline, "achieved": self.achieved,
+                "counts": {str(k): v for k, v in sorted(self.counts.items())}, "iterations": self.iterations,
+                "measurement": self.measurement, "seconds": round(self.seconds, 3)}
+
+
+class Trials:
+    """Builds pruned variants of one normalized graph without touching it."""
+
+    def __init__(self, graph: gs.Graph, analysis: Analysis, opset: int, template: onnx.ModelProto):
+        model = gs.export_onnx(graph, do_type_check=False)
+        model.ir_version = max(template.ir_version, 4)
+        del model.opset_import[:]
+        model.opset_import.extend(template.opset_import)
+        self._bytes = model.SerializeToString()
+        self._opset = opset
+        self._signature = [(g.id, g.classes) for g in analysis.prunable_groups]
+
+    def build(self, selection: Selection) -> tuple[gs.Graph, bytes]:
+        from ..passes.rewrite import rewrite
+
+        graph = gs.import_onnx(onnx.load_from_string(self._bytes))
+        analysis = analyze_graph(graph, self._opset)
+        if [(g.id, g.classes) for g in analysis.prunable_groups] != self._signature:  # pragma: no cover
+            raise OnnxPruneError("internal error: the analysis of a copy of the graph differs from the original's")
+        pruned = rewrite(analysis, selection.removed)
+        model = gs.export_onnx(pruned, do_type_check=False)
+        model.ir_version = onnx.load_from_string(self._bytes).ir_version
+        return pruned, model.SerializeToString()
+
+
+def search_counted(analysis: Analysis, graph: gs.Graph, opset: int, template: onnx.ModelProto,
+                   scores: dict[int, np.ndarray], target: Target, round_to: int = 1) -> SearchResult:
+    """FLOPs or params target: allocate on the counted model, count the rewritten model exactly."""
+    start = time.perf_counter()
+    count = count_flops if target.kind == "flops" else count_params
+    baseline = float(count(graph))
+    goal = target.absolute(baseline)
+    result = SearchResult(target, "already_met", baseline, baseline)
+    if baseline <= goal:
+        return result
+    model = counted_model(analysis, static_layer_shapes(analysis), target.kind, baseline, round_to)
+    trials = Trials(graph, analysis, opset, template)
+    budget, best = goal, None
+    for _ in range(MAX_ITERATIONS):
+        plan = allocate(model, scores, budget)
+        selection = select_by_counts(analysis, scores, plan.counts)
+        pruned, _ = trials.build(selection)
+        achieved = float(count(pruned))
+        result.iterations.append({"budget": budget, "predicted": plan.predicted, "achieved": achieved})
+        if best is None or achieved < best[0]:
+            best = (achieved, plan.counts, selection)
+        if achieved <= goal:
+            result.status, result.achieved, result.counts, result.selection = "met", achieved, plan.counts, selection
+            result.seconds = time.perf_counter() - start
+            return result
+        if not plan.met:
+            break
+        budget *= goal / achieved
+    raise TargetUnreachable(f"{target.kind} target {_human(goal)} is out of reach: the most pruning allowed "
+                            f"gives {_human(best[0])} (original {_human(baseline)})")
+
+
+def search_latency(analysis: Analysis, graph: gs.Graph, opset: int, template: onnx.ModelProto,
+                   scores: dict[int, np.ndarray], target: Target, model_sha256: str,
+                   input_shapes: dict[str, list[int]] | None = None, feeds: dict[str, np.ndarray] | None = None,
+                   provider: str = "cpu", threads: int | None = None, round_to: int = 1,
+                   table=None, log: Callable[[str], None] | None = None) -> SearchResult:
+    """Latency target, measured on ``provider`` (see the module docstring).
+
+    Inputs are ``feeds`` (e.g. a calibration batch) or random ones of ``input_shapes``.
+    """
+    from ..runtime.session import make_runner
+    from ..runtime.timing import interleaved, ratios
+    from .latency_table import profile
+
+    log = log or (lambda message: None)
+    start = time.perf_counter()
+    goal = target.value
+    if table is not None:
+        table.check_matches(analysis, model_sha256)
+        model = table.cost_model(analysis, round_to)
+        result = SearchResult(target, "already_met", table.baseline_ms, table.baseline_ms)
+        if table.baseline_ms <= goal:
+            return result
+        plan = allocate(model, scores, goal * FIRST_MARGIN)
+        if not plan.met:
+            raise TargetUnreachable(f"latency target {goal:g} ms is out of reach on the profiled device: the most "
+                                    f"pruning allowed is predicted at {plan.predicted:.3f} ms "
+                                    f"(baseline {table.baseline_ms:.3f} ms)")
+        result.status, result.achieved, result.counts = "predicted", plan.predicted, plan.counts
+        result.selection = select_by_counts(analysis, scores, plan.counts)
+        result.iterations.append({"budget": goal * FIRST_MARGIN, "predicted": plan.predicted, "achieved": None})
+        result.seconds = time.perf_counter() - start
+        return result
+
+    original = make_runner(template.SerializeToString(), provider, threads, input_shapes, feeds=feeds)
+    feeds = original.feeds
+    base = interleaved([("original", original)], min_seconds=1.0, max_rounds=30)[0]
+    baseline = base.percentile(50)
+    log(f"baseline p50 {baseline:.3f} ms on {provider}")
+    result = SearchResult(target, "already_met", baseline, baseline)
+    if baseline <= goal:
+        return result
+    log("profiling layer latencies")
+    table = profile(graph, analysis, opset, feeds, baseline, model_sha256, provider, threads, round_to)
+    model = table.cost_model(analysis, round_to)
+    trials = Trials(graph, analysis, opset, template)
+    budget, best, last_counts = goal * FIRST_MARGIN, None, None
+    for _ in range(MAX_ITERATIONS):
+        plan = allocate(model, scores, budget)
+        if plan.counts == last_counts:
+            if not plan.met:
+                break
+            budget *= 0.97  # same widths as last time: ask for a little more
+            continue
+        last_counts = plan.counts
+        selection = select_by_counts(analysis, scores, plan.counts)
+        _, pruned_bytes = trials.build(selection)
+        pruned = make_runner(pruned_bytes, provider, threads, feeds=feeds)
+        orig_t, pruned_t = interleaved([("original", original), ("pruned", pruned)], min_seconds=2.0, max_rounds=40)
+        achieved = pruned_t.percentile(50)
+        measurement = {"original": orig_t.summary(), "pruned": pruned_t.summary(), "ratio": ratios(orig_t, pruned_t)}
+        result.iterations.append({"budget": budget, "predicted": plan.predicted, "achieved": achieved,
+                                  "original_ms": orig_t.percentile(50)})
+        log(f"  budget {budget:.3f} ms: predicted {plan.predicted:.3f}, measured p50 {achieved:.3f} ms "
+            f"(original {orig_t.percentile(50):.3f} ms in the same rounds)")
+        if best is None or achieved < best:
+            best = achieved
+        if achieved <= goal:
+            result.status, result.achieved, result.counts, result.selection = "met", achieved, plan.counts, selection
+            result.measurement = measurement
+            result.seconds = time.perf_counter() - start
+            return result
+        if not plan.met:
+            break
+        budget *= goal / achieved
+    raise TargetUnreachable(f"latency target {goal:g} ms is out of reach on {provider}: the best measured is "
+                            f"{best:.3f} ms (original {baseline:.3f} ms)" if best is not None else
+                            f"latency target {goal:g} ms is out of reach on {provider} (original {baseline:.3f} ms)")
+
+
+def _human(n: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n:.4g}"
+
+
+__all__ = ["CostModel", "SearchResult", "TargetUnreachable", "search_counted", "search_latency"]
