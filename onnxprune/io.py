@@ -9,20 +9,37 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
+import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
+from onnx import external_data_helper
+from onnx_graphsurgeon.importers.onnx_importer import get_numpy_type, get_onnx_tensor_dtype
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from .errors import BadInputError
+from .errors import BadInputError, OnnxPruneError
 
 #: Opsets of the default domain we have rules and tests for.
 MIN_OPSET = 9
 MAX_OPSET = 21
 #: Protobuf cannot serialise a message over 2 GiB; above this we write external data.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+#: With external data, tensors of at least this many bytes go to the data file (onnx's default).
+EXTERNAL_TENSOR_MIN_BYTES = 1024
+#: ``location`` of a weight whose bytes are not in the proto yet (they are in the graph, see
+#: :func:`export_deferred`); :func:`save_model` writes them and names the real data file.
+DEFERRED_LOCATION = "onnxprune-deferred-weights.data"
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
-    """Read an ONNX file (with its external data) and check it is something we can prune."""
+    """Read an ONNX file and check it is something we can prune.
+
+    Initializers of the main graph stored as external data are not read: each one is checked
+    (its file exists and holds as many bytes as its shape needs) and its location is made
+    absolute, so that normalize can read it on demand (see :class:`ExternalValues`). External
+    tensors elsewhere (node attributes, subgraphs) are small and are loaded.
+    """
     p = Path(path)
     if not p.exists():
         raise BadInputError(f"{p}: no such file")
@@ -36,14 +53,76 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise BadInputError(f"{p}: not a valid ONNX model ({type(exc).__name__})") from None
     if not model.graph.node and not model.graph.output:
         raise BadInputError(f"{p}: not a valid ONNX model (no graph)")
-    try:
-        onnx.load_external_data_for_model(model, str(p.parent))
-    except FileNotFoundError as exc:
-        raise BadInputError(f"{p}: missing external data file {Path(exc.filename or '?').name}") from None
-    except Exception as exc:
-        raise BadInputError(f"{p}: cannot read external data ({exc})") from None
+    _attach_external_data(model, p)
     check_opset(model, str(p))
+    check_domains(model, str(p))
     return model
+
+
+def _attach_external_data(model: onnx.ModelProto, path: Path) -> None:
+    base = str(path.resolve().parent)
+    top = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    for t in top:
+        location, offset, length = _checked_region(t, base, path)
+        del t.external_data[:]
+        for key, value in (("location", os.path.join(base, location)), ("offset", str(offset)),
+                           ("length", str(length))):
+            t.external_data.add(key=key, value=value)
+    lazy = {id(t) for t in top}
+    for t in external_data_helper._get_all_tensors(model):
+        if t.data_location == onnx.TensorProto.EXTERNAL and id(t) not in lazy:
+            _checked_region(t, base, path)
+            try:
+                external_data_helper.load_external_data_for_tensor(t, base)
+            except Exception as exc:
+                raise BadInputError(f"{path}: cannot read external data of tensor '{t.name}' ({exc})") from None
+
+
+def _checked_region(t: onnx.TensorProto, base: str, path: Path) -> tuple[str, int, int]:
+    """Location, offset and length of an external tensor, after checking the file holds them."""
+    try:
+        info = external_data_helper.ExternalDataInfo(t)
+    except ValueError as exc:
+        raise BadInputError(f"{path}: bad external data entry for tensor '{t.name}' ({exc})") from None
+    if not info.location:
+        raise BadInputError(f"{path}: tensor '{t.name}' is marked external but names no data file")
+    if not os.path.lexists(os.path.join(base, info.location)):
+        raise BadInputError(f"{path}: missing external data file {info.location}")
+    try:  # onnx's own check: relative, inside the model's folder, a regular file, not a link
+        fd = external_data_helper._open_external_data_fd(base, info.location, t.name, True)
+    except AttributeError:  # older onnx: open it ourselves after the same lexical checks
+        if os.path.isabs(info.location) or ".." in Path(info.location).parts:
+            raise BadInputError(f"{path}: external data location '{info.location}' is outside the model's folder") \
+                from None
+        fd = os.open(os.path.join(base, info.location), os.O_RDONLY)
+    except Exception as exc:
+        raise BadInputError(f"{path}: cannot read external data of tensor '{t.name}' ({_first_line(exc)})") from None
+    try:
+        size = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    offset = info.offset or 0
+    expected = _expected_nbytes(t)
+    length = info.length if info.length is not None else (expected if expected is not None else size - offset)
+    if expected is not None and length != expected:
+        raise BadInputError(f"{path}: external data of tensor '{t.name}' is {length} bytes, its shape needs {expected}")
+    if offset + length > size:
+        raise BadInputError(f"{path}: external data file {info.location} is truncated "
+                            f"(tensor '{t.name}' needs bytes {offset} to {offset + length}, the file has {size})")
+    return info.location, offset, length
+
+
+def _expected_nbytes(t: onnx.TensorProto) -> int | None:
+    """Bytes a tensor's raw data must have, for element types of a whole number of bytes."""
+    np_type = get_numpy_type(t.data_type)
+    if np_type is None or np.dtype(np_type).hasobject:
+        return None
+    return int(np.prod(t.dims, dtype=np.int64)) * np.dtype(np_type).itemsize
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def check_opset(model: onnx.ModelProto, where: str = "model") -> int:
@@ -63,37 +142,373 @@ def default_opset(model: onnx.ModelProto) -> int | None:
     return None
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
-    """Write atomically: a temporary file beside the target, then a rename.
+def _canonical_domain(domain: str) -> str:
+    return "" if domain in ("", "ai.onnx") else domain
 
-    A reader never sees a half-written model, and a failure leaves nothing behind.
-    Models too large for one protobuf go out with their weights as external data.
+
+def check_domains(model: onnx.ModelProto, where: str = "model") -> None:
+    """Refuse what cannot be processed at all: a node of a domain the model does not import, or
+    an imported version of an ONNX domain (``ai.onnx.ml``...) that ONNX does not define.
+
+    Domains ONNX does not define (``com.microsoft`` fused ops, custom ops) are accepted: the
+    analysis blocks the channels their nodes touch, with a reason.
+    """
+    known = onnx.defs.C.schema_version_map()
+    imported = {_canonical_domain(imp.domain): imp.version for imp in model.opset_import}
+    for domain, version in imported.items():
+        if domain and domain in known:
+            low, high = known[domain]
+            if not low <= version <= high:
+                raise BadInputError(f"{where}: opset {domain} {version} is not supported "
+                                    f"(supported: {low} to {high})")
+    local_functions = {(f.domain, f.name) for f in model.functions}
+    for node in _all_nodes(model.graph):
+        domain = _canonical_domain(node.domain)
+        if domain not in imported:
+            raise BadInputError(f"{where}: node '{node.name or node.op_type}' ({domain}:{node.op_type}) uses domain "
+                                f"'{domain}', which the model does not import")
+        if domain and domain in known and (node.domain, node.op_type) not in local_functions:
+            try:
+                onnx.defs.get_schema(node.op_type, imported[domain], domain)
+            except onnx.defs.SchemaError:
+                raise BadInputError(f"{where}: node '{node.name or node.op_type}': {domain} opset "
+                                    f"{imported[domain]} has no operator {node.op_type}") from None
+    for function in model.functions:
+        f_imported = {_canonical_domain(imp.domain) for imp in function.opset_import}
+        for node in function.node:
+            if _canonical_domain(node.domain) not in f_imported | set(imported):
+                raise BadInputError(f"{where}: function '{function.name}' uses domain '{node.domain}', "
+                                    "which it does not import")
+
+
+def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _all_nodes(g)
+
+
+# --- weights read on demand ------------------------------------------------------------------
+
+def _file_stamp(path: str) -> tuple:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class ExternalValues(LazyValues):
+    """The values of an initializer kept in an external data file, read when asked for.
+
+    ``load()`` returns a read-only memory map of the tensor's bytes: reading a weight to score
+    or slice it costs no copy, and the pages are released when the array is dropped. Nothing is
+    cached, so a model's weights are never all in memory at once. ``tensor`` (what
+    onnx-graphsurgeon exports) is a full in-memory ``TensorProto``, read on each call.
+    The file is checked unchanged (same inode, size and time) on every read.
+    """
+
+    def __init__(self, tensor: onnx.TensorProto):
+        # Not LazyValues.__init__: ``tensor`` is a property here.
+        info = external_data_helper.ExternalDataInfo(tensor)
+        if not os.path.isabs(info.location):
+            raise BadInputError(f"tensor '{tensor.name}' has external data that was not loaded: pass the model's "
+                                "path, or load it with its external data")
+        self.path = info.location
+        self.offset = info.offset or 0
+        self.length = info.length if info.length is not None else _expected_nbytes(tensor)
+        self._meta = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+        self.shape = list(tensor.dims)
+        self.dtype = get_onnx_tensor_dtype(self._meta)
+        self.nbytes = self.length
+        self.stamp = _file_stamp(self.path)
+
+    def _check(self) -> None:
+        if _file_stamp(self.path) != self.stamp:
+            raise OnnxPruneError(f"{self.path}: external data file changed since the model was loaded")
+
+    def load(self) -> np.ndarray:
+        np_type = get_numpy_type(self._meta.data_type)
+        if np_type is None or np.dtype(np_type).hasobject:
+            return np.array(onnx.numpy_helper.to_array(self.tensor))
+        dtype = np.dtype(np_type).newbyteorder("<")
+        if int(np.prod(self.shape, dtype=np.int64)) == 0:
+            return np.zeros(self.shape, dtype=dtype)
+        self._check()
+        return np.memmap(self.path, dtype=dtype, mode="r", offset=self.offset, shape=tuple(self.shape))
+
+    def chunks(self, size: int = 1 << 24) -> Iterator[bytes]:
+        """The raw bytes, a piece at a time."""
+        self._check()
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            left = self.length
+            while left > 0:
+                piece = fh.read(min(size, left))
+                if not piece:
+                    raise OnnxPruneError(f"{self.path}: external data file is shorter than when it was loaded")
+                left -= len(piece)
+                yield piece
+
+    @property
+    def tensor(self) -> onnx.TensorProto:
+        t = onnx.TensorProto()
+        t.CopyFrom(self._meta)
+        t.raw_data = b"".join(self.chunks())
+        return t
+
+    def __str__(self) -> str:
+        return f"ExternalValues({self.path}@{self.offset}, shape={self.shape}, dtype={self.dtype})"
+
+
+def lazy_external_values(graph: gs.Graph) -> int:
+    """Make every constant of ``graph`` whose proto points at external data read on demand;
+    return how many there are."""
+    count = 0
+    for tensor in graph.tensors().values():
+        values = getattr(tensor, "_values", None)
+        if isinstance(values, LazyValues) and not isinstance(values, ExternalValues) \
+                and isinstance(values.tensor, onnx.TensorProto) \
+                and values.tensor.data_location == onnx.TensorProto.EXTERNAL:
+            tensor._values = ExternalValues(values.tensor)
+            tensor.data_location = None  # where it is written is decided on export
+            count += 1
+    return count
+
+
+def read_values(tensor: gs.Constant) -> np.ndarray:
+    """A constant's values without keeping them: weights in external data files are mapped
+    for the caller only, everything else is what ``tensor.values`` gives."""
+    values = tensor._values
+    if isinstance(values, ExternalValues):
+        return values.load()
+    return tensor.values
+
+
+def has_external_values(graph: gs.Graph) -> bool:
+    return any(isinstance(getattr(t, "_values", None), ExternalValues) for t in graph.tensors().values())
+
+
+def uses_external_data(model: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+# --- export with weights deferred ------------------------------------------------------------
+
+class _StubValues(LazyValues):
+    """Stands in for a constant's values while exporting: onnx-graphsurgeon exports ``tensor``."""
+
+    def __init__(self, tensor: onnx.TensorProto, shape, dtype, nbytes):
+        self.tensor, self.shape, self.dtype, self.nbytes = tensor, shape, dtype, nbytes
+
+
+def _goes_external(const: gs.Constant) -> bool:
+    if isinstance(const._values, gs.ir.tensor.SparseValues):
+        return False
+    nbytes = _constant_nbytes(const)
+    if nbytes < EXTERNAL_TENSOR_MIN_BYTES:
+        return False
+    # Shape inference and the checker read integer tensors (shape vectors); keep small ones inline.
+    try:
+        floating = np.issubdtype(np.dtype(const.dtype), np.floating)
+    except TypeError:  # onnx-only types (bfloat16, float8): raw weights
+        floating = True
+    return floating or nbytes >= 1 << 20
+
+
+def _constant_nbytes(const: gs.Constant) -> int:
+    values = const._values
+    nbytes = getattr(values, "nbytes", None)
+    if nbytes is None:
+        nbytes = int(np.prod(const.shape, dtype=np.int64)) * np.dtype(const.dtype).itemsize
+    return int(nbytes)
+
+
+def weights_nbytes(graph: gs.Graph) -> int:
+    return sum(_constant_nbytes(t) for t in graph.tensors().values() if isinstance(t, gs.Constant))
+
+
+def export_deferred(graph: gs.Graph) -> onnx.ModelProto:
+    """Export ``graph`` with every large constant as an external-data reference to
+    :data:`DEFERRED_LOCATION` (dims and type only, no bytes): the proto stays small whatever the
+    model's size. :func:`save_model` with the same graph writes the bytes."""
+    from onnx_graphsurgeon.exporters.onnx_exporter import dtype_to_onnx
+
+    swaps = []
+    try:
+        for tensor in graph.tensors().values():
+            if isinstance(tensor, gs.Constant) and _goes_external(tensor):
+                stub = onnx.TensorProto(name=tensor.name, data_type=dtype_to_onnx(tensor.export_dtype),
+                                        dims=[int(d) for d in tensor.shape],
+                                        data_location=onnx.TensorProto.EXTERNAL)
+                stub.external_data.add(key="location", value=DEFERRED_LOCATION)
+                swaps.append((tensor, tensor._values))
+                tensor._values = _StubValues(stub, tensor.shape, tensor.dtype, _constant_nbytes(tensor))
+        return gs.export_onnx(graph, do_type_check=False)
+    finally:
+        for tensor, values in swaps:
+            tensor._values = values
+
+
+def is_deferred(model: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL and _location(t) == DEFERRED_LOCATION
+               for t in model.graph.initializer)
+
+
+def _location(t: onnx.TensorProto) -> str | None:
+    return next((e.value for e in t.external_data if e.key == "location"), None)
+
+
+def check_deferred(model: onnx.ModelProto, full_check: bool = True) -> None:
+    """``onnx.checker.check_model`` for a model with deferred weights: the checker wants the data
+    file to exist, so the (small) proto is checked from a temporary folder beside an empty one."""
+    with tempfile.TemporaryDirectory(prefix="onnxprune-check-") as tmp:
+        Path(tmp, DEFERRED_LOCATION).touch()
+        path = os.path.join(tmp, "model.onnx")
+        with open(path, "wb") as fh:
+            fh.write(model.SerializeToString())
+        onnx.checker.check_model(path, full_check=full_check)
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, graph: gs.Graph | None = None) -> None:
+    """Write atomically: temporary files beside the target, then renames.
+
+    A reader never sees a half-written model, and a failure leaves nothing behind. A model with
+    deferred weights (:func:`export_deferred`) needs the ``graph`` it was exported from; its
+    weights are streamed one at a time to ``<name>.data`` beside the target. So is a model too
+    large for one protobuf.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    large = model.ByteSize() > EXTERNAL_DATA_THRESHOLD if _size_is_cheap(model) else True
+    if is_deferred(model):
+        if graph is None:
+            raise ValueError("this model's weights are kept in its graph until saved: save it with "
+                             "PruneResult.save() or save_model(model, path, graph)")
+        _save_external(model, graph, target)
+        return
+    if not _size_is_cheap(model):
+        graph = gs.import_onnx(model)
+        skeleton = export_deferred(graph)
+        _copy_model_fields(model, skeleton)
+        _save_external(skeleton, graph, target)
+        return
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    data_name = target.name + ".data"
-    tmp_data = None
     try:
-        if large:
-            tmp_data = target.parent / f".{data_name}.tmp"
-            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=1024)
-            # onnx writes the data next to the model under `location`; move it into place last.
-            written = target.parent / data_name
-            os.replace(written, tmp_data)
-            os.replace(tmp_data, written)
-        else:
-            onnx.save_model(model, tmp)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(model.SerializeToString())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, target)
     except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _copy_model_fields(source: onnx.ModelProto, dest: onnx.ModelProto) -> None:
+    dest.ir_version = source.ir_version
+    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(dest, field, getattr(source, field))
+    del dest.metadata_props[:]
+    dest.metadata_props.extend(source.metadata_props)
+    del dest.opset_import[:]
+    dest.opset_import.extend(source.opset_import)
+    del dest.functions[:]
+    dest.functions.extend(source.functions)
+
+
+#: Data offsets of tensors this large are page-aligned, so runtimes can map them directly.
+_PAGE = 4096
+
+
+def _save_external(model: onnx.ModelProto, graph: gs.Graph, target: Path) -> None:
+    data_name = target.name + ".data"
+    data_path = target.parent / data_name
+    _refuse_overwriting_sources(graph, target, data_path)
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(model)  # small: the weights are not in it
+    constants = {name: t for name, t in graph.tensors().items() if isinstance(t, gs.Constant)}
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    fd, tmp_data = tempfile.mkstemp(prefix=f".{data_name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for t in skeleton.graph.initializer:
+                if t.data_location != onnx.TensorProto.EXTERNAL or _location(t) != DEFERRED_LOCATION:
+                    continue
+                const = constants.get(t.name)
+                if const is None or [int(d) for d in const.shape] != list(t.dims):
+                    raise OnnxPruneError(f"weight '{t.name}' no longer matches the exported model; export it again")
+                expected = _expected_nbytes(t)
+                offset = fh.tell()
+                align = _PAGE if (expected or 0) >= _PAGE else 16
+                if offset % align:
+                    fh.write(b"\0" * (align - offset % align))
+                    offset = fh.tell()
+                for piece in _tensor_bytes(const):
+                    fh.write(piece)
+                length = fh.tell() - offset
+                if expected is not None and length != expected:
+                    raise OnnxPruneError(f"weight '{t.name}': wrote {length} bytes, its shape needs {expected}")
+                del t.external_data[:]
+                for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(length))):
+                    t.external_data.add(key=key, value=value)
+        with open(tmp, "wb") as fh:
+            fh.write(skeleton.SerializeToString())
+        mode = 0o666 & ~_umask()
+        os.chmod(tmp, mode)
+        os.chmod(tmp_data, mode)
+        # Data first, then the model that names it: the window between the two renames is the
+        # only time the pair on disk does not match.
+        os.replace(tmp_data, data_path)
+        os.replace(tmp, target)
+    except BaseException:
         for leftover in (tmp, tmp_data):
-            if leftover and os.path.exists(leftover):
+            if os.path.exists(leftover):
                 os.unlink(leftover)
         raise
+
+
+def _tensor_bytes(const: gs.Constant) -> Iterator[bytes | memoryview]:
+    """The bytes an exported initializer holds, without building the whole proto where we can."""
+    from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, dtype_to_onnx
+
+    values = const._values
+    same_type = dtype_to_onnx(const.dtype) == dtype_to_onnx(const.export_dtype)
+    if isinstance(values, ExternalValues):
+        yield from values.chunks()
+    elif isinstance(values, np.ndarray) and same_type and not values.dtype.hasobject:
+        arr = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<"))
+        yield memoryview(arr.reshape(-1)).cast("B")
+    else:  # in-memory protos, type conversions: build this one tensor
+        proto = OnnxExporter.export_tensor_proto(const)
+        if proto.HasField("raw_data"):
+            yield proto.raw_data
+        else:
+            yield onnx.numpy_helper.to_array(proto).astype(
+                onnx.helper.tensor_dtype_to_np_dtype(proto.data_type)).newbyteorder("<").tobytes()
+
+
+def _refuse_overwriting_sources(graph: gs.Graph, target: Path, data_path: Path) -> None:
+    """The data file we are about to replace may be where the graph's unpruned weights come
+    from. That is only allowed when the model file that names it is the one being replaced too
+    (``--force`` over the input); otherwise it would corrupt the input."""
+    if not data_path.exists():
+        return
+    sources = {t._values.path for t in graph.tensors().values() if isinstance(getattr(t, "_values", None), ExternalValues)}
+    if not any(os.path.samefile(s, data_path) for s in sources if os.path.exists(s)):
+        return
+    if target.exists():
+        try:
+            current = onnx.load(str(target), load_external_data=False)
+            if any(_location(t) and os.path.exists(target.parent / _location(t))
+                   and os.path.samefile(target.parent / _location(t), data_path)
+                   for t in current.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL):
+                return
+        except Exception:
+            pass
+    raise BadInputError(f"{target}: its data file {data_path.name} is the input's external data; "
+                        "choose another output name")
 
 
 def _umask() -> int:
@@ -104,7 +519,7 @@ def _umask() -> int:
 
 def _size_is_cheap(model: onnx.ModelProto) -> bool:
     """ByteSize() itself fails on messages past 2 GiB; estimate from raw tensors first."""
-    total = sum(len(t.raw_data) for t in model.graph.initializer)
+    total = sum(t.ByteSize() for t in model.graph.initializer)
     return total < EXTERNAL_DATA_THRESHOLD
 
 

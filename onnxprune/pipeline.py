@@ -41,7 +41,7 @@ class PruneResult:
         return self.context.report
 
     def save(self, path: str | os.PathLike) -> None:
-        save_model(self.model, path)
+        save_model(self.model, path, graph=self.context.pruned_graph)  # weights may wait in the graph
 
 
 def prune(model: onnx.ModelProto | str | os.PathLike, *, ratio: float | None = None,

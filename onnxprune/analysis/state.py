@@ -16,6 +16,8 @@ from typing import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ..io import read_values
+
 #: Maps an atom array to a boolean "kept" mask; used by edits when the selection is known.
 KeepFn = Callable[[np.ndarray], np.ndarray]
 
@@ -42,7 +44,8 @@ class SliceSite:
 
     @property
     def values(self) -> np.ndarray:
-        return np.asarray(self.node.inputs[self.input_index].values)
+        """The weight's current values (read on demand, not kept, for external data)."""
+        return np.asarray(read_values(self.node.inputs[self.input_index]))
 
 
 class Edit:
@@ -128,7 +131,7 @@ class State:
 def const(tensor) -> np.ndarray | None:
     """Values of a constant tensor, or None for activations and missing optional inputs."""
     if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
+        return np.asarray(read_values(tensor))
     return None
 
 
@@ -144,7 +147,7 @@ def symbolic_shape(tensor) -> list | None:
     if tensor is None:
         return None
     if isinstance(tensor, gs.Constant):
-        return list(tensor.values.shape)
+        return [int(d) for d in tensor.shape]
     if tensor.shape is None:
         return None
     out = []

@@ -15,6 +15,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 
+from ..io import lazy_external_values, read_values
+
 log = logging.getLogger(__name__)
 
 #: Ops never folded: random ones change meaning, (de)quantization is kept so that
@@ -30,9 +32,11 @@ MAX_FOLD_ELEMENTS = 1 << 28
 def normalize(model: onnx.ModelProto) -> gs.Graph:
     """Return a graph with constants folded into initializers and shapes inferred.
 
-    The input proto is not modified.
+    The input proto is not modified. Weights in external data files (``io.load_model`` leaves
+    them there) are read on demand, never all at once.
     """
     graph = gs.import_onnx(model)
+    lazy_external_values(graph)
     _constant_nodes_to_initializers(graph)
     _fold_constant_nodes(graph, list(model.opset_import), model.ir_version)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
@@ -194,7 +198,7 @@ def _evaluate(node: gs.Node, opsets: list, ir_version: int, evaluator_cls) -> li
             continue
         name = f"in{i}"
         inputs.append(name)
-        inits.append(numpy_helper.from_array(np.asarray(t.values), name))
+        inits.append(numpy_helper.from_array(np.asarray(read_values(t)), name))
     outputs = [f"out{i}" if o.name else "" for i, o in enumerate(node.outputs)]
     attrs = {}
     for k, v in node.attrs.items():

@@ -14,6 +14,8 @@ import onnx_graphsurgeon as gs
 from ..analysis import Analysis
 from ..analysis.state import set_const_input
 from ..errors import RewriteError
+from ..io import (EXTERNAL_DATA_THRESHOLD, check_deferred, export_deferred, has_external_values, read_values,
+                  uses_external_data, weights_nbytes)
 from .normalize import infer_shapes
 
 
@@ -33,10 +35,10 @@ def rewrite(analysis: Analysis, removed: set[int]) -> gs.Graph:
     graph = analysis.graph
     keep = analysis.keep_fn(removed)
     for node, index, cuts in _slices_by_input(analysis, keep).values():
-        values = np.asarray(node.inputs[index].values)
+        values = read_values(node.inputs[index])  # weights in external data: mapped, not kept
         for axis, mask in cuts:
             values = np.compress(mask, values, axis=axis)
-        set_const_input(node, index, values)
+        set_const_input(node, index, np.asarray(values))
     for edit in analysis.state.edits:
         edit.apply(keep)
     io = {id(t) for t in graph.inputs} | {id(t) for t in graph.outputs}
@@ -48,8 +50,15 @@ def rewrite(analysis: Analysis, removed: set[int]) -> gs.Graph:
 
 
 def export_checked(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
-    """Export with the input model's metadata, and validate fully."""
-    model = gs.export_onnx(graph, do_type_check=False)
+    """Export with the input model's metadata, and validate fully.
+
+    A model read with external data, or too large for one protobuf, is exported with its large
+    weights deferred (references without bytes, see ``io.export_deferred``): the proto stays
+    small, and ``io.save_model`` streams the weights from ``graph`` to the data file.
+    """
+    deferred = uses_external_data(template) or has_external_values(graph) \
+        or weights_nbytes(graph) > EXTERNAL_DATA_THRESHOLD
+    model = export_deferred(graph) if deferred else gs.export_onnx(graph, do_type_check=False)
     model.ir_version = max(template.ir_version, 4)
     for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
         setattr(model, field, getattr(template, field))
@@ -58,7 +67,10 @@ def export_checked(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProt
     del model.opset_import[:]
     model.opset_import.extend(template.opset_import)
     try:
-        onnx.checker.check_model(model, full_check=True)
+        if deferred:
+            check_deferred(model, full_check=True)
+        else:
+            onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RewriteError(f"pruned model failed validation: {first}") from None

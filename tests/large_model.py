@@ -1,0 +1,141 @@
+"""Synthetic large models with external data, and a peak-memory probe for pruning them.
+
+Used by ``tests/test_large_model.py`` and ``tools/check_large_model.py``. The generator writes
+weights to the data file one tensor at a time, so making a 2.5 GB model needs about one
+tensor's worth of memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_large_model(path: str | os.PathLike, hidden: int = 8192, layers: int = 9, seed: int = 0,
+                     conv_channels: int = 32) -> int:
+    """Write a conv stem and a deep MLP of ``layers`` hidden x hidden fp32 weights to ``path``, its
+    weights in ``path.name + '.data'``. Returns the size on disk (model file plus data file).
+
+    The MLP alternates MatMul + Add and Gemm (transB=1); one weight is used by two layers (shared
+    constants must be un-shared when pruned); tiny tensors (shape vectors, the stem's bias) stay
+    inside the model file, as exporters do.
+    """
+    path = Path(path)
+    data_name = path.name + ".data"
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    offset = 0
+    with open(path.parent / data_name, "wb") as fh:
+
+        def weight(name: str, shape: list[int], scale: float) -> str:
+            nonlocal offset
+            values = rng.standard_normal(shape, dtype=np.float32)
+            values *= np.float32(scale)
+            if values.nbytes < 1024:
+                inits.append(onnx.numpy_helper.from_array(values, name))
+                return name
+            fh.write(values.tobytes())
+            t = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=shape, data_location=TensorProto.EXTERNAL)
+            for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(values.nbytes))):
+                t.external_data.add(key=key, value=value)
+            inits.append(t)
+            offset += values.nbytes
+            return name
+
+        c = conv_channels
+        nodes.append(helper.make_node("Conv", ["x", weight("stem_w", [c, 3, 3, 3], 0.3), weight("stem_b", [c], 0.1)],
+                                      ["stem"], name="stem", pads=[1, 1, 1, 1], kernel_shape=[3, 3]))
+        nodes.append(helper.make_node("Relu", ["stem"], ["stem_act"], name="stem_relu"))
+        nodes.append(helper.make_node("GlobalAveragePool", ["stem_act"], ["pool"], name="pool"))
+        nodes.append(helper.make_node("Flatten", ["pool"], ["flat"], name="flatten"))
+        nodes.append(helper.make_node("Gemm", ["flat", weight("proj_w", [c, hidden], 0.3), weight("proj_b", [hidden], 0.1)],
+                                      ["h0"], name="proj"))
+        x = "h0"
+        shared = None
+        scale = 1.0 / np.sqrt(hidden)
+        for i in range(layers):
+            act = f"a{i}"
+            nodes.append(helper.make_node("Relu", [x], [act], name=f"relu{i}"))
+            if i == layers - 1 and shared is not None:
+                w = shared  # the last hidden layer reuses the first MatMul's weight
+            else:
+                w = weight(f"w{i}", [hidden, hidden], scale)
+            if i % 2 == 0:
+                if shared is None:
+                    shared = w
+                nodes.append(helper.make_node("MatMul", [act, w], [f"m{i}"], name=f"matmul{i}"))
+                nodes.append(helper.make_node("Add", [f"m{i}", weight(f"b{i}", [hidden], 0.1)], [f"h{i + 1}"],
+                                              name=f"add{i}"))
+            else:
+                nodes.append(helper.make_node("Gemm", [act, w, weight(f"b{i}", [hidden], 0.1)], [f"h{i + 1}"],
+                                              name=f"gemm{i}", transB=1))
+            x = f"h{i + 1}"
+        nodes.append(helper.make_node("Relu", [x], ["a_out"], name="relu_out"))
+        nodes.append(helper.make_node("Gemm", ["a_out", weight("head_w", [hidden, 10], scale), weight("head_b", [10], 0.1)],
+                                      ["y"], name="head"))
+    graph = helper.make_graph(nodes, "large_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())
+    return disk_size(path)
+
+
+def disk_size(path: str | os.PathLike) -> int:
+    """Bytes of a model file plus the external data files it names."""
+    path = Path(path)
+    model = onnx.load(str(path), load_external_data=False)
+    files = {path}
+    for t in _tensors(model):
+        if t.data_location == TensorProto.EXTERNAL:
+            files.add(path.parent / next(e.value for e in t.external_data if e.key == "location"))
+    return sum(f.stat().st_size for f in files)
+
+
+def _tensors(model: onnx.ModelProto):
+    yield from model.graph.initializer
+
+
+#: Run in a fresh interpreter: import everything pruning needs, note the peak RSS so far (the
+#: baseline), prune through the CLI's entry point, then report the new peak.
+_PROBE = r"""
+import json, resource, sys, time
+import numpy, onnx, onnx_graphsurgeon, onnx.reference, onnx.shape_inference
+import onnxprune.cli, onnxprune.pipeline, onnxprune.passes.builtin
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+try:
+    onnxprune.cli.main(sys.argv[1:], standalone_mode=False)
+    code = 0
+except SystemExit as exc:
+    code = exc.code
+seconds = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print("PROBE " + json.dumps({"code": code, "baseline": base * 1024, "peak": peak * 1024, "seconds": seconds}))
+"""
+
+
+def prune_and_measure(model: str | os.PathLike, out: str | os.PathLike, *args: str) -> dict:
+    """Prune ``model`` in a subprocess through the CLI; return its exit code, peak RSS above the
+    interpreter's baseline (bytes), time, and stdout/stderr."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, "-c", _PROBE, "prune", str(model), "-o", str(out), *args],
+                         capture_output=True, text=True, env=env)
+    line = next((ln for ln in res.stdout.splitlines() if ln.startswith("PROBE ")), None)
+    if line is None:
+        raise RuntimeError(f"probe failed (exit {res.returncode}): {res.stderr.strip()[-2000:]}")
+    probe = json.loads(line[len("PROBE "):])
+    probe.update(extra=probe["peak"] - probe["baseline"], wall=time.perf_counter() - t0, stdout=res.stdout,
+                 stderr=res.stderr)
+    return probe
