@@ -25,6 +25,11 @@ MIN_OPSET = 9
 MAX_OPSET = 21
 #: Protobuf cannot serialise a message over 2 GiB; above this we write external data.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+#: A model whose external data reaches this many bytes is not loaded whole: its weights stay in
+#: their files and are read one at a time when needed (scoring, slicing, saving), and the output
+#: is written with external data. Smaller models are loaded whole, so that every pass (ONNX
+#: Runtime sessions included) sees an ordinary in-memory proto.
+LAZY_LOAD_THRESHOLD = EXTERNAL_DATA_THRESHOLD
 #: With external data, tensors of at least this many bytes go to the data file (onnx's default).
 EXTERNAL_TENSOR_MIN_BYTES = 1024
 #: ``location`` of a weight whose bytes are not in the proto yet (they are in the graph, see
@@ -35,10 +40,10 @@ DEFERRED_LOCATION = "onnxprune-deferred-weights.data"
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Read an ONNX file and check it is something we can prune.
 
-    Initializers of the main graph stored as external data are not read: each one is checked
-    (its file exists and holds as many bytes as its shape needs) and its location is made
-    absolute, so that normalize can read it on demand (see :class:`ExternalValues`). External
-    tensors elsewhere (node attributes, subgraphs) are small and are loaded.
+    External data is checked (its file exists, inside the model's folder, and holds as many
+    bytes as each tensor's shape needs) and loaded, except for models too large for one protobuf
+    (:data:`LAZY_LOAD_THRESHOLD`): their main-graph initializers stay in their files, read on
+    demand (see :class:`ExternalValues`).
     """
     p = Path(path)
     if not p.exists():
@@ -60,22 +65,28 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
 
 
 def _attach_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Check every external tensor's data, then load it, or (main-graph initializers of a model
+    whose external data reaches :data:`LAZY_LOAD_THRESHOLD`) leave it in its file for
+    :class:`ExternalValues` to read on demand, with its location made absolute."""
     base = str(path.resolve().parent)
-    top = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
-    for t in top:
-        location, offset, length = _checked_region(t, base, path)
-        del t.external_data[:]
-        for key, value in (("location", os.path.join(base, location)), ("offset", str(offset)),
-                           ("length", str(length))):
-            t.external_data.add(key=key, value=value)
-    lazy = {id(t) for t in top}
-    for t in external_data_helper._get_all_tensors(model):
-        if t.data_location == onnx.TensorProto.EXTERNAL and id(t) not in lazy:
-            _checked_region(t, base, path)
-            try:
-                external_data_helper.load_external_data_for_tensor(t, base)
-            except Exception as exc:
-                raise BadInputError(f"{path}: cannot read external data of tensor '{t.name}' ({exc})") from None
+    external = [t for t in external_data_helper._get_all_tensors(model)
+                if t.data_location == onnx.TensorProto.EXTERNAL]
+    regions = [_checked_region(t, base, path) for t in external]
+    top_level = list(model.graph.initializer)  # kept alive, so that ids stay unique
+    top = {id(t) for t in top_level}
+    lazy = sum(length for _, _, length in regions) >= LAZY_LOAD_THRESHOLD
+    for t, (location, offset, length) in zip(external, regions):
+        if lazy and id(t) in top:
+            del t.external_data[:]
+            for key, value in (("location", os.path.join(base, location)), ("offset", str(offset)),
+                               ("length", str(length))):
+                t.external_data.add(key=key, value=value)
+            continue
+        try:
+            external_data_helper.load_external_data_for_tensor(t, base)
+        except Exception as exc:
+            raise BadInputError(f"{path}: cannot read external data of tensor '{t.name}' ({_first_line(exc)})") \
+                from None
 
 
 def _checked_region(t: onnx.TensorProto, base: str, path: Path) -> tuple[str, int, int]:
@@ -266,6 +277,7 @@ def lazy_external_values(graph: gs.Graph) -> int:
     """Make every constant of ``graph`` whose proto points at external data read on demand;
     return how many there are."""
     count = 0
+    sources = set()
     for tensor in graph.tensors().values():
         values = getattr(tensor, "_values", None)
         if isinstance(values, LazyValues) and not isinstance(values, ExternalValues) \
@@ -273,7 +285,11 @@ def lazy_external_values(graph: gs.Graph) -> int:
                 and values.tensor.data_location == onnx.TensorProto.EXTERNAL:
             tensor._values = ExternalValues(values.tensor)
             tensor.data_location = None  # where it is written is decided on export
+            sources.add(tensor._values.path)
             count += 1
+    # The input's data files, even once every weight read from them has been replaced: saving
+    # must not overwrite them (see _refuse_overwriting_sources).
+    graph._onnxprune_data_files = sources
     return count
 
 
@@ -292,6 +308,23 @@ def has_external_values(graph: gs.Graph) -> bool:
 
 def uses_external_data(model: onnx.ModelProto) -> bool:
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def check_weights_only(model: onnx.ModelProto, options) -> None:
+    """Models left in their files (over :data:`LAZY_LOAD_THRESHOLD`) are pruned from their weights
+    alone: running them in ONNX Runtime (calibration, latency targets) needs one in-memory proto."""
+    if not uses_external_data(model):
+        return
+    from .scoring import needs_activations
+
+    target = getattr(options, "target", None)
+    criterion = getattr(options, "criterion", None)
+    if getattr(options, "calibration", None) is not None or getattr(target, "kind", None) == "latency" \
+            or (criterion is not None and needs_activations(criterion)):
+        size = sum(int(e.value) for t in model.graph.initializer for e in t.external_data if e.key == "length")
+        raise BadInputError(f"model has {size / 1e9:.1f} GB of weights, over the {LAZY_LOAD_THRESHOLD / 1e9:.1f} GB "
+                            "onnxprune loads whole: such models are pruned from their weights alone (a weight "
+                            "criterion; no calibration data, no latency target)")
 
 
 # --- export with weights deferred ------------------------------------------------------------
@@ -495,7 +528,8 @@ def _refuse_overwriting_sources(graph: gs.Graph, target: Path, data_path: Path) 
     (``--force`` over the input); otherwise it would corrupt the input."""
     if not data_path.exists():
         return
-    sources = {t._values.path for t in graph.tensors().values() if isinstance(getattr(t, "_values", None), ExternalValues)}
+    sources = set(getattr(graph, "_onnxprune_data_files", ()))
+    sources |= {t._values.path for t in graph.tensors().values() if isinstance(getattr(t, "_values", None), ExternalValues)}
     if not any(os.path.samefile(s, data_path) for s in sources if os.path.exists(s)):
         return
     if target.exists():

@@ -9,7 +9,7 @@ from typing import Callable, Iterable
 import onnx
 
 from .context import PruneOptions, PruningContext
-from .io import load_model, save_model
+from .io import check_weights_only, load_model, save_model
 from .passes.builtin import Pass, default_passes
 
 
@@ -23,6 +23,7 @@ class Pipeline:
         if not isinstance(model, onnx.ModelProto):
             model = load_model(model)
         ctx = PruningContext(model=model, options=options or PruneOptions())
+        check_weights_only(model, ctx.options)
         passes = self.passes if self.passes is not None else default_passes(ctx.options)
         for p in passes:
             p.run(ctx)

@@ -107,12 +107,23 @@ def _tensors(model: onnx.ModelProto):
 
 
 #: Run in a fresh interpreter: import everything pruning needs, note the peak RSS so far (the
-#: baseline), prune through the CLI's entry point, then report the new peak.
+#: baseline), prune through the CLI's entry point, then report the new peak. The peak is the
+#: process's VmHWM: ru_maxrss would also count the parent's memory before exec (Linux keeps it).
 _PROBE = r"""
 import json, resource, sys, time
 import numpy, onnx, onnx_graphsurgeon, onnx.reference, onnx.shape_inference
-import onnxprune.cli, onnxprune.pipeline, onnxprune.passes.builtin
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+import onnxprune.cli, onnxprune.io, onnxprune.pipeline, onnxprune.passes.builtin
+if len(sys.argv) > 1 and sys.argv[1].startswith("--lazy-load-threshold="):
+    onnxprune.io.LAZY_LOAD_THRESHOLD = int(sys.argv.pop(1).split("=", 1)[1])
+
+def high_water():
+    try:
+        with open("/proc/self/status") as fh:
+            return next(int(ln.split()[1]) * 1024 for ln in fh if ln.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+base = high_water()
 t0 = time.perf_counter()
 try:
     onnxprune.cli.main(sys.argv[1:], standalone_mode=False)
@@ -120,17 +131,19 @@ try:
 except SystemExit as exc:
     code = exc.code
 seconds = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print("PROBE " + json.dumps({"code": code, "baseline": base * 1024, "peak": peak * 1024, "seconds": seconds}))
+print("PROBE " + json.dumps({"code": code, "baseline": base, "peak": high_water(), "seconds": seconds}))
 """
 
 
-def prune_and_measure(model: str | os.PathLike, out: str | os.PathLike, *args: str) -> dict:
+def prune_and_measure(model: str | os.PathLike, out: str | os.PathLike, *args: str,
+                      lazy_load_threshold: int | None = None) -> dict:
     """Prune ``model`` in a subprocess through the CLI; return its exit code, peak RSS above the
-    interpreter's baseline (bytes), time, and stdout/stderr."""
+    interpreter's baseline (bytes), time, and stdout/stderr. ``lazy_load_threshold`` overrides
+    ``onnxprune.io.LAZY_LOAD_THRESHOLD`` (to take the large-model path with a smaller model)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-c", _PROBE, "prune", str(model), "-o", str(out), *args],
+    setting = [] if lazy_load_threshold is None else [f"--lazy-load-threshold={lazy_load_threshold}"]
+    res = subprocess.run([sys.executable, "-c", _PROBE, *setting, "prune", str(model), "-o", str(out), *args],
                          capture_output=True, text=True, env=env)
     line = next((ln for ln in res.stdout.splitlines() if ln.startswith("PROBE ")), None)
     if line is None:
