@@ -41,16 +41,48 @@ def main() -> None:
     \b
     onnxprune MODEL --ratio 0.3 [-o OUT]   prune 30% of every prunable group
     onnxprune analyze MODEL                list channel groups and why some are blocked
+    onnxprune MODEL --target-latency 50ms  prune until the measured latency meets the target
     onnxprune bench MODEL [MODEL ...]      measure latency, side by side
+    onnxprune profile MODEL -o table.json  time layers at every width, for --latency-table
     """
+
+
+def _log_to_tty(message: str) -> None:
+    if sys.stderr.isatty():
+        click.echo(message, err=True)
+
+
+_provider_option = click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+                                help="ONNX Runtime execution provider.")
+_threads_option = click.option("--threads", type=int, default=None,
+                               help="Intra-op threads [default: ONNX Runtime's choice].")
+_input_shape_option = click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:DIMS",
+                                   help="Shape for an input with dynamic dimensions, e.g. input:1x3x224x224 "
+                                   "(repeatable).")
+
+
+def _check_threads(threads: int | None) -> None:
+    if threads is not None and threads < 1:
+        raise BadInputError(f"--threads must be positive, got {threads}")
 
 
 @main.command("prune")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Output path [default: MODEL.pruned.onnx beside the input].")
-@click.option("--ratio", type=float, default=0.3, show_default=True,
-              help="Fraction of each prunable group's channels to remove, in [0, 1).")
+@click.option("--ratio", type=float, default=None,
+              help="Fraction of each prunable group's channels to remove, in [0, 1) [default: 0.3 without a target].")
+@click.option("--target-latency", metavar="TIME",
+              help="Prune until the measured p50 latency is at most TIME (50ms, 0.05s, 500us; a bare number is ms).")
+@click.option("--target-flops", metavar="AMOUNT",
+              help="Prune to at most AMOUNT FLOPs: a fraction of the original (0.5, 50%) or a count (2G, 1.5e9).")
+@click.option("--target-params", metavar="AMOUNT",
+              help="Prune to at most AMOUNT parameters: a fraction of the original (0.5, 50%) or a count (10M).")
+@click.option("--latency-table", type=click.Path(dir_okay=False, path_type=Path),
+              help="Use a latency table from 'onnxprune profile' on the target device instead of measuring here.")
+@_provider_option
+@_threads_option
+@_input_shape_option
 @click.option("--criterion", type=click.Choice(CRITERIA),
               default=None, help="Channel importance [default: l1; fluctuation with --calib]. l1/l2: weight norms; "
               "bn: BatchNorm |gamma|; activation: mean |x|; apoz: 1 - zero fraction; wanda: |W|·‖X‖; "
@@ -65,27 +97,45 @@ def main() -> None:
 @click.option("--no-reconstruct", is_flag=True, help="Do not repair layers, even with --calib.")
 @click.option("--force", is_flag=True, help="Allow the output to overwrite the input file.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def prune_cmd(model: Path, output: Path | None, ratio: float, criterion: str | None, round_to: int,
+def prune_cmd(model: Path, output: Path | None, ratio: float | None, target_latency: str | None,
+              target_flops: str | None, target_params: str | None, latency_table: Path | None, provider: str,
+              threads: int | None, input_shapes: tuple[str, ...], criterion: str | None, round_to: int,
               calib: Path | None, calib_samples: int | None, reconstruct: str | None, no_reconstruct: bool,
               force: bool, debug: bool) -> None:
-    """Prune MODEL and write the smaller model."""
+    """Prune MODEL and write the smaller model: a ratio of every group, or to a latency/FLOPs/params target."""
     try:
         from .pipeline import prune
         from .report.summary import prune_summary
+        from .runtime.session import parse_input_shapes
+        from .search.targets import parse_target
 
-        if not 0 <= ratio < 1:
+        if ratio is not None and not 0 <= ratio < 1:
             raise BadInputError(f"--ratio must be in [0, 1), got {ratio}")
         if round_to < 1:
             raise BadInputError(f"--round-to must be a positive integer, got {round_to}")
         if no_reconstruct and reconstruct:
             raise BadInputError("--reconstruct and --no-reconstruct contradict each other")
+        _check_threads(threads)
+        target = parse_target(target_latency, target_flops, target_params)
+        if target is not None and ratio is not None:
+            raise BadInputError(f"--ratio and --target-{target.kind} are alternatives: give one")
+        if latency_table is not None and (target is None or target.kind != "latency"):
+            raise BadInputError("--latency-table needs --target-latency")
         out = output or model.with_name(model.stem + ".pruned.onnx")
         if out.exists() and model.exists() and out.resolve() == model.resolve() and not force:
             raise BadInputError(f"{out}: output would overwrite the input (use --force)")
-        result = prune(model, ratio=ratio, criterion=criterion, round_to=round_to, calibration=calib,
-                       calib_samples=calib_samples, reconstruct="none" if no_reconstruct else reconstruct)
+        result = prune(model, ratio=ratio, target_latency=target_latency, target_flops=target_flops,
+                       target_params=target_params, criterion=criterion, round_to=round_to, calibration=calib,
+                       calib_samples=calib_samples, reconstruct="none" if no_reconstruct else reconstruct,
+                       provider=provider, threads=threads, input_shapes=parse_input_shapes(input_shapes),
+                       latency_table=latency_table, log=_log_to_tty)
         for warning in result.context.warnings:
             click.echo(f"warning: {warning}", err=True)
+        search = result.report.get("search")
+        if search and search["status"] == "already_met":
+            click.echo(prune_summary(result.context))
+            click.echo("nothing written: the model already meets the target")
+            return
         result.save(out)
         click.echo(prune_summary(result.context))
         click.echo(f"wrote {out}")
@@ -113,11 +163,9 @@ def analyze_cmd(model: Path, verbose: bool, debug: bool) -> None:
 
 @main.command("bench")
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-              help="ONNX Runtime execution provider.")
-@click.option("--threads", type=int, default=None, help="Intra-op threads [default: ONNX Runtime's choice].")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:DIMS",
-              help="Shape for an input with dynamic dimensions, e.g. input:1x3x224x224 (repeatable).")
+@_provider_option
+@_threads_option
+@_input_shape_option
 @click.option("--rounds", type=int, default=50, show_default=True, help="At most this many interleaved rounds.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write results as JSON.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
@@ -127,8 +175,7 @@ def bench_cmd(models: tuple[Path, ...], provider: str, threads: int | None, inpu
     try:
         from .bench import bench_models, format_bench
 
-        if threads is not None and threads < 1:
-            raise BadInputError(f"--threads must be positive, got {threads}")
+        _check_threads(threads)
         result = bench_models(models, provider=provider, threads=threads, input_shapes=input_shapes,
                               max_rounds=rounds)
         click.echo(format_bench(result))
@@ -138,6 +185,35 @@ def bench_cmd(models: tuple[Path, ...], provider: str, threads: int | None, inpu
             from .io import atomic_write_text
 
             atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")
+    except Exception as exc:
+        _fail(exc, debug)
+
+
+@main.command("profile")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the latency table (JSON).")
+@_provider_option
+@_threads_option
+@_input_shape_option
+@click.option("--round-to", type=int, default=1, show_default=True, help="Only time widths that are multiples of N.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def profile_cmd(model: Path, output: Path, provider: str, threads: int | None, input_shapes: tuple[str, ...],
+                round_to: int, debug: bool) -> None:
+    """Time MODEL's layers at every candidate width on this device, for --latency-table elsewhere."""
+    try:
+        from .io import atomic_write_text
+        from .runtime.session import parse_input_shapes
+        from .search.latency_table import profile_model
+
+        _check_threads(threads)
+        if round_to < 1:
+            raise BadInputError(f"--round-to must be a positive integer, got {round_to}")
+        table = profile_model(model, provider, threads, parse_input_shapes(input_shapes), round_to,
+                              progress=lambda i, n: _log_to_tty(f"profiled {i}/{n} layers"))
+        atomic_write_text(output, table.to_json())
+        click.echo(f"profiled {len(table.layers)} layers on {provider} (baseline p50 {table.baseline_ms:.3f} ms); "
+                   f"wrote {output}")
     except Exception as exc:
         _fail(exc, debug)
 

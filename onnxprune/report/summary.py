@@ -59,6 +59,7 @@ def prune_summary(ctx: PruningContext) -> str:
         rows.append(f"{label:8}{human(b):>12}{human(a):>12}{change:>10}")
     rows.insert(1, f"criterion {ctx.options.criterion}" + (
         f", calibration {ctx.calibration.description}" if ctx.calibration is not None else ""))
+    rows.extend(search_summary(ctx.report))
     recon = ctx.report.get("reconstruction")
     if recon:
         done = [layer for layer in recon["layers"] if layer["error_after"] is not None]
@@ -71,3 +72,33 @@ def prune_summary(ctx: PruningContext) -> str:
         if skipped:
             rows.append(f"  not refit: {len(skipped)} layers ({skipped[0]['node']}: {skipped[0]['skipped']}, ...)")
     return "\n".join(rows)
+
+
+def search_summary(report: dict) -> list[str]:
+    """Lines on the target search (what was asked, what was reached) and on output fidelity."""
+    rows = []
+    search = report.get("search")
+    if search:
+        t = search["target"]
+        if t["kind"] == "latency":
+            asked = f"latency p50 <= {t['value']:g} ms"
+        else:
+            asked = f"{t['kind']} <= " + (f"{t['value']:.3g} of the original" if t["fraction"] else human(t["value"]))
+        status = {"met": "met", "already_met": "already met by the original",
+                  "predicted": "met by the latency table's prediction (not measured here)"}[search["status"]]
+        rows.append(f"target {asked}: {status} ({len(search['iterations'])} iteration(s), {search['seconds']:.1f} s)")
+        m = search.get("measurement")
+        if m:
+            o, p, r = m["original"], m["pruned"], m["ratio"]
+            rows.append(f"latency p50 {o['p50_ms']:.3f} -> {p['p50_ms']:.3f} ms, measured side by side "
+                        f"(round medians {p['round_median_min_ms']:.3f}–{p['round_median_max_ms']:.3f} ms); "
+                        f"speedup {1 / r['median']:.2f}x (per round {1 / r['max']:.2f}–{1 / r['min']:.2f}x)")
+        elif t["kind"] == "latency" and search.get("achieved") is not None:
+            rows.append(f"latency p50 {search['baseline']:.3f} -> {search['achieved']:.3f} ms"
+                        + (" (predicted)" if search["status"] == "predicted" else ""))
+    fidelity = report.get("fidelity")
+    if fidelity and fidelity["outputs"]:
+        parts = [f"{name}: cosine {v['mean_cosine']:.4f} (min {v['min_cosine']:.4f}), relative error "
+                 f"{v['relative_error']:.4f}" for name, v in list(fidelity["outputs"].items())[:3]]
+        rows.append(f"fidelity on {fidelity['batches']} calibration batch(es): " + "; ".join(parts))
+    return rows

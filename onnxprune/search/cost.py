@@ -23,20 +23,23 @@ from .probes import WEIGHT_INPUT, LayerSpec, base_spec, layer_nodes, resized
 
 #: no group is cut below this fraction of its channels by a target search
 MIN_KEEP_FRACTION = 0.1
-#: at most this many widths are measured or considered per group
+#: at most this many widths are measured per group for latency
 MAX_STEPS = 16
+#: at most this many widths are considered per group for counted costs (FLOPs, params)
+FINE_STEPS = 128
 
 
 def candidate_counts(total: int, round_to: int = 1, min_keep: float = MIN_KEEP_FRACTION,
-                     max_steps: int = MAX_STEPS) -> list[int]:
+                     max_steps: int = MAX_STEPS, vector_width: int = 8) -> list[int]:
     """Widths a group may be cut to, widest first (the full width included).
 
-    Steps are multiples of ``round_to``, and of 8 for groups of 32 channels or more (vector
-    widths of CPU kernels), coarsened so there are at most ``max_steps`` of them.
+    Steps are multiples of ``round_to``, and of ``vector_width`` for groups of 32 channels or
+    more (the vector widths of CPU kernels: latency rarely drops in between), coarsened so there
+    are at most ``max_steps`` of them.
     """
     step = max(1, round_to)
     if total >= 32:
-        step = max(step, 8)
+        step = max(step, vector_width)
     while total // step > max_steps:
         step *= 2
     if total <= step:
@@ -88,12 +91,13 @@ class CostModel:
         return self.scale * drop
 
 
-def layer_variants(analysis: Analysis, shapes: dict[str, tuple], round_to: int = 1
+def layer_variants(analysis: Analysis, shapes: dict[str, tuple], round_to: int = 1, fine: bool = False
                    ) -> tuple[dict[str, LayerSpec], dict[str, dict[int, dict[int, LayerSpec]]], dict[int, list[int]]]:
     """For each modelled layer: its full spec, and its spec at every candidate width of every
     prunable group touching it (the other groups at full width); plus each group's candidates.
 
-    ``shapes`` gives each layer's concrete (input, output) shapes by node name.
+    ``shapes`` gives each layer's concrete (input, output) shapes by node name. ``fine``: every
+    multiple of ``round_to`` is a candidate (counted costs are linear, no need for coarse steps).
     """
     nodes = layer_nodes(analysis)
     group_of = {r: g for g in analysis.prunable_groups for r in g.classes}
@@ -106,7 +110,11 @@ def layer_variants(analysis: Analysis, shapes: dict[str, tuple], round_to: int =
                 g = group_of.get(r)
                 if g is not None and g not in touching[site.node.name]:
                     touching[site.node.name].append(g)
-    steps = {g.id: candidate_counts(g.channels, round_to) for g in analysis.prunable_groups}
+    if fine:
+        steps = {g.id: candidate_counts(g.channels, round_to, max_steps=FINE_STEPS, vector_width=1)
+                 for g in analysis.prunable_groups}
+    else:
+        steps = {g.id: candidate_counts(g.channels, round_to) for g in analysis.prunable_groups}
     full: dict[str, LayerSpec] = {}
     variants: dict[str, dict[int, dict[int, LayerSpec]]] = {}
     for name, node in nodes.items():
@@ -130,7 +138,7 @@ def layer_variants(analysis: Analysis, shapes: dict[str, tuple], round_to: int =
 def counted_model(analysis: Analysis, shapes: dict[str, tuple], kind: str, total: float,
                   round_to: int = 1) -> CostModel:
     """A FLOPs or params model, counted from the layers' shapes (no measurement)."""
-    full, variants, steps = layer_variants(analysis, shapes, round_to)
+    full, variants, steps = layer_variants(analysis, shapes, round_to, fine=True)
     measure = (lambda s: float(s.flops)) if kind == "flops" else (lambda s: float(s.params))
     full_cost = {name: measure(spec) for name, spec in full.items()}
     curves = {name: {g: {c: (measure(s) / full_cost[name] if full_cost[name] else 1.0) for c, s in per.items()}

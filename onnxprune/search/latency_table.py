@@ -195,3 +195,24 @@ def _runs_per_round(runner, target_ms: float = 2.0) -> int:
     runner.run()
     elapsed = (time.perf_counter() - t0) * 1000.0
     return int(min(20, max(1, round(target_ms / max(elapsed, 1e-3)))))
+
+
+def profile_model(path: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
+                  input_shapes: dict[str, list[int]] | None = None, round_to: int = 1,
+                  progress: Callable[[int, int], None] | None = None) -> LatencyTable:
+    """``onnxprune profile``: load, analyze, measure the baseline, time every layer's widths."""
+    from ..analysis import analyze_graph
+    from ..io import check_opset, load_model
+    from ..passes.normalize import normalize
+    from ..passes.search import model_fingerprint
+    from ..runtime.session import make_runner
+    from ..runtime.timing import interleaved
+
+    model = load_model(path)
+    opset = check_opset(model)
+    graph = normalize(model)
+    analysis = analyze_graph(graph, opset)
+    original = make_runner(model.SerializeToString(), provider, threads, input_shapes or {})
+    baseline = interleaved([("original", original)], min_seconds=1.0, max_rounds=30)[0].percentile(50)
+    return profile(graph, analysis, opset, original.feeds, baseline, model_fingerprint(model), provider, threads,
+                   round_to, progress)
