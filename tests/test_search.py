@@ -207,7 +207,9 @@ def test_latency_search_corrects_until_measured_under_target(fake_clock):
     assert search["achieved"] <= target.value
     assert search["iterations"][-1]["achieved"] == search["achieved"]
     assert len(search["iterations"]) >= 2 and search["iterations"][0]["achieved"] > target.value
-    assert search["iterations"][1]["budget"] < search["iterations"][0]["budget"]
+    first, second = search["iterations"][:2]
+    # the model was refit to the first measurement: its next prediction is much closer
+    assert abs(second["predicted"] - second["achieved"]) < 0.25 * abs(first["predicted"] - first["achieved"])
     Rewrite().run(ctx)
     assert _FakeRunner(ctx.pruned.SerializeToString()).ms == pytest.approx(search["achieved"])
 

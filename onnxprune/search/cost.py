@@ -77,8 +77,28 @@ class CostModel:
             value *= curve.get(counts.get(g, self.steps[g][0]), 1.0)
         return value
 
+    def layer_sum(self, counts: dict[int, int]) -> float:
+        """The modelled layers' cost, unscaled."""
+        return sum(self.layer_cost(layer, counts) for layer in self.full)
+
     def total(self, counts: dict[int, int]) -> float:
-        return self.scale * sum(self.layer_cost(layer, counts) for layer in self.full) + self.rest
+        return self.scale * self.layer_sum(counts) + self.rest
+
+    def calibrate(self, points: list[tuple[float, float]]) -> bool:
+        """Refit ``scale`` and ``rest`` to end-to-end measurements: (layer sum, measured) pairs.
+
+        A straight line through them (least squares), used only while it has a positive slope
+        and the measured widths differ; otherwise the model stays as it is (returns False).
+        """
+        xs = np.array([p[0] for p in points])
+        ys = np.array([p[1] for p in points])
+        if len(points) < 2 or np.ptp(xs) <= 1e-9 * max(abs(xs).max(), 1.0):
+            return False
+        slope, intercept = np.polyfit(xs, ys, 1)
+        if slope <= 0:
+            return False
+        self.scale, self.rest = float(slope), float(intercept)
+        return True
 
     def saving(self, g: int, new: int, counts: dict[int, int]) -> float:
         """How much the total drops when group ``g`` goes from its current width to ``new``."""

@@ -3,8 +3,8 @@
 For latency, the cost model comes from a latency table (measured here, or read from a table
 profiled on the target device). Each iteration allocates widths within a budget, builds the
 pruned model, and times it side by side with the original on the chosen provider; while the
-measured p50 is over the target, the budget shrinks by the measured overshoot (NetAdapt-style)
-and the allocation is redone. FLOPs and params targets are counted exactly on the rewritten
+measured p50 is over the target, the model is refit to the measurements so far (a line through
+(predicted layer time, measured p50) pairs, NetAdapt-style) and the allocation is redone. FLOPs and params targets are counted exactly on the rewritten
 model the same way. With a table from another device nothing can be measured here: the result
 is the model's prediction, and says so.
 """
@@ -166,13 +166,17 @@ def search_latency(analysis: Analysis, graph: gs.Graph, opset: int, template: on
     model = table.cost_model(analysis, round_to)
     trials = Trials(graph, analysis, opset, template)
     budget, best, last_counts = goal * FIRST_MARGIN, None, None
+    full_counts = {g: widths[0] for g, widths in model.steps.items()}
+    points: list[tuple[float, float]] = []
     for _ in range(MAX_ITERATIONS):
         plan = allocate(model, scores, budget)
         if plan.counts == last_counts:
             if not plan.met:
                 break
             budget *= 0.97  # same widths as last time: ask for a little more
-            continue
+            plan = allocate(model, scores, budget)
+            if plan.counts == last_counts:
+                continue
         last_counts = plan.counts
         selection = select_by_counts(analysis, scores, plan.counts)
         _, pruned_bytes = trials.build(selection)
@@ -193,7 +197,11 @@ def search_latency(analysis: Analysis, graph: gs.Graph, opset: int, template: on
             return result
         if not plan.met:
             break
-        budget *= goal / achieved
+        # NetAdapt-style correction: refit the model to what was measured (the original and this
+        # model, timed in the same rounds), then allocate again for the target
+        points += [(model.layer_sum(full_counts), orig_t.percentile(50)), (model.layer_sum(plan.counts), achieved)]
+        if not model.calibrate(points):
+            budget *= goal / achieved
     raise TargetUnreachable(f"latency target {goal:g} ms is out of reach on {provider}: the best measured is "
                             f"{best:.3f} ms (original {baseline:.3f} ms)" if best is not None else
                             f"latency target {goal:g} ms is out of reach on {provider} (original {baseline:.3f} ms)")
