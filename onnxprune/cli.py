@@ -21,6 +21,23 @@ class DefaultToPrune(click.Group):
             args = ["prune", *args]
         return super().parse_args(ctx, args)
 
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        """Usage errors (a bad option value, a directory for MODEL) are one line too, exit code 2."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            click.echo(f"error: {exc.format_message().rstrip('.')} (see --help)", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
 
 def _fail(exc: Exception, debug: bool) -> None:
     if debug:
@@ -31,6 +48,19 @@ def _fail(exc: Exception, debug: bool) -> None:
         message = f"internal error: {type(exc).__name__}: {message} (rerun with --debug for details)"
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+def _nothing_to_prune(ctx, model: Path) -> str:
+    groups = ctx.analysis.groups
+    if groups:
+        return (f"nothing to prune: every channel group ({len(groups)}) is blocked (`onnxprune analyze {model}` "
+                "says why); the output is the same model")
+    quantized = sum(1 for n in ctx.graph.nodes if n.op in ("Conv", "ConvTranspose", "Gemm", "MatMul")
+                    and len(n.inputs) > 1 and any(p.op == "DequantizeLinear" for p in n.inputs[1].inputs))
+    if quantized:
+        return (f"nothing to prune: the weights of {quantized} layers are quantized (DequantizeLinear), and "
+                "quantized weights are not pruned; the output is the same model")
+    return "nothing to prune: no Conv, Gemm or MatMul layer with constant weights; the output is the same model"
 
 
 @click.group(cls=DefaultToPrune, context_settings={"help_option_names": ["-h", "--help"]})
@@ -138,6 +168,8 @@ def prune_cmd(model: Path, output: Path | None, ratio: float | None, target_late
             return
         result.save(out)
         click.echo(prune_summary(result.context))
+        if not result.context.analysis.prunable_groups:
+            click.echo(_nothing_to_prune(result.context, model))
         click.echo(f"wrote {out}")
     except Exception as exc:  # one line, right exit code
         _fail(exc, debug)

@@ -6,6 +6,7 @@ so that a build step sees a clear message and no partial output.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -158,8 +159,9 @@ def _canonical_domain(domain: str) -> str:
 
 
 def check_domains(model: onnx.ModelProto, where: str = "model") -> None:
-    """Refuse what cannot be processed at all: a node of a domain the model does not import, or
-    an imported version of an ONNX domain (``ai.onnx.ml``...) that ONNX does not define.
+    """Refuse what cannot be processed at all: a node of a domain the model does not import, an
+    imported version of an ONNX domain (``ai.onnx.ml``...) that ONNX does not define, or an
+    operator that the imported version of an ONNX domain does not have.
 
     Domains ONNX does not define (``com.microsoft`` fused ops, custom ops) are accepted: the
     analysis blocks the channels their nodes touch, with a reason.
@@ -178,11 +180,11 @@ def check_domains(model: onnx.ModelProto, where: str = "model") -> None:
         if domain not in imported:
             raise BadInputError(f"{where}: node '{node.name or node.op_type}' ({domain}:{node.op_type}) uses domain "
                                 f"'{domain}', which the model does not import")
-        if domain and domain in known and (node.domain, node.op_type) not in local_functions:
+        if domain in known and (node.domain, node.op_type) not in local_functions:
             try:
                 onnx.defs.get_schema(node.op_type, imported[domain], domain)
             except onnx.defs.SchemaError:
-                raise BadInputError(f"{where}: node '{node.name or node.op_type}': {domain} opset "
+                raise BadInputError(f"{where}: node '{node.name or node.op_type}': {domain or 'ai.onnx'} opset "
                                     f"{imported[domain]} has no operator {node.op_type}") from None
     for function in model.functions:
         f_imported = {_canonical_domain(imp.domain) for imp in function.opset_import}
@@ -413,11 +415,26 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, graph: gs.Graph 
     large for one protobuf.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if is_deferred(model) and graph is None:
+        raise ValueError("this model's weights are kept in its graph until saved: save it with "
+                         "PruneResult.save() or save_model(model, path, graph)")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInputError(f"{target}: cannot create its folder {target.parent} ({exc.strerror or exc})") from None
+    try:
+        if target.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a directory")
+        _save(model, target, graph)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG):
+            raise OnnxPruneError(f"{target}: writing failed ({reason}); nothing was written") from None
+        raise BadInputError(f"{target}: cannot write there ({reason})") from None
+
+
+def _save(model: onnx.ModelProto, target: Path, graph: gs.Graph | None) -> None:
     if is_deferred(model):
-        if graph is None:
-            raise ValueError("this model's weights are kept in its graph until saved: save it with "
-                             "PruneResult.save() or save_model(model, path, graph)")
         _save_external(model, graph, target)
         return
     if not _size_is_cheap(model):
