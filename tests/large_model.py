@@ -152,3 +152,37 @@ def prune_and_measure(model: str | os.PathLike, out: str | os.PathLike, *args: s
     probe.update(extra=probe["peak"] - probe["baseline"], wall=time.perf_counter() - t0, stdout=res.stdout,
                  stderr=res.stderr)
     return probe
+
+
+def check_lazy_path(model: onnx.ModelProto, folder: str | os.PathLike, **prune_args) -> None:
+    """Save ``model`` with every tensor in external data, prune it on the large-model path
+    (weights read on demand, streamed out) and check the result equals pruning it in memory:
+    same nodes, inputs, outputs and opsets, the same weights bit for bit. Raises AssertionError."""
+    import onnxprune.io as io
+    from onnxprune import prune
+
+    folder = Path(folder)
+    source = folder / "model.onnx"
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # onnx's external-data conversion edits the model it is given
+    onnx.save_model(copy, str(source), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="model.onnx.data", size_threshold=0)
+    saved, io.LAZY_LOAD_THRESHOLD = io.LAZY_LOAD_THRESHOLD, 0
+    try:
+        result = prune(source, **prune_args)
+        out = folder / "pruned.onnx"
+        result.save(out)
+    finally:
+        io.LAZY_LOAD_THRESHOLD = saved
+    reference = prune(model, **prune_args).model
+    got = onnx.load(str(out))
+    assert list(got.graph.node) == list(reference.graph.node), "nodes differ"
+    for field in ("input", "output"):
+        assert list(getattr(got.graph, field)) == list(getattr(reference.graph, field)), f"graph {field}s differ"
+    assert list(got.opset_import) == list(reference.opset_import)
+    want = {t.name: onnx.numpy_helper.to_array(t) for t in reference.graph.initializer}
+    have = {t.name: onnx.numpy_helper.to_array(t) for t in got.graph.initializer}
+    assert have.keys() == want.keys(), "initializers differ"
+    for name, values in want.items():
+        assert have[name].dtype == values.dtype and have[name].shape == values.shape, name
+        assert have[name].tobytes() == values.tobytes(), f"weight '{name}' differs"

@@ -227,3 +227,33 @@ def test_bad_external_data(tmp_path: Path, damage: str, needle: str):
     assert not list(tmp_path.glob("*.pruned.onnx*")) and path.read_bytes() == before
     if damage == "escape":
         os.unlink(tmp_path.parent / "outside.data")
+
+
+# --- the large-model path on real and random graphs -------------------------------------------
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+@pytest.mark.parametrize("name,criterion", [("resnet_small", "l1"), ("mobilenetv2_small", "l2"),
+                                            ("densenet_block", "bn"), ("yolov8_block", "l1"), ("se_block", "l1"),
+                                            ("mlp", "l2"), ("digits_cnn", "l1")])
+def test_lazy_path_on_the_committed_models(tmp_path: Path, name: str, criterion: str):
+    from large_model import check_lazy_path
+
+    check_lazy_path(onnx.load(str(MODELS / f"{name}.onnx")), tmp_path, ratio=0.4, criterion=criterion, round_to=2)
+
+
+def test_lazy_path_on_random_graphs(tmp_path_factory):
+    from hypothesis import HealthCheck, given, settings
+    from large_model import check_lazy_path
+    from test_fuzz import fuzz_examples
+
+    @settings(max_examples=25, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
+    @given(fuzz_examples())
+    def check(example):
+        case, ratio, criterion, round_to = example
+        check_lazy_path(case.model, tmp_path_factory.mktemp("case"), ratio=ratio, criterion=criterion,
+                        round_to=round_to)
+
+    check()

@@ -8,7 +8,11 @@ each is counted by kind and its reproducing builder snippet is printed (and writ
 
 Usage::
 
-    python tools/fuzz_campaign.py [--examples 2000] [--seed 0] [--max-blocks 6] [--save-dir DIR]
+    python tools/fuzz_campaign.py [--examples 2000] [--seed 0] [--max-blocks 6] [--save-dir DIR] [--external-data]
+
+``--external-data`` also saves every example with its tensors in an external data file, prunes
+it on the large-model path (weights read on demand, streamed out) and checks the result equals
+the in-memory one bit for bit.
 
 A float32 mismatch that the float64 re-check confirms as rounding is counted, not failed (see
 ``check_case``). The exit status is 1 if any example failed.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 import traceback
 import warnings
@@ -29,12 +34,17 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import test_fuzz  # noqa: E402
 from conftest import random_feeds, session  # noqa: E402
+from large_model import check_lazy_path  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 
 class GeneratorError(Exception):
     """The generated model itself does not run."""
+
+
+class LazyPathError(Exception):
+    """Pruning the example from external data gave another model than pruning it in memory."""
 
 
 def failure_kind(exc: BaseException) -> str:
@@ -46,6 +56,8 @@ def failure_kind(exc: BaseException) -> str:
         return "generator: the original model does not run"
     if isinstance(exc, RewriteError):
         return "rewrite: pruned model failed validation"
+    if isinstance(exc, LazyPathError):
+        return "external data: large-model path differs from in-memory"
     if isinstance(exc, AssertionError):
         if "Not equal to tolerance" in text or "Mismatched elements" in text:
             return "oracle mismatch"
@@ -76,6 +88,7 @@ class Tally:
         self.failed_examples: list[tuple[str, str, str]] = []
         self.opsets: Counter = Counter()
         self.criteria: Counter = Counter()
+        self.external_checked = 0
 
     def table(self, elapsed: float) -> str:
         rows = [
@@ -90,6 +103,8 @@ class Tally:
         ]
         rows += [(f"  refused: {cat}", n) for cat, n in self.refused.most_common()]
         rows.append(("float32 misses that float64 confirmed as rounding", self.rounding))
+        if self.external_checked:
+            rows.append(("equal when pruned from external data", self.external_checked))
         rows.append(("failures (total)", sum(self.failures.values())))
         rows += [(f"  failed: {kind}", n) for kind, n in self.failures.most_common()]
         rows.append(("opsets", ", ".join(f"{k}: {v}" for k, v in sorted(self.opsets.items()))))
@@ -118,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-blocks", type=int, default=6, help="most blocks per graph (default 6)")
     ap.add_argument("--save-dir", type=Path, help="write a reproducing snippet per failure here")
     ap.add_argument("--progress", type=int, default=100, help="print a line every N examples (0: never)")
+    ap.add_argument("--external-data", action="store_true",
+                    help="also prune each example from external data on the large-model path and compare")
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
 
@@ -157,6 +174,13 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001
                 raise GeneratorError(str(exc)) from exc
             outcome = test_fuzz.check_case(case, ratio, criterion, round_to)
+            if args.external_data:
+                with tempfile.TemporaryDirectory(prefix="onnxprune-fuzz-") as tmp:
+                    try:
+                        check_lazy_path(case.model, tmp, ratio=ratio, criterion=criterion, round_to=round_to)
+                    except Exception as exc:  # noqa: BLE001
+                        raise LazyPathError(f"{type(exc).__name__}: {exc}") from exc
+                tally.external_checked += 1
         except Exception as exc:  # noqa: BLE001 - every failure is counted, none stops the campaign
             record_failure(failure_kind(exc), snippet, exc)
         else:
