@@ -124,12 +124,29 @@ def _checked_region(t: onnx.TensorProto, base: str, path: Path) -> tuple[str, in
     return info.location, offset, length
 
 
+#: Sub-byte element types, packed several to a byte in raw data.
+_SUB_BYTE = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "FLOAT6E2M3", "FLOAT6E3M2",
+                                                       "INT2", "UINT2") if hasattr(onnx.TensorProto, n)}
+
+
+def element_dtype(data_type: int) -> np.dtype | None:
+    """The numpy dtype (ml_dtypes for bfloat16 and float8) whose bytes are the raw data of an ONNX
+    element type; None for strings and sub-byte types, which are not stored one element per
+    ``itemsize`` bytes."""
+    if data_type in _SUB_BYTE or data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return None
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).newbyteorder("<")
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def _expected_nbytes(t: onnx.TensorProto) -> int | None:
     """Bytes a tensor's raw data must have, for element types of a whole number of bytes."""
-    np_type = get_numpy_type(t.data_type)
-    if np_type is None or np.dtype(np_type).hasobject:
+    dtype = element_dtype(t.data_type)
+    if dtype is None:
         return None
-    return int(np.prod(t.dims, dtype=np.int64)) * np.dtype(np_type).itemsize
+    return int(np.prod(t.dims, dtype=np.int64)) * dtype.itemsize
 
 
 def _first_line(exc: BaseException) -> str:
@@ -242,10 +259,9 @@ class ExternalValues(LazyValues):
             raise OnnxPruneError(f"{self.path}: external data file changed since the model was loaded")
 
     def load(self) -> np.ndarray:
-        np_type = get_numpy_type(self._meta.data_type)
-        if np_type is None or np.dtype(np_type).hasobject:
+        dtype = element_dtype(self._meta.data_type)
+        if dtype is None:
             return np.array(onnx.numpy_helper.to_array(self.tensor))
-        dtype = np.dtype(np_type).newbyteorder("<")
         if int(np.prod(self.shape, dtype=np.int64)) == 0:
             return np.zeros(self.shape, dtype=dtype)
         self._check()
@@ -301,6 +317,11 @@ def read_values(tensor: gs.Constant) -> np.ndarray:
     values = tensor._values
     if isinstance(values, ExternalValues):
         return values.load()
+    if isinstance(values, LazyValues) and isinstance(values.tensor, onnx.TensorProto) \
+            and get_numpy_type(values.tensor.data_type) is None:
+        # bfloat16, float8: onnx reads them as ml_dtypes arrays, which export back to the same
+        # type; onnx-graphsurgeon's own loader would warn on stderr that it cannot.
+        tensor._values = np.array(onnx.numpy_helper.to_array(values.tensor))
     return tensor.values
 
 

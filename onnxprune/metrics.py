@@ -10,6 +10,7 @@ ConvTranspose, Gemm, MatMul); element-wise ops are left out, as most FLOP counte
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from .analysis.state import shape
@@ -21,6 +22,22 @@ def static_shape(tensor) -> list[int] | None:
     return None if dims is None else [1 if d is None else int(d) for d in dims]
 
 
+#: Float types numpy has no dtype for; onnx-graphsurgeon gives their ONNX type number instead.
+_ONNX_ONLY_FLOATS = {onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E4M3FNUZ,
+                     onnx.TensorProto.FLOAT8E5M2, onnx.TensorProto.FLOAT8E5M2FNUZ}
+
+
+def is_floating(dtype) -> bool:
+    """Whether a tensor dtype (a numpy dtype, or an ONNX type number for types numpy lacks) is a float."""
+    if isinstance(dtype, (int, np.integer)) and not isinstance(dtype, bool):
+        return int(dtype) in _ONNX_ONLY_FLOATS
+    try:
+        return np.issubdtype(np.dtype(dtype), np.floating) or np.dtype(dtype).name in ("bfloat16",) \
+            or np.dtype(dtype).name.startswith("float8")
+    except TypeError:
+        return False
+
+
 def count_params(graph: gs.Graph) -> int:
     """Elements of all floating-point constants (weights, biases, BN parameters)."""
     seen, total = set(), 0
@@ -28,7 +45,7 @@ def count_params(graph: gs.Graph) -> int:
         for t in node.inputs:
             if isinstance(t, gs.Constant) and t.name not in seen:
                 seen.add(t.name)
-                if np.issubdtype(np.dtype(t.dtype), np.floating):
+                if is_floating(t.dtype):
                     total += int(np.prod(t.shape, dtype=np.int64))
     return total
 

@@ -35,7 +35,10 @@ def normalize(model: onnx.ModelProto) -> gs.Graph:
     The input proto is not modified. Weights in external data files (``io.load_model`` leaves
     them there) are read on demand, never all at once.
     """
-    graph = gs.import_onnx(model)
+    from onnx_graphsurgeon.logger import G_LOGGER
+
+    with G_LOGGER.suppress(G_LOGGER.ERROR):  # "no NumPy type for BFLOAT16": we read those with onnx
+        graph = gs.import_onnx(model)
     lazy_external_values(graph)
     _constant_nodes_to_initializers(graph)
     _fold_constant_nodes(graph, list(model.opset_import), model.ir_version)
@@ -102,8 +105,10 @@ def infer_shapes(graph: gs.Graph) -> gs.Graph:
 
 
 def _is_bulky(t: gs.Constant) -> bool:
+    from ..metrics import is_floating
+
     try:
-        return np.issubdtype(np.dtype(t.dtype), np.floating) and int(np.prod(t.shape)) > 64
+        return is_floating(t.dtype) and int(np.prod(t.shape)) > 64
     except TypeError:
         return False
 
