@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -59,9 +60,9 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise BadInputError(f"{p}: not a valid ONNX model ({type(exc).__name__})") from None
     if not model.graph.node and not model.graph.output:
         raise BadInputError(f"{p}: not a valid ONNX model (no graph)")
-    _attach_external_data(model, p)
     check_opset(model, str(p))
     check_domains(model, str(p))
+    _attach_external_data(model, p)
     return model
 
 
@@ -93,7 +94,9 @@ def _attach_external_data(model: onnx.ModelProto, path: Path) -> None:
 def _checked_region(t: onnx.TensorProto, base: str, path: Path) -> tuple[str, int, int]:
     """Location, offset and length of an external tensor, after checking the file holds them."""
     try:
-        info = external_data_helper.ExternalDataInfo(t)
+        with warnings.catch_warnings():  # unknown keys: onnx ignores them, and so do we
+            warnings.simplefilter("ignore")
+            info = external_data_helper.ExternalDataInfo(t)
     except ValueError as exc:
         raise BadInputError(f"{path}: bad external data entry for tensor '{t.name}' ({exc})") from None
     if not info.location:
