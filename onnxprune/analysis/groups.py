@@ -34,6 +34,8 @@ class Group:
     reasons: list[str] = field(default_factory=list)
     params: int = 0
     flops: int = 0
+    #: "channels", or "heads" when the classes are whole attention heads (a Reshape split them)
+    kind: str = "channels"
 
     @property
     def channels(self) -> int:
@@ -160,6 +162,7 @@ def _build_groups(state: State, root: np.ndarray) -> list[Group]:
         if src not in sources[r]:
             sources[r].append(src)
 
+    head_roots = {r for atoms in state.heads for r in root[atoms].tolist()}
     by_signature: dict[frozenset, list[int]] = defaultdict(list)
     for r in sorted(first_atom, key=first_atom.get):
         by_signature[frozenset(positions[r])].append(r)
@@ -170,7 +173,8 @@ def _build_groups(state: State, root: np.ndarray) -> list[Group]:
             for lst, src in ((group_reasons, reasons[r]), (nodes, site_nodes[r]), (srcs, sources[r])):
                 lst.extend(x for x in src if x not in lst)
         poss = sorted(positions[classes[0]])
-        groups.append(Group(len(groups), classes, poss, nodes, srcs, group_reasons))
+        kind = "heads" if any(r in head_roots for r in classes) else "channels"
+        groups.append(Group(len(groups), classes, poss, nodes, srcs, group_reasons, kind=kind))
     return groups
 
 

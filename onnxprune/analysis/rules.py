@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from .dims import dim_of, value_of
 from .edits import SetAttrToKeptCount, SetExplicitAxes, SetSliceBounds, SetSplitSizes, SetVectorEntry
 from .state import State, UnsupportedPattern, const, has_input, rank, shape, static_shape, symbolic_shape
 
@@ -123,8 +124,7 @@ def elementwise(node: gs.Node, state: State) -> None:
         in_axis = axis - (out_rank - ranks[index])
         if in_axis < 0:
             continue
-        dims = shape(t)
-        dim = dims[in_axis] if dims is not None else None
+        dim = dim_of(t, in_axis)
         if dim == 1:
             continue
         if dim != len(ref):
@@ -244,13 +244,19 @@ def gemm(node: gs.Node, state: State) -> None:
     state.set_track(node.outputs[0], 1, out, 2)
 
 
-@rule("MatMul", channel_inputs=(0,))
+@rule("MatMul")
 def matmul(node: gs.Node, state: State) -> None:
-    """Activation @ constant 2-D weight: the last axis is contracted in and created out."""
+    """Activation @ constant 2-D weight: the last axis is contracted in and created out.
+
+    Between two activations (attention), see :func:`_matmul_activations`.
+    """
     a, b = node.inputs[0], node.inputs[1]
     tr = state.track(a)
     weight = const(b)
-    if weight is None or weight.ndim != 2 or const(a) is not None:
+    if weight is None:
+        _matmul_activations(node, state)
+        return
+    if weight.ndim != 2 or const(a) is not None:
         if tr is not None:
             reason = "MatMul between two activations" if weight is None else "MatMul with a batched constant"
             state.block(tr.atoms, reason)
@@ -269,6 +275,55 @@ def matmul(node: gs.Node, state: State) -> None:
     out = state.fresh(weight.shape[1], node)
     state.site(node, 1, 1, out, "weight_out")
     state.set_track(node.outputs[0], r - 1, out, r)
+
+
+def _matmul_activations(node: gs.Node, state: State) -> None:
+    """``A @ B`` where B is computed: channels pass through where they do not meet each other.
+
+    A's rows (axis -2) become the output's rows and B's columns (axis -1) its columns, each
+    output row/column depending on that one input row/column only; a batch axis (attention
+    heads, after a Reshape split the channels into heads) is computed independently per index,
+    so the heads of A and B are tied like an element-wise op ties channels. Channels on the
+    contracted axis (A's -1, B's -2) are refused: removing one would change every output.
+    """
+    a, b = node.inputs[0], node.inputs[1]
+    ta, tb = state.track(a), state.track(b)
+    if ta is None and tb is None:
+        return
+    ra, rb = rank(state, a), rank(state, b)
+    if ra is None or rb is None:
+        raise UnsupportedPattern("MatMul between two activations of unknown rank")
+    if ra < 2 or rb < 2:
+        raise UnsupportedPattern("MatMul between two activations with a 1-D operand")
+    out_rank = max(ra, rb)
+    mapped = []  # (kind, output axis, atoms)
+    for tr, r, contracted, own in ((ta, ra, ra - 1, ra - 2), (tb, rb, rb - 2, rb - 1)):
+        if tr is None:
+            continue
+        if tr.axis == contracted:
+            raise UnsupportedPattern("MatMul between two activations contracts over the channel axis")
+        if tr.axis == own:
+            mapped.append(("matrix", out_rank - (2 if own == r - 2 else 1), tr.atoms))
+        else:
+            mapped.append(("batch", tr.axis + out_rank - r, tr.atoms))
+    kinds = {m[0] for m in mapped}
+    axes = {m[1] for m in mapped}
+    if len(mapped) == 2 and (kinds != {"batch"} or len(axes) != 1):
+        raise UnsupportedPattern("MatMul between two activations with channels on different axes")
+    kind, axis, atoms = mapped[0]
+    if kind == "batch":
+        if len(mapped) == 2:
+            if len(mapped[1][2]) != len(atoms):
+                raise UnsupportedPattern("MatMul broadcasts a channel axis")
+            state.union(atoms, mapped[1][2])
+        else:  # the other operand must broadcast over the heads, or be tracked with them
+            other, r = (b, rb) if ta is not None else (a, ra)
+            in_axis = axis - (out_rank - r)
+            if in_axis >= 0:
+                if dim_of(other, in_axis) != 1:
+                    raise UnsupportedPattern(
+                        f"MatMul combines channels with non-prunable tensor '{other.name}' on a batch axis")
+    state.set_track(node.outputs[0], axis, atoms, out_rank)
 
 
 # --- normalisation ----------------------------------------------------------------------
@@ -541,6 +596,32 @@ def unsqueeze(node: gs.Node, state: State) -> None:
     state.set_track(node.outputs[0], kept_positions[tr.axis], tr.atoms, out_rank)
 
 
+@rule("Expand", channel_inputs=(0,))
+def expand(node: gs.Node, state: State) -> None:
+    """Broadcast to a shape: the channel axis must keep its size (entry 1, or the channel count,
+    which then follows the pruning), as when grouped-query attention repeats each K/V head
+    along a new axis (Unsqueeze, Expand, Reshape)."""
+    tr = state.track(node.inputs[0])
+    if tr is None:
+        return
+    entries = value_of(node.inputs[1])
+    if entries is None:
+        raise UnsupportedPattern("Expand to a shape computed at run time")
+    out_rank = max(tr.rank, len(entries))
+    out_axis = tr.axis + out_rank - tr.rank
+    j = out_axis - (out_rank - len(entries))
+    if j >= 0:
+        entry = entries[j]
+        if entry is None or isinstance(entry, str):
+            raise UnsupportedPattern("Expand to a size computed at run time on the channel axis")
+        if entry == len(tr.atoms) and len(tr.atoms) != 1:
+            holder, index, offset = _shape_entry(node.inputs[1], node, 1, j)
+            state.edit(SetVectorEntry(holder, index, offset, tr.atoms))
+        elif entry != 1:
+            raise UnsupportedPattern("Expand broadcasts the channel axis or reads its size at run time")
+    state.set_track(node.outputs[0], out_axis, tr.atoms, out_rank)
+
+
 @rule("Gather", channel_inputs=(0,))
 def gather(node: gs.Node, state: State) -> None:
     tr = state.track(node.inputs[0])
@@ -656,16 +737,26 @@ def reshape(node: gs.Node, state: State) -> None:
     out_dims = symbolic_shape(node.outputs[0])
     if in_dims is None or out_dims is None:
         raise UnsupportedPattern("Reshape with unknown input or output shape")
-    entries = _vector_entries(node.inputs[1])
+    # Dims shape inference lost (e.g. after attention's MatMuls) are followed back to their source.
+    in_dims = [d if isinstance(d, int) else (dim_of(node.inputs[0], i) or d) for i, d in enumerate(in_dims)]
+    if not isinstance(in_dims[tr.axis], int):
+        in_dims[tr.axis] = len(tr.atoms)
+    elif in_dims[tr.axis] != len(tr.atoms):
+        raise UnsupportedPattern("Reshape input does not match its channels")
+    entries = value_of(node.inputs[1])
     if entries is not None and len(entries) == len(out_dims):
         out_dims = _resolve_target(in_dims, tr.axis, out_dims, entries, node)
     mapped = _map_reshape(in_dims, tr.axis, out_dims)
     if mapped is None:
-        raise UnsupportedPattern("Reshape splits the channel axis or merges it with earlier axes")
+        _split_into_heads(node, state, in_dims, out_dims, entries)
+        return
     out_axis, m = mapped
     out_atoms = np.repeat(tr.atoms, m)
-    holder, index, offset = _shape_entry(node.inputs[1], node, 1, out_axis)
-    entry = int(const(holder.inputs[index])[offset])
+    if entries is not None and len(entries) == len(out_dims) and entries[out_axis] == -1:
+        entry = -1  # inferred: follows the pruning, even where the vector is shared
+    else:
+        holder, index, offset = _shape_entry(node.inputs[1], node, 1, out_axis)
+        entry = int(const(holder.inputs[index])[offset])
     if entry == 0 and not int(node.attrs.get("allowzero", 0)):
         if not (out_axis == tr.axis and m == 1):
             raise UnsupportedPattern("Reshape copies a dimension that does not follow the channels")
@@ -674,20 +765,84 @@ def reshape(node: gs.Node, state: State) -> None:
     state.set_track(node.outputs[0], out_axis, out_atoms, len(out_dims))
 
 
+def _map_split(in_dims: list, axis: int, out_dims: list) -> tuple[int, int, int] | None:
+    """Does the Reshape split channel axis ``axis`` into (heads, per-head dims...)?
+
+    Returns ``(out_axis, heads, stop)``: channel ``c`` lands at index ``c // (C / heads)`` of
+    ``out_axis``, and output axes ``out_axis + 1 .. stop - 1`` hold its place inside the head.
+    The dims after the channel axis must come out unchanged, and the dims before it must either
+    be repeated unchanged or (all static) multiply to the same count.
+    """
+    channels, inner = in_dims[axis], in_dims[axis + 1:]
+    if not isinstance(channels, int) or not all(isinstance(d, int) for d in inner):
+        return None
+    stop = len(out_dims) - len(inner)
+    if out_dims[stop:] != inner:
+        return None
+    if out_dims[:axis] == in_dims[:axis]:
+        start = axis
+    elif all(isinstance(d, int) for d in in_dims + out_dims):
+        outer = int(np.prod(in_dims[:axis], dtype=np.int64))
+        prefixes = [b for b in range(stop - 1) if int(np.prod(out_dims[:b], dtype=np.int64)) == outer]
+        if not prefixes:
+            return None
+        start = max(prefixes)
+    else:
+        return None
+    body = out_dims[start:stop]
+    if len(body) < 2 or not all(isinstance(d, int) and d > 0 for d in body):
+        return None
+    if int(np.prod(body, dtype=np.int64)) != channels:
+        return None
+    return start, body[0], stop
+
+
+def _split_into_heads(node: gs.Node, state: State, in_dims: list, out_dims: list, entries: list | None) -> None:
+    """A Reshape that splits channels C into (H, D...): attention heads.
+
+    The D channels of each head are tied into one removable unit, and the output carries one
+    atom per head on the H axis; the H entry of the shape vector becomes the kept head count
+    (an inferred -1 follows by itself). The per-head entries must be constants, so that every
+    kept head keeps its size.
+    """
+    tr = state.track(node.inputs[0])
+    split = _map_split(in_dims, tr.axis, out_dims)
+    if split is None:
+        raise UnsupportedPattern("Reshape splits the channel axis or merges it with earlier axes")
+    out_axis, heads, stop = split
+    if entries is None or len(entries) != len(out_dims):
+        raise UnsupportedPattern("Reshape splits the channel axis into heads with a shape computed at run time")
+    allow_zero = int(node.attrs.get("allowzero", 0))
+    for j in range(out_axis + 1, stop):
+        if not isinstance(entries[j], int) or entries[j] == 0 or (entries[j] == -1 and entries[out_axis] == -1):
+            raise UnsupportedPattern("Reshape splits the channel axis into heads of a size computed at run time")
+    head_entry = entries[out_axis]
+    if not isinstance(head_entry, int) or head_entry == 0 and not allow_zero:
+        raise UnsupportedPattern("Reshape reads its head count at run time")
+    blocks = tr.atoms.reshape(heads, -1)
+    for j in range(1, blocks.shape[1]):
+        state.union(blocks[:, 0], blocks[:, j])
+    atoms = blocks[:, 0]
+    if head_entry != -1:
+        holder, index, offset = _shape_entry(node.inputs[1], node, 1, out_axis)
+        if int(const(holder.inputs[index])[offset]) != heads:
+            raise UnsupportedPattern("Reshape head count does not match its shape vector")
+        state.edit(SetVectorEntry(holder, index, offset, atoms))
+    state.heads.append(atoms)
+    state.set_track(node.outputs[0], out_axis, atoms, len(out_dims))
+
+
 def _resolve_target(in_dims: list, axis: int, out_dims: list, entries: list, node: gs.Node) -> list:
-    """Fill output dims that shape inference left unknown, from what the target vector says:
-    a dim read from the input's own shape is that dim, 0 copies it, and a single -1 is what is
-    left once the leading (batch-like) dims are matched."""
-    x_name = node.inputs[0].name
+    """Fill output dims that shape inference left unknown, from what the target vector says
+    (:func:`value_of`: ints, dims read at run time by name): 0 copies the input's dim, and a
+    single -1 is what is left once the leading (batch-like) dims are matched."""
     allow_zero = int(node.attrs.get("allowzero", 0))
     out = list(out_dims)
     for j, e in enumerate(entries):
-        if isinstance(e, tuple) and e[1] == x_name and e[2] < len(in_dims):
-            out[j] = in_dims[e[2]]
+        if isinstance(e, str) and not isinstance(out[j], int) or isinstance(e, int) and e > 0:
+            out[j] = e
         elif e == 0 and not allow_zero and j < len(in_dims):
             out[j] = in_dims[j]
-        elif isinstance(e, int) and e > 0:
-            out[j] = e
     free = [j for j, e in enumerate(entries) if e == -1]
     if len(free) == 1 and free[0] >= axis and out[:axis] == in_dims[:axis] \
             and all(isinstance(d, int) for d in in_dims[axis:]):
@@ -698,34 +853,6 @@ def _resolve_target(in_dims: list, axis: int, out_dims: list, entries: list, nod
             if total % known == 0:
                 out[free[0]] = total // known
     return out
-
-
-def _vector_entries(vector) -> list | None:
-    """What each entry of a 1-D shape vector is: an int, ("dim", tensor name, axis) for a
-    dimension read with Shape+Gather, or None when unknown. None if the vector is not understood."""
-    values = const(vector)
-    if values is not None:
-        return [int(v) for v in np.atleast_1d(values)]
-    producer = vector.inputs[0] if vector.inputs else None
-    if producer is None:
-        return None
-    if producer.op == "Concat" and int(producer.attrs.get("axis", 0)) == 0:
-        out = []
-        for piece in producer.inputs:
-            part = _vector_entries(piece)
-            if part is None:
-                return None
-            out.extend(part)
-        return out
-    if producer.op in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
-        return _vector_entries(producer.inputs[0])
-    if producer.op == "Gather" and int(producer.attrs.get("axis", 0)) == 0:
-        source = producer.inputs[0].inputs[0] if producer.inputs[0].inputs else None
-        idx = const(producer.inputs[1])
-        if source is not None and source.op == "Shape" and idx is not None and not source.attrs.get("start") \
-                and source.attrs.get("end") is None:
-            return [("dim", source.inputs[0].name, int(i)) for i in np.atleast_1d(idx)]
-    return None
 
 
 def _shape_entry(vector, node: gs.Node, input_index: int, entry: int) -> tuple[gs.Node, int, int]:
@@ -751,7 +878,7 @@ def _shape_entry(vector, node: gs.Node, input_index: int, entry: int) -> tuple[g
                     break
                 return producer, i, entry - offset
             offset += dims[0]
-    raise UnsupportedPattern("Reshape target shape computed at run time")
+    raise UnsupportedPattern(f"{node.op} target shape computed at run time")
 
 
 @rule("Shape", channel_inputs=(0,))
@@ -770,11 +897,30 @@ def shape_op(node: gs.Node, state: State) -> None:
         return
     position = tr.axis - start
     for consumer in node.outputs[0].outputs:
+        if consumer.op == "Slice" and _slice_of_shape_skips(consumer, position, end - start):
+            continue
         indices = const(consumer.inputs[1]) if consumer.op == "Gather" and len(consumer.inputs) > 1 else None
         if indices is None or int(consumer.attrs.get("axis", 0)) != 0:
             raise UnsupportedPattern("the channel count is read by Shape")
         if position in [_norm_axis(int(i), end - start) for i in np.atleast_1d(indices)]:
             raise UnsupportedPattern("the channel count is read by Shape")
+
+
+def _slice_of_shape_skips(node: gs.Node, position: int, length: int) -> bool:
+    """A Slice (opset >= 10, constant bounds, step 1) of a shape vector that leaves out ``position``."""
+    if len(node.inputs) < 3:
+        return False
+    bounds = [const(node.inputs[i]) if has_input(node, i) else None for i in range(1, 5)] \
+        if len(node.inputs) >= 3 else []
+    starts, ends, axes, steps = (bounds + [None] * 4)[:4]
+    if starts is None or ends is None or np.size(starts) != 1 or np.size(ends) != 1:
+        return False
+    if has_input(node, 3) and (axes is None or list(np.atleast_1d(axes)) != [0]):
+        return False
+    if has_input(node, 4) and (steps is None or list(np.atleast_1d(steps)) != [1]):
+        return False
+    kept = range(length)[slice(int(np.ravel(starts)[0]), int(np.ravel(ends)[0]))]
+    return position not in kept
 
 
 @rule("Size", channel_inputs=(0,))

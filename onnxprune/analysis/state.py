@@ -74,6 +74,8 @@ class State:
     sites: list[SliceSite] = field(default_factory=list)
     edits: list[Edit] = field(default_factory=list)
     blocks: list[tuple[np.ndarray, str]] = field(default_factory=list)
+    #: head atoms (one per head) of every Reshape that split channels into attention heads
+    heads: list[np.ndarray] = field(default_factory=list)
 
     # --- atoms -------------------------------------------------------------------------
     def fresh(self, count: int, source: gs.Node) -> np.ndarray:
