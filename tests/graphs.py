@@ -41,7 +41,7 @@ class GraphBuilder:
         outs = [self.name(op.lower()) for _ in range(n_out)]
         self.nodes.append(helper.make_node(op, inputs, outs, name=self.name(op), **attrs))
         for o in outs:
-            self.shapes[o] = list(shape) if not isinstance(shape[0], list) else None
+            self.shapes[o] = list(shape) if not (shape and isinstance(shape[0], list)) else None
         return outs[0] if n_out == 1 else outs
 
     def output(self, name: str) -> None:

@@ -674,6 +674,12 @@ def _map_reshape(in_dims: list, axis: int, out_dims: list) -> tuple[int, int] | 
     Dims before the channel axis may be dynamic (named) if the output repeats them unchanged;
     the channel axis and everything after it must be static.
     """
+    # Trailing dims repeated unchanged (even dynamic ones) are contiguous blocks on both sides.
+    k = 0
+    while k < len(in_dims) - axis - 1 and k < len(out_dims) - 1 and in_dims[-1 - k] == out_dims[-1 - k]:
+        k += 1
+    if k:
+        in_dims, out_dims = in_dims[:len(in_dims) - k], out_dims[:len(out_dims) - k]
     tail = in_dims[axis:]
     if not all(isinstance(d, int) for d in tail):
         return None
@@ -774,7 +780,7 @@ def _map_split(in_dims: list, axis: int, out_dims: list) -> tuple[int, int, int]
     be repeated unchanged or (all static) multiply to the same count.
     """
     channels, inner = in_dims[axis], in_dims[axis + 1:]
-    if not isinstance(channels, int) or not all(isinstance(d, int) for d in inner):
+    if not isinstance(channels, int):
         return None
     stop = len(out_dims) - len(inner)
     if out_dims[stop:] != inner:

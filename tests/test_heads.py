@@ -1,0 +1,342 @@
+"""Attention heads: handmade multi-head attention in the shapes exporters write it, pruned and
+checked against the zeroed-channel oracle (removing a head = zeroing its rows of the output
+projection), plus the patterns that must stay refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import prune_with_oracle, session
+from graphs import GraphBuilder
+
+from onnxprune import Pipeline
+from onnxprune.passes.builtin import Analyze, Normalize
+
+B, T = 2, 5
+
+
+def analyze(model):
+    return Pipeline([Normalize(), Analyze()]).run(model).analysis
+
+
+def i64(*values):
+    return np.array(values, np.int64)
+
+
+class Attn:
+    """Builds attention blocks on a GraphBuilder; ``style`` is how the shape vectors are written:
+
+    - "static": constant vectors with the batch and length written out;
+    - "torchscript": Shape/Gather/Unsqueeze of the input, Concat with constant head pieces, one
+      Concat per Reshape (as ``x.view(b, t, h, d)`` exports);
+    - "dynamo": one shared Concat of Shape(start, end) slices and -1 for the heads.
+    """
+
+    def __init__(self, b: GraphBuilder, style: str, dynamic: bool):
+        self.b, self.style, self.dynamic = b, style, dynamic
+        self.shared = {}
+
+    def dims(self, x):
+        """Leading (batch, length) entries of a shape vector, as pieces to concatenate."""
+        b = self.b
+        if self.style == "static":
+            return [b.const(i64(B, T))]
+        if self.style == "dynamo":
+            if "lead" not in self.shared:
+                s0 = b.node("Shape", [x], [1], start=0, end=1)
+                s1 = b.node("Shape", [x], [1], start=1, end=2)
+                self.shared["lead"] = [s0, s1]
+            return self.shared["lead"]
+        s = b.node("Shape", [x], [3])
+        g0 = b.node("Gather", [s, b.const(np.array(0, np.int64))], [])
+        g1 = b.node("Gather", [s, b.const(np.array(1, np.int64))], [])
+        return [b.node("Unsqueeze", [g, b.const(i64(0))], [1]) for g in (g0, g1)]
+
+    def vector(self, x, tail, key):
+        b = self.b
+        if self.style == "static":
+            return b.const(i64(B, T, *tail))
+        if self.style == "dynamo" and key in self.shared:
+            return self.shared[key]
+        pieces = self.dims(x) + [b.const(i64(*tail))]
+        v = b.node("Concat", pieces, [2 + len(tail)], axis=0)
+        if self.style == "dynamo":
+            self.shared[key] = v
+        return v
+
+    def lead(self):
+        return ["batch", "seq"] if self.dynamic else [B, T]
+
+    def split_heads(self, y, heads, d, source, head_entry=None):
+        b = self.b
+        entry = head_entry if head_entry is not None else (-1 if self.style == "dynamo" else heads)
+        vec = self.vector(source, [entry, d], ("split", entry, d))
+        r = b.node("Reshape", [y, vec], self.lead() + [heads, d])
+        return b.transpose(r, [0, 2, 1, 3])
+
+    def merge_heads(self, o, heads, d, source):
+        b = self.b
+        entry = -1 if self.style in ("dynamo", "torchscript") else heads * d
+        t = b.transpose(o, [0, 2, 1, 3])
+        vec = self.vector(source, [entry], ("merge", entry))
+        return b.node("Reshape", [t, vec], self.lead() + [heads * d])
+
+    def attention(self, q, k, v, heads, d, mask=None, kv_heads=None):
+        """softmax(q kᵀ / √d + mask) v over (B, H, T, D); K/V repeated per group for GQA."""
+        b = self.b
+        lead = self.lead()
+        if kv_heads is not None and kv_heads != heads:
+            k, v = (self.repeat_kv(t, kv_heads, heads // kv_heads, d) for t in (k, v))
+        kt = b.transpose(k, [0, 1, 3, 2])
+        scores = b.node("MatMul", [q, kt], [lead[0], heads, lead[1], lead[1]])
+        scores = b.node("Mul", [scores, b.const(np.float32(1 / np.sqrt(d)))], b.shapes[scores])
+        if mask is not None:
+            scores = b.node("Add", [scores, mask], b.shapes[scores])
+        probs = b.node("Softmax", [scores], b.shapes[scores], axis=-1)
+        return b.node("MatMul", [probs, v], [lead[0], heads, lead[1], d])
+
+    def repeat_kv(self, t, kv_heads, rep, d):
+        """(B, Hkv, T, D) -> (B, Hkv, rep, T, D) -> (B, Hkv*rep, T, D), as HF's repeat_kv exports."""
+        b = self.b
+        lead = self.lead()
+        u = b.node("Unsqueeze", [t, b.const(i64(2))], [lead[0], kv_heads, 1, lead[1], d])
+        if self.style == "static":
+            shape = b.const(i64(B, kv_heads, rep, T, d))
+        else:
+            x = t
+            s = b.node("Shape", [x], [4])
+            g0 = b.node("Unsqueeze", [b.node("Gather", [s, b.const(np.array(0, np.int64))], []), b.const(i64(0))], [1])
+            g2 = b.node("Unsqueeze", [b.node("Gather", [s, b.const(np.array(2, np.int64))], []), b.const(i64(0))], [1])
+            shape = b.node("Concat", [g0, b.const(i64(kv_heads, rep)), g2, b.const(i64(d))], [5], axis=0)
+        e = b.node("Expand", [u, shape], [lead[0], kv_heads, rep, lead[1], d])
+        if self.style == "static":
+            vec = b.const(i64(B, kv_heads * rep, T, d))
+        else:
+            vec = b.node("Concat", [g0, b.const(i64(kv_heads * rep)), g2, b.const(i64(d))], [4], axis=0)
+        return b.node("Reshape", [e, vec], [lead[0], kv_heads * rep, lead[1], d])
+
+    def block(self, x, heads, d, mask=None, kv_heads=None, packed=False, residual=True):
+        """One attention block on x (B, T, C): projections, heads, attention, output projection."""
+        b = self.b
+        kv = kv_heads or heads
+        if packed:
+            qkv = b.matmul(x, (heads + 2 * kv) * d)
+            q, k, v = b.node("Split", [qkv, b.const(i64(heads * d, kv * d, kv * d))], [self.lead() + [heads * d]],
+                             n_out=3, axis=2)
+            for name, n in ((q, heads), (k, kv), (v, kv)):
+                b.shapes[name] = self.lead() + [n * d]
+        else:
+            q, k, v = b.matmul(x, heads * d), b.matmul(x, kv * d), b.matmul(x, kv * d)
+        qh = self.split_heads(q, heads, d, x)
+        kh, vh = (self.split_heads(t, kv, d, x) for t in (k, v))
+        o = self.attention(qh, kh, vh, heads, d, mask, kv_heads=kv)
+        y = b.matmul(self.merge_heads(o, heads, d, x), b.shapes[x][-1])
+        return b.add(x, y) if residual else y
+
+
+def build(style="static", layers=((4, 3),), mask=False, kv_heads=None, packed=False, c=8, seed=0):
+    """``layers``: (heads, head_dim) per attention block; an MLP between blocks."""
+    b = GraphBuilder(seed=seed)
+    dynamic = style != "static"
+    lead = ["batch", "seq"] if dynamic else [B, T]
+    x = b.input(lead + [c])
+    m = b.input([lead[0], 1, 1, lead[1]], name="mask") if mask else None
+    a = Attn(b, style, dynamic)
+    for i, (heads, d) in enumerate(layers):
+        kv = kv_heads[i] if kv_heads else None
+        x = a.block(x, heads, d, mask=m, kv_heads=kv, packed=packed)
+        x = b.add(x, b.matmul(b.act(b.matmul(x, 2 * c), "Relu"), c))
+    b.output(x)
+    return b.model()
+
+
+def feeds(model, seed=0):
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i in model.graph.input:
+        shape = [d.dim_value if d.dim_value else (B if j == 0 else T)
+                 for j, d in enumerate(i.type.tensor_type.shape.dim)]
+        v = rng.standard_normal(shape).astype(np.float32)
+        if i.name == "mask":  # an additive mask: some keys hidden
+            v = np.where(rng.random(shape) < 0.3, -1e4, 0).astype(np.float32)
+        out[i.name] = v
+    return out
+
+
+def check_heads(model, ratio=0.5, criterion="l1", expect_head_groups=None):
+    """Prune, then pruned == original with the removed heads zeroed; head counts really changed."""
+    ctx, zeroed = prune_with_oracle(model, ratio=ratio, criterion=criterion)
+    pruned = ctx.pruned
+    onnx.checker.check_model(pruned, full_check=True)
+    zs, ps, os_ = session(zeroed), session(pruned), session(ctx.model)
+    for seed in (0, 1):
+        f = feeds(model, seed)
+        expected, got, reference = zs.run(None, f), ps.run(None, f), os_.run(None, f)
+        for e, g, r in zip(expected, got, reference):
+            assert g.shape == r.shape
+            np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
+            assert not np.allclose(r, e, atol=1e-3), "the removal changed nothing: the test would not see a wrong head"
+    heads = [g for g in ctx.analysis.groups if g.kind == "heads"]
+    if expect_head_groups is not None:
+        assert len([g for g in heads if g.prunable]) == expect_head_groups, [g.reasons for g in heads]
+    removed_heads = [g for g in heads if g.prunable and any(r in ctx.selection.removed for r in g.classes)]
+    assert removed_heads, "no head was removed"
+    return ctx
+
+
+STYLES = ["static", "torchscript", "dynamo"]
+
+
+@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("mask", [False, True])
+def test_multi_head_attention(style, mask):
+    ctx = check_heads(build(style, mask=mask), expect_head_groups=1)
+    group = next(g for g in ctx.analysis.groups if g.kind == "heads")
+    assert group.channels == 4 and ctx.selection.kept[group.id] == (2, 4)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_packed_qkv_split(style):
+    ctx = check_heads(build(style, packed=True), expect_head_groups=1)
+    split = next(n for n in ctx.pruned.graph.node if n.op_type == "Split")
+    sizes = next(i for i in ctx.pruned.graph.initializer if i.name == split.input[1])
+    assert onnx.numpy_helper.to_array(sizes).tolist() == [6, 6, 6]  # 2 heads of 3, for q, k and v
+
+
+@pytest.mark.parametrize("style", ["static", "torchscript"])
+def test_grouped_query_attention_removes_whole_kv_groups(style):
+    """4 query heads share 2 K/V heads: a K/V head goes with its 2 query heads."""
+    ctx = check_heads(build(style, layers=((4, 3),), kv_heads=(2,), mask=True), expect_head_groups=1)
+    group = next(g for g in ctx.analysis.groups if g.kind == "heads")
+    assert group.channels == 2 and ctx.selection.kept[group.id] == (1, 2)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_per_layer_head_counts(style):
+    ctx = check_heads(build(style, layers=((4, 3), (2, 4), (6, 2)), mask=True), ratio=0.5, expect_head_groups=3)
+    kept = sorted(ctx.selection.kept[g.id] for g in ctx.analysis.groups if g.kind == "heads")
+    assert kept == [(1, 2), (2, 4), (3, 6)]
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_a_layer_keeps_at_least_one_head(style):
+    """A head group is never emptied: the attention block stays, with one head."""
+    ctx = check_heads(build(style, layers=((4, 3), (2, 2))), ratio=0.95)
+    for g in ctx.analysis.groups:
+        if g.kind == "heads":
+            assert ctx.selection.kept[g.id][0] == 1
+
+
+def test_heads_and_mlp_channels_together():
+    ctx = check_heads(build("torchscript", layers=((4, 3), (4, 3)), mask=True), ratio=0.5)
+    kinds = {g.kind for g in ctx.analysis.prunable_groups}
+    assert kinds == {"heads", "channels"}
+
+
+def test_rotary_style_ops_on_the_head_dim():
+    """Slice/Neg/Concat over the per-head dim (rotate_half) and a (T, D) table broadcast over heads."""
+    b = GraphBuilder(seed=3)
+    x = b.input([B, T, 8])
+    a = Attn(b, "static", False)
+    heads, d = 2, 4
+    q, k, v = (a.split_heads(b.matmul(x, heads * d), heads, d, x) for _ in range(3))
+
+    def rope(t):
+        sh = b.shapes[t]
+        lo = b.node("Slice", [t, b.const(i64(0)), b.const(i64(d // 2)), b.const(i64(3))], sh[:3] + [d // 2])
+        hi = b.node("Slice", [t, b.const(i64(d // 2)), b.const(i64(d)), b.const(i64(3))], sh[:3] + [d // 2])
+        rot = b.node("Concat", [b.node("Neg", [hi], b.shapes[hi]), lo], sh, axis=-1)
+        cos, sin = (b.const(np.random.default_rng(i).standard_normal((T, d)).astype(np.float32)) for i in (0, 1))
+        return b.node("Add", [b.node("Mul", [t, cos], sh), b.node("Mul", [rot, sin], sh)], sh)
+
+    o = a.attention(rope(q), rope(k), v, heads, d)
+    b.output(b.matmul(a.merge_heads(o, heads, d, x), 8))
+    check_heads(b.model(), ratio=0.5, expect_head_groups=1)
+
+
+# --- refusals: anything not understood stays blocked, with its reason -----------------------
+
+def _head_reasons(model):
+    analysis = analyze(model)
+    return analysis, [r for g in analysis.groups for r in g.reasons]
+
+
+def test_single_head_attention_keeps_q_and_k_but_prunes_v():
+    """Without a head split, q·kᵀ contracts over the projections' channels: refused; the values'
+    channels pass through probs·v to the output projection and stay prunable."""
+    b = GraphBuilder(seed=1)
+    x = b.input([B, T, 8])
+    q, k, v = b.matmul(x, 6), b.matmul(x, 6), b.matmul(x, 6)
+    s = b.node("MatMul", [q, b.transpose(k, [0, 2, 1])], [B, T, T])
+    p = b.node("Softmax", [s], [B, T, T], axis=-1)
+    b.output(b.matmul(b.node("MatMul", [p, v], [B, T, 6]), 8))
+    model = b.model()
+    analysis, reasons = _head_reasons(model)
+    assert any("contracts over the channel axis" in r for r in reasons)
+    prunable = analysis.prunable_groups
+    assert len(prunable) == 1 and prunable[0].channels == 6
+    ctx, zeroed = prune_with_oracle(model, ratio=0.5)
+    f = feeds(model)
+    np.testing.assert_allclose(session(ctx.pruned).run(None, f)[0], session(zeroed).run(None, f)[0], rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_head_count_read_at_run_time_is_refused():
+    """The head entry of the split is read from another tensor's shape at run time: it would not
+    follow the pruning, so the heads are refused."""
+    b = GraphBuilder(seed=2)
+    x = b.input([B, T, 8])
+    h = b.input([2], name="h")
+    q = b.matmul(x, 8)
+    heads = b.node("Shape", [h], [1])
+    vec = b.node("Concat", [b.const(i64(B, T)), heads, b.const(i64(4))], [4], axis=0)
+    r = b.node("Reshape", [q, vec], [B, T, 2, 4])
+    b.output(b.matmul(b.node("Reshape", [r, b.const(i64(B, T, 8))], [B, T, 8]), 8))
+    analysis, reasons = _head_reasons(b.model())
+    assert not analysis.prunable_groups
+    assert any("Reshape target shape computed at run time" in r for r in reasons)
+
+
+def test_heads_mixed_by_an_op_over_the_head_axis_are_refused():
+    """A softmax across heads (not keys) mixes heads: refused."""
+    b = GraphBuilder(seed=4)
+    x = b.input([B, T, 8])
+    a = Attn(b, "static", False)
+    q, k, v = (a.split_heads(b.matmul(x, 8), 2, 4, x) for _ in range(3))
+    s = b.node("MatMul", [q, b.transpose(k, [0, 1, 3, 2])], [B, 2, T, T])
+    p = b.node("Softmax", [s], [B, 2, T, T], axis=1)
+    o = b.node("MatMul", [p, v], [B, 2, T, 4])
+    b.output(b.matmul(a.merge_heads(o, 2, 4, x), 8))
+    _, reasons = _head_reasons(b.model())
+    assert any("Softmax normalizes over the channel axis" in r for r in reasons)
+
+
+def test_heads_against_an_untracked_full_head_tensor_are_refused():
+    """probs · V where V comes from the graph input with all heads: V's heads cannot go."""
+    b = GraphBuilder(seed=5)
+    x = b.input([B, T, 8])
+    vin = b.input([B, 2, T, 4], name="v")
+    a = Attn(b, "static", False)
+    q, k = (a.split_heads(b.matmul(x, 8), 2, 4, x) for _ in range(2))
+    s = b.node("MatMul", [q, b.transpose(k, [0, 1, 3, 2])], [B, 2, T, T])
+    o = b.node("MatMul", [b.node("Softmax", [s], [B, 2, T, T], axis=-1), vin], [B, 2, T, 4])
+    b.output(b.matmul(a.merge_heads(o, 2, 4, x), 8))
+    analysis, reasons = _head_reasons(b.model())
+    assert any("non-prunable tensor 'v'" in r for r in reasons)
+    assert not any(g.kind == "heads" and g.prunable for g in analysis.groups)
+
+
+def test_channel_shuffle_split_stays_refused():
+    """A Reshape that splits channels into (groups, C/groups) and merges them back transposed
+    (channel shuffle) is not a head split: refused."""
+    b = GraphBuilder(seed=6)
+    x = b.input([1, 3, 4, 4])
+    y = b.conv(x, 8)
+    r = b.node("Reshape", [y, b.const(i64(1, 2, 4, 4, 4))], [1, 2, 4, 4, 4])
+    t = b.transpose(r, [0, 2, 1, 3, 4])
+    z = b.node("Reshape", [t, b.const(i64(1, 8, 4, 4))], [1, 8, 4, 4])
+    b.output(b.conv(z, 4))
+    analysis, reasons = _head_reasons(b.model())
+    conv_group = next(g for g in analysis.groups if g.sources[0].startswith("Conv") and g.channels in (2, 8))
+    assert not conv_group.prunable and any("merges it with earlier axes" in r for r in conv_group.reasons)
