@@ -12,6 +12,8 @@ class ChannelStats:
         self.axis = axis
         self.count = 0
         self.sum = self.sumsq = self.sumabs = self.zeros = None
+        #: consuming node name -> the Gram statistics of its input rows, where a criterion needs them
+        self.grams: dict[str, GramStats] = {}
 
     def update(self, x: np.ndarray) -> None:
         flat = np.moveaxis(np.asarray(x), self.axis, -1)
@@ -44,3 +46,28 @@ class ChannelStats:
     @property
     def l2(self) -> np.ndarray:
         return np.sqrt(self.sumsq)
+
+
+class GramStats:
+    """Running ``XᵀX`` and column sums of a consuming layer's input rows (its input as the layer
+    sees it, e.g. a conv's patches), from which the centred Gram matrix follows: what a
+    least-squares refit with a bias can still explain is decided by it."""
+
+    def __init__(self):
+        self.count = 0
+        self.xtx: np.ndarray | None = None
+        self.sum: np.ndarray | None = None
+
+    def update(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows, dtype=np.float32)  # float32 products per batch, float64 totals
+        if self.xtx is None:
+            self.xtx = np.zeros((rows.shape[1], rows.shape[1]))
+            self.sum = np.zeros(rows.shape[1])
+        self.count += rows.shape[0]
+        self.xtx += rows.T @ rows
+        self.sum += rows.sum(axis=0, dtype=np.float64)
+
+    @property
+    def centred(self) -> np.ndarray:
+        """``Σ (x - mean)(x - mean)ᵀ`` over all rows seen."""
+        return self.xtx - np.outer(self.sum, self.sum) / max(self.count, 1)

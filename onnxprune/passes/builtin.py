@@ -7,7 +7,7 @@ from ..context import PruningContext
 from ..errors import BadInputError
 from ..io import check_opset
 from ..metrics import count_flops, count_params
-from ..scoring import CRITERIA, needs_activations, score_groups, sink_tensors
+from ..scoring import CRITERIA, needs_activations, needs_grams, score_groups, sink_tensors
 from ..selection import select_by_ratio
 from .normalize import normalize
 from .rewrite import export_checked, rewrite
@@ -72,9 +72,8 @@ class Calibrate(Pass):
     name = "calibrate"
 
     def run(self, ctx: PruningContext) -> None:
+        from ..calibration.collect import collect_stats
         from ..calibration.data import Calibration, input_specs
-        from ..calibration.stats import ChannelStats
-        from ..runtime.capture import capture_session, run_captures
 
         resolve_options(ctx)
         opts = ctx.options
@@ -93,15 +92,7 @@ class Calibrate(Pass):
             ctx.original = gs.import_onnx(gs.export_onnx(ctx.graph, do_type_check=False))  # rewrite edits in place
         if not needs_activations(opts.criterion):
             return
-        tensors = sink_tensors(ctx.analysis)
-        if not tensors:
-            return
-        stats = {name: ChannelStats(axis) for name, axis in tensors.items()}
-        session = capture_session(ctx.graph, sorted(tensors))
-        for captured in run_captures(session, ctx.calibration):
-            for name, value in captured.items():
-                stats[name].update(value)
-        ctx.stats = stats
+        ctx.stats = collect_stats(ctx.analysis, ctx.graph, ctx.calibration, grams=needs_grams(opts.criterion))
 
 
 def _synthetic_batches(graph) -> list[dict]:
@@ -129,7 +120,11 @@ class Score(Pass):
         resolve_options(ctx)
         if needs_activations(ctx.options.criterion) and not ctx.stats and sink_tensors(ctx.analysis):
             raise BadInputError(f"criterion '{ctx.options.criterion}' needs the calibrate pass before score")
-        ctx.scores = score_groups(ctx.analysis, ctx.options.criterion, ctx.stats)
+        notes: list[str] = []
+        ctx.scores = score_groups(ctx.analysis, ctx.options.criterion, ctx.stats, notes)
+        if notes:
+            ctx.warnings.append(f"criterion '{ctx.options.criterion}': {len(notes)} group(s) scored by a fallback: "
+                                + " | ".join(notes))
 
 
 class Select(Pass):

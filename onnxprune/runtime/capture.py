@@ -21,6 +21,7 @@ def capture_session(graph: gs.Graph, names: list[str], threads: int | None = Non
     finally:
         graph.outputs = saved
     model.ir_version = max(model.ir_version, 4)
+    _drop_unneeded(model.graph)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
@@ -35,3 +36,34 @@ def run_captures(session, batches: Iterable[dict[str, np.ndarray]]) -> Iterator[
     for batch in batches:
         values = session.run(None, {k: v for k, v in batch.items() if k in wanted})
         yield dict(zip(names, values))
+
+
+def _drop_unneeded(graph) -> None:
+    """Remove the nodes and initializers the outputs do not depend on: ONNX Runtime would run
+    them (a capture of early tensors would otherwise cost a whole forward pass)."""
+    needed = {o.name for o in graph.output}
+    kept = []
+    for node in reversed(graph.node):
+        if needed.intersection(node.output):
+            kept.append(node)
+            needed.update(node.input)
+            needed.update(_subgraph_names(node))
+    if len(kept) == len(graph.node):
+        return
+    kept.reverse()
+    del graph.node[:]
+    graph.node.extend(kept)
+    inits = [t for t in graph.initializer if t.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+
+
+def _subgraph_names(node) -> set[str]:
+    """Every tensor name read inside a node's subgraphs (they may refer to outer tensors)."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+            for inner in sub.node:
+                names.update(inner.input)
+                names.update(_subgraph_names(inner))
+    return names

@@ -4,6 +4,7 @@
 - apoz: 1 - fraction of zeros (Network Trimming's APoZ, higher = more alive)
 - wanda: |W| · ‖X‖, the consumer's weights times the channel's input norm (Wanda, per structure)
 - fluctuation: Var(X) · ‖W‖² (FLAP): how much the consumer's output moves with the channel
+  (``obs`` in ``obs.py`` is its reconstruction-aware refinement, with the full Gram matrix)
 
 Each consuming layer's scores are divided by their mean before summing over a group, so wide and
 narrow layers weigh the same and global comparisons across layers are meaningful.
@@ -13,20 +14,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-
 from ..analysis import Analysis
+from ..calibration.collect import sink_tensors  # noqa: F401  (re-exported)
 from ..calibration.stats import ChannelStats
 from .magnitude import _per_index_norm, add_site_scores
-
-
-def sink_tensors(analysis: Analysis) -> dict[str, int]:
-    """The activations entering each consuming layer, with their channel axis."""
-    out = {}
-    for site in analysis.sites:
-        if site.role == "weight_in":
-            name = site.node.inputs[0].name
-            out[name] = analysis.state.tracks[name].axis
-    return out
 
 
 def _accumulate(analysis: Analysis, stats: dict[str, ChannelStats], per_site) -> dict[int, float]:

@@ -1,0 +1,80 @@
+"""One pass of the model over calibration data, reducing the activations entering each
+consuming layer to statistics as they arrive: per-channel sums always, and the Gram matrix of
+the layer's input rows where a criterion needs it (never all activations at once)."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..analysis import Analysis
+from ..analysis.state import SliceSite
+from .stats import ChannelStats, GramStats
+
+#: Widest consumer input (rows of its weight as a matrix: channels x kernel area) whose Gram
+#: matrix is gathered; wider ones (big conv patches) would cost too much memory and time.
+MAX_GRAM_WIDTH = 4096
+
+
+def sink_tensors(analysis: Analysis) -> dict[str, int]:
+    """The activations entering each consuming layer, with their channel axis."""
+    out = {}
+    for site in analysis.sites:
+        if site.role == "weight_in":
+            name = site.node.inputs[0].name
+            out[name] = analysis.state.tracks[name].axis
+    return out
+
+
+def gram_view(site: SliceSite):
+    """The consumer of ``site`` as a linear layer whose Gram matrix can be gathered, and None;
+    or None and the reason it cannot."""
+    from ..reconstruct import LINEAR_VIEWS
+
+    view_cls = LINEAR_VIEWS.get(site.node.op)
+    if view_cls is None:
+        return None, f"{site.node.op} is not seen as a linear layer"
+    view = view_cls(site.node)
+    why = view.supported()
+    if why:
+        return None, why
+    width = view.weight().shape[0]
+    if width > MAX_GRAM_WIDTH:
+        return None, f"input rows {width} wide (over {MAX_GRAM_WIDTH})"
+    return view, None
+
+
+def gram_sites(analysis: Analysis) -> list[SliceSite]:
+    """Consumers of prunable channels: the layers a reconstruction-aware criterion looks at."""
+    prunable = {r for g in analysis.prunable_groups for r in g.classes}
+    return [s for s in analysis.sites if s.role == "weight_in"
+            and not prunable.isdisjoint(analysis.root[s.atoms].tolist())]
+
+
+def collect_stats(analysis: Analysis, graph: gs.Graph, batches: Iterable[dict], grams: bool = False
+                  ) -> dict[str, ChannelStats]:
+    """Per sink tensor, its :class:`ChannelStats` (with ``grams`` filled when asked)."""
+    from ..runtime.capture import capture_session, run_captures
+
+    tensors = sink_tensors(analysis)
+    stats = {name: ChannelStats(axis) for name, axis in tensors.items()}
+    views = []
+    if grams:
+        for site in gram_sites(analysis):
+            view, _ = gram_view(site)
+            if view is not None:
+                name = site.node.inputs[0].name
+                stats[name].grams[site.node.name] = GramStats()
+                views.append((name, view, np.random.default_rng(0)))
+    if not tensors:
+        return stats
+    session = capture_session(graph, sorted(tensors))
+    for captured in run_captures(session, batches):
+        for name, value in captured.items():
+            stats[name].update(value)
+        for name, view, rng in views:
+            x = captured[name]
+            stats[name].grams[view.node.name].update(view.rows(x.astype(np.float32), view.pick(x, rng)))
+    return stats

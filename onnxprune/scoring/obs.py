@@ -1,0 +1,165 @@
+"""Structured Optimal Brain Surgeon scores: the channels whose loss a least-squares refit of
+their consuming layers can best make up for (the structured OBS of ZipLM and SparseGPT-style
+structured pruning).
+
+For a consumer ``Y = X W + b`` of a group's channels, with ``H`` the centred Gram matrix of its
+input rows (dampened by ``DAMP`` times its mean diagonal), removing the rows ``R`` one channel
+owns (one row of a matrix, a kernel's worth of a conv's patch rows) and refitting the rest
+optimally raises the squared output error by ``tr(W_Rᵀ ([H⁻¹]_RR)⁻¹ W_R)``. Channels go greedily,
+cheapest first; after each removal ``H⁻¹`` drops the channel (Schur complement) and ``W`` takes
+the OBS update, so later losses count the compensation that reconstruction will make. With
+several consumers their losses, each relative to the consumer's output variance, are summed.
+
+A channel's score is the group's relative output error at the moment it is removed, so the
+removal order is kept (kept channels score higher) on a scale comparable across layers. Where a
+consumer's Gram matrix is not available the group is scored by ``fluctuation`` instead, and a
+note says which and why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..analysis import Analysis, Group
+from ..calibration.collect import gram_sites, gram_view
+from ..calibration.stats import ChannelStats
+from .activation import fluctuation
+
+#: Dampening of the Gram matrix, relative to its mean diagonal (keeps H invertible when
+#: channels are dead or collinear).
+DAMP = 1e-2
+
+
+@dataclass
+class _Consumer:
+    """One consuming layer, restricted to the rows of one group's channels, in class blocks.
+
+    A removed block's rows and columns of ``H⁻¹`` (and its weight rows) become zero through the
+    update itself, so blocks are only marked gone and the arrays compacted now and then."""
+
+    hinv: np.ndarray  # (q*k, q*k) inverse Hessian of the rows still held
+    w: np.ndarray  # (q*k, outputs) their weights
+    classes: np.ndarray  # (q,) class index (within the group) of each block held
+    k: int  # rows per channel
+    energy: float  # the layer's output variance (sum over outputs), the loss's unit
+
+    def __post_init__(self):
+        self.alive = np.ones(len(self.classes), dtype=bool)
+        self.position = {int(c): i for i, c in enumerate(self.classes)}
+
+    def losses(self, n: int) -> np.ndarray:
+        """Per class of the group: the error added by removing it next (0 for gone ones)."""
+        out = np.zeros(n)
+        live = np.flatnonzero(self.alive)
+        q, k = len(self.classes), self.k
+        if k == 1:
+            diag = np.diagonal(self.hinv)[live]
+            out[self.classes[live]] = np.einsum("ij,ij->i", self.w, self.w)[live] / diag
+        else:
+            blocks = self.hinv.reshape(q, k, q, k)[live, :, live, :]
+            wb = self.w.reshape(q, k, -1)[live]
+            out[self.classes[live]] = (wb * np.linalg.solve(blocks, wb)).sum(axis=(1, 2))
+        return out / self.energy
+
+    def remove(self, cls: int) -> None:
+        """Drop one channel: OBS update of the weights, Schur complement of ``H⁻¹``."""
+        p = self.position[cls]
+        if self.k == 1:  # the common case, as outer products (no matrix products of width 1)
+            col = self.hinv[:, p].copy()
+            col_scaled = col / col[p]
+            self.w -= np.outer(col_scaled, self.w[p])
+            self.hinv -= np.outer(col, col_scaled)
+        else:
+            rows = slice(p * self.k, (p + 1) * self.k)
+            col = self.hinv[:, rows].copy()
+            col_scaled = col @ np.linalg.inv(col[rows])
+            self.w -= col_scaled @ self.w[rows]
+            self.hinv -= col_scaled @ col.T  # H⁻¹ is symmetric: its row block is col.T
+        self.alive[p] = False
+        if self.alive.sum() * 2 <= len(self.alive) and self.alive.any():
+            self._compact()
+
+    def _compact(self) -> None:
+        keep = np.repeat(self.alive, self.k)
+        self.hinv = np.ascontiguousarray(self.hinv[np.ix_(keep, keep)])
+        self.w = self.w[keep]
+        self.classes = self.classes[self.alive]
+        self.__post_init__()
+
+
+def _consumer(site, stats: dict[str, ChannelStats], analysis: Analysis, group: Group,
+              inverses: dict[str, np.ndarray]) -> _Consumer | str | None:
+    """The consumer of ``site`` seen by ``group``; a reason string where it cannot be; None where
+    it carries nothing (no output variance)."""
+    view, why = gram_view(site)
+    if view is None:
+        return f"{site.node.name}: {why}"
+    gram = stats.get(site.node.inputs[0].name)
+    gram = gram.grams.get(site.node.name) if gram is not None else None
+    if gram is None or not gram.count:
+        return f"{site.node.name}: no Gram matrix gathered"
+    k = view.rows_per_input()
+    index = {r: i for i, r in enumerate(group.classes)}
+    row_class = np.array([index.get(r, -1) for r in analysis.root[np.repeat(site.atoms, k)].tolist()])
+    rows = np.flatnonzero(row_class >= 0)
+    rows = rows[np.argsort(row_class[rows], kind="stable")]  # each class's rows together
+    counts = np.bincount(row_class[rows], minlength=len(group.classes))
+    if not (counts == k).all():
+        return f"{site.node.name}: channels own unequal numbers of input rows"
+    h = gram.centred
+    w = view.weight().astype(np.float64)
+    energy = float(np.sum(w * (h @ w)))
+    if energy <= 0:
+        return None
+    if site.node.name not in inverses:
+        damp = DAMP * max(float(np.mean(np.diag(h))), 1e-12)
+        inverses[site.node.name] = np.linalg.inv(h + damp * np.eye(len(h)))
+    hinv = inverses[site.node.name]
+    return _Consumer(hinv[np.ix_(rows, rows)], w[rows], np.arange(len(group.classes)), k, energy)
+
+
+def _greedy(consumers: list[_Consumer], n: int) -> np.ndarray:
+    """Remove all ``n`` channels greedily; each one's score is the error reached when it goes."""
+    scores = np.zeros(n)
+    alive = np.ones(n, dtype=bool)
+    total = 0.0
+    for _ in range(n):
+        loss = sum(c.losses(n) for c in consumers)
+        loss[~alive] = np.inf
+        j = int(np.argmin(loss))
+        total += max(float(loss[j]), 0.0)
+        scores[j] = total
+        alive[j] = False
+        for c in consumers:
+            c.remove(j)
+    return scores
+
+
+def obs(analysis: Analysis, stats: dict[str, ChannelStats], notes: list[str] | None = None) -> dict[int, float]:
+    """Scores per class; ``notes`` gets one line per group scored by the fallback."""
+    fallback = fluctuation(analysis, stats)
+    out = dict(fallback)
+    sites = gram_sites(analysis)
+    inverses: dict[str, np.ndarray] = {}
+    for group in analysis.prunable_groups:
+        members = set(group.classes)
+        consumers, reasons = [], []
+        for site in sites:
+            if members.isdisjoint(analysis.root[site.atoms].tolist()):
+                continue
+            c = _consumer(site, stats, analysis, group, inverses)
+            if isinstance(c, str):
+                reasons.append(c)
+            elif c is not None:
+                consumers.append(c)
+        if not consumers and not reasons:
+            reasons.append("no consumer with output variance")
+        if reasons:
+            if notes is not None:
+                notes.append(f"group {group.id} ({group.name}) scored by fluctuation: {'; '.join(reasons)}")
+            continue
+        for r, s in zip(group.classes, _greedy(consumers, group.channels).tolist()):
+            out[r] = s
+    return out
