@@ -6,9 +6,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from conftest import assert_oracle
+
+from onnxprune import Pipeline
+from onnxprune.passes.builtin import Analyze, Normalize
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
@@ -54,3 +58,78 @@ def test_model_zoo_light_models(name):
 @pytest.mark.slow
 def test_model_zoo_vgg19():
     assert_oracle(onnx.load(LIGHT / "light_vgg19.onnx"), ratio=0.3, seeds=(0,))
+
+
+# --- transformers (tools/export_transformers.py): heads and MLP channels --------------------
+
+TRANSFORMERS = ["bert", "vit", "gpt2", "llama"]
+EXPORTERS = ["torchscript", "dynamo"]
+
+
+def _transformer_feeds(model: onnx.ModelProto, seed: int) -> dict:
+    """Token ids in the vocabulary, a padding mask, batch 2 and 6 tokens (or 16x16 images)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for i in model.graph.input:
+        if i.name == "pixel_values":
+            feeds[i.name] = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
+        elif i.name == "input_ids":
+            feeds[i.name] = rng.integers(0, 100, (2, 6)).astype(np.int64)
+        elif i.name == "attention_mask":
+            mask = np.ones((2, 6), np.int64)
+            mask[1, -2:] = 0
+            feeds[i.name] = mask
+    return feeds
+
+
+def transformer_oracle(name: str, ratio: float = 0.5, criterion: str = "l1"):
+    from conftest import prune_with_oracle, session
+
+    model = onnx.load(MODELS / f"{name}.onnx")
+    ctx, zeroed = prune_with_oracle(model, ratio=ratio, criterion=criterion)
+    onnx.checker.check_model(ctx.pruned, full_check=True)
+    zs, ps, os_ = session(zeroed), session(ctx.pruned), session(ctx.model)
+    for seed in (0, 1):
+        feeds = _transformer_feeds(model, seed)
+        expected, got, reference = zs.run(None, feeds)[0], ps.run(None, feeds)[0], os_.run(None, feeds)[0]
+        assert got.shape == reference.shape
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+        assert not np.allclose(reference, expected, atol=1e-3)
+    return ctx
+
+
+# Which groups each export prunes: (head groups, MLP channel groups). The residual stream is
+# refused everywhere (LayerNorm normalizes over it).
+EXPECTED = {
+    "bert_torchscript": (2, 2), "bert_dynamo": (2, 2), "vit_torchscript": (2, 2), "vit_dynamo": (2, 2),
+    "gpt2_dynamo": (2, 2), "llama_dynamo": (2, 2),
+    # TorchScript writes `x.view(-1, x.size(-1))` (GPT-2's Conv1D) and repeat_kv's
+    # `expand(b, x.shape[1], n_rep, ...)`: channel or head counts read at run time, refused.
+    "gpt2_torchscript": (0, 0), "llama_torchscript": (0, 2),
+}
+READ_AT_RUN_TIME = {"gpt2_torchscript", "llama_torchscript"}
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("arch", TRANSFORMERS)
+def test_transformer_heads_and_mlp(arch, exporter):
+    name = f"{arch}_{exporter}"
+    if EXPECTED[name] == (0, 0):
+        analysis = Pipeline([Normalize(), Analyze()]).run(onnx.load(MODELS / f"{name}.onnx")).analysis
+        assert not analysis.prunable_groups
+        ctx = None
+    else:
+        ctx = transformer_oracle(name)
+        analysis = ctx.analysis
+    prunable = analysis.prunable_groups
+    heads = [g for g in prunable if g.kind == "heads"]
+    channels = [g for g in prunable if g.kind == "channels"]
+    assert (len(heads), len(channels)) == EXPECTED[name], [g.reasons for g in analysis.groups]
+    if ctx is not None:
+        for g in prunable:
+            assert ctx.selection.kept[g.id][0] < g.channels
+    for g in analysis.groups:
+        if not g.prunable and g.channels > 1:
+            assert g.reasons
+    if name in READ_AT_RUN_TIME:
+        assert any("read by Shape" in r for g in analysis.groups for r in g.reasons)

@@ -97,3 +97,31 @@ class SetExplicitAxes(Edit):
             self.node.inputs.append(gs.Constant(f"{self.node.name}__input1", np.array(self.axes, dtype=np.int64)))
         else:
             self.node.attrs["axes"] = [int(a) for a in self.axes]
+
+
+@dataclass
+class SetConcatVectorEntry(Edit):
+    """An entry of a shape vector built by Concat (as exporters build ``view(b, t, h, d)``) that
+    equals a channel count. A vector several nodes read (the dynamo exporter shares one per
+    distinct shape, across layers) is first copied for ``consumer`` alone."""
+
+    graph: gs.Graph
+    consumer: gs.Node
+    input_index: int  # the consumer's input that reads the vector
+    piece: int  # the Concat input holding the entry
+    offset: int
+    atoms: np.ndarray
+
+    def apply(self, keep: KeepFn) -> None:
+        vector = self.consumer.inputs[self.input_index]
+        concat = vector.inputs[0]
+        if len(vector.outputs) > 1:
+            copy = gs.Variable(f"{self.consumer.name}__shape{self.input_index}", dtype=vector.dtype,
+                               shape=vector.shape)
+            concat = gs.Node("Concat", name=f"{self.consumer.name}__concat{self.input_index}",
+                             attrs=dict(concat.attrs), inputs=list(concat.inputs), outputs=[copy])
+            self.graph.nodes.append(concat)
+            self.consumer.inputs[self.input_index] = copy
+        arr = np.array(concat.inputs[self.piece].values).copy()
+        arr[self.offset] = int(keep(self.atoms).sum())
+        set_const_input(concat, self.piece, arr)

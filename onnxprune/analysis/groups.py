@@ -78,7 +78,7 @@ class Analysis:
 
 def analyze_graph(graph: gs.Graph, opset: int) -> Analysis:
     """Propagate channels through ``graph`` (normalized: constants folded, shapes inferred)."""
-    state = State(opset=opset)
+    state = State(opset=opset, graph=graph)
     graph.toposort()
     for node in graph.nodes:
         _run_rule(node, state)

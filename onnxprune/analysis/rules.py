@@ -18,7 +18,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .dims import dim_of, value_of
-from .edits import SetAttrToKeptCount, SetExplicitAxes, SetSliceBounds, SetSplitSizes, SetVectorEntry
+from .edits import SetAttrToKeptCount, SetConcatVectorEntry, SetExplicitAxes, SetSliceBounds, SetSplitSizes, SetVectorEntry
 from .state import State, UnsupportedPattern, const, has_input, rank, shape, static_shape, symbolic_shape
 
 RuleFn = Callable[[gs.Node, State], None]
@@ -533,9 +533,12 @@ def slice_(node: gs.Node, state: State) -> None:
     if tr is None:
         return
     as_input = state.opset >= 10
+    axes = _ints(node, "axes", 3, 10, state)
+    if axes is not None and tr.axis not in [_norm_axis(a, tr.rank) for a in axes]:
+        _pass_through(node, state)  # bounds on other axes may be computed (x[..., : x.shape[-1] // 2])
+        return
     starts = _ints(node, "starts", 1, 10, state)
     ends = _ints(node, "ends", 2, 10, state)
-    axes = _ints(node, "axes", 3, 10, state)
     steps = _ints(node, "steps", 4, 10, state) if as_input else None
     if starts is None or ends is None:
         raise UnsupportedPattern("Slice without bounds")
@@ -615,8 +618,7 @@ def expand(node: gs.Node, state: State) -> None:
         if entry is None or isinstance(entry, str):
             raise UnsupportedPattern("Expand to a size computed at run time on the channel axis")
         if entry == len(tr.atoms) and len(tr.atoms) != 1:
-            holder, index, offset = _shape_entry(node.inputs[1], node, 1, j)
-            state.edit(SetVectorEntry(holder, index, offset, tr.atoms))
+            _count_entry(node, 1, j, tr.atoms, state)
         elif entry != 1:
             raise UnsupportedPattern("Expand broadcasts the channel axis or reads its size at run time")
     state.set_track(node.outputs[0], out_axis, tr.atoms, out_rank)
@@ -685,11 +687,21 @@ def _map_reshape(in_dims: list, axis: int, out_dims: list) -> tuple[int, int] | 
         return None
     if all(isinstance(d, int) for d in in_dims) and all(isinstance(d, int) for d in out_dims):
         return _map_static(in_dims, axis, out_dims)
-    head = in_dims[:axis]
-    if out_dims[:axis] != head or not all(isinstance(d, int) for d in out_dims[axis:]):
-        return None
-    mapped = _map_static([1] + tail, 1, [1] + out_dims[axis:])
-    return None if mapped is None else (mapped[0] - 1 + axis, mapped[1])
+    # Dynamic leading dims: they may be kept, merged or split (x.view(-1, C), (N, C) -> (B, T, C)),
+    # since the static suffix of the output that holds as many elements as the channel axis and
+    # everything after it is where the channels land (both sides hold the same element count).
+    total = int(np.prod(tail, dtype=np.int64))
+    for b in range(len(out_dims) - 1, -1, -1):
+        suffix = out_dims[b:]
+        if not isinstance(suffix[0], int):
+            return None
+        p = int(np.prod(suffix, dtype=np.int64))
+        if p == total and suffix[0] != 1:
+            mapped = _map_static([1] + tail, 1, [1] + suffix)
+            return None if mapped is None else (mapped[0] - 1 + b, mapped[1])
+        if p > total:
+            return None
+    return None
 
 
 def _map_static(in_dims: list[int], axis: int, out_dims: list[int]) -> tuple[int, int] | None:
@@ -758,16 +770,12 @@ def reshape(node: gs.Node, state: State) -> None:
         return
     out_axis, m = mapped
     out_atoms = np.repeat(tr.atoms, m)
-    if entries is not None and len(entries) == len(out_dims) and entries[out_axis] == -1:
-        entry = -1  # inferred: follows the pruning, even where the vector is shared
-    else:
-        holder, index, offset = _shape_entry(node.inputs[1], node, 1, out_axis)
-        entry = int(const(holder.inputs[index])[offset])
+    entry = entries[out_axis] if entries is not None and len(entries) == len(out_dims) else None
     if entry == 0 and not int(node.attrs.get("allowzero", 0)):
         if not (out_axis == tr.axis and m == 1):
             raise UnsupportedPattern("Reshape copies a dimension that does not follow the channels")
-    elif entry != -1:
-        state.edit(SetVectorEntry(holder, index, offset, out_atoms))
+    elif entry != -1:  # an inferred -1 follows the pruning, even where the vector is shared
+        _count_entry(node, 1, out_axis, out_atoms, state, expect=len(out_atoms))
     state.set_track(node.outputs[0], out_axis, out_atoms, len(out_dims))
 
 
@@ -785,22 +793,18 @@ def _map_split(in_dims: list, axis: int, out_dims: list) -> tuple[int, int, int]
     stop = len(out_dims) - len(inner)
     if out_dims[stop:] != inner:
         return None
-    if out_dims[:axis] == in_dims[:axis]:
-        start = axis
-    elif all(isinstance(d, int) for d in in_dims + out_dims):
-        outer = int(np.prod(in_dims[:axis], dtype=np.int64))
-        prefixes = [b for b in range(stop - 1) if int(np.prod(out_dims[:b], dtype=np.int64)) == outer]
-        if not prefixes:
+    # The static dims just before the inner ones that multiply to C are the split channel axis
+    # (the leading dims then hold the same element count on both sides, however arranged).
+    for start in range(stop - 2, -1, -1):
+        body = out_dims[start:stop]
+        if not all(isinstance(d, int) and d > 0 for d in body):
             return None
-        start = max(prefixes)
-    else:
-        return None
-    body = out_dims[start:stop]
-    if len(body) < 2 or not all(isinstance(d, int) and d > 0 for d in body):
-        return None
-    if int(np.prod(body, dtype=np.int64)) != channels:
-        return None
-    return start, body[0], stop
+        p = int(np.prod(body, dtype=np.int64))
+        if p == channels:
+            return start, body[0], stop
+        if p > channels:
+            return None
+    return None
 
 
 def _split_into_heads(node: gs.Node, state: State, in_dims: list, out_dims: list, entries: list | None) -> None:
@@ -830,10 +834,7 @@ def _split_into_heads(node: gs.Node, state: State, in_dims: list, out_dims: list
         state.union(blocks[:, 0], blocks[:, j])
     atoms = blocks[:, 0]
     if head_entry != -1:
-        holder, index, offset = _shape_entry(node.inputs[1], node, 1, out_axis)
-        if int(const(holder.inputs[index])[offset]) != heads:
-            raise UnsupportedPattern("Reshape head count does not match its shape vector")
-        state.edit(SetVectorEntry(holder, index, offset, atoms))
+        _count_entry(node, 1, out_axis, atoms, state, expect=heads)
     state.heads.append(atoms)
     state.set_track(node.outputs[0], out_axis, atoms, len(out_dims))
 
@@ -861,19 +862,25 @@ def _resolve_target(in_dims: list, axis: int, out_dims: list, entries: list, nod
     return out
 
 
-def _shape_entry(vector, node: gs.Node, input_index: int, entry: int) -> tuple[gs.Node, int, int]:
-    """Find the constant that holds ``entry`` of a shape vector: (node, input index, offset).
+def _count_entry(node: gs.Node, input_index: int, entry: int, atoms: np.ndarray, state: State,
+                 expect: int | None = None) -> None:
+    """Record the edit that makes ``entry`` of a shape vector the kept count of ``atoms``.
 
-    The vector is either a constant, or a Concat of pieces (as the TorchScript exporter builds
-    ``x.view(x.size(0), -1)``) where that entry comes from a constant piece; an entry computed
-    at run time is refused, since we could not tell whether it follows the pruned channels.
+    The vector is either a constant (un-shared when rewritten), or a Concat of pieces (as the
+    TorchScript and dynamo exporters build ``x.view(b, t, h, d)``) where that entry comes from a
+    constant piece; a vector several nodes read is copied first. An entry computed at run time is
+    refused, since we could not tell whether it follows the pruned channels.
     """
-    if const(vector) is not None:
-        return node, input_index, entry
+    vector = node.inputs[input_index]
+    values = const(vector)
+    if values is not None:
+        found = int(np.atleast_1d(values)[entry])
+        if expect is not None and found != expect:
+            raise UnsupportedPattern(f"{node.op} shape entry {found} does not match the channels ({expect})")
+        state.edit(SetVectorEntry(node, input_index, entry, atoms))
+        return
     producer = vector.inputs[0] if vector.inputs else None
-    # A vector shared with other consumers cannot be edited for this Reshape alone.
-    if producer is not None and producer.op == "Concat" and int(producer.attrs.get("axis", 0)) == 0 \
-            and len(vector.outputs) == 1:
+    if producer is not None and producer.op == "Concat" and int(producer.attrs.get("axis", 0)) == 0:
         offset = 0
         for i, piece in enumerate(producer.inputs):
             dims = static_shape(piece)
@@ -882,7 +889,18 @@ def _shape_entry(vector, node: gs.Node, input_index: int, entry: int) -> tuple[g
             if offset <= entry < offset + dims[0]:
                 if const(piece) is None:
                     break
-                return producer, i, entry - offset
+                found = int(const(piece)[entry - offset])
+                if found == -1 and node.op == "Reshape":
+                    return  # inferred: follows the pruning
+                if expect is not None and found != expect:
+                    raise UnsupportedPattern(f"{node.op} shape entry {found} does not match the channels ({expect})")
+                if len(vector.outputs) == 1:
+                    state.edit(SetVectorEntry(producer, i, entry - offset, atoms))
+                elif state.graph is not None:
+                    state.edit(SetConcatVectorEntry(state.graph, node, input_index, i, entry - offset, atoms))
+                else:
+                    break
+                return
             offset += dims[0]
     raise UnsupportedPattern(f"{node.op} target shape computed at run time")
 

@@ -76,6 +76,8 @@ class State:
     blocks: list[tuple[np.ndarray, str]] = field(default_factory=list)
     #: head atoms (one per head) of every Reshape that split channels into attention heads
     heads: list[np.ndarray] = field(default_factory=list)
+    #: the graph being analyzed (edits that add nodes need it)
+    graph: gs.Graph | None = None
 
     # --- atoms -------------------------------------------------------------------------
     def fresh(self, count: int, source: gs.Node) -> np.ndarray:
