@@ -3,8 +3,9 @@
 For latency, the cost model comes from a latency table (measured here, or read from a table
 profiled on the target device). Each iteration allocates widths within a budget, builds the
 pruned model, and times it side by side with the original on the chosen provider; while the
-measured p50 is over the target, the model is refit to the measurements so far (a line through
-(predicted layer time, measured p50) pairs, NetAdapt-style) and the allocation is redone. FLOPs and params targets are counted exactly on the rewritten
+measured p50 is over the target, or well under it (pruned more than needed), the model is refit
+to the measurements so far (a line through (predicted layer time, measured p50) pairs,
+NetAdapt-style) and the allocation is redone; the least pruning measured to meet the target wins. FLOPs and params targets are counted exactly on the rewritten
 model the same way. With a table from another device nothing can be measured here: the result
 is the model's prediction, and says so.
 """
@@ -31,6 +32,8 @@ from .targets import Target
 MAX_ITERATIONS = 8
 #: the first budget sits this much under the target, so that small model errors need no correction
 FIRST_MARGIN = 0.97
+#: a result measured faster than this fraction of the target was pruned more than needed: relax
+RELAX_BELOW = 0.9
 
 
 class TargetUnreachable(OnnxPruneError):
@@ -165,43 +168,50 @@ def search_latency(analysis: Analysis, graph: gs.Graph, opset: int, template: on
     table = profile(graph, analysis, opset, feeds, baseline, model_sha256, provider, threads, round_to)
     model = table.cost_model(analysis, round_to)
     trials = Trials(graph, analysis, opset, template)
-    budget, best, last_counts = goal * FIRST_MARGIN, None, None
     full_counts = {g: widths[0] for g, widths in model.steps.items()}
     points: list[tuple[float, float]] = []
+    tried: dict[tuple, float] = {}
+    budget, best, feasible = goal * FIRST_MARGIN, None, None
     for _ in range(MAX_ITERATIONS):
         plan = allocate(model, scores, budget)
-        if plan.counts == last_counts:
-            if not plan.met:
-                break
-            budget *= 0.97  # same widths as last time: ask for a little more
-            plan = allocate(model, scores, budget)
-            if plan.counts == last_counts:
-                continue
-        last_counts = plan.counts
+        key = tuple(sorted(plan.counts.items()))
+        if key in tried:
+            if tried[key] <= goal or not plan.met:
+                break  # nothing new to learn: the best feasible result stands
+            budget *= 0.97  # the refit model keeps choosing this: ask for a little more
+            continue
         selection = select_by_counts(analysis, scores, plan.counts)
         _, pruned_bytes = trials.build(selection)
         pruned = make_runner(pruned_bytes, provider, threads, feeds=feeds)
         orig_t, pruned_t = interleaved([("original", original), ("pruned", pruned)], min_seconds=2.0, max_rounds=40)
-        achieved = pruned_t.percentile(50)
-        measurement = {"original": orig_t.summary(), "pruned": pruned_t.summary(), "ratio": ratios(orig_t, pruned_t)}
+        achieved = tried[key] = pruned_t.percentile(50)
         result.iterations.append({"budget": budget, "predicted": plan.predicted, "achieved": achieved,
                                   "original_ms": orig_t.percentile(50)})
         log(f"  budget {budget:.3f} ms: predicted {plan.predicted:.3f}, measured p50 {achieved:.3f} ms "
             f"(original {orig_t.percentile(50):.3f} ms in the same rounds)")
-        if best is None or achieved < best:
-            best = achieved
+        best = achieved if best is None else min(best, achieved)
         if achieved <= goal:
-            result.status, result.achieved, result.counts, result.selection = "met", achieved, plan.counts, selection
-            result.measurement = measurement
-            result.seconds = time.perf_counter() - start
-            return result
-        if not plan.met:
-            break
-        # NetAdapt-style correction: refit the model to what was measured (the original and this
-        # model, timed in the same rounds), then allocate again for the target
+            if feasible is None or achieved > feasible[0]:  # the least pruning that meets the target
+                measurement = {"original": orig_t.summary(), "pruned": pruned_t.summary(),
+                               "ratio": ratios(orig_t, pruned_t)}
+                feasible = (achieved, plan.counts, selection, measurement)
+            if achieved >= RELAX_BELOW * goal:
+                break
+        elif not plan.met:
+            break  # the most pruning allowed is still too slow
+        # NetAdapt-style correction, both ways: refit the model to what was measured (the original
+        # and this model, timed in the same rounds) and allocate again for the target
         points += [(model.layer_sum(full_counts), orig_t.percentile(50)), (model.layer_sum(plan.counts), achieved)]
-        if not model.calibrate(points):
+        if model.calibrate(points):
+            budget = goal * FIRST_MARGIN
+        else:
             budget *= goal / achieved
+    if feasible is not None:
+        achieved, counts, selection, measurement = feasible
+        result.status, result.achieved, result.counts, result.selection = "met", achieved, counts, selection
+        result.measurement = measurement
+        result.seconds = time.perf_counter() - start
+        return result
     raise TargetUnreachable(f"latency target {goal:g} ms is out of reach on {provider}: the best measured is "
                             f"{best:.3f} ms (original {baseline:.3f} ms)" if best is not None else
                             f"latency target {goal:g} ms is out of reach on {provider} (original {baseline:.3f} ms)")
