@@ -77,6 +77,37 @@ def main() -> None:
     """
 
 
+def _load_config(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """``--config FILE.toml``: option values by their long names (``target-latency = "50ms"``);
+    flags on the command line win."""
+    if value is None:
+        return None
+    try:
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib
+        data = tomllib.loads(Path(value).read_text())
+    except FileNotFoundError:
+        _fail(BadInputError(f"--config {value}: file not found"), False)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        _fail(BadInputError(f"--config {value}: not valid TOML ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"),
+              False)
+    names = {}
+    for p in ctx.command.params:
+        for opt in getattr(p, "opts", []):
+            if opt.startswith("--") and p.name not in ("config", "debug"):
+                names[opt[2:]] = p.name
+    defaults = {}
+    for key, item in data.items():
+        if key not in names:
+            _fail(BadInputError(f"--config {value}: unknown option '{key}' (use the long flag names, e.g. "
+                                "target-latency)"), False)
+        defaults[names[key]] = [str(v) for v in item] if isinstance(item, list) else item
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
 def _log_to_tty(message: str) -> None:
     if sys.stderr.isatty():
         click.echo(message, err=True)
@@ -126,12 +157,17 @@ def _check_threads(threads: int | None) -> None:
               help="How to repair the layers that lost inputs [default with --calib: lstsq].")
 @click.option("--no-reconstruct", is_flag=True, help="Do not repair layers, even with --calib.")
 @click.option("--force", is_flag=True, help="Allow the output to overwrite the input file.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a JSON report (groups, params, FLOPs, latency, fidelity, settings, versions).")
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), is_eager=True, expose_value=False,
+              callback=_load_config, help="TOML file of option values by long name; flags override it.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def prune_cmd(model: Path, output: Path | None, ratio: float | None, target_latency: str | None,
               target_flops: str | None, target_params: str | None, latency_table: Path | None, provider: str,
               threads: int | None, input_shapes: tuple[str, ...], criterion: str | None, round_to: int,
               calib: Path | None, calib_samples: int | None, reconstruct: str | None, no_reconstruct: bool,
-              force: bool, debug: bool) -> None:
+              force: bool, report_path: Path | None, quiet: bool, debug: bool) -> None:
     """Prune MODEL and write the smaller model: a ratio of every group, or to a latency/FLOPs/params target."""
     try:
         from .pipeline import prune
@@ -158,21 +194,30 @@ def prune_cmd(model: Path, output: Path | None, ratio: float | None, target_late
                        target_params=target_params, criterion=criterion, round_to=round_to, calibration=calib,
                        calib_samples=calib_samples, reconstruct="none" if no_reconstruct else reconstruct,
                        provider=provider, threads=threads, input_shapes=parse_input_shapes(input_shapes),
-                       latency_table=latency_table, log=_log_to_tty)
+                       latency_table=latency_table, log=None if quiet else _log_to_tty)
+        say = (lambda text: None) if quiet else click.echo
         for warning in result.context.warnings:
-            click.echo(f"warning: {warning}", err=True)
+            if not quiet:
+                click.echo(f"warning: {warning}", err=True)
         search = result.report.get("search")
-        if search and search["status"] == "already_met":
-            click.echo(prune_summary(result.context))
-            click.echo("nothing written: the model already meets the target")
-            return
-        result.save(out)
-        click.echo(prune_summary(result.context))
+        written = not (search and search["status"] == "already_met")
+        if written:
+            result.save(out)
+        if report_path is not None:
+            _write_report(result.context, report_path, model, out, written)
+        say(prune_summary(result.context))
         if not result.context.analysis.prunable_groups:
-            click.echo(_nothing_to_prune(result.context, model))
-        click.echo(f"wrote {out}")
+            say(_nothing_to_prune(result.context, model))
+        say(f"wrote {out}" if written else "nothing written: the model already meets the target")
     except Exception as exc:  # one line, right exit code
         _fail(exc, debug)
+
+
+def _write_report(ctx, path: Path, model: Path, out: Path, written: bool) -> None:
+    from .io import atomic_write_text
+    from .report.json_report import build_report, to_json
+
+    atomic_write_text(path, to_json(build_report(ctx, str(model), str(out), written)))
 
 
 @main.command("analyze")

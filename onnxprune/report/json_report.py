@@ -1,0 +1,90 @@
+"""The ``--report FILE.json`` document: everything a build log or a dashboard needs, versioned.
+
+Schema ``onnxprune-report`` version 1 (documented in ``docs/report.md``). Fields are only ever
+added within a version; a change of meaning or removal bumps the version.
+"""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+import numpy as np
+
+from ..context import PruningContext
+
+SCHEMA = "onnxprune-report"
+VERSION = 1
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for dist in ("onnxprune", "onnx", "onnx-graphsurgeon", "numpy", "onnxruntime", "onnxruntime-gpu"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def _settings(ctx: PruningContext) -> dict[str, Any]:
+    o = ctx.options
+    target = None
+    if o.target is not None:
+        target = {"kind": o.target.kind, "value": o.target.value, "fraction": o.target.fraction}
+    return {"ratio": None if o.target is not None else o.ratio, "target": target, "criterion": o.criterion,
+            "round_to": o.round_to, "reconstruct": o.reconstruct, "calib_samples": o.calib_samples,
+            "calibration": ctx.calibration.description if ctx.calibration is not None else None,
+            "provider": o.provider, "threads": o.threads, "input_shapes": o.input_shapes or None,
+            "latency_table": str(o.latency_table) if o.latency_table is not None and
+            not hasattr(o.latency_table, "layers") else None}
+
+
+def _groups(ctx: PruningContext) -> list[dict[str, Any]]:
+    rows = []
+    kept = ctx.selection.kept if ctx.selection is not None else {}
+    for g in ctx.analysis.groups:
+        after = kept.get(g.id, (g.channels, g.channels))[0]
+        row: dict[str, Any] = {"id": g.id, "name": g.name, "prunable": g.prunable, "channels_before": g.channels,
+                               "channels_after": after if g.prunable else g.channels, "nodes": list(g.nodes),
+                               "sources": list(g.sources), "params": int(g.params), "flops": int(g.flops),
+                               "reasons": list(g.reasons)}
+        scores = ctx.scores.get(g.id) if ctx.scores else None
+        if scores is not None and len(scores):
+            s = np.asarray(scores, dtype=np.float64)
+            row["score"] = {"min": float(s.min()), "mean": float(s.mean()), "max": float(s.max())}
+        rows.append(row)
+    return rows
+
+
+def build_report(ctx: PruningContext, input_path: str | None = None, output_path: str | None = None,
+                 written: bool = True) -> dict[str, Any]:
+    """The report for one pruning run (see the module docstring)."""
+    report = ctx.report
+    return {
+        "schema": SCHEMA, "version": VERSION, "versions": _versions(),
+        "input": input_path, "output": output_path if written else None, "written": written,
+        "settings": _settings(ctx),
+        "before": report.get("before"), "after": report.get("after"),
+        "groups": _groups(ctx),
+        "search": report.get("search"),
+        "reconstruction": report.get("reconstruction"),
+        "fidelity": report.get("fidelity"),
+        "warnings": list(ctx.warnings),
+    }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def to_json(report: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(report, indent=1, default=_plain) + "\n"
