@@ -122,6 +122,16 @@ _input_shape_option = click.option("--input-shape", "input_shapes", multiple=Tru
                                    "(repeatable).")
 
 
+def _prune_kinds(value: str) -> tuple[str, ...]:
+    from .analysis import KINDS
+
+    kinds = tuple(k.strip() for k in value.split(",") if k.strip())
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise BadInputError(f"--prune: unknown kind '{','.join(bad) or value}' (choose from {', '.join(KINDS)})")
+    return kinds
+
+
 def _check_threads(threads: int | None) -> None:
     if threads is not None and threads < 1:
         raise BadInputError(f"--threads must be positive, got {threads}")
@@ -148,6 +158,8 @@ def _check_threads(threads: int | None) -> None:
               default=None, help="Channel importance [default: l1; fluctuation with --calib]. l1/l2: weight norms; "
               "bn: BatchNorm |gamma|; activation: mean |x|; apoz: 1 - zero fraction; wanda: |W|·‖X‖; "
               "fluctuation: Var(X)·‖W‖² (FLAP).")
+@click.option("--prune", "prune_kinds", default="heads,channels", show_default=True, metavar="KINDS",
+              help="What to remove: heads (whole attention heads), channels (conv channels, MLP units), or both.")
 @click.option("--round-to", type=int, default=1, show_default=True,
               help="Keep channel counts multiples of N (groups narrower than N are left whole).")
 @click.option("--calib", type=click.Path(path_type=Path),
@@ -159,15 +171,17 @@ def _check_threads(threads: int | None) -> None:
 @click.option("--force", is_flag=True, help="Allow the output to overwrite the input file.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a JSON report (groups, params, FLOPs, latency, fidelity, settings, versions).")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a self-contained HTML page with the report's plots.")
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path), is_eager=True, expose_value=False,
               callback=_load_config, help="TOML file of option values by long name; flags override it.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def prune_cmd(model: Path, output: Path | None, ratio: float | None, target_latency: str | None,
               target_flops: str | None, target_params: str | None, latency_table: Path | None, provider: str,
-              threads: int | None, input_shapes: tuple[str, ...], criterion: str | None, round_to: int,
+              threads: int | None, input_shapes: tuple[str, ...], criterion: str | None, prune_kinds: str, round_to: int,
               calib: Path | None, calib_samples: int | None, reconstruct: str | None, no_reconstruct: bool,
-              force: bool, report_path: Path | None, quiet: bool, debug: bool) -> None:
+              force: bool, report_path: Path | None, html_path: Path | None, quiet: bool, debug: bool) -> None:
     """Prune MODEL and write the smaller model: a ratio of every group, or to a latency/FLOPs/params target."""
     try:
         from .pipeline import prune
@@ -194,7 +208,8 @@ def prune_cmd(model: Path, output: Path | None, ratio: float | None, target_late
                        target_params=target_params, criterion=criterion, round_to=round_to, calibration=calib,
                        calib_samples=calib_samples, reconstruct="none" if no_reconstruct else reconstruct,
                        provider=provider, threads=threads, input_shapes=parse_input_shapes(input_shapes),
-                       latency_table=latency_table, log=None if quiet else _log_to_tty)
+                       latency_table=latency_table, log=None if quiet else _log_to_tty,
+                       prune=_prune_kinds(prune_kinds))
         say = (lambda text: None) if quiet else click.echo
         for warning in result.context.warnings:
             if not quiet:
@@ -203,8 +218,8 @@ def prune_cmd(model: Path, output: Path | None, ratio: float | None, target_late
         written = not (search and search["status"] == "already_met")
         if written:
             result.save(out)
-        if report_path is not None:
-            _write_report(result.context, report_path, model, out, written)
+        if report_path is not None or html_path is not None:
+            _write_reports(result.context, report_path, html_path, model, out, written)
         say(prune_summary(result.context))
         if not result.context.analysis.prunable_groups:
             say(_nothing_to_prune(result.context, model))
@@ -213,11 +228,19 @@ def prune_cmd(model: Path, output: Path | None, ratio: float | None, target_late
         _fail(exc, debug)
 
 
-def _write_report(ctx, path: Path, model: Path, out: Path, written: bool) -> None:
+def _write_reports(ctx, json_path: Path | None, html_path: Path | None, model: Path, out: Path,
+                   written: bool) -> None:
+    import json
+
     from .io import atomic_write_text
+    from .report.html import render_html
     from .report.json_report import build_report, to_json
 
-    atomic_write_text(path, to_json(build_report(ctx, str(model), str(out), written)))
+    text = to_json(build_report(ctx, str(model), str(out), written))
+    if json_path is not None:
+        atomic_write_text(json_path, text)
+    if html_path is not None:
+        atomic_write_text(html_path, render_html(json.loads(text)))
 
 
 @main.command("analyze")

@@ -111,6 +111,19 @@ class CostModel:
         return self.scale * drop
 
 
+def uniform_curve(model: CostModel, fractions=(1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)) -> list[dict]:
+    """The model's cost with every group kept at about the same fraction (the narrowest step
+    at or above it): how cost falls with width, for the report's plot."""
+    rows = []
+    for f in fractions:
+        counts = {}
+        for g, widths in model.steps.items():
+            at_least = [w for w in widths if w >= f * widths[0]]
+            counts[g] = min(at_least) if at_least else min(widths)
+        rows.append({"kept": f, "predicted": model.total(counts)})
+    return rows
+
+
 def layer_variants(analysis: Analysis, shapes: dict[str, tuple], round_to: int = 1, fine: bool = False
                    ) -> tuple[dict[str, LayerSpec], dict[str, dict[int, dict[int, LayerSpec]]], dict[int, list[int]]]:
     """For each modelled layer: its full spec, and its spec at every candidate width of every

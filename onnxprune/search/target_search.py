@@ -25,7 +25,7 @@ from ..errors import OnnxPruneError
 from ..metrics import count_flops, count_params
 from ..selection import Selection, select_by_counts
 from .allocate import allocate
-from .cost import CostModel, counted_model, static_layer_shapes
+from .cost import CostModel, counted_model, static_layer_shapes, uniform_curve
 from .targets import Target
 
 #: end-to-end corrections before giving up
@@ -57,13 +57,15 @@ class SearchResult:
     iterations: list[dict] = field(default_factory=list)
     #: the last side-by-side measurement (latency targets): bench summaries and ratio
     measurement: dict | None = None
+    #: the cost model's prediction with all groups at the same kept fraction (for the report)
+    curve: list[dict] = field(default_factory=list)
     seconds: float = 0.0
 
     def as_report(self) -> dict:
         return {"target": {"kind": self.target.kind, "value": self.target.value, "fraction": self.target.fraction},
                 "status": self.status, "baseline": self.baseline, "achieved": self.achieved,
                 "counts": {str(k): v for k, v in sorted(self.counts.items())}, "iterations": self.iterations,
-                "measurement": self.measurement, "seconds": round(self.seconds, 3)}
+                "measurement": self.measurement, "curve": self.curve, "seconds": round(self.seconds, 3)}
 
 
 class Trials:
@@ -102,6 +104,7 @@ def search_counted(analysis: Analysis, graph: gs.Graph, opset: int, template: on
     if baseline <= goal:
         return result
     model = counted_model(analysis, static_layer_shapes(analysis), target.kind, baseline, round_to)
+    result.curve = uniform_curve(model)
     trials = Trials(graph, analysis, opset, template)
     budget, best = goal, None
     for _ in range(MAX_ITERATIONS):
@@ -143,6 +146,7 @@ def search_latency(analysis: Analysis, graph: gs.Graph, opset: int, template: on
         table.check_matches(analysis, model_sha256)
         model = table.cost_model(analysis, round_to)
         result = SearchResult(target, "already_met", table.baseline_ms, table.baseline_ms)
+        result.curve = uniform_curve(model)
         if table.baseline_ms <= goal:
             return result
         plan = allocate(model, scores, goal * FIRST_MARGIN)
@@ -206,6 +210,7 @@ def search_latency(analysis: Analysis, graph: gs.Graph, opset: int, template: on
             budget = goal * FIRST_MARGIN
         else:
             budget *= goal / achieved
+    result.curve = uniform_curve(model)
     if feasible is not None:
         achieved, counts, selection, measurement = feasible
         result.status, result.achieved, result.counts, result.selection = "met", achieved, counts, selection
