@@ -171,6 +171,8 @@ def _check_threads(threads: int | None) -> None:
 @click.option("--force", is_flag=True, help="Allow the output to overwrite the input file.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a JSON report (groups, params, FLOPs, latency, fidelity, settings, versions).")
+@click.option("--bench", "benchmark", is_flag=True,
+              help="Time the original and the pruned model side by side at the end (--provider, --threads).")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a self-contained HTML page with the report's plots.")
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path), is_eager=True, expose_value=False,
@@ -181,7 +183,8 @@ def prune_cmd(model: Path, output: Path | None, ratio: float | None, target_late
               target_flops: str | None, target_params: str | None, latency_table: Path | None, provider: str,
               threads: int | None, input_shapes: tuple[str, ...], criterion: str | None, prune_kinds: str, round_to: int,
               calib: Path | None, calib_samples: int | None, reconstruct: str | None, no_reconstruct: bool,
-              force: bool, report_path: Path | None, html_path: Path | None, quiet: bool, debug: bool) -> None:
+              force: bool, benchmark: bool, report_path: Path | None, html_path: Path | None, quiet: bool,
+              debug: bool) -> None:
     """Prune MODEL and write the smaller model: a ratio of every group, or to a latency/FLOPs/params target."""
     try:
         from .pipeline import prune
@@ -208,7 +211,7 @@ def prune_cmd(model: Path, output: Path | None, ratio: float | None, target_late
                        target_params=target_params, criterion=criterion, round_to=round_to, calibration=calib,
                        calib_samples=calib_samples, reconstruct="none" if no_reconstruct else reconstruct,
                        provider=provider, threads=threads, input_shapes=parse_input_shapes(input_shapes),
-                       latency_table=latency_table, log=None if quiet else _log_to_tty,
+                       latency_table=latency_table, log=None if quiet else _log_to_tty, benchmark=benchmark,
                        prune=_prune_kinds(prune_kinds))
         say = (lambda text: None) if quiet else click.echo
         for warning in result.context.warnings:

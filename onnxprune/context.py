@@ -40,6 +40,10 @@ class PruneOptions:
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
     #: a latency table profiled on the target device (``onnxprune profile``) instead of measuring here
     latency_table: Any = None
+    #: time the original and the pruned model side by side at the end (the benchmark pass)
+    benchmark: bool = False
+    #: which kinds of group to prune: "heads" (whole attention heads), "channels" (everything else)
+    prune: tuple[str, ...] = ("heads", "channels")
 
 
 @dataclass

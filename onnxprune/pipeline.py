@@ -50,7 +50,8 @@ def prune(model: onnx.ModelProto | str | os.PathLike, *, ratio: float | None = N
           target_params: str | float | None = None, criterion: str | None = None, round_to: int = 1,
           calibration=None, calib_samples: int | None = None, reconstruct: str | None = None,
           provider: str = "cpu", threads: int | None = None, input_shapes: dict[str, list[int]] | None = None,
-          latency_table=None, log: Callable[[str], None] | None = None) -> PruneResult:
+          latency_table=None, log: Callable[[str], None] | None = None, benchmark: bool = False,
+          prune: tuple[str, ...] | str = ("heads", "channels")) -> PruneResult:
     """Prune MODEL; the input is never modified.
 
     Either ``ratio`` (default 0.3): that fraction of every prunable group's channels; or one
@@ -64,6 +65,8 @@ def prune(model: onnx.ModelProto | str | os.PathLike, *, ratio: float | None = N
     ``calibration`` (a .npz path, a folder of .npz, a .py defining ``load_data()``, or an iterable
     of input dicts) enables activation criteria (default ``fluctuation``), reconstruction
     (default ``lstsq``; ``"bias"`` or ``"none"`` to change it) and the fidelity report.
+    ``benchmark=True`` times the original and the pruned model side by side at the end
+    (``report["benchmark"]``).
     """
     from .errors import BadInputError
     from .search.targets import parse_target
@@ -76,7 +79,8 @@ def prune(model: onnx.ModelProto | str | os.PathLike, *, ratio: float | None = N
     options = PruneOptions(ratio=0.3 if ratio is None else ratio, criterion=criterion, round_to=round_to,
                            calibration=calibration, calib_samples=calib_samples, reconstruct=reconstruct,
                            target=target, provider=provider, threads=threads, input_shapes=dict(input_shapes or {}),
-                           latency_table=latency_table)
+                           latency_table=latency_table, benchmark=benchmark,
+                           prune=tuple(prune.split(",")) if isinstance(prune, str) else tuple(prune))
     from .passes.builtin import default_passes
 
     ctx = Pipeline(default_passes(options, log)).run(model, options)

@@ -340,3 +340,38 @@ def test_channel_shuffle_split_stays_refused():
     analysis, reasons = _head_reasons(b.model())
     conv_group = next(g for g in analysis.groups if g.sources[0].startswith("Conv") and g.channels in (2, 8))
     assert not conv_group.prunable and any("merges it with earlier axes" in r for r in conv_group.reasons)
+
+
+# --- choosing what to prune: heads, channels or both -----------------------------------------
+
+@pytest.mark.parametrize("kinds", [("heads",), ("channels",), ("heads", "channels")])
+def test_prune_kinds(kinds):
+    from onnxprune.context import PruneOptions
+    from onnxprune.passes.builtin import Rewrite, Score, Select
+
+    model = build("torchscript", layers=((4, 3),), mask=True)
+    ctx = Pipeline([Normalize(), Analyze(), Score(), Select(), Rewrite()]).run(
+        model, PruneOptions(ratio=0.5, prune=kinds))
+    pruned_kinds = {g.kind for g in ctx.analysis.groups if g.id in ctx.selection.kept
+                    and ctx.selection.kept[g.id][0] < g.channels}
+    assert pruned_kinds == set(kinds)
+    for g in ctx.analysis.groups:
+        if g.kind not in kinds and g.channels > 1 and not any("normalizes" in r or "merges" in r for r in g.reasons):
+            assert any("--prune" in r for r in g.reasons)
+
+
+def test_prune_option_on_the_command_line(tmp_path):
+    from click.testing import CliRunner
+
+    from onnxprune.cli import main
+
+    path = tmp_path / "attn.onnx"
+    onnx.save(build("dynamo", layers=((4, 3),)), path)
+    out = tmp_path / "out.onnx"
+    result = CliRunner().invoke(main, ["prune", str(path), "--ratio", "0.5", "--prune", "heads", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    shapes = sorted(tuple(i.dims) for i in onnx.load(out).graph.initializer if len(i.dims) == 2)
+    assert shapes.count((8, 6)) == 3 and (6, 8) in shapes  # q, k, v: 2 of 4 heads; output projection
+    assert (8, 16) in shapes and (16, 8) in shapes  # the MLP keeps its 16 units
+    result = CliRunner().invoke(main, ["prune", str(path), "--prune", "neurons", "-o", str(out)])
+    assert result.exit_code == 2 and "--prune" in result.output

@@ -1,5 +1,5 @@
 """Dependency analysis: which channels must be removed together, and what to slice for each."""
 
-from .groups import Analysis, Group, analyze_graph
+from .groups import KINDS, Analysis, Group, analyze_graph, restrict
 
-__all__ = ["Analysis", "Group", "analyze_graph"]
+__all__ = ["KINDS", "Analysis", "Group", "analyze_graph", "restrict"]

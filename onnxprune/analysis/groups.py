@@ -199,3 +199,19 @@ def _attach_costs(state: State, root: np.ndarray, groups: list[Group]) -> None:
             g.flops += flops
     for g in groups:
         g.flops = int(round(g.flops))
+
+
+#: the kinds of group ``--prune`` can name
+KINDS = ("heads", "channels")
+
+
+def restrict(analysis: Analysis, kinds) -> None:
+    """Leave only groups of the given kinds prunable (``--prune heads``, ``--prune channels``);
+    the others are kept whole, with the reason in the report."""
+    kinds = set(kinds)
+    unknown = kinds - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown kind(s) to prune: {', '.join(sorted(unknown))} (choose from {', '.join(KINDS)})")
+    for group in analysis.groups:
+        if group.kind not in kinds and group.prunable:
+            group.reasons.append(f"{group.kind} are not pruned (--prune {','.join(k for k in KINDS if k in kinds)})")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..analysis import analyze_graph
+from ..analysis import analyze_graph, restrict
 from ..context import PruningContext
 from ..errors import BadInputError
 from ..io import check_opset
@@ -43,6 +43,7 @@ class Analyze(Pass):
 
     def run(self, ctx: PruningContext) -> None:
         ctx.analysis = analyze_graph(ctx.graph, ctx.opset)
+        restrict(ctx.analysis, ctx.options.prune)
 
 
 #: The criterion used when calibration data is given and none is named.
@@ -184,7 +185,12 @@ class Reconstruct(Pass):
 
 def default_passes(options=None, log=None) -> list[Pass]:
     """The standard pipeline; with a target in ``options``, a search replaces the ratio selection."""
-    from .search import Search, Verify
+    from .benchmark import Benchmark
+    from .search import Search
+    from .verify import Verify
 
     select = Search(log) if options is not None and options.target is not None else Select()
-    return [Normalize(), Analyze(), Calibrate(), Score(), select, Rewrite(), Reconstruct(), Verify()]
+    passes = [Normalize(), Analyze(), Calibrate(), Score(), select, Rewrite(), Reconstruct(), Verify()]
+    if options is not None and options.benchmark:
+        passes.append(Benchmark())
+    return passes
