@@ -8,11 +8,16 @@ from .analysis import Analysis, Group, analyze_graph
 from .context import PruneOptions, PruningContext
 from .errors import BadInputError, OnnxPruneError
 from .passes.builtin import Analyze, Calibrate, Normalize, Pass, Reconstruct, Rewrite, Score, Select
+from .passes.benchmark import Benchmark
+from .passes.search import Search
+from .passes.verify import Verify
 from .pipeline import Pipeline, PruneResult, prune
+from .search.target_search import TargetUnreachable
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Analysis", "Analyze", "BadInputError", "Calibrate", "Reconstruct", "Group", "Normalize", "OnnxPruneError", "Pass", "Pipeline",
-    "PruneOptions", "PruneResult", "PruningContext", "Rewrite", "Score", "Select", "analyze_graph", "prune",
+    "PruneOptions", "PruneResult", "PruningContext", "Rewrite", "Score", "Search", "Select", "TargetUnreachable",
+    "Verify", "Benchmark", "analyze_graph", "prune",
 ]

@@ -1,7 +1,6 @@
-"""Passes for pruning to a target instead of a ratio, and for checking what pruning cost.
+"""The search pass: pruning to a target instead of a ratio.
 
-``Search`` replaces ``Select`` when a latency, FLOPs or params target is given; ``Verify``
-compares the final model's outputs with the original's on calibration data.
+``Search`` replaces ``Select`` when a latency, FLOPs or params target is given.
 """
 
 from __future__ import annotations
@@ -29,11 +28,16 @@ def model_fingerprint(model: onnx.ModelProto) -> str:
     return digest.hexdigest()
 
 
-def _first_batch(ctx: PruningContext) -> dict[str, np.ndarray] | None:
+def latency_feeds(ctx: PruningContext) -> dict[str, np.ndarray] | None:
+    """Inputs to time the model on when no ``input_shapes`` are given: the first calibration
+    batch, cut to one sample where the batch dimension is dynamic (latency is usually wanted per
+    request; ``input_shapes`` sets another batch size). None without calibration data."""
     if ctx.calibration is None:
         return None
     for batch in ctx.calibration:
-        return batch
+        dynamic = {spec.name for spec in ctx.calibration.specs
+                   if spec.shape and not (isinstance(spec.shape[0], int) and spec.shape[0] > 0)}
+        return {k: (v[:1] if k in dynamic and np.ndim(v) else v) for k, v in batch.items()}
     return None
 
 
@@ -59,7 +63,7 @@ class Search(Pass):
                 table = LatencyTable.load(table)
             feeds = None
             if not opts.input_shapes:
-                feeds = _first_batch(ctx)
+                feeds = latency_feeds(ctx)
             result = search_latency(ctx.analysis, ctx.graph, ctx.opset, ctx.model, ctx.scores, target,
                                     model_fingerprint(ctx.model), opts.input_shapes, feeds, opts.provider,
                                     opts.threads, opts.round_to, table, self.log)
@@ -68,18 +72,3 @@ class Search(Pass):
                                     opts.round_to)
         ctx.selection = result.selection
         ctx.report["search"] = result.as_report()
-
-
-class Verify(Pass):
-    """Compare the pruned model's outputs with the original's on calibration data."""
-
-    name = "verify"
-
-    def run(self, ctx: PruningContext) -> None:
-        from ..fidelity import output_fidelity
-
-        if ctx.calibration is None or ctx.pruned is None or not ctx.selection.removed:
-            return
-        ctx.report["fidelity"] = {**output_fidelity(ctx.model.SerializeToString(), ctx.pruned.SerializeToString(),
-                                                    ctx.calibration, threads=ctx.options.threads),
-                                  "data": ctx.calibration.description}

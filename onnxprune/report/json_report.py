@@ -72,6 +72,7 @@ def build_report(ctx: PruningContext, input_path: str | None = None, output_path
         "search": report.get("search"),
         "reconstruction": report.get("reconstruction"),
         "fidelity": report.get("fidelity"),
+        "benchmark": report.get("benchmark"),
         "warnings": list(ctx.warnings),
     }
 

@@ -96,6 +96,12 @@ def search_summary(report: dict) -> list[str]:
         elif t["kind"] == "latency" and search.get("achieved") is not None:
             rows.append(f"latency p50 {search['baseline']:.3f} -> {search['achieved']:.3f} ms"
                         + (" (predicted)" if search["status"] == "predicted" else ""))
+    bench = report.get("benchmark")
+    if bench:
+        o, p, r = bench["original"], bench["pruned"], bench["ratio"]
+        rows.append(f"benchmark ({bench['provider']}, threads {bench['threads'] or 'default'}): p50 {o['p50_ms']:.3f} -> "
+                    f"{p['p50_ms']:.3f} ms side by side, speedup {1 / r['median']:.2f}x "
+                    f"(per round {1 / r['max']:.2f}–{1 / r['min']:.2f}x)")
     fidelity = report.get("fidelity")
     if fidelity and fidelity["outputs"]:
         parts = [f"{name}: cosine {v['mean_cosine']:.4f} (min {v['min_cosine']:.4f}), relative error "

@@ -1,0 +1,21 @@
+"""The verify pass: what pruning cost, in the model's own outputs."""
+
+from __future__ import annotations
+
+from ..context import PruningContext
+from .builtin import Pass
+
+
+class Verify(Pass):
+    """Compare the pruned model's outputs with the original's on calibration data."""
+
+    name = "verify"
+
+    def run(self, ctx: PruningContext) -> None:
+        from ..fidelity import output_fidelity
+
+        if ctx.calibration is None or ctx.pruned is None or not ctx.selection.removed:
+            return
+        ctx.report["fidelity"] = {**output_fidelity(ctx.model.SerializeToString(), ctx.pruned.SerializeToString(),
+                                                    ctx.calibration, threads=ctx.options.threads),
+                                  "data": ctx.calibration.description}
