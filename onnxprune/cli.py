@@ -155,9 +155,10 @@ def _check_threads(threads: int | None) -> None:
 @_threads_option
 @_input_shape_option
 @click.option("--criterion", type=click.Choice(CRITERIA),
-              default=None, help="Channel importance [default: l1; fluctuation with --calib]. l1/l2: weight norms; "
+              default=None, help="Channel importance [default: l1; obs with --calib (fluctuation with "
+              "--reconstruct bias or --no-reconstruct)]. l1/l2: weight norms; "
               "bn: BatchNorm |gamma|; activation: mean |x|; apoz: 1 - zero fraction; wanda: |W|·‖X‖; "
-              "fluctuation: Var(X)·‖W‖² (FLAP).")
+              "fluctuation: Var(X)·‖W‖² (FLAP); obs: error left after a least-squares refit (structured OBS).")
 @click.option("--prune", "prune_kinds", default="heads,channels", show_default=True, metavar="KINDS",
               help="What to remove: heads (whole attention heads), channels (conv channels, MLP units), or both.")
 @click.option("--round-to", type=int, default=1, show_default=True,

@@ -63,7 +63,7 @@ def prune(model: onnx.ModelProto | str | os.PathLike, *, ratio: float | None = N
     ``"already_met"`` and nothing is removed.
 
     ``calibration`` (a .npz path, a folder of .npz, a .py defining ``load_data()``, or an iterable
-    of input dicts) enables activation criteria (default ``fluctuation``), reconstruction
+    of input dicts) enables activation criteria (default ``obs``), reconstruction
     (default ``lstsq``; ``"bias"`` or ``"none"`` to change it) and the fidelity report.
     ``benchmark=True`` times the original and the pruned model side by side at the end
     (``report["benchmark"]``).

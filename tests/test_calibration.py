@@ -177,8 +177,11 @@ def test_defaults_depend_on_calibration():
     plain = prune(model, ratio=0.3)
     assert plain.context.options.criterion == "l1" and "reconstruction" not in plain.report
     calibrated = prune(model, ratio=0.3, calibration=[{"x": data(16)}])
-    assert calibrated.context.options.criterion == "fluctuation"
+    assert calibrated.context.options.criterion == "obs"
     assert calibrated.report["reconstruction"]["mode"] == "lstsq"
+    for mode in ("bias", "none"):  # obs ranks for a refit; without one, fluctuation
+        other = prune(model, ratio=0.3, calibration=[{"x": data(16)}], reconstruct=mode)
+        assert other.context.options.criterion == "fluctuation"
 
 
 def test_reconstruction_without_calibration_is_refused():
@@ -200,7 +203,7 @@ def test_cli_calibration(tmp_path):
     res = subprocess.run([sys.executable, "-m", "onnxprune", str(tmp_path / "m.onnx"), "--ratio", "0.5",
                           "--calib", str(tmp_path / "c.npz"), "--calib-samples", "16"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    assert "reconstruction (lstsq)" in res.stdout and "fluctuation" in res.stdout
+    assert "reconstruction (lstsq)" in res.stdout and "criterion obs" in res.stdout
     np.savez(tmp_path / "bad.npz", y=data(4))
     res = subprocess.run([sys.executable, "-m", "onnxprune", str(tmp_path / "m.onnx"), "--calib",
                           str(tmp_path / "bad.npz")], capture_output=True, text=True)

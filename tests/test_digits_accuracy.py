@@ -47,3 +47,13 @@ def test_weight_only_pruning_also_gains_from_reconstruction():
     plain = accuracy(prune(MODEL, ratio=0.3, criterion="l1").model)
     repaired = accuracy(prune(MODEL, ratio=0.3, criterion="l1", calibration=CALIB).model)
     assert repaired > plain + 0.3
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.5])
+def test_obs_ranks_better_for_the_refit_than_fluctuation(baseline, ratio):
+    """The default criterion with calibration: chosen for what the least-squares refit leaves."""
+    acc = {criterion: accuracy(prune(MODEL, ratio=ratio, criterion=criterion, calibration=CALIB,
+                                     reconstruct="lstsq").model)
+           for criterion in ("fluctuation", "obs")}
+    assert acc["obs"] > acc["fluctuation"], acc
+    assert acc["obs"] >= {0.3: 0.95, 0.5: 0.92}[ratio], acc

@@ -140,3 +140,18 @@ def test_streaming_gram_equals_the_whole_data_at_once():
     centred = rows - rows.mean(0)
     np.testing.assert_allclose(gram.centred, centred.T @ centred, rtol=1e-5, atol=1e-4)
     assert gram.count == 100
+
+
+def test_channels_flattened_into_a_gemm_go_as_blocks_of_features(no_damping):
+    b = GraphBuilder(6)
+    x = b.input(["batch", 2, 3, 3], name="x")
+    h = b.act(b.conv(x, 4, k=1))
+    b.output(b.gemm(b.flatten(h), 3, trans_b=False))
+    model = b.model()
+    hidden_name = next(n for n in model.graph.node if n.op_type == "Relu").output[0]
+    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+    w = onnx.numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == gemm.input[1]))
+    data = np.random.default_rng(7).standard_normal((300, 2, 3, 3)).astype(np.float32)
+    result = prune(model, ratio=0.5, criterion="obs", calibration=[{"x": data}], reconstruct="none")
+    rows = hidden_values(model, hidden_name, data).astype(np.float64).reshape(len(data), -1)
+    greedy_path_is_exact(scores_of(result), rows, w.astype(np.float64), 9)

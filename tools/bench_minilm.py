@@ -2,8 +2,9 @@
 """How well does a pruned all-MiniLM-L6-v2 keep its sentence embeddings?
 
 For each exported MiniLM (``tools/export_minilm.py`` writes them to ``build/minilm/``),
-prune at ``--ratio`` with every criterion x reconstruction combination through
-``onnxprune.prune`` (the FFN hidden units of the six layers are the prunable groups) and
+prune at ``--ratio`` with every criterion x reconstruction combination through onnxprune's
+default pipeline with the selection restricted to the FFN hidden units of the six layers
+(``tools/minilm_prune.py``; attention heads are prunable groups too, and left whole here) and
 compare the pruned model with the original on ``--heldout`` held-out sentences
 (``tools/minilm_data.py``; disjoint from the calibration sentences):
 
@@ -14,7 +15,7 @@ compare the pruned model with the original on ``--heldout`` held-out sentences
   fraction of the two lists.
 
 Params are the float weights' element count before and after (``result.report`` when it
-has them); ``prune s`` is the wall time of the ``onnxprune.prune`` call (calibration and
+has them); ``prune s`` is the wall time of the pruning pipeline (calibration and
 reconstruction included, saving excluded); ``FFN`` the per-layer FFN widths kept.  An
 ``original`` row compares the original model with a second session of itself (cosine 1).
 
@@ -26,8 +27,8 @@ Usage::
 
     python tools/export_minilm.py          # once: writes build/minilm/*.onnx, calib.npz
     python tools/bench_minilm.py [--models torchscript dynamo] [--ratio 0.5]
-        [--criteria l1 l2 activation apoz wanda fluctuation] [--reconstruct none bias lstsq]
-        [--heldout 200] [--calib build/minilm/calib.npz] [--calib-samples N]
+        [--criteria l1 l2 activation apoz wanda fluctuation obs] [--reconstruct none bias lstsq]
+        [--heldout 200] [--calib build/minilm/calib_buckets] [--calib-samples N]
         [--save] [--json FILE]
 """
 
@@ -56,9 +57,10 @@ sys.path.insert(0, TOOLS_DIR)
 
 import minilm_data  # noqa: E402
 import onnxprune  # noqa: E402
+from minilm_prune import prune_ffn  # noqa: E402
 
 DEFAULT_DIR = os.path.join(REPO_ROOT, "build", "minilm")
-CRITERIA = ["l1", "l2", "activation", "apoz", "wanda", "fluctuation"]
+CRITERIA = ["l1", "l2", "activation", "apoz", "wanda", "fluctuation", "obs"]
 DATA_FREE = {"l1", "l2", "bn"}
 RECONSTRUCT = ["none", "bias", "lstsq"]
 NA = "n/a"
@@ -192,7 +194,7 @@ def run_model(name: str, path: str, args, tok, done: List[dict]) -> List[dict]:
                 continue
             t0 = time.perf_counter()
             try:
-                result = onnxprune.prune(path, **kw)
+                ctx = prune_ffn(path, **kw)
             except Exception as e:  # a rejected combination, or a failure: report and go on
                 row["time_s"] = time.perf_counter() - t0
                 row["note"] = short_error(e)
@@ -201,16 +203,16 @@ def run_model(name: str, path: str, args, tok, done: List[dict]) -> List[dict]:
                     traceback.print_exc()
                 continue
             row["time_s"] = time.perf_counter() - t0
-            pruned = result.model
+            pruned = ctx.pruned
             row["params_after"] = count_params(pruned)
-            rep = getattr(result, "report", None) or {}
+            rep = ctx.report
             if isinstance(rep.get("after"), dict) and "params" in rep["after"]:
                 row["report_params"] = [rep.get("before", {}).get("params"), rep["after"]["params"]]
             row["ffn"] = ffn_widths(pruned)
             if args.save:
                 out = os.path.join(args.workdir, "pruned", f"{name}_{criterion}_{rec}.onnx")
                 os.makedirs(os.path.dirname(out), exist_ok=True)
-                result.save(out)
+                onnx.save(pruned, out)
             try:
                 emb = minilm_data.embed(session(pruned), batch)
             except Exception as e:
@@ -256,13 +258,15 @@ def main(argv=None) -> int:
     ap.add_argument("--reconstruct", nargs="+", default=RECONSTRUCT)
     ap.add_argument("--heldout", type=int, default=200)
     ap.add_argument("--seq", type=int, default=128, help="padded length of the held-out rows")
-    ap.add_argument("--calib", default=None, help="calibration data (default: <workdir>/calib.npz)")
+    ap.add_argument("--calib", default=None,
+                    help="calibration data (default: <workdir>/calib_buckets, else <workdir>/calib.npz)")
     ap.add_argument("--calib-samples", type=int, default=None)
     ap.add_argument("--save", action="store_true", help="write pruned models to <workdir>/pruned/")
     ap.add_argument("--json", default=None, help="also write the rows to this file")
     ap.add_argument("--debug", action="store_true", help="tracebacks for failed combinations")
     args = ap.parse_args(argv)
-    args.calib = args.calib or os.path.join(args.workdir, "calib.npz")
+    buckets = os.path.join(args.workdir, "calib_buckets")  # unpadded: tools/minilm_calib_buckets.py
+    args.calib = args.calib or (buckets if os.path.isdir(buckets) else os.path.join(args.workdir, "calib.npz"))
 
     from transformers import AutoTokenizer
 

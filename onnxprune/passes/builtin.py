@@ -46,8 +46,11 @@ class Analyze(Pass):
         restrict(ctx.analysis, ctx.options.prune)
 
 
-#: The criterion used when calibration data is given and none is named.
-DEFAULT_CALIBRATED_CRITERION = "fluctuation"
+#: The criterion used when calibration data is given and none is named: structured OBS, which
+#: ranks channels by the error the least-squares refit leaves. Without that refit (``--reconstruct
+#: bias`` or ``none``) its ranking answers the wrong question, and ``fluctuation`` is used instead.
+DEFAULT_CALIBRATED_CRITERION = "obs"
+DEFAULT_UNREFIT_CRITERION = "fluctuation"
 RECONSTRUCT_MODES = ("none", "bias", "lstsq")
 
 
@@ -55,7 +58,11 @@ def resolve_options(ctx: PruningContext) -> None:
     """Fill the defaults that depend on whether calibration data was given."""
     opts = ctx.options
     if opts.criterion is None:
-        opts.criterion = DEFAULT_CALIBRATED_CRITERION if opts.calibration is not None else "l1"
+        if opts.calibration is None:
+            opts.criterion = "l1"
+        else:
+            refit = opts.reconstruct in (None, "lstsq")
+            opts.criterion = DEFAULT_CALIBRATED_CRITERION if refit else DEFAULT_UNREFIT_CRITERION
     if opts.criterion not in CRITERIA:
         raise BadInputError(f"unknown criterion '{opts.criterion}' (choose from {', '.join(CRITERIA)})")
     if opts.reconstruct is None:

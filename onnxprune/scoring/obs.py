@@ -42,7 +42,7 @@ class _Consumer:
     hinv: np.ndarray  # (q*k, q*k) inverse Hessian of the rows still held
     w: np.ndarray  # (q*k, outputs) their weights
     classes: np.ndarray  # (q,) class index (within the group) of each block held
-    k: int  # rows per channel
+    k: int  # rows per channel (its block)
     energy: float  # the layer's output variance (sum over outputs), the loss's unit
 
     def __post_init__(self):
@@ -89,8 +89,7 @@ class _Consumer:
         self.__post_init__()
 
 
-def _consumer(site, stats: dict[str, ChannelStats], analysis: Analysis, group: Group,
-              inverses: dict[str, np.ndarray]) -> _Consumer | str | None:
+def _consumer(site, stats: dict[str, ChannelStats], analysis: Analysis, group: Group) -> _Consumer | str | None:
     """The consumer of ``site`` seen by ``group``; a reason string where it cannot be; None where
     it carries nothing (no output variance)."""
     view, why = gram_view(site)
@@ -106,17 +105,16 @@ def _consumer(site, stats: dict[str, ChannelStats], analysis: Analysis, group: G
     rows = np.flatnonzero(row_class >= 0)
     rows = rows[np.argsort(row_class[rows], kind="stable")]  # each class's rows together
     counts = np.bincount(row_class[rows], minlength=len(group.classes))
-    if not (counts == k).all():
+    if not (counts == counts[0]).all() or counts[0] == 0:
         return f"{site.node.name}: channels own unequal numbers of input rows"
+    k = int(counts[0])  # a kernel's area, a head's width, a flattened map's size...
     h = gram.centred
     w = view.weight().astype(np.float64)
     energy = float(np.sum(w * (h @ w)))
     if energy <= 0:
         return None
-    if site.node.name not in inverses:
-        damp = DAMP * max(float(np.mean(np.diag(h))), 1e-12)
-        inverses[site.node.name] = np.linalg.inv(h + damp * np.eye(len(h)))
-    hinv = inverses[site.node.name]
+    damp = DAMP * max(float(np.mean(np.diag(h))), 1e-12)
+    hinv = np.linalg.inv(h + damp * np.eye(len(h)))
     return _Consumer(hinv[np.ix_(rows, rows)], w[rows], np.arange(len(group.classes)), k, energy)
 
 
@@ -142,14 +140,13 @@ def obs(analysis: Analysis, stats: dict[str, ChannelStats], notes: list[str] | N
     fallback = fluctuation(analysis, stats)
     out = dict(fallback)
     sites = gram_sites(analysis)
-    inverses: dict[str, np.ndarray] = {}
     for group in analysis.prunable_groups:
         members = set(group.classes)
         consumers, reasons = [], []
         for site in sites:
             if members.isdisjoint(analysis.root[site.atoms].tolist()):
                 continue
-            c = _consumer(site, stats, analysis, group, inverses)
+            c = _consumer(site, stats, analysis, group)
             if isinstance(c, str):
                 reasons.append(c)
             elif c is not None:
