@@ -36,6 +36,7 @@ class Attn:
     def __init__(self, b: GraphBuilder, style: str, dynamic: bool):
         self.b, self.style, self.dynamic = b, style, dynamic
         self.shared = {}
+        self.read_heads = False
 
     def dims(self, x):
         """Leading (batch, length) entries of a shape vector, as pieces to concatenate."""
@@ -108,10 +109,18 @@ class Attn:
             s = b.node("Shape", [x], [4])
             g0 = b.node("Unsqueeze", [b.node("Gather", [s, b.const(np.array(0, np.int64))], []), b.const(i64(0))], [1])
             g2 = b.node("Unsqueeze", [b.node("Gather", [s, b.const(np.array(2, np.int64))], []), b.const(i64(0))], [1])
-            shape = b.node("Concat", [g0, b.const(i64(kv_heads, rep)), g2, b.const(i64(d))], [5], axis=0)
+            if self.read_heads:  # HF's repeat_kv: `b, n_kv, t, d = x.shape`, expand(b, n_kv, rep, t, d)
+                g1 = b.node("Unsqueeze", [b.node("Gather", [s, b.const(np.array(1, np.int64))], []),
+                                          b.const(i64(0))], [1])
+                shape = b.node("Concat", [g0, g1, b.const(i64(rep)), g2, b.const(i64(d))], [5], axis=0)
+            else:
+                shape = b.node("Concat", [g0, b.const(i64(kv_heads, rep)), g2, b.const(i64(d))], [5], axis=0)
         e = b.node("Expand", [u, shape], [lead[0], kv_heads, rep, lead[1], d])
         if self.style == "static":
             vec = b.const(i64(B, kv_heads * rep, T, d))
+        elif self.read_heads:  # reshape(b, n_kv * rep, t, d)
+            heads = b.node("Mul", [g1, b.const(i64(rep))], [1])
+            vec = b.node("Concat", [g0, heads, g2, b.const(i64(d))], [4], axis=0)
         else:
             vec = b.node("Concat", [g0, b.const(i64(kv_heads * rep)), g2, b.const(i64(d))], [4], axis=0)
         return b.node("Reshape", [e, vec], [lead[0], kv_heads * rep, lead[1], d])
@@ -135,7 +144,8 @@ class Attn:
         return b.add(x, y) if residual else y
 
 
-def build(style="static", layers=((4, 3),), mask=False, kv_heads=None, packed=False, c=8, seed=0):
+def build(style="static", layers=((4, 3),), mask=False, kv_heads=None, packed=False, c=8, seed=0,
+          read_heads=False):
     """``layers``: (heads, head_dim) per attention block; an MLP between blocks."""
     b = GraphBuilder(seed=seed)
     dynamic = style != "static"
@@ -143,6 +153,7 @@ def build(style="static", layers=((4, 3),), mask=False, kv_heads=None, packed=Fa
     x = b.input(lead + [c])
     m = b.input([lead[0], 1, 1, lead[1]], name="mask") if mask else None
     a = Attn(b, style, dynamic)
+    a.read_heads = read_heads
     for i, (heads, d) in enumerate(layers):
         kv = kv_heads[i] if kv_heads else None
         x = a.block(x, heads, d, mask=m, kv_heads=kv, packed=packed)
@@ -210,6 +221,52 @@ def test_grouped_query_attention_removes_whole_kv_groups(style):
     ctx = check_heads(build(style, layers=((4, 3),), kv_heads=(2,), mask=True), expect_head_groups=1)
     group = next(g for g in ctx.analysis.groups if g.kind == "heads")
     assert group.channels == 2 and ctx.selection.kept[group.id] == (1, 2)
+
+
+def test_grouped_query_attention_with_head_count_read_at_run_time():
+    """repeat_kv as TorchScript exports it from HF: the K/V head count is read with Shape and
+    used in the Expand and (times the repeat) in the Reshape of the same heads: it follows."""
+    ctx = check_heads(build("torchscript", layers=((4, 3), (6, 2)), kv_heads=(2, 3), mask=True, read_heads=True),
+                      expect_head_groups=2)
+    assert sorted(ctx.selection.kept[g.id] for g in ctx.analysis.groups if g.kind == "heads") == [(1, 2), (1, 3)]
+
+
+def test_channel_count_read_for_its_own_view_follows():
+    """GPT-2's Conv1D: x.view(-1, x.size(-1)) @ W, then view(*x.shape[:-1], n): the count read is
+    x's own, used where x's channels land."""
+    b = GraphBuilder(seed=7)
+    x = b.input(["batch", "seq", 8])
+    h = b.act(b.matmul(x, 12), "Relu")
+    s = b.node("Shape", [h], [3])
+    c = b.node("Unsqueeze", [b.node("Gather", [s, b.const(np.array(-1, np.int64))], []), b.const(i64(0))], [1])
+    flat = b.node("Reshape", [h, b.node("Concat", [b.const(i64(-1)), c], [2], axis=0)], ["n", 12])
+    y = b.node("Gemm", [flat, b.weight(12, 8), b.weight(8)], ["n", 8])
+    lead = b.node("Slice", [b.node("Shape", [h], [3]), b.const(i64(0)), b.const(i64(-1))], [2])
+    b.output(b.node("Reshape", [y, b.node("Concat", [lead, b.const(i64(8))], [3], axis=0)], ["batch", "seq", 8]))
+    model = b.model()
+    ctx, zeroed = prune_with_oracle(model, ratio=0.5)
+    assert ctx.analysis.prunable_groups and ctx.selection.removed
+    f = feeds(model)
+    np.testing.assert_allclose(session(ctx.pruned).run(None, f)[0], session(zeroed).run(None, f)[0], rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_channel_count_read_into_another_tensors_shape_is_refused():
+    """The hidden width read at run time and used to reshape a different tensor: refused."""
+    b = GraphBuilder(seed=8)
+    x = b.input([B, T, 8])
+    h = b.act(b.matmul(x, 12), "Relu")
+    other = b.matmul(x, 12)
+    c = b.node("Unsqueeze", [b.node("Gather", [b.node("Shape", [h], [3]), b.const(np.array(2, np.int64))], []),
+                             b.const(i64(0))], [1])
+    r = b.node("Reshape", [other, b.node("Concat", [b.const(i64(-1)), c], [2], axis=0)], [B * T, 12])
+    b.output(b.node("Add", [b.node("MatMul", [h, b.weight(12, 4)], [B, T, 4]),
+                            b.node("Reshape", [b.node("MatMul", [r, b.weight(12, 4)], [B * T, 4]),
+                                               b.const(i64(B, T, 4))], [B, T, 4])], [B, T, 4]))
+    analysis, reasons = _head_reasons(b.model())
+    hidden = next(g for g in analysis.groups if g.channels == 12 and "Relu" not in g.name and
+                  any("read by Shape" in r for r in g.reasons))
+    assert not hidden.prunable
 
 
 @pytest.mark.parametrize("style", STYLES)

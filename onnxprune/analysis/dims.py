@@ -90,6 +90,31 @@ def _derive(w: _Walk, tensor, axis: int, dims: list, depth: int) -> int | str | 
     r, op, d = len(dims), node.op, depth - 1
     if op in ("LayerNormalization", "Softmax", "LogSoftmax", "BatchNormalization", "InstanceNormalization"):
         return w.dim(node.inputs[0], axis, d)
+    if op.startswith("Reduce") and int(node.attrs.get("keepdims", 1)):
+        axes = _axes(node) if op == "ReduceSum" or "axes" not in node.attrs else [int(a) for a in node.attrs["axes"]]
+        if axes is None:
+            return None
+        return 1 if axis in [a + r if a < 0 else a for a in axes] else w.dim(node.inputs[0], axis, d)
+    if op in ("Slice", "Split"):  # dims other than the sliced/split axes pass
+        if op == "Split":
+            axes = [int(node.attrs.get("axis", 0))]
+        elif "axes" in node.attrs:
+            axes = [int(a) for a in node.attrs["axes"]]
+        else:
+            v = const(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3].name else None
+            axes = None if v is None else [int(a) for a in np.atleast_1d(v)]
+        if axes is None or axis in [a + r if a < 0 else a for a in axes]:
+            return None
+        return w.dim(node.inputs[0], axis, d)
+    if op == "Concat":
+        c = int(node.attrs.get("axis", 0))
+        c = c + r if c < 0 else c
+        parts = [w.dim(t, axis, d) for t in node.inputs]
+        if axis == c:
+            return sum(parts) if all(isinstance(p, int) for p in parts) else None
+        named = [p for p in parts if p is not None]  # every input has this dim
+        ints = [p for p in named if isinstance(p, int)]
+        return ints[0] if ints else (named[0] if named else None)
     if op == "Gather":
         data, indices = node.inputs[0], node.inputs[1]
         ri, rd = _rank(indices), _rank(data)

@@ -82,6 +82,10 @@ def analyze_graph(graph: gs.Graph, opset: int) -> Analysis:
     graph.toposort()
     for node in graph.nodes:
         _run_rule(node, state)
+    for use in state.count_uses:
+        if not use.checked:
+            state.block(use.atoms, f"the channel count is read by Shape into the shape of {use.node.op} "
+                                   f"'{use.node.name}', which does not carry these channels")
     for out in graph.outputs:
         tr = state.track(out)
         if tr is not None:

@@ -613,7 +613,9 @@ def expand(node: gs.Node, state: State) -> None:
     out_rank = max(tr.rank, len(entries))
     out_axis = tr.axis + out_rank - tr.rank
     j = out_axis - (out_rank - len(entries))
-    if j >= 0:
+    if j >= 0 and _count_use(node, state, j, tr.atoms):
+        pass  # the count is read from these channels at run time: it follows by itself
+    elif j >= 0:
         entry = entries[j]
         if entry is None or isinstance(entry, str):
             raise UnsupportedPattern("Expand to a size computed at run time on the channel axis")
@@ -762,6 +764,10 @@ def reshape(node: gs.Node, state: State) -> None:
     elif in_dims[tr.axis] != len(tr.atoms):
         raise UnsupportedPattern("Reshape input does not match its channels")
     entries = value_of(node.inputs[1])
+    if entries is not None:  # counts read at run time hold today's count
+        for use in state.count_uses:
+            if use.node is node and use.entry < len(entries):
+                entries[use.entry] = len(use.atoms) * use.factor
     if entries is not None and len(entries) == len(out_dims):
         out_dims = _resolve_target(in_dims, tr.axis, out_dims, entries, node)
     mapped = _map_reshape(in_dims, tr.axis, out_dims)
@@ -771,6 +777,8 @@ def reshape(node: gs.Node, state: State) -> None:
     out_axis, m = mapped
     out_atoms = np.repeat(tr.atoms, m)
     entry = entries[out_axis] if entries is not None and len(entries) == len(out_dims) else None
+    if _count_use(node, state, out_axis, out_atoms):
+        entry = -1  # read from these channels at run time: follows by itself
     if entry == 0 and not int(node.attrs.get("allowzero", 0)):
         if not (out_axis == tr.axis and m == 1):
             raise UnsupportedPattern("Reshape copies a dimension that does not follow the channels")
@@ -827,6 +835,7 @@ def _split_into_heads(node: gs.Node, state: State, in_dims: list, out_dims: list
         if not isinstance(entries[j], int) or entries[j] == 0 or (entries[j] == -1 and entries[out_axis] == -1):
             raise UnsupportedPattern("Reshape splits the channel axis into heads of a size computed at run time")
     head_entry = entries[out_axis]
+    _count_use(node, state, out_axis, np.zeros(0, np.int64))  # a count read as the head count: refused
     if not isinstance(head_entry, int) or head_entry == 0 and not allow_zero:
         raise UnsupportedPattern("Reshape reads its head count at run time")
     blocks = tr.atoms.reshape(heads, -1)
@@ -927,7 +936,111 @@ def shape_op(node: gs.Node, state: State) -> None:
         if indices is None or int(consumer.attrs.get("axis", 0)) != 0:
             raise UnsupportedPattern("the channel count is read by Shape")
         if position in [_norm_axis(int(i), end - start) for i in np.atleast_1d(indices)]:
-            raise UnsupportedPattern("the channel count is read by Shape")
+            if np.ndim(indices) > 0 and np.size(indices) != 1 or not _count_read(consumer.outputs[0], tr.atoms, state):
+                raise UnsupportedPattern("the channel count is read by Shape")
+
+
+@dataclass
+class CountUse:
+    """A channel count read at run time that lands in entry ``entry`` of a shape vector read by
+    ``node`` (a Reshape or Expand), times ``factor``. It follows the pruning by itself if that
+    entry is where ``node`` puts ``factor`` copies of the same channels; the node's rule checks
+    that, and the engine refuses the channels of every use left unchecked."""
+
+    atoms: np.ndarray
+    node: gs.Node
+    entry: int
+    factor: int
+    checked: bool = False
+
+
+def _count_read(value, atoms: np.ndarray, state: State) -> bool:
+    """Follow a channel count read at run time (a scalar or one-entry vector) to the shape
+    vectors it lands in, through the ops exporters write around it: Unsqueeze, Cast, Mul by a
+    constant, Concat into a vector, a -1 Reshape of that vector, and the Equal/Where pair that
+    swaps -1 entries for 1 (a count is never -1). Anything else: False (refused)."""
+    uses: list[CountUse] = []
+
+    def walk(tensor, entry: int, factor: int, depth: int) -> bool:
+        if depth > 16 or any(t is tensor for t in state.graph.outputs if state.graph is not None):
+            return False
+        for user in tensor.outputs:
+            index = next(i for i, t in enumerate(user.inputs) if t is tensor)
+            op = user.op
+            if op in ("Reshape", "Expand") and index == 1:
+                uses.append(CountUse(atoms, user, entry, factor))
+            elif op in ("Unsqueeze", "Squeeze", "Cast", "Identity") and index == 0:
+                if not walk(user.outputs[0], entry, factor, depth + 1):
+                    return False
+            elif op == "Reshape" and index == 0 and value_of(user.inputs[1]) == [-1]:
+                if not walk(user.outputs[0], entry, factor, depth + 1):
+                    return False
+            elif op == "Mul":
+                other = const(user.inputs[1 - index])
+                if other is None or other.size != 1 or other.dtype.kind not in "iu" or int(other.ravel()[0]) < 1:
+                    return False
+                if not walk(user.outputs[0], entry, factor * int(other.ravel()[0]), depth + 1):
+                    return False
+            elif op == "Concat" and int(user.attrs.get("axis", 0)) in (0, -1):
+                offset = 0
+                for piece in user.inputs[:index]:
+                    dims = static_shape(piece)
+                    if dims is None or len(dims) != 1:
+                        return False
+                    offset += dims[0]
+                if not walk(user.outputs[0], entry + offset, factor, depth + 1):
+                    return False
+            elif op == "Shape" or op == "Equal" and _never_equal(user, index, entry):
+                continue  # the vector's length, or a comparison that is false at this entry
+            elif op == "Where" and index == 2 and _condition_false(user.inputs[0], entry):
+                if not walk(user.outputs[0], entry, factor, depth + 1):
+                    return False
+            else:
+                return False
+        return True
+
+    if not walk(value, 0, 1, 0):
+        return False
+    state.count_uses.extend(uses)
+    return True
+
+
+def _never_equal(node: gs.Node, index: int, entry: int) -> bool:
+    """Equal(count vector, other) where ``other`` is negative at ``entry``: false there."""
+    other = value_of(node.inputs[1 - index])
+    if other is None:
+        return False
+    v = other[0] if len(other) == 1 else (other[entry] if entry < len(other) else None)
+    return isinstance(v, int) and v < 0
+
+
+def _condition_false(cond, entry: int) -> bool:
+    producer = cond.inputs[0] if cond.inputs else None
+    if producer is None or producer.op != "Equal":
+        return False
+    for index in (0, 1):
+        if _never_equal(producer, index, entry) and not isinstance(producer.inputs[index], gs.Constant):
+            return True
+    return False
+
+
+def _count_use(node: gs.Node, state: State, entry: int, atoms: np.ndarray) -> bool | None:
+    """Whether ``entry`` of ``node``'s shape vector is a count read at run time (see CountUse):
+    True when it follows ``atoms`` by itself, None when no count is read there. Reads at other
+    entries of the same vector are refused (a channel count as a non-channel dim)."""
+    found = None
+    for use in state.count_uses:
+        if use.node is not node:
+            continue
+        if use.entry != entry:
+            raise UnsupportedPattern(f"{node.op} uses a channel count read at run time as another dim")
+        expected = np.repeat(use.atoms, use.factor)
+        if len(expected) != len(atoms) or not np.array_equal(state.roots(expected), state.roots(atoms)):
+            raise UnsupportedPattern(f"{node.op} uses a channel count read at run time that does not follow "
+                                     "its channels")
+        use.checked = True
+        found = True
+    return found
 
 
 def _slice_of_shape_skips(node: gs.Node, position: int, length: int) -> bool:

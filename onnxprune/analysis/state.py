@@ -78,6 +78,8 @@ class State:
     heads: list[np.ndarray] = field(default_factory=list)
     #: the graph being analyzed (edits that add nodes need it)
     graph: gs.Graph | None = None
+    #: channel counts read at run time into shape vectors (rules.CountUse), checked by their users
+    count_uses: list = field(default_factory=list)
 
     # --- atoms -------------------------------------------------------------------------
     def fresh(self, count: int, source: gs.Node) -> np.ndarray:
