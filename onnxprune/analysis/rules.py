@@ -930,8 +930,13 @@ def shape_op(node: gs.Node, state: State) -> None:
         return
     position = tr.axis - start
     for consumer in node.outputs[0].outputs:
-        if consumer.op == "Slice" and _slice_of_shape_skips(consumer, position, end - start):
-            continue
+        if consumer.op == "Slice":
+            kept = _slice_of_shape(consumer, end - start)
+            if kept is not None and position not in kept:
+                continue
+            if kept is not None and list(kept) == [position] and _count_read(consumer.outputs[0], tr.atoms, state):
+                continue  # x.shape[-1:] as a one-entry vector
+            raise UnsupportedPattern("the channel count is read by Shape")
         indices = const(consumer.inputs[1]) if consumer.op == "Gather" and len(consumer.inputs) > 1 else None
         if indices is None or int(consumer.attrs.get("axis", 0)) != 0:
             raise UnsupportedPattern("the channel count is read by Shape")
@@ -1043,21 +1048,20 @@ def _count_use(node: gs.Node, state: State, entry: int, atoms: np.ndarray) -> bo
     return found
 
 
-def _slice_of_shape_skips(node: gs.Node, position: int, length: int) -> bool:
-    """A Slice (opset >= 10, constant bounds, step 1) of a shape vector that leaves out ``position``."""
+def _slice_of_shape(node: gs.Node, length: int) -> range | None:
+    """The entries a Slice (opset >= 10, constant bounds, step 1) keeps of a shape vector."""
     if len(node.inputs) < 3:
-        return False
+        return None
     bounds = [const(node.inputs[i]) if has_input(node, i) else None for i in range(1, 5)] \
         if len(node.inputs) >= 3 else []
     starts, ends, axes, steps = (bounds + [None] * 4)[:4]
     if starts is None or ends is None or np.size(starts) != 1 or np.size(ends) != 1:
-        return False
+        return None
     if has_input(node, 3) and (axes is None or list(np.atleast_1d(axes)) != [0]):
-        return False
+        return None
     if has_input(node, 4) and (steps is None or list(np.atleast_1d(steps)) != [1]):
-        return False
-    kept = range(length)[slice(int(np.ravel(starts)[0]), int(np.ravel(ends)[0]))]
-    return position not in kept
+        return None
+    return range(length)[slice(int(np.ravel(starts)[0]), int(np.ravel(ends)[0]))]
 
 
 @rule("Size", channel_inputs=(0,))
