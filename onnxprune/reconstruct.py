@@ -64,6 +64,11 @@ class LinearView:
     def n_rows(self, x: np.ndarray) -> int:
         raise NotImplementedError
 
+    def out_rows(self, y: np.ndarray, pick: np.ndarray | None) -> np.ndarray:
+        """A tensor shaped like the layer's output, as rows aligned with ``rows``."""
+        flat = y.reshape(-1, y.shape[-1])
+        return flat if pick is None else flat[pick]
+
     def weight(self) -> np.ndarray:
         raise NotImplementedError
 
@@ -105,6 +110,9 @@ class ConvView(LinearView):
     def rows_per_input(self) -> int:
         kh, kw = const(self.node.inputs[1]).shape[2:]
         return int(kh * kw)
+
+    def out_rows(self, y: np.ndarray, pick: np.ndarray | None) -> np.ndarray:
+        return super().out_rows(np.moveaxis(y, 1, -1), pick)
 
     def n_rows(self, x: np.ndarray) -> int:
         h, w = self._out_hw(x)
@@ -265,26 +273,55 @@ def reconstruct(original: gs.Graph, pruned: gs.Graph, consumers: list[tuple], ca
         views[name] = (vo, vp, report)
     if not views:
         return reports
+    upstream = _upstream(pruned, list(views))
+    done: set[str] = set()
     for wave in _waves(pruned, list(views)):
+        # the residual a layer's output is added to, where it is already final in the pruned model
+        residual = {n: r for n in wave if (r := _residual(views[n][0])) and upstream.get(r, set()) <= done}
+        wanted_o = {views[n][0].node.inputs[0].name for n in wave} | set(residual.values())
+        wanted_p = {views[n][1].node.inputs[0].name for n in wave} | set(residual.values())
         # per wave, so that ONNX Runtime drops everything downstream of the wave's inputs
-        orig_session = capture_session(original, sorted({views[n][0].node.inputs[0].name for n in wave}), threads)
-        pruned_session = capture_session(pruned, sorted({views[n][1].node.inputs[0].name for n in wave}), threads)
+        orig_session = capture_session(original, sorted(wanted_o), threads)
+        pruned_session = capture_session(pruned, sorted(wanted_p), threads)
         acc: dict[str, list[_Accumulator]] = {}
         batches = zip(run_captures(orig_session, calibration), run_captures(pruned_session, calibration))
         for index, (outs_o, outs_p) in enumerate(batches):
             for name in wave:
                 vo, vp, _ = views[name]
+                r = residual.get(name)
                 _accumulate(acc, name, index % 2, vo, vp, outs_o[vo.node.inputs[0].name],
-                            outs_p[vp.node.inputs[0].name])
+                            outs_p[vp.node.inputs[0].name], None if r is None else (outs_o[r], outs_p[r]))
+        done |= set(wave)
         for name in wave:
             vo, vp, report = views[name]
             _solve(acc[name], vp, report, pruned, mode, ridge)
     return reports
 
 
+def _residual(vo: LinearView) -> str | None:
+    """The tensor the layer's output (after its bias Add) is added to, if it goes straight into
+    a residual Add: the refit then also makes up for the drift of that residual, so the sum the
+    rest of the model sees stays close to the original's."""
+    if vo.out_mask is not None and not np.all(vo.out_mask):
+        return None  # the residual lost channels too; its drift does not line up with the outputs
+    out = vo.node.outputs[0]
+    if len(out.outputs) == 1 and out.outputs[0].op == "Add" and any(const(t) is not None for t in out.outputs[0].inputs):
+        out = out.outputs[0].outputs[0]  # the bias
+    if len(out.outputs) != 1 or out.outputs[0].op != "Add":
+        return None
+    add = out.outputs[0]
+    other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+    if const(other) is not None or not other.inputs or other.shape is None or other.shape != out.shape:
+        return None
+    return other.name
+
+
 def _accumulate(acc: dict, name: str, fold: int, vo: LinearView, vp: LinearView, x_o: np.ndarray,
-                x_p: np.ndarray) -> None:
-    """Add one batch to one of two folds (alternate batches): one fits, the other validates."""
+                x_p: np.ndarray, residual: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """Add one batch to one of two folds (alternate batches): one fits, the other validates.
+
+    The target is the original layer's output, plus, with ``residual`` (its value in the original
+    and the pruned model), how far the residual it is added to has drifted."""
     w_o, b_o = vo.target_weight()
     folds = acc.get(name)
     if folds is None:
@@ -295,6 +332,10 @@ def _accumulate(acc: dict, name: str, fold: int, vo: LinearView, vp: LinearView,
     pick = vp.pick(x_p, a.rng)
     # float32 products per batch, float64 sums across batches: half the time, ample precision
     target = vo.rows(x_o.astype(np.float32), pick) @ w_o.astype(np.float32) + b_o.astype(np.float32)
+    if residual is not None and residual[0].shape == residual[1].shape:
+        drift = vo.out_rows(residual[0], pick) - vo.out_rows(residual[1], pick)
+        if drift.shape == target.shape:
+            target += drift
     rows = vp.rows(x_p.astype(np.float32), pick)
     rows = np.hstack([rows, np.ones((rows.shape[0], 1), np.float32)])
     a.g += rows.T @ rows
@@ -363,6 +404,20 @@ def _solve(folds: list[_Accumulator], vp: LinearView, report: LayerReport, graph
     vp.set_weight(solution[:-1])
     vp.set_bias(solution[-1], graph)
     report.error_after = _relative_error(whole, solution)
+
+
+def _upstream(graph: gs.Graph, names: list[str]) -> dict[str, set[str]]:
+    """Per tensor name, the layers among ``names`` it depends on."""
+    graph.toposort()
+    pending = set(names)
+    reach: dict[str, set[str]] = {}
+    for node in graph.nodes:
+        upstream = set().union(*(reach.get(t.name, set()) for t in node.inputs)) if node.inputs else set()
+        if node.name in pending:
+            upstream = upstream | {node.name}
+        for t in node.outputs:
+            reach[t.name] = upstream
+    return reach
 
 
 def _waves(graph: gs.Graph, names: list[str]) -> list[list[str]]:
