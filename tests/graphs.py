@@ -47,9 +47,10 @@ class GraphBuilder:
     def output(self, name: str) -> None:
         self.outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, self.shapes.get(name)))
 
-    def model(self) -> onnx.ModelProto:
+    def model(self, domains: dict[str, int] | None = None) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, "test", self.inputs, self.outputs, initializer=self.inits)
-        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
+        opsets = [helper.make_opsetid("", self.opset)] + [helper.make_opsetid(d, v) for d, v in (domains or {}).items()]
+        m = helper.make_model(graph, opset_imports=opsets)
         m.ir_version = 8
         onnx.checker.check_model(m)
         return m

@@ -432,3 +432,72 @@ def test_prune_option_on_the_command_line(tmp_path):
     assert (8, 16) in shapes and (16, 8) in shapes  # the MLP keeps its 16 units
     result = CliRunner().invoke(main, ["prune", str(path), "--prune", "neurons", "-o", str(out)])
     assert result.exit_code == 2 and "--prune" in result.output
+
+
+# --- ONNX Runtime's fused attention (com.microsoft), as onnxruntime.transformers writes it ----
+
+def _ms_model(b: GraphBuilder) -> onnx.ModelProto:
+    return b.model({"com.microsoft": 1})
+
+
+def _fused_block(b, x, op, heads=4, d=3, mask=None, sizes=None):
+    c = b.shapes[x][-1]
+    if op == "Attention":
+        q, k, v = sizes or (heads * d,) * 3
+        ins = [x, b.weight(c, q + k + v), b.weight(q + k + v)] + ([mask] if mask else [])
+        attrs = {"num_heads": heads}
+        if sizes:
+            attrs["qkv_hidden_sizes"] = list(sizes)
+        out = b.node("Attention", ins, b.shapes[x][:2] + [v], domain="com.microsoft", **attrs)
+    else:
+        q, k, v = (b.matmul(x, heads * d, bias=False) for _ in range(3))
+        ins = [q, k, v, b.weight(3 * heads * d)] + ([mask] if mask else [])
+        out = b.node("MultiHeadAttention", ins, b.shapes[x][:2] + [heads * d], domain="com.microsoft",
+                     num_heads=heads)
+    return b.add(x, b.matmul(out, c))
+
+
+@pytest.mark.parametrize("op", ["Attention", "MultiHeadAttention"])
+@pytest.mark.parametrize("mask", [False, True])
+def test_fused_attention_num_heads(op, mask):
+    b = GraphBuilder(seed=9)
+    x = b.input([B, T, 8])
+    m = None
+    if mask:
+        m = b.input([B, T], name="mask")
+        b.inputs[-1] = onnx.helper.make_tensor_value_info("mask", onnx.TensorProto.INT32, [B, T])
+    # side by side: ONNX shape inference does not know com.microsoft ops, so a block after one
+    # would see inputs of unknown rank
+    b.output(b.add(_fused_block(b, x, op, mask=m), _fused_block(b, x, op, heads=2, d=4, mask=m)))
+    model = _ms_model(b)
+
+    def fused_feeds(seed):
+        f = feeds(model, seed)
+        if mask:
+            f["mask"] = np.ones((B, T), np.int32)
+            f["mask"][1, -2:] = 0
+        return f
+
+    ctx, zeroed = prune_with_oracle(model, ratio=0.5)
+    heads = [g for g in ctx.analysis.prunable_groups if g.kind == "heads"]
+    assert len(heads) == 2
+    zs, ps, os_ = session(zeroed), session(ctx.pruned), session(ctx.model)
+    for seed in (0, 1):
+        f = fused_feeds(seed)
+        e, g, r = zs.run(None, f)[0], ps.run(None, f)[0], os_.run(None, f)[0]
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
+        assert not np.allclose(r, e, atol=1e-3)
+    counts = sorted(a.i for n in ctx.pruned.graph.node if n.op_type == op for a in n.attribute if a.name == "num_heads")
+    assert counts == [1, 2]
+
+
+def test_fused_attention_with_a_cache_is_refused():
+    b = GraphBuilder(seed=10)
+    x = b.input([B, T, 8])
+    past = b.input([2, B, 4, 1, 3], name="past")
+    out = b.node("Attention", [x, b.weight(8, 36), b.weight(36), "", past], [B, T, 12], n_out=2,
+                 domain="com.microsoft", num_heads=4)
+    b.output(b.matmul(out[0], 8))
+    b.output(out[1])
+    analysis, reasons = _head_reasons(_ms_model(b))
+    assert not any(g.kind == "heads" and g.prunable for g in analysis.groups)

@@ -125,3 +125,15 @@ class SetConcatVectorEntry(Edit):
         arr = np.array(concat.inputs[self.piece].values).copy()
         arr[self.offset] = int(keep(self.atoms).sum())
         set_const_input(concat, self.piece, arr)
+
+
+@dataclass
+class SetAttrToKeptSizes(Edit):
+    """An int-list attribute whose entries are channel counts (``qkv_hidden_sizes``)."""
+
+    node: gs.Node
+    attr: str
+    pieces: list  # atoms counted by each entry
+
+    def apply(self, keep: KeepFn) -> None:
+        self.node.attrs[self.attr] = [int(keep(p).sum()) for p in self.pieces]
