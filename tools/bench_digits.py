@@ -11,7 +11,7 @@ take are ``n/a``; rejected ones show the error.  Needs only onnx, numpy and onnx
 Usage::
 
     python tools/bench_digits.py [--ratios 0.3 0.5 0.7]
-        [--criteria l1 l2 bn activation apoz wanda fluctuation] [--reconstruct none bias lstsq]
+        [--criteria l1 l2 bn activation apoz wanda fluctuation obs] [--reconstruct none bias lstsq]
         [--json FILE]
 """
 
@@ -34,7 +34,7 @@ import onnxprune  # noqa: E402
 from bench_minilm import NA, api_params, count_params, fmt, prune_kwargs, session, short_error  # noqa: E402
 
 MODELS = os.path.join(REPO_ROOT, "models")
-CRITERIA = ["l1", "l2", "bn", "activation", "apoz", "wanda", "fluctuation"]
+CRITERIA = ["l1", "l2", "bn", "activation", "apoz", "wanda", "fluctuation", "obs"]
 RECONSTRUCT = ["none", "bias", "lstsq"]
 
 
