@@ -1,8 +1,9 @@
 """Calibration data sources, each yielding batches: dicts of input name -> array.
 
 Accepted: a ``.npz`` keyed by input names (samples stacked on axis 0), a folder of such files
-(one sample or batch each; shapes may differ between files), a ``.py`` file defining
-``load_data()`` that yields dicts, or any Python iterable of dicts. Every batch is checked
+(one sample or batch each; shapes may differ between files), a folder of images for a model with
+one image input (``images.py``; an :class:`ImageFolder` sets its preprocessing), a ``.py`` file
+defining ``load_data()`` that yields dicts, or any Python iterable of dicts. Every batch is checked
 against the model's inputs, so bad data fails early with a message that names the problem.
 """
 
@@ -17,6 +18,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ..errors import BadInputError
+from .images import ImageFolder, image_files
 
 #: Batches cut from one stacked .npz.
 NPZ_BATCH = 16
@@ -41,6 +43,11 @@ class Calibration:
                  description: str | None = None):
         if max_samples is not None and max_samples < 1:
             raise BadInputError(f"--calib-samples must be positive, got {max_samples}")
+        if isinstance(source, (str, os.PathLike)) and _is_image_folder(Path(source)):
+            source = ImageFolder(source)
+        if isinstance(source, ImageFolder):
+            description = description or repr(source)
+            source = source.bind(specs)
         self.source = source
         self.specs = specs
         self.max_samples = max_samples
@@ -127,6 +134,11 @@ def validate_batch(batch, specs: list[InputSpec], where: str) -> dict[str, np.nd
     return out
 
 
+def _is_image_folder(path: Path) -> bool:
+    """A folder of images (and no .npz files, which take precedence)."""
+    return path.is_dir() and not any(path.glob("*.npz")) and bool(image_files(path))
+
+
 def _raw_batches(source) -> Iterator[dict]:
     if not isinstance(source, (str, os.PathLike)):
         yield from source
@@ -137,7 +149,7 @@ def _raw_batches(source) -> Iterator[dict]:
     if path.is_dir():
         files = sorted(path.glob("*.npz"))
         if not files:
-            raise BadInputError(f"calibration folder {path}: no .npz files")
+            raise BadInputError(f"calibration folder {path}: no .npz files or images")
         for f in files:
             yield from _npz_batches(f, whole=True)
     elif path.suffix == ".npz":
@@ -145,7 +157,7 @@ def _raw_batches(source) -> Iterator[dict]:
     elif path.suffix == ".py":
         yield from _script_batches(path)
     else:
-        raise BadInputError(f"calibration data {path}: expected a .npz file, a folder of .npz files, "
+        raise BadInputError(f"calibration data {path}: expected a .npz file, a folder of .npz files or images, "
                             "or a .py file defining load_data()")
 
 
