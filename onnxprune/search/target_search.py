@@ -2,8 +2,9 @@
 
 For latency, the cost model comes from a latency table (measured here, or read from a table
 profiled on the target device). Each iteration allocates widths within a budget, builds the
-pruned model, and times it side by side with the original on the chosen provider; while the
-measured p50 is over the target, or well under it (pruned more than needed), the model is refit
+pruned model, and times it side by side with the original on the chosen provider (its latency
+is the baseline times the per-round latency ratio, so load changing during the search does not
+decide the outcome); while that is over the target, or well under it (pruned more than needed), the model is refit
 to the measurements so far (a line through (predicted layer time, measured p50) pairs,
 NetAdapt-style) and the allocation is redone; the least pruning measured to meet the target wins. FLOPs and params targets are counted exactly on the rewritten
 model the same way. With a table from another device nothing can be measured here: the result
@@ -188,16 +189,20 @@ def search_latency(analysis: Analysis, graph: gs.Graph, opset: int, template: on
         _, pruned_bytes = trials.build(selection)
         pruned = make_runner(pruned_bytes, provider, threads, feeds=feeds)
         orig_t, pruned_t = interleaved([("original", original), ("pruned", pruned)], min_seconds=2.0, max_rounds=40)
-        achieved = tried[key] = pruned_t.percentile(50)
+        # the p50 the pruned model would have at the baseline's conditions: its per-round ratio to the
+        # original, timed in the same rounds, times the baseline (a load change during the search
+        # then moves both models alike instead of deciding the outcome)
+        ratio = ratios(orig_t, pruned_t)
+        achieved = tried[key] = baseline * ratio["median"]
         result.iterations.append({"budget": budget, "predicted": plan.predicted, "achieved": achieved,
-                                  "original_ms": orig_t.percentile(50)})
-        log(f"  budget {budget:.3f} ms: predicted {plan.predicted:.3f}, measured p50 {achieved:.3f} ms "
-            f"(original {orig_t.percentile(50):.3f} ms in the same rounds)")
+                                  "pruned_ms": pruned_t.percentile(50), "original_ms": orig_t.percentile(50)})
+        log(f"  budget {budget:.3f} ms: predicted {plan.predicted:.3f}, measured {achieved:.3f} ms "
+            f"(p50 {pruned_t.percentile(50):.3f} ms vs the original's {orig_t.percentile(50):.3f} ms in the same "
+            f"rounds: ratio {ratio['median']:.3f})")
         best = achieved if best is None else min(best, achieved)
         if achieved <= goal:
             if feasible is None or achieved > feasible[0]:  # the least pruning that meets the target
-                measurement = {"original": orig_t.summary(), "pruned": pruned_t.summary(),
-                               "ratio": ratios(orig_t, pruned_t)}
+                measurement = {"original": orig_t.summary(), "pruned": pruned_t.summary(), "ratio": ratio}
                 feasible = (achieved, plan.counts, selection, measurement)
             if achieved >= RELAX_BELOW * goal:
                 break
@@ -205,7 +210,7 @@ def search_latency(analysis: Analysis, graph: gs.Graph, opset: int, template: on
             break  # the most pruning allowed is still too slow
         # NetAdapt-style correction, both ways: refit the model to what was measured (the original
         # and this model, timed in the same rounds) and allocate again for the target
-        points += [(model.layer_sum(full_counts), orig_t.percentile(50)), (model.layer_sum(plan.counts), achieved)]
+        points += [(model.layer_sum(full_counts), baseline), (model.layer_sum(plan.counts), achieved)]
         if model.calibrate(points):
             budget = goal * FIRST_MARGIN
         else:
