@@ -269,6 +269,15 @@ def test_channel_count_read_into_another_tensors_shape_is_refused():
     assert not hidden.prunable
 
 
+def test_deep_stack_keeps_every_layers_heads():
+    """Dims lost by shape inference are followed back layer after layer: the last layer's heads
+    are found as well as the first's."""
+    layers = 12
+    ctx = check_heads(build("torchscript", layers=((2, 2),) * layers, mask=True, c=4), ratio=0.5,
+                      expect_head_groups=layers)
+    assert len([g for g in ctx.analysis.prunable_groups if g.kind == "channels"]) == layers
+
+
 @pytest.mark.parametrize("style", STYLES)
 def test_per_layer_head_counts(style):
     ctx = check_heads(build(style, layers=((4, 3), (2, 4), (6, 2)), mask=True), ratio=0.5, expect_head_groups=3)
@@ -501,3 +510,24 @@ def test_fused_attention_with_a_cache_is_refused():
     b.output(out[1])
     analysis, reasons = _head_reasons(_ms_model(b))
     assert not any(g.kind == "heads" and g.prunable for g in analysis.groups)
+
+
+def test_dims_lost_by_shape_inference_are_followed_through_a_deep_graph():
+    """A dim is followed back through any number of ops when asked layer by layer (as the rules
+    ask, in topological order), with answers kept in the analysis' cache."""
+    import onnx_graphsurgeon as gs
+
+    from onnxprune.analysis.dims import dim_of
+
+    x = gs.Variable("x", dtype=np.float32, shape=["batch", 4])
+    tensors, t = [], x
+    for i in range(300):
+        out = gs.Variable(f"t{i}", dtype=np.float32, shape=[f"unk{i}", 4])  # named afresh each time
+        gs.Node("Relu", inputs=[t], outputs=[out])
+        tensors.append(out)
+        t = out
+    cache: dict = {}
+    for tensor in tensors[::10]:
+        dim_of(tensor, 0, cache)
+    assert dim_of(out, 0, cache) == "batch"
+    assert dim_of(out, 0) != "batch"  # from its end in one walk: too deep to reach the input

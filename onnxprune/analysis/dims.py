@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 
 from .state import const, symbolic_shape
 
-_DEPTH = 64
+_DEPTH = 48
 
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "Equal", "Less", "Greater",
                 "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Mod", "BitShift", "PRelu"}
@@ -35,36 +35,47 @@ def _rank(tensor) -> int | None:
     return None if dims is None else len(dims)
 
 
-def dim_of(tensor, axis: int) -> int | str | None:
-    """See :func:`_dim_of`; every call walks the graph once (answers are memoized per call)."""
-    return _Walk().dim(tensor, axis, _DEPTH)
+def dim_of(tensor, axis: int, cache: dict | None = None) -> int | str | None:
+    """See :func:`_dim_of`. ``cache``: answers kept across calls on one unchanged graph, so that
+    deep graphs are walked a little further each time rather than from their end every time."""
+    return _Walk(cache).dim(tensor, axis, _DEPTH)
 
 
-def value_of(tensor) -> list | None:
+def value_of(tensor, cache: dict | None = None) -> list | None:
     """See :func:`_value_of`."""
-    return _Walk().value(tensor, _DEPTH)
+    return _Walk(cache).value(tensor, _DEPTH)
 
 
 class _Walk:
-    """One walk back through the graph, remembering what it has worked out."""
+    """One walk back through the graph, remembering what it has worked out. An answer that met
+    the depth limit is remembered for this walk only, never in the shared cache."""
 
-    def __init__(self):
-        self.dims: dict = {}
-        self.values: dict = {}
+    def __init__(self, cache: dict | None = None):
+        self.cache = cache if cache is not None else {}
+        self.local: dict = {}
+        self.cut = 0
+
+    def _get(self, key, compute, depth: int):
+        if key in self.cache:
+            return self.cache[key]
+        if key in self.local:
+            return self.local[key]
+        if depth <= 0:
+            self.cut += 1
+            return None
+        self.local[key] = None  # cycles (none in a valid graph) end here
+        before = self.cut
+        result = compute()
+        self.local[key] = result
+        if self.cut == before:
+            self.cache[key] = result
+        return result
 
     def dim(self, tensor, axis: int, depth: int):
-        key = (id(tensor), axis)
-        if key not in self.dims:
-            self.dims[key] = None  # cycles (none in a valid graph) end here
-            self.dims[key] = _dim_of(self, tensor, axis, depth)
-        return self.dims[key]
+        return self._get(("dim", id(tensor), axis), lambda: _dim_of(self, tensor, axis, depth), depth)
 
     def value(self, tensor, depth: int):
-        key = id(tensor)
-        if key not in self.values:
-            self.values[key] = None
-            self.values[key] = _value_of(self, tensor, depth)
-        return self.values[key]
+        return self._get(("value", id(tensor)), lambda: _value_of(self, tensor, depth), depth)
 
 
 def _dim_of(w: _Walk, tensor, axis: int, depth: int) -> int | str | None:
@@ -77,7 +88,7 @@ def _dim_of(w: _Walk, tensor, axis: int, depth: int) -> int | str | None:
     own = dims[axis]
     if isinstance(own, int):
         return own
-    derived = _derive(w, tensor, axis, dims, depth) if depth > 0 else None
+    derived = _derive(w, tensor, axis, dims, depth)
     if derived is not None:
         return derived
     return own if isinstance(own, str) else None

@@ -124,7 +124,7 @@ def elementwise(node: gs.Node, state: State) -> None:
         in_axis = axis - (out_rank - ranks[index])
         if in_axis < 0:
             continue
-        dim = dim_of(t, in_axis)
+        dim = dim_of(t, in_axis, state.dims_cache)
         if dim == 1:
             continue
         if dim != len(ref):
@@ -320,7 +320,7 @@ def _matmul_activations(node: gs.Node, state: State) -> None:
             other, r = (b, rb) if ta is not None else (a, ra)
             in_axis = axis - (out_rank - r)
             if in_axis >= 0:
-                if dim_of(other, in_axis) != 1:
+                if dim_of(other, in_axis, state.dims_cache) != 1:
                     raise UnsupportedPattern(
                         f"MatMul combines channels with non-prunable tensor '{other.name}' on a batch axis")
     state.set_track(node.outputs[0], axis, atoms, out_rank)
@@ -691,7 +691,7 @@ def expand(node: gs.Node, state: State) -> None:
     tr = state.track(node.inputs[0])
     if tr is None:
         return
-    entries = value_of(node.inputs[1])
+    entries = value_of(node.inputs[1], state.dims_cache)
     if entries is None:
         raise UnsupportedPattern("Expand to a shape computed at run time")
     out_rank = max(tr.rank, len(entries))
@@ -842,12 +842,13 @@ def reshape(node: gs.Node, state: State) -> None:
     if in_dims is None or out_dims is None:
         raise UnsupportedPattern("Reshape with unknown input or output shape")
     # Dims shape inference lost (e.g. after attention's MatMuls) are followed back to their source.
-    in_dims = [d if isinstance(d, int) else (dim_of(node.inputs[0], i) or d) for i, d in enumerate(in_dims)]
+    in_dims = [d if isinstance(d, int) else (dim_of(node.inputs[0], i, state.dims_cache) or d)
+               for i, d in enumerate(in_dims)]
     if not isinstance(in_dims[tr.axis], int):
         in_dims[tr.axis] = len(tr.atoms)
     elif in_dims[tr.axis] != len(tr.atoms):
         raise UnsupportedPattern("Reshape input does not match its channels")
-    entries = value_of(node.inputs[1])
+    entries = value_of(node.inputs[1], state.dims_cache)
     if entries is not None:  # counts read at run time hold today's count
         for use in state.count_uses:
             if use.node is node and use.entry < len(entries):
@@ -1061,7 +1062,7 @@ def _count_read(value, atoms: np.ndarray, state: State) -> bool:
             elif op in ("Unsqueeze", "Squeeze", "Cast", "Identity") and index == 0:
                 if not walk(user.outputs[0], entry, factor, depth + 1):
                     return False
-            elif op == "Reshape" and index == 0 and value_of(user.inputs[1]) == [-1]:
+            elif op == "Reshape" and index == 0 and value_of(user.inputs[1], state.dims_cache) == [-1]:
                 if not walk(user.outputs[0], entry, factor, depth + 1):
                     return False
             elif op == "Mul":

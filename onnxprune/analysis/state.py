@@ -80,6 +80,8 @@ class State:
     graph: gs.Graph | None = None
     #: channel counts read at run time into shape vectors (rules.CountUse), checked by their users
     count_uses: list = field(default_factory=list)
+    #: dims and shape values worked out so far (analysis.dims), for this graph as it is
+    dims_cache: dict = field(default_factory=dict)
 
     # --- atoms -------------------------------------------------------------------------
     def fresh(self, count: int, source: gs.Node) -> np.ndarray:
