@@ -75,6 +75,9 @@ def main() -> None:
     onnxprune bench MODEL [MODEL ...]      measure latency, side by side
     onnxprune profile MODEL -o table.json  time layers at every width, for --latency-table
     """
+    from .report.progress import enable
+
+    enable(True)  # progress lines on a terminal; commands with --quiet turn them off
 
 
 def _load_config(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
@@ -188,6 +191,10 @@ def prune_cmd(model: Path, output: Path | None, ratio: float | None, target_late
               debug: bool) -> None:
     """Prune MODEL and write the smaller model: a ratio of every group, or to a latency/FLOPs/params target."""
     try:
+        if quiet:
+            from .report.progress import enable
+
+            enable(False)
         from .pipeline import prune
         from .report.summary import prune_summary
         from .runtime.session import parse_input_shapes

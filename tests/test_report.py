@@ -96,3 +96,36 @@ def test_same_input_same_bytes(tmp_path, args):
         assert result.exit_code == 0, result.output
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1]
+
+
+class _Tty:
+    def __init__(self, tty: bool):
+        self.tty, self.text = tty, ""
+
+    def isatty(self):
+        return self.tty
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+
+@pytest.mark.parametrize("tty, enabled, shown", [(True, True, True), (False, True, False), (True, False, False)])
+def test_progress_only_on_a_terminal_and_not_quiet(monkeypatch, tty, enabled, shown):
+    import sys
+
+    from onnxprune.report import progress
+
+    fake = _Tty(tty)
+    monkeypatch.setattr(sys, "stderr", fake)
+    progress.enable(enabled)
+    try:
+        with progress.Progress("calibrating", 3, every_s=0.0) as bar:
+            for _ in range(3):
+                bar.advance()
+    finally:
+        progress.enable(False)
+    assert ("calibrating [####################] 3/3" in fake.text) == shown
+    assert fake.text.endswith("\r\033[K") == shown  # the line is cleared at the end

@@ -41,9 +41,13 @@ def interleaved(runners: list[tuple[str, Runner]], warmup: int = 5, runs_per_rou
     for _, runner in runners:
         for _ in range(warmup):
             runner.run()
+    from ..report.progress import Progress
+
+    bar = Progress("timing rounds", max_rounds)
     start = time.perf_counter()
     previous = None
     for rnd in range(max_rounds):
+        bar.advance()
         order = list(range(len(runners)))
         shift = rnd % len(order)
         order = order[shift:] + order[:shift]
@@ -61,6 +65,7 @@ def interleaved(runners: list[tuple[str, Runner]], warmup: int = 5, runs_per_rou
         if done and previous is not None and all(abs(m - p) <= stable_within * p for m, p in zip(medians, previous)):
             break
         previous = medians
+    bar.__exit__()
     return timings
 
 

@@ -159,6 +159,9 @@ def profile(graph, analysis: Analysis, opset: int, feeds: dict[str, np.ndarray],
                          baseline_ms, groups={g.id: g.channels for g in analysis.prunable_groups},
                          environment={"onnxruntime": onnxruntime().__version__, "cpus": os.cpu_count(),
                                       "machine": platform.machine(), "processor": platform.processor()})
+    from ..report.progress import Progress
+
+    bar = Progress("profiling layers", len(full))
     for index, (name, spec) in enumerate(full.items()):
         configs = [("full", None, spec)] + [(g, c, s) for g, per in variants[name].items() for c, s in per.items()]
         unique: dict[str, int] = {}
@@ -181,8 +184,10 @@ def profile(graph, analysis: Analysis, opset: int, feeds: dict[str, np.ndarray],
             curve["counts"].append(c)
             curve["ms"].append(ms[k])
         table.layers[name] = entry
+        bar.advance()
         if progress:
             progress(index + 1, len(full))
+    bar.__exit__()
     return table
 
 
