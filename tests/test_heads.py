@@ -263,7 +263,7 @@ def test_channel_count_read_into_another_tensors_shape_is_refused():
     b.output(b.node("Add", [b.node("MatMul", [h, b.weight(12, 4)], [B, T, 4]),
                             b.node("Reshape", [b.node("MatMul", [r, b.weight(12, 4)], [B * T, 4]),
                                                b.const(i64(B, T, 4))], [B, T, 4])], [B, T, 4]))
-    analysis, reasons = _head_reasons(b.model())
+    analysis, _ = _head_reasons(b.model())
     hidden = next(g for g in analysis.groups if g.channels == 12 and "Relu" not in g.name and
                   any("read by Shape" in r for r in g.reasons))
     assert not hidden.prunable
@@ -403,7 +403,7 @@ def test_channel_shuffle_split_stays_refused():
     t = b.transpose(r, [0, 2, 1, 3, 4])
     z = b.node("Reshape", [t, b.const(i64(1, 8, 4, 4))], [1, 8, 4, 4])
     b.output(b.conv(z, 4))
-    analysis, reasons = _head_reasons(b.model())
+    analysis, _ = _head_reasons(b.model())
     conv_group = next(g for g in analysis.groups if g.sources[0].startswith("Conv") and g.channels in (2, 8))
     assert not conv_group.prunable and any("merges it with earlier axes" in r for r in conv_group.reasons)
 
@@ -508,7 +508,7 @@ def test_fused_attention_with_a_cache_is_refused():
                  domain="com.microsoft", num_heads=4)
     b.output(b.matmul(out[0], 8))
     b.output(out[1])
-    analysis, reasons = _head_reasons(_ms_model(b))
+    analysis, _ = _head_reasons(_ms_model(b))
     assert not any(g.kind == "heads" and g.prunable for g in analysis.groups)
 
 

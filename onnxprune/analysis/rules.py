@@ -18,8 +18,25 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .dims import dim_of, value_of
-from .edits import SetAttrToKeptCount, SetAttrToKeptSizes, SetConcatVectorEntry, SetExplicitAxes, SetSliceBounds, SetSplitSizes, SetVectorEntry
-from .state import State, UnsupportedPattern, const, has_input, rank, shape, static_shape, symbolic_shape
+from .edits import (
+    SetAttrToKeptCount,
+    SetAttrToKeptSizes,
+    SetConcatVectorEntry,
+    SetExplicitAxes,
+    SetSliceBounds,
+    SetSplitSizes,
+    SetVectorEntry,
+)
+from .state import (
+    State,
+    UnsupportedPattern,
+    const,
+    has_input,
+    rank,
+    shape,
+    static_shape,
+    symbolic_shape,
+)
 
 RuleFn = Callable[[gs.Node, State], None]
 
@@ -319,10 +336,9 @@ def _matmul_activations(node: gs.Node, state: State) -> None:
         else:  # the other operand must broadcast over the heads, or be tracked with them
             other, r = (b, rb) if ta is not None else (a, ra)
             in_axis = axis - (out_rank - r)
-            if in_axis >= 0:
-                if dim_of(other, in_axis, state.dims_cache) != 1:
-                    raise UnsupportedPattern(
-                        f"MatMul combines channels with non-prunable tensor '{other.name}' on a batch axis")
+            if in_axis >= 0 and dim_of(other, in_axis, state.dims_cache) != 1:
+                raise UnsupportedPattern(
+                    f"MatMul combines channels with non-prunable tensor '{other.name}' on a batch axis")
     state.set_track(node.outputs[0], axis, atoms, out_rank)
 
 
@@ -1003,7 +1019,8 @@ def _count_entry(node: gs.Node, input_index: int, entry: int, atoms: np.ndarray,
 def shape_op(node: gs.Node, state: State) -> None:
     """A shape read at run time follows pruning by itself, unless the channel count is read.
 
-    We allow it only when every consumer gathers dimensions other than the channel axis.
+    We allow it when every consumer gathers or slices dimensions other than the channel axis, or
+    reads the channel count into the shape of those same channels (see :func:`_count_read`).
     """
     tr = state.track(node.inputs[0])
     if tr is None:
@@ -1025,9 +1042,9 @@ def shape_op(node: gs.Node, state: State) -> None:
         indices = const(consumer.inputs[1]) if consumer.op == "Gather" and len(consumer.inputs) > 1 else None
         if indices is None or int(consumer.attrs.get("axis", 0)) != 0:
             raise UnsupportedPattern("the channel count is read by Shape")
-        if position in [_norm_axis(int(i), end - start) for i in np.atleast_1d(indices)]:
-            if np.ndim(indices) > 0 and np.size(indices) != 1 or not _count_read(consumer.outputs[0], tr.atoms, state):
-                raise UnsupportedPattern("the channel count is read by Shape")
+        read = position in [_norm_axis(int(i), end - start) for i in np.atleast_1d(indices)]
+        if read and (np.size(indices) != 1 or not _count_read(consumer.outputs[0], tr.atoms, state)):
+            raise UnsupportedPattern("the channel count is read by Shape")
 
 
 @dataclass
@@ -1059,10 +1076,8 @@ def _count_read(value, atoms: np.ndarray, state: State) -> bool:
             op = user.op
             if op in ("Reshape", "Expand") and index == 1:
                 uses.append(CountUse(atoms, user, entry, factor))
-            elif op in ("Unsqueeze", "Squeeze", "Cast", "Identity") and index == 0:
-                if not walk(user.outputs[0], entry, factor, depth + 1):
-                    return False
-            elif op == "Reshape" and index == 0 and value_of(user.inputs[1], state.dims_cache) == [-1]:
+            elif op in ("Unsqueeze", "Squeeze", "Cast", "Identity") and index == 0 or \
+                    op == "Reshape" and index == 0 and value_of(user.inputs[1], state.dims_cache) == [-1]:
                 if not walk(user.outputs[0], entry, factor, depth + 1):
                     return False
             elif op == "Mul":
@@ -1137,9 +1152,7 @@ def _slice_of_shape(node: gs.Node, length: int) -> range | None:
     """The entries a Slice (opset >= 10, constant bounds, step 1) keeps of a shape vector."""
     if len(node.inputs) < 3:
         return None
-    bounds = [const(node.inputs[i]) if has_input(node, i) else None for i in range(1, 5)] \
-        if len(node.inputs) >= 3 else []
-    starts, ends, axes, steps = (bounds + [None] * 4)[:4]
+    starts, ends, axes, steps = [const(node.inputs[i]) if has_input(node, i) else None for i in range(1, 5)]
     if starts is None or ends is None or np.size(starts) != 1 or np.size(ends) != 1:
         return None
     if has_input(node, 3) and (axes is None or list(np.atleast_1d(axes)) != [0]):
