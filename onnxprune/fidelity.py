@@ -7,7 +7,7 @@ asked for 50 ms wants to know what it cost, in the model's own terms.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

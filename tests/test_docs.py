@@ -14,7 +14,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 def _blocks():
     for doc in DOCS:
-        for i, block in enumerate(re.findall(r"```python\n(.*?)```", doc.read_text(), re.S)):
+        for i, block in enumerate(re.findall(r"```python\n(.*?)```", doc.read_text(), re.DOTALL)):
             yield pytest.param(block, id=f"{doc.name}-{i}")
 
 

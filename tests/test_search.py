@@ -9,12 +9,12 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-
 from conftest import random_feeds, session
+
 from onnxprune.cli import main
 from onnxprune.context import PruneOptions
 from onnxprune.errors import BadInputError
-from onnxprune.metrics import count_flops, count_params
+from onnxprune.metrics import count_flops
 from onnxprune.oracle import zeroed_model
 from onnxprune.passes.builtin import Analyze, Normalize, Rewrite, Score
 from onnxprune.passes.search import Search

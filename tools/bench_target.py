@@ -37,9 +37,9 @@ TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(TOOLS_DIR)
 sys.path.insert(0, TOOLS_DIR)
 
-import onnxprune  # noqa: E402
-from onnxprune.bench import bench_models  # noqa: E402
-from onnxprune.search.target_search import TargetUnreachable  # noqa: E402
+import onnxprune
+from onnxprune.bench import bench_models
+from onnxprune.search.target_search import TargetUnreachable
 
 IMAGE_SHAPE = (1, 3, 224, 224)
 
@@ -74,10 +74,10 @@ def export_bert(path: str) -> None:
 
 
 MODELS = {
-    "resnet50": dict(export=export_resnet50, shapes={}, file="resnet50.onnx"),
-    "mobilenetv2": dict(export=export_mobilenetv2, shapes={}, file="mobilenetv2.onnx"),
-    "bert": dict(export=export_bert, file=os.path.join(REPO_ROOT, "build", "minilm", "minilm_torchscript.onnx"),
-                 shapes={"input_ids": [1, 128], "attention_mask": [1, 128], "token_type_ids": [1, 128]}),
+    "resnet50": {"export": export_resnet50, "shapes": {}, "file": "resnet50.onnx"},
+    "mobilenetv2": {"export": export_mobilenetv2, "shapes": {}, "file": "mobilenetv2.onnx"},
+    "bert": {"export": export_bert, "file": os.path.join(REPO_ROOT, "build", "minilm", "minilm_torchscript.onnx"),
+             "shapes": {"input_ids": [1, 128], "attention_mask": [1, 128], "token_type_ids": [1, 128]}},
 }
 
 
@@ -93,7 +93,7 @@ def run(name: str, workdir: str, fraction: float, threads: int | None, bert_cali
     target = fraction * baseline
     kwargs = {}
     if name == "bert" and bert_calib and os.path.exists(bert_calib):
-        kwargs = dict(calibration=bert_calib, calib_samples=calib_samples)
+        kwargs = {"calibration": bert_calib, "calib_samples": calib_samples}
     row = {"model": name, "threads": threads, "baseline_ms": baseline, "target_ms": target}
     start = time.perf_counter()
     try:
@@ -123,9 +123,9 @@ def run(name: str, workdir: str, fraction: float, threads: int | None, bert_cali
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | threads | baseline p50 ms | target ms | prune s (search s) | iterations | original p50 ms | pruned p50 ms "
-             "(round medians) | at/under target | speedup (per-round min–max) | FLOPs reduction | speedup / FLOPs "
-             "reduction | params |",
+    lines = [("| model | threads | baseline p50 ms | target ms | prune s (search s) | iterations | original p50 ms | "
+              "pruned p50 ms (round medians) | at/under target | speedup (per-round min–max) | FLOPs reduction | "
+              "speedup / FLOPs reduction | params |"),
              "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     for r in rows:
         if r["status"] == "unreachable":

@@ -14,7 +14,6 @@ page shows the same numbers as ``--report`` and opens anywhere, offline:
 from __future__ import annotations
 
 import html
-import math
 from typing import Any
 
 _CSS = """

@@ -44,7 +44,7 @@ class Progress:
         sys.stderr.flush()
         self._shown = True
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -13,9 +13,9 @@ import hashlib
 import json
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -53,7 +53,7 @@ class LatencyTable:
         return json.dumps(data, indent=1, sort_keys=True) + "\n"
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "LatencyTable":
+    def load(cls, path: str | os.PathLike) -> LatencyTable:
         try:
             data = json.loads(Path(path).read_text())
         except FileNotFoundError:

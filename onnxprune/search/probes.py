@@ -9,8 +9,8 @@ the model, which scales with the modelled part).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -32,7 +32,7 @@ class LayerSpec:
     w_shape: list[int]
     attrs: dict = field(default_factory=dict)
     has_bias: bool = False
-    dtype: np.dtype = np.dtype(np.float32)
+    dtype: np.dtype = field(default_factory=lambda: np.dtype(np.float32))
     #: the output's spatial size where known (it does not depend on channel counts)
     y_spatial: list[int] | None = None
 
@@ -69,7 +69,7 @@ def _conv_groups(new_out: int, old: LayerSpec, old_out: int) -> int:
     if groups == 1:
         return 1
     # grouped convolutions lose whole conv groups (the analysis ties a group's channels)
-    return max(1, int(round(groups * new_out / old_out)))
+    return max(1, round(groups * new_out / old_out))
 
 
 def _conv_resize(spec: LayerSpec, old: LayerSpec) -> LayerSpec:
