@@ -155,3 +155,37 @@ def test_channels_flattened_into_a_gemm_go_as_blocks_of_features(no_damping):
     result = prune(model, ratio=0.5, criterion="obs", calibration=[{"x": data}], reconstruct="none")
     rows = hidden_values(model, hidden_name, data).astype(np.float64).reshape(len(data), -1)
     greedy_path_is_exact(scores_of(result), rows, w.astype(np.float64), 9)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_removing_several_channels_at_once_is_the_exact_refit(k):
+    """After a joint removal, H⁻¹ is the inverse of the kept rows' Gram matrix and W the
+    least-squares compensation of the kept rows for the removed ones."""
+    rng = np.random.default_rng(k)
+    n, out = 7, 4
+    x = rng.standard_normal((500, n * k)) @ rng.standard_normal((n * k, n * k))
+    h = x.T @ x
+    w = rng.standard_normal((n * k, out))
+    c = obs_module._Consumer(np.linalg.inv(h), w.copy(), np.arange(n), k, 1.0)
+    c.remove([5])
+    c.remove([1, 4, 2])
+    gone = np.concatenate([np.arange(j * k, (j + 1) * k) for j in (5, 1, 4, 2)])
+    kept = np.setdiff1d(np.arange(n * k), gone)
+    live = np.repeat(c.alive, k)
+    np.testing.assert_allclose(c.hinv[np.ix_(live, live)], np.linalg.inv(h[np.ix_(kept, kept)]), rtol=1e-6, atol=1e-9)
+    refit = w[kept] + np.linalg.solve(h[np.ix_(kept, kept)], h[np.ix_(kept, gone)] @ w[gone])
+    np.testing.assert_allclose(c.w[live], refit, rtol=1e-6, atol=1e-9)
+
+
+def test_large_groups_go_in_chunks_and_still_rank_by_refit_error(monkeypatch):
+    model, w2 = mlp(0)
+    x = np.random.default_rng(1).standard_normal((200, 5)).astype(np.float32)
+    cal = [{"x": x}]
+    exact = scores_of(prune(model, ratio=0.5, criterion="obs", calibration=cal, reconstruct="none"))
+    monkeypatch.setattr(obs_module, "MAX_EXACT_COST", 1.0)  # every channel in one chunk
+    one_chunk = scores_of(prune(model, ratio=0.5, criterion="obs", calibration=cal, reconstruct="none"))
+    monkeypatch.setattr(obs_module, "MAX_EXACT_COST", exact.size * 64 / 3)  # chunks of two
+    chunked = scores_of(prune(model, ratio=0.5, criterion="obs", calibration=cal, reconstruct="none"))
+    assert len(set(chunked.tolist())) == len(chunked) and len(set(one_chunk.tolist())) == len(one_chunk)
+    assert np.argmin(chunked) == np.argmin(exact) == np.argmin(one_chunk)  # the first pick is the same
+    assert not np.array_equal(np.argsort(one_chunk), np.argsort(exact))  # one chunk ignores interactions

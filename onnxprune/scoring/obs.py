@@ -10,6 +10,7 @@ cheapest first; after each removal ``H⁻¹`` drops the channel (Schur complemen
 the OBS update, so later losses count the compensation that reconstruction will make. With
 several consumers their losses, each relative to the consumer's output variance, are summed.
 
+In very large groups the cheapest few channels go together per step, to bound the work.
 A channel's score is the group's relative output error at the moment it is removed, so the
 removal order is kept (kept channels score higher) on a scale comparable across layers. Where a
 consumer's Gram matrix is not available the group is scored by ``fluctuation`` instead, and a
@@ -26,6 +27,9 @@ from ..analysis import Analysis, Group
 from ..calibration.collect import gram_sites, gram_view
 from ..calibration.stats import ChannelStats
 from .activation import fluctuation
+
+#: Work (multiply-adds) up to which a group's channels are removed strictly one at a time.
+MAX_EXACT_COST = 5e9
 
 #: Dampening of the Gram matrix, relative to its mean diagonal (keeps H invertible when
 #: channels are dead or collinear).
@@ -63,23 +67,28 @@ class _Consumer:
             out[self.classes[live]] = (wb * np.linalg.solve(blocks, wb)).sum(axis=(1, 2))
         return out / self.energy
 
-    def remove(self, cls: int) -> None:
-        """Drop one channel: OBS update of the weights, Schur complement of ``H⁻¹``."""
-        p = self.position[cls]
-        if self.k == 1:  # the common case, as outer products (no matrix products of width 1)
+    def remove(self, classes: list[int]) -> None:
+        """Drop channels together: OBS update of the weights, Schur complement of ``H⁻¹``."""
+        ps = [self.position[c] for c in classes]
+        if self.k == 1 and len(ps) == 1:  # the common case, as outer products
+            p = ps[0]
             col = self.hinv[:, p].copy()
             col_scaled = col / col[p]
             self.w -= np.outer(col_scaled, self.w[p])
             self.hinv -= np.outer(col, col_scaled)
         else:
-            rows = slice(p * self.k, (p + 1) * self.k)
-            col = self.hinv[:, rows].copy()
+            rows = (np.asarray(ps)[:, None] * self.k + np.arange(self.k)).ravel()
+            col = self.hinv[:, rows]
             col_scaled = col @ np.linalg.inv(col[rows])
             self.w -= col_scaled @ self.w[rows]
             self.hinv -= col_scaled @ col.T  # H⁻¹ is symmetric: its row block is col.T
-        self.alive[p] = False
+        self.alive[ps] = False
         if self.alive.sum() * 2 <= len(self.alive) and self.alive.any():
             self._compact()
+
+    def cost(self) -> float:
+        """Multiply-adds of removing every channel one at a time (a rank-k update each)."""
+        return float(len(self.classes)) * self.k * float(self.hinv.shape[0]) ** 2 * 0.6
 
     def _compact(self) -> None:
         keep = np.repeat(self.alive, self.k)
@@ -119,19 +128,25 @@ def _consumer(site, stats: dict[str, ChannelStats], analysis: Analysis, group: G
 
 
 def _greedy(consumers: list[_Consumer], n: int) -> np.ndarray:
-    """Remove all ``n`` channels greedily; each one's score is the error reached when it goes."""
+    """Remove all ``n`` channels greedily; each one's score is the error reached when it goes.
+
+    One at a time where that costs at most ``MAX_EXACT_COST`` multiply-adds; in a bigger group
+    (a wide residual stream with many consumers, conv kernels) the cheapest few go together, as
+    many as keep the cost near that bound."""
     scores = np.zeros(n)
     alive = np.ones(n, dtype=bool)
+    chunk = max(1, int(np.ceil(sum(c.cost() for c in consumers) / MAX_EXACT_COST)))
     total = 0.0
-    for _ in range(n):
+    while alive.any():
         loss = sum(c.losses(n) for c in consumers)
         loss[~alive] = np.inf
-        j = int(np.argmin(loss))
-        total += max(float(loss[j]), 0.0)
-        scores[j] = total
-        alive[j] = False
+        take = np.argsort(loss, kind="stable")[:min(chunk, int(alive.sum()))]
+        for j in take.tolist():
+            total += max(float(loss[j]), 0.0)
+            scores[j] = total
+        alive[take] = False
         for c in consumers:
-            c.remove(j)
+            c.remove(take.tolist())
     return scores
 
 
