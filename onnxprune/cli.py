@@ -159,7 +159,7 @@ def _check_threads(threads: int | None) -> None:
 @_input_shape_option
 @click.option("--criterion", type=click.Choice(CRITERIA),
               default=None, help="Channel importance [default: l1; obs with --calib (fluctuation with "
-              "--reconstruct bias or --no-reconstruct)]. l1/l2: weight norms; "
+              "--no-reconstruct)]. l1/l2: weight norms; "
               "bn: BatchNorm |gamma|; activation: mean |x|; apoz: 1 - zero fraction; wanda: |W|·‖X‖; "
               "fluctuation: Var(X)·‖W‖² (FLAP); obs: error left after a least-squares refit (structured OBS).")
 @click.option("--prune", "prune_kinds", default="heads,channels", show_default=True, metavar="KINDS",

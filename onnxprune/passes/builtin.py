@@ -47,8 +47,8 @@ class Analyze(Pass):
 
 
 #: The criterion used when calibration data is given and none is named: structured OBS, which
-#: ranks channels by the error the least-squares refit leaves. Without that refit (``--reconstruct
-#: bias`` or ``none``) its ranking answers the wrong question, and ``fluctuation`` is used instead.
+#: ranks channels by the error a refit leaves. With no reconstruction at all its ranking answers
+#: the wrong question (on the digits CNN it then does worse), and ``fluctuation`` is used instead.
 DEFAULT_CALIBRATED_CRITERION = "obs"
 DEFAULT_UNREFIT_CRITERION = "fluctuation"
 RECONSTRUCT_MODES = ("none", "bias", "lstsq")
@@ -61,7 +61,7 @@ def resolve_options(ctx: PruningContext) -> None:
         if opts.calibration is None:
             opts.criterion = "l1"
         else:
-            refit = opts.reconstruct in (None, "lstsq")
+            refit = opts.reconstruct != "none"
             opts.criterion = DEFAULT_CALIBRATED_CRITERION if refit else DEFAULT_UNREFIT_CRITERION
     if opts.criterion not in CRITERIA:
         raise BadInputError(f"unknown criterion '{opts.criterion}' (choose from {', '.join(CRITERIA)})")
