@@ -531,3 +531,39 @@ def test_dims_lost_by_shape_inference_are_followed_through_a_deep_graph():
         dim_of(tensor, 0, cache)
     assert dim_of(out, 0, cache) == "batch"
     assert dim_of(out, 0) != "batch"  # from its end in one walk: too deep to reach the input
+
+
+def _merge_with_foreign_dims(consumer: str):
+    """Heads merged with reshape(b, t, -1) where b and t are read from another input ("ids",
+    dims named apart from x's), as TorchScript's LLaMA does with the rotary tables and masks."""
+    b = GraphBuilder(seed=11)
+    x = b.input(["batch", "seq", 8])
+    ids = b.input(["b2", "s2"], name="ids")
+    a = Attn(b, "torchscript", True)
+    q, k, v = (a.split_heads(b.matmul(x, 8), 2, 4, x) for _ in range(3))
+    o = a.attention(q, k, v, 2, 4)
+    t = b.transpose(o, [0, 2, 1, 3])
+    s = b.node("Shape", [ids], [2])
+    vec = b.node("Concat", [s, b.const(i64(-1))], [3], axis=0)
+    merged = b.node("Reshape", [t, vec], ["b2", "s2", 8])
+    if consumer == "matmul":
+        b.output(b.matmul(merged, 8))
+    else:
+        b.output(b.node("Add", [merged, x], ["batch", "seq", 8]))
+    return b.model()
+
+
+def test_merge_with_dims_read_elsewhere_into_an_output_projection():
+    model = _merge_with_foreign_dims("matmul")
+    ctx, zeroed = prune_with_oracle(model, ratio=0.5)
+    assert any(g.kind == "heads" and g.prunable for g in ctx.analysis.groups)
+    f = feeds(model)
+    f["ids"] = np.zeros((B, T), np.float32)
+    np.testing.assert_allclose(session(ctx.pruned).run(None, f)[0], session(zeroed).run(None, f)[0], rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_merge_with_dims_read_elsewhere_into_anything_else_is_refused():
+    analysis, reasons = _head_reasons(_merge_with_foreign_dims("add"))
+    assert not any(g.kind == "heads" and g.prunable for g in analysis.groups)
+    assert any("Reshape splits the channel axis or merges" in r for r in reasons)

@@ -871,6 +871,12 @@ def reshape(node: gs.Node, state: State) -> None:
                 entries[use.entry] = len(use.atoms) * use.factor
     if entries is not None and len(entries) == len(out_dims):
         out_dims = _resolve_target(in_dims, tr.axis, out_dims, entries, node)
+        last = len(out_dims) - 1
+        if entries[last] == -1 and entries.count(-1) == 1 and not isinstance(out_dims[last], int) \
+                and all(isinstance(d, int) for d in in_dims[tr.axis:]):
+            features = int(np.prod(in_dims[tr.axis:], dtype=np.int64))
+            if _weight_layers_fix(node.outputs[0], features):
+                out_dims[last] = features
     mapped = _map_reshape(in_dims, tr.axis, out_dims)
     if mapped is None:
         _split_into_heads(node, state, in_dims, out_dims, entries)
@@ -886,6 +892,29 @@ def reshape(node: gs.Node, state: State) -> None:
     elif entry != -1:  # an inferred -1 follows the pruning, even where the vector is shared
         _count_entry(node, 1, out_axis, out_atoms, state, expect=len(out_atoms))
     state.set_track(node.outputs[0], out_axis, out_atoms, len(out_dims))
+
+
+def _weight_layers_fix(tensor, features: int) -> bool:
+    """Every consumer of ``tensor`` contracts its last axis with a constant weight of ``features``
+    rows. Then, in any run of the original model, a -1 that ends the Reshape making ``tensor``
+    is ``features`` (the channels and everything after them): the other entries hold as many
+    elements as the input's leading dims. Pruning changes neither those entries nor those dims,
+    so the -1 keeps being the channels' share (``reshape(b, t, -1)`` into an output projection,
+    where the batch and length are read from tensors whose dims cannot be matched by name)."""
+    if not tensor.outputs:
+        return False
+    for user in tensor.outputs:
+        weight = const(user.inputs[1]) if len(user.inputs) > 1 else None
+        if user.inputs[0] is not tensor or weight is None or weight.ndim != 2:
+            return False
+        if user.op == "MatMul" and weight.shape[0] == features:
+            continue
+        r = len(tensor.shape) if tensor.shape is not None else None
+        if user.op == "Gemm" and r == 2 and not int(user.attrs.get("transA", 0)) \
+                and weight.shape[1 if int(user.attrs.get("transB", 0)) else 0] == features:
+            continue
+        return False
+    return True
 
 
 def _map_split(in_dims: list, axis: int, out_dims: list) -> tuple[int, int, int] | None:
