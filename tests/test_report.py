@@ -129,3 +129,28 @@ def test_progress_only_on_a_terminal_and_not_quiet(monkeypatch, tty, enabled, sh
         progress.enable(False)
     assert ("calibrating [####################] 3/3" in fake.text) == shown
     assert fake.text.endswith("\r\033[K") == shown  # the line is cleared at the end
+
+
+def test_registered_criterion_is_used_and_refuses_duplicates():
+    import numpy as np
+
+    import onnxprune
+    from onnxprune.scoring import CRITERIA, CUSTOM_CRITERIA, register_criterion
+
+    def keep_first(analysis, stats):  # the first channels of every group score highest
+        return {r: float(-i) for g in analysis.groups for i, r in enumerate(g.classes)}
+
+    try:
+        register_criterion("keep-first-test", keep_first)
+        with pytest.raises(ValueError):
+            register_criterion("l1", keep_first)
+        result = onnxprune.prune(str(MODELS / "mlp.onnx"), ratio=0.5, criterion="keep-first-test")
+        for g in result.context.analysis.prunable_groups:
+            kept, total = result.context.selection.kept[g.id]
+            removed = [i for i, r in enumerate(g.classes) if r in result.context.selection.removed]
+            assert removed == list(range(kept, total))  # exactly the last channels went
+        assert np.all(np.diff(result.context.scores[g.id]) < 0)
+    finally:
+        CUSTOM_CRITERIA.pop("keep-first-test", None)
+        if "keep-first-test" in CRITERIA:
+            CRITERIA.remove("keep-first-test")

@@ -70,11 +70,15 @@ def collect_stats(analysis: Analysis, graph: gs.Graph, batches: Iterable[dict], 
                 views.append((name, view, np.random.default_rng(0)))
     if not tensors:
         return stats
+    from ..report.progress import Progress
+
     session = capture_session(graph, sorted(tensors))
-    for captured in run_captures(session, batches):
-        for name, value in captured.items():
-            stats[name].update(value)
-        for name, view, rng in views:
-            x = captured[name]
-            stats[name].grams[view.node.name].update(view.rows(x.astype(np.float32), view.pick(x, rng)))
+    with Progress("calibrating: batches") as bar:
+        for captured in run_captures(session, batches):
+            for name, value in captured.items():
+                stats[name].update(value)
+            for name, view, rng in views:
+                x = captured[name]
+                stats[name].grams[view.node.name].update(view.rows(x.astype(np.float32), view.pick(x, rng)))
+            bar.advance()
     return stats
