@@ -7,7 +7,9 @@ either does not fuse or fuses with the wrong ``num_heads`` and computes somethin
 
 ``models/bert_classic_torchscript.onnx`` (``tools/export_bert_classic.py``) is a tiny BERT in
 the classic attention pattern (the one the optimizer matches with ``num_heads=0``), exported with
-the TorchScript exporter: 2 layers of 4 heads of 16 channels.
+the TorchScript exporter: 2 layers of 4 heads of 16 channels. Also: the fused model prunes its
+heads, and BERT as current ``transformers`` exports it fuses once pruned when the optimizer is
+given the pruned head count.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from conftest import session
 
 from onnxprune.context import PruneOptions
 from onnxprune.oracle import zeroed_model
-from onnxprune.passes.builtin import Analyze, Normalize, Rewrite, Score
+from onnxprune.passes.builtin import Analyze, Normalize, Rewrite, Score, Select
 from onnxprune.pipeline import Pipeline
 from onnxprune.selection import select_by_counts
 
@@ -126,3 +128,43 @@ def test_pruned_bert_still_fuses_with_its_head_counts(original, op, kept):
     for seed in (0, 1):
         x = feeds(seed)
         np.testing.assert_allclose(run(fused, x), run(pruned, x), rtol=1e-4, atol=1e-4)
+
+
+def test_the_fused_model_prunes_its_heads(original):
+    """The other way round: fuse first, then prune the com.microsoft Attention nodes' heads."""
+    fused = fuse(original, "Attention")
+    ctx = Pipeline([Normalize(), Analyze(), Score()]).run(fused, PruneOptions(prune=("heads",)))
+    groups = [g for g in ctx.analysis.prunable_groups if g.kind == "heads"]
+    assert len(groups) == LAYERS, [g.reasons for g in ctx.analysis.groups]
+    ctx.selection = select_by_counts(ctx.analysis, ctx.scores, {g.id: 2 for g in groups})
+    zeroed = zeroed_model(ctx.analysis, ctx.selection.removed)
+    Rewrite().run(ctx)
+    assert fused_heads(ctx.pruned, "Attention") == [2] * LAYERS
+    for seed in (0, 1):
+        x = feeds(seed)
+        got = run(ctx.pruned, x)
+        np.testing.assert_allclose(got, run(zeroed, x), rtol=1e-4, atol=1e-4)
+        assert not np.allclose(got, run(fused, x), atol=1e-3), "pruning changed nothing"
+
+
+def test_transformers_bert_fuses_when_given_the_pruned_head_count():
+    """BERT as current ``transformers`` exports it writes -1 for the head count in its shape
+    vectors, so the optimizer has to be told the head count and width; told the pruned ones
+    (every layer pruned alike), it fuses the pruned model."""
+    original = onnx.load(MODEL.parent / "bert_torchscript.onnx")  # 2 layers of 4 heads of 8
+    ctx = Pipeline([Normalize(), Analyze(), Score(), Select()]).run(
+        original, PruneOptions(ratio=0.5, prune=("heads",)))
+    assert [ctx.selection.kept[g.id] for g in ctx.analysis.prunable_groups] == [(2, 4)] * 2
+    Rewrite().run(ctx)
+    pruned = ctx.pruned
+    options = fusion_options.FusionOptions("bert")
+    fused = optimizer.optimize_model(onnx.ModelProto.FromString(pruned.SerializeToString()), model_type="bert",
+                                     num_heads=2, hidden_size=16, opt_level=0, optimization_options=options).model
+    heads = [a.i for n in fused.graph.node if n.op_type == "Attention" for a in n.attribute if a.name == "num_heads"]
+    assert heads == [2, 2]
+    assert not [n for n in fused.graph.node if n.op_type == "Softmax"], "attention left unfused"
+    rng = np.random.default_rng(0)
+    mask = np.ones((2, 6), np.int64)
+    mask[1, -2:] = 0
+    x = {"input_ids": rng.integers(0, 100, (2, 6)).astype(np.int64), "attention_mask": mask}
+    np.testing.assert_allclose(run(fused, x), run(pruned, x), rtol=1e-4, atol=1e-4)
