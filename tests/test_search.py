@@ -329,3 +329,30 @@ def test_cli_target_bad_input(tmp_path, args, message):
     result = _run([MODELS / "mlp.onnx", "-o", out, *args])
     assert result.exit_code == 2 and message in result.output and not out.exists()
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_layer_whose_probe_fails_is_left_unmodelled(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import onnxprune.search.latency_table as lt
+
+    real = lt.probe_model
+    victim = {}
+
+    def flaky(spec, opset, seed=0):
+        if not victim:
+            victim["shape"] = list(spec.w_shape)
+        if list(spec.w_shape) == victim["shape"]:
+            raise RuntimeError("this kernel is not implemented\nsecond line")
+        return real(spec, opset, seed)
+
+    monkeypatch.setattr(lt, "probe_model", flaky)
+    table = lt.profile_model(MODELS / "resnet_small.onnx", threads=1)
+    assert len(table.skipped) >= 1 and all(r.startswith("RuntimeError: this kernel") for r in table.skipped.values())
+    assert table.layers and not set(table.layers) & set(table.skipped)
+    assert LatencyTable.load(_saved(table, tmp_path)).skipped == table.skipped
+
+
+def _saved(table, tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text(table.to_json())
+    return path

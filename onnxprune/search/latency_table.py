@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..analysis import Analysis
-from ..errors import BadInputError
+from ..errors import BadInputError, OnnxPruneError
 from .cost import CostModel, layer_variants
 from .probes import probe_model
 
@@ -44,12 +44,15 @@ class LatencyTable:
     #: group id -> channels, to check the table belongs to the same analysis
     groups: dict[int, int] = field(default_factory=dict)
     environment: dict = field(default_factory=dict)
+    #: layers whose probe could not be built or run, with the reason (their time is in the scale)
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         data = {"format": FORMAT, "version": VERSION, "provider": self.provider, "threads": self.threads,
                 "model_sha256": self.model_sha256, "input_shapes": self.input_shapes,
                 "baseline_ms": self.baseline_ms, "environment": self.environment,
-                "groups": {str(k): v for k, v in self.groups.items()}, "layers": self.layers}
+                "groups": {str(k): v for k, v in self.groups.items()}, "layers": self.layers,
+                "skipped": self.skipped}
         return json.dumps(data, indent=1, sort_keys=True) + "\n"
 
     @classmethod
@@ -74,7 +77,7 @@ class LatencyTable:
             return cls(str(data["provider"]), data.get("threads"), str(data["model_sha256"]),
                        {str(k): [int(d) for d in v] for k, v in data.get("input_shapes", {}).items()},
                        float(data["baseline_ms"]), layers, {int(k): int(v) for k, v in data["groups"].items()},
-                       dict(data.get("environment", {})))
+                       dict(data.get("environment", {})), {str(k): str(v) for k, v in data.get("skipped", {}).items()})
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BadInputError(f"{path}: malformed latency table ({type(exc).__name__}: {exc})") from None
 
@@ -150,8 +153,7 @@ def profile(graph, analysis: Analysis, opset: int, feeds: dict[str, np.ndarray],
             model_sha256: str, provider: str = "cpu", threads: int | None = None, round_to: int = 1,
             progress: Callable[[int, int], None] | None = None) -> LatencyTable:
     """Time every modelled layer at every candidate width (see the module docstring)."""
-    from ..runtime.session import make_runner, onnxruntime
-    from ..runtime.timing import interleaved
+    from ..runtime.session import onnxruntime
 
     shapes = layer_shapes(graph, analysis, feeds, threads)
     full, variants, _ = layer_variants(analysis, shapes, round_to)
@@ -163,32 +165,45 @@ def profile(graph, analysis: Analysis, opset: int, feeds: dict[str, np.ndarray],
 
     bar = Progress("profiling layers", len(full))
     for index, (name, spec) in enumerate(full.items()):
-        configs = [("full", None, spec)] + [(g, c, s) for g, per in variants[name].items() for c, s in per.items()]
-        unique: dict[str, int] = {}
-        runners = []
-        keys = []
-        for _, _, s in configs:
-            key = repr((s.x_shape, s.w_shape, sorted(s.attrs.items()), s.has_bias))
-            if key not in unique:
-                unique[key] = len(runners)
-                model = probe_model(s, opset)
-                runners.append((key, make_runner(model.SerializeToString(), provider, threads)))
-            keys.append(unique[key])
-        runs = _runs_per_round(runners[0][1])
-        timings = interleaved(runners, warmup=2, runs_per_round=runs, min_rounds=3, max_rounds=9,
-                              min_seconds=0.0, stable_within=0.03)
-        ms = [float(np.median(t.round_medians_ms)) for t in timings]
-        entry = {"full_ms": ms[keys[0]], "groups": {}}
-        for (g, c, _), k in zip(configs[1:], keys[1:]):
-            curve = entry["groups"].setdefault(g, {"counts": [], "ms": []})
-            curve["counts"].append(c)
-            curve["ms"].append(ms[k])
-        table.layers[name] = entry
+        try:
+            table.layers[name] = _time_layer(spec, variants[name], opset, provider, threads)
+        except OnnxPruneError:
+            raise
+        except Exception as exc:  # a probe ONNX Runtime cannot build or run: leave the layer unmodelled
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            table.skipped[name] = f"{type(exc).__name__}: {first}"[:300]
         bar.advance()
         if progress:
             progress(index + 1, len(full))
     bar.__exit__()
     return table
+
+
+def _time_layer(spec, variants: dict, opset: int, provider: str, threads: int | None) -> dict:
+    """One layer at full width and at every candidate width of each group, interleaved."""
+    from ..runtime.session import make_runner
+    from ..runtime.timing import interleaved
+
+    configs = [("full", None, spec)] + [(g, c, s) for g, per in variants.items() for c, s in per.items()]
+    unique: dict[str, int] = {}
+    runners = []
+    keys = []
+    for _, _, s in configs:
+        key = repr((s.x_shape, s.w_shape, sorted(s.attrs.items()), s.has_bias))
+        if key not in unique:
+            unique[key] = len(runners)
+            runners.append((key, make_runner(probe_model(s, opset).SerializeToString(), provider, threads)))
+        keys.append(unique[key])
+    runs = _runs_per_round(runners[0][1])
+    timings = interleaved(runners, warmup=2, runs_per_round=runs, min_rounds=3, max_rounds=9,
+                          min_seconds=0.0, stable_within=0.03)
+    ms = [float(np.median(t.round_medians_ms)) for t in timings]
+    entry: dict = {"full_ms": ms[keys[0]], "groups": {}}
+    for (g, c, _), k in zip(configs[1:], keys[1:]):
+        curve = entry["groups"].setdefault(g, {"counts": [], "ms": []})
+        curve["counts"].append(c)
+        curve["ms"].append(ms[k])
+    return entry
 
 
 def _runs_per_round(runner, target_ms: float = 2.0) -> int:
