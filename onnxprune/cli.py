@@ -212,6 +212,8 @@ def prune_cmd(model: Path, output: Path | None, ratio: float | None, target_late
             raise BadInputError(f"--ratio and --target-{target.kind} are alternatives: give one")
         if latency_table is not None and (target is None or target.kind != "latency"):
             raise BadInputError("--latency-table needs --target-latency")
+        for path, flag in ((report_path, "--report"), (html_path, "--html")):
+            _check_writable(path, flag)
         out = output or model.with_name(model.stem + ".pruned.onnx")
         if out.exists() and model.exists() and out.resolve() == model.resolve() and not force:
             raise BadInputError(f"{out}: output would overwrite the input (use --force)")
@@ -237,6 +239,19 @@ def prune_cmd(model: Path, output: Path | None, ratio: float | None, target_late
         say(f"wrote {out}" if written else "nothing written: the model already meets the target")
     except Exception as exc:  # one line, right exit code
         _fail(exc, debug)
+
+
+def _check_writable(path: Path | None, flag: str) -> None:
+    """Refuse a report path that cannot be written before any work is done (no partial output)."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise BadInputError(f"{flag} {path}: is a directory")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise BadInputError(f"{flag} {path}: {parent} is not a directory")
+            break
 
 
 def _write_reports(ctx, json_path: Path | None, html_path: Path | None, model: Path, out: Path,

@@ -1,6 +1,6 @@
 """How close the pruned model's outputs stay to the original's, on calibration data.
 
-Reported with every pruning that has calibration data (or a target to meet): per output, the
+Reported with every pruning that has calibration data: per output, the
 mean cosine similarity of each sample's flattened output and the relative L2 error. A user who
 asked for 50 ms wants to know what it cost, in the model's own terms.
 """

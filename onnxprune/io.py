@@ -7,6 +7,7 @@ so that a build step sees a clear message and no partial output.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import tempfile
 import warnings
@@ -345,12 +346,12 @@ def check_weights_only(model: onnx.ModelProto, options) -> None:
 
     target = getattr(options, "target", None)
     criterion = getattr(options, "criterion", None)
-    if getattr(options, "calibration", None) is not None or getattr(target, "kind", None) == "latency" \
+    if getattr(options, "calibration", None) is not None or target is not None \
             or (criterion is not None and needs_activations(criterion)):
         size = sum(int(e.value) for t in model.graph.initializer for e in t.external_data if e.key == "length")
         raise BadInputError(f"model has {size / 1e9:.1f} GB of weights, over the {LAZY_LOAD_THRESHOLD / 1e9:.1f} GB "
                             "onnxprune loads whole: such models are pruned from their weights alone (a weight "
-                            "criterion; no calibration data, no latency target)")
+                            "criterion and a ratio; no calibration data, no target search)")
 
 
 # --- export with weights deferred ------------------------------------------------------------
@@ -601,8 +602,11 @@ def _size_is_cheap(model: onnx.ModelProto) -> bool:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write a small text file (reports) with the same temporary-file-then-rename discipline."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise BadInputError(f"{target}: cannot write here ({exc.strerror or type(exc).__name__})") from None
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
@@ -612,3 +616,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def model_fingerprint(model: onnx.ModelProto) -> str:
+    """sha256 of the model's structure and weights, without serializing it whole (large models)."""
+    digest = hashlib.sha256()
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(model)
+    del skeleton.graph.initializer[:]
+    digest.update(skeleton.SerializeToString(deterministic=True))
+    for init in model.graph.initializer:
+        digest.update(init.name.encode())
+        digest.update(onnx.numpy_helper.to_array(init).tobytes() if not init.raw_data else init.raw_data)
+    return digest.hexdigest()

@@ -149,7 +149,7 @@ def test_registered_criterion_is_used_and_refuses_duplicates():
             kept, total = result.context.selection.kept[g.id]
             removed = [i for i, r in enumerate(g.classes) if r in result.context.selection.removed]
             assert removed == list(range(kept, total))  # exactly the last channels went
-        assert np.all(np.diff(result.context.scores[g.id]) < 0)
+            assert np.all(np.diff(result.context.scores[g.id]) < 0)
     finally:
         CUSTOM_CRITERIA.pop("keep-first-test", None)
         if "keep-first-test" in CRITERIA:

@@ -356,3 +356,45 @@ def _saved(table, tmp_path):
     path = tmp_path / "t.json"
     path.write_text(table.to_json())
     return path
+
+
+@pytest.mark.parametrize("kinds", ["heads", "channels"])
+def test_counted_target_with_prune_kinds(kinds):
+    import onnxprune
+
+    result = onnxprune.prune(str(MODELS / "bert_torchscript.onnx"), target_params=0.9, prune=kinds)
+    analysis = result.context.analysis
+    assert result.report["search"]["status"] == "met"
+    assert result.report["after"]["params"] <= 0.9 * result.report["before"]["params"]
+    for g in analysis.groups:
+        kept, total = result.context.selection.kept.get(g.id, (g.channels, g.channels))
+        if g.kind != kinds:
+            assert kept == total  # the other kind stays whole
+
+
+def test_latency_table_serves_a_run_restricted_by_prune(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnxprune
+    from onnxprune.search.latency_table import profile_model
+
+    path = MODELS / "bert_torchscript.onnx"
+    shapes = {"input_ids": [1, 16], "attention_mask": [1, 16], "token_type_ids": [1, 16]}
+    inputs = {i.name for i in onnx.load(str(path)).graph.input}
+    table = profile_model(path, threads=1, input_shapes={k: v for k, v in shapes.items() if k in inputs})
+    # before the fix this was refused ("groups differ") or failed on the heads' curves
+    result = onnxprune.prune(str(path), target_latency=0.99 * table.baseline_ms, latency_table=table,
+                             prune="channels")
+    assert result.report["search"]["status"] == "predicted"
+    heads = [g for g in result.context.analysis.groups if g.kind == "heads"]
+    assert heads and all(g.id not in result.context.selection.kept or
+                         result.context.selection.kept[g.id][0] == g.channels for g in heads)
+
+
+def test_unwritable_report_path_is_refused_before_any_output(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = tmp_path / "o.onnx"
+    result = _run([MODELS / "mlp.onnx", "-o", out, "--report", blocker / "r.json"])
+    assert result.exit_code == 2 and "is not a directory" in result.output and not out.exists()
+    result = _run([MODELS / "mlp.onnx", "-o", out, "--html", tmp_path])
+    assert result.exit_code == 2 and "is a directory" in result.output and not out.exists()

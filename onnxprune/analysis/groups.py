@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ..errors import BadInputError
 from .rules import RULES, rule_key
 from .state import SliceSite, State, UnsupportedPattern
 
@@ -215,7 +216,7 @@ def restrict(analysis: Analysis, kinds) -> None:
     kinds = set(kinds)
     unknown = kinds - set(KINDS)
     if unknown:
-        raise ValueError(f"unknown kind(s) to prune: {', '.join(sorted(unknown))} (choose from {', '.join(KINDS)})")
+        raise BadInputError(f"unknown kind(s) to prune: {', '.join(sorted(unknown))} (choose from {', '.join(KINDS)})")
     for group in analysis.groups:
         if group.kind not in kinds and group.prunable:
             group.reasons.append(f"{group.kind} are not pruned (--prune {','.join(k for k in KINDS if k in kinds)})")

@@ -5,27 +5,12 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
-import onnx
 
 from ..context import PruningContext
 from ..errors import BadInputError
+from ..io import model_fingerprint
 from .builtin import Pass
-
-
-def model_fingerprint(model: onnx.ModelProto) -> str:
-    """sha256 of the model's structure and weights, without serializing it whole (large models)."""
-    digest = hashlib.sha256()
-    skeleton = onnx.ModelProto()
-    skeleton.CopyFrom(model)
-    del skeleton.graph.initializer[:]
-    digest.update(skeleton.SerializeToString(deterministic=True))
-    for init in model.graph.initializer:
-        digest.update(init.name.encode())
-        digest.update(onnx.numpy_helper.to_array(init).tobytes() if not init.raw_data else init.raw_data)
-    return digest.hexdigest()
 
 
 def latency_feeds(ctx: PruningContext) -> dict[str, np.ndarray] | None:

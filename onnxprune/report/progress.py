@@ -21,15 +21,16 @@ def enable(on: bool = True) -> None:
 class Progress:
     """``with Progress("calibrating", total) as p: ... p.advance()`` — a counter line, cleared at the end."""
 
-    def __init__(self, label: str, total: int | None = None, every_s: float = 0.2):
+    def __init__(self, label: str, total: int | None = None, every_s: float = 0.2, silent: bool = False):
         self.label, self.total, self.done = label, total, 0
+        self.silent = silent
         self.every_s = every_s
         self._last = 0.0
         self._shown = False
 
     def advance(self, n: int = 1) -> None:
         self.done += n
-        if not _enabled:
+        if not _enabled or self.silent:
             return
         now = time.monotonic()
         if now - self._last < self.every_s and (self.total is None or self.done < self.total):

@@ -35,7 +35,7 @@ class Timing:
 
 def interleaved(runners: list[tuple[str, Runner]], warmup: int = 5, runs_per_round: int = 5,
                 min_rounds: int = 5, max_rounds: int = 50, min_seconds: float = 2.0,
-                stable_within: float = 0.02) -> list[Timing]:
+                stable_within: float = 0.02, progress: bool = True) -> list[Timing]:
     """Time all runners side by side until the medians settle (or ``max_rounds``)."""
     timings = [Timing(name) for name, _ in runners]
     for _, runner in runners:
@@ -43,29 +43,28 @@ def interleaved(runners: list[tuple[str, Runner]], warmup: int = 5, runs_per_rou
             runner.run()
     from ..report.progress import Progress
 
-    bar = Progress("timing rounds", max_rounds)
-    start = time.perf_counter()
-    previous = None
-    for rnd in range(max_rounds):
-        bar.advance()
-        order = list(range(len(runners)))
-        shift = rnd % len(order)
-        order = order[shift:] + order[:shift]
-        for i in order:
-            runner = runners[i][1]
-            times = []
-            for _ in range(runs_per_round):
-                t0 = time.perf_counter()
-                runner.run()
-                times.append((time.perf_counter() - t0) * 1000.0)
-            timings[i].samples_ms.extend(times)
-            timings[i].round_medians_ms.append(float(np.median(times)))
-        medians = [float(np.median(t.round_medians_ms)) for t in timings]
-        done = rnd + 1 >= min_rounds and time.perf_counter() - start >= min_seconds
-        if done and previous is not None and all(abs(m - p) <= stable_within * p for m, p in zip(medians, previous)):
-            break
-        previous = medians
-    bar.__exit__()
+    with Progress("timing rounds", max_rounds, silent=not progress) as bar:
+        start = time.perf_counter()
+        previous = None
+        for rnd in range(max_rounds):
+            bar.advance()
+            order = list(range(len(runners)))
+            shift = rnd % len(order)
+            order = order[shift:] + order[:shift]
+            for i in order:
+                runner = runners[i][1]
+                times = []
+                for _ in range(runs_per_round):
+                    t0 = time.perf_counter()
+                    runner.run()
+                    times.append((time.perf_counter() - t0) * 1000.0)
+                timings[i].samples_ms.extend(times)
+                timings[i].round_medians_ms.append(float(np.median(times)))
+            medians = [float(np.median(t.round_medians_ms)) for t in timings]
+            done = rnd + 1 >= min_rounds and time.perf_counter() - start >= min_seconds
+            if done and previous is not None and all(abs(m - p) <= stable_within * p for m, p in zip(medians, previous)):
+                break
+            previous = medians
     return timings
 
 

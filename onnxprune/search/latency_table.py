@@ -9,7 +9,6 @@ of 8 or 16) show up against the same background load.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -41,7 +40,7 @@ class LatencyTable:
     baseline_ms: float
     #: layer -> {"full_ms": float, "groups": {group id: {"counts": [...], "ms": [...]}}}
     layers: dict[str, dict] = field(default_factory=dict)
-    #: group id -> channels, to check the table belongs to the same analysis
+    #: group id -> channels of every group, to check the table belongs to the same analysis
     groups: dict[int, int] = field(default_factory=dict)
     environment: dict = field(default_factory=dict)
     #: layers whose probe could not be built or run, with the reason (their time is in the scale)
@@ -86,7 +85,7 @@ class LatencyTable:
         if model_sha256 != self.model_sha256:
             raise BadInputError("the latency table was profiled for a different model "
                                 f"(sha256 {self.model_sha256[:12]}…, this model {model_sha256[:12]}…)")
-        ours = {g.id: g.channels for g in analysis.prunable_groups}
+        ours = {g.id: g.channels for g in analysis.groups}
         if ours != self.groups:
             raise BadInputError("the latency table's channel groups differ from this model's analysis "
                                 "(profile it again with this version of onnxprune)")
@@ -97,9 +96,12 @@ class LatencyTable:
         full = {name: entry["full_ms"] for name, entry in self.layers.items()}
         curves: dict[str, dict[int, dict[int, float]]] = {}
         sums: dict[int, dict[int, float]] = {}
+        prunable = {g.id for g in analysis.prunable_groups}  # --prune may keep some whole
         for name, entry in self.layers.items():
             curves[name] = {}
             for g, curve in entry["groups"].items():
+                if g not in prunable:
+                    continue
                 base = entry["full_ms"] or 1.0
                 curves[name][g] = {c: ms / base for c, ms in zip(curve["counts"], curve["ms"])}
                 per = sums.setdefault(g, {})
@@ -126,14 +128,6 @@ class LatencyTable:
         return CostModel("latency", "ms", full, curves, steps, scale, 0.0)
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def layer_shapes(graph, analysis: Analysis, feeds: dict[str, np.ndarray], threads: int | None) -> dict[str, tuple]:
     """Each modelled layer's concrete input and output shapes, from one run on ``feeds``."""
     from ..runtime.capture import capture_session, run_captures
@@ -158,24 +152,23 @@ def profile(graph, analysis: Analysis, opset: int, feeds: dict[str, np.ndarray],
     shapes = layer_shapes(graph, analysis, feeds, threads)
     full, variants, _ = layer_variants(analysis, shapes, round_to)
     table = LatencyTable(provider, threads, model_sha256, {k: list(v.shape) for k, v in feeds.items()},
-                         baseline_ms, groups={g.id: g.channels for g in analysis.prunable_groups},
+                         baseline_ms, groups={g.id: g.channels for g in analysis.groups},
                          environment={"onnxruntime": onnxruntime().__version__, "cpus": os.cpu_count(),
                                       "machine": platform.machine(), "processor": platform.processor()})
     from ..report.progress import Progress
 
-    bar = Progress("profiling layers", len(full))
-    for index, (name, spec) in enumerate(full.items()):
-        try:
-            table.layers[name] = _time_layer(spec, variants[name], opset, provider, threads)
-        except OnnxPruneError:
-            raise
-        except Exception as exc:  # a probe ONNX Runtime cannot build or run: leave the layer unmodelled
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            table.skipped[name] = f"{type(exc).__name__}: {first}"[:300]
-        bar.advance()
-        if progress:
-            progress(index + 1, len(full))
-    bar.__exit__()
+    with Progress("profiling layers", len(full)) as bar:
+        for index, (name, spec) in enumerate(full.items()):
+            try:
+                table.layers[name] = _time_layer(spec, variants[name], opset, provider, threads)
+            except OnnxPruneError:
+                raise
+            except Exception as exc:  # a probe ONNX Runtime cannot build or run: leave the layer unmodelled
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                table.skipped[name] = f"{type(exc).__name__}: {first}"[:300]
+            bar.advance()
+            if progress:
+                progress(index + 1, len(full))
     return table
 
 
@@ -196,7 +189,7 @@ def _time_layer(spec, variants: dict, opset: int, provider: str, threads: int | 
         keys.append(unique[key])
     runs = _runs_per_round(runners[0][1])
     timings = interleaved(runners, warmup=2, runs_per_round=runs, min_rounds=3, max_rounds=9,
-                          min_seconds=0.0, stable_within=0.03)
+                          min_seconds=0.0, stable_within=0.03, progress=False)
     ms = [float(np.median(t.round_medians_ms)) for t in timings]
     entry: dict = {"full_ms": ms[keys[0]], "groups": {}}
     for (g, c, _), k in zip(configs[1:], keys[1:]):
@@ -222,9 +215,8 @@ def profile_model(path: str | os.PathLike, provider: str = "cpu", threads: int |
                   progress: Callable[[int, int], None] | None = None) -> LatencyTable:
     """``onnxprune profile``: load, analyze, measure the baseline, time every layer's widths."""
     from ..analysis import analyze_graph
-    from ..io import check_opset, load_model
+    from ..io import check_opset, load_model, model_fingerprint
     from ..passes.normalize import normalize
-    from ..passes.search import model_fingerprint
     from ..runtime.session import make_runner
     from ..runtime.timing import interleaved
 
