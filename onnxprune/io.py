@@ -465,7 +465,7 @@ def _save(model: onnx.ModelProto, target: Path, graph: gs.Graph | None) -> None:
     if not _size_is_cheap(model):
         graph = gs.import_onnx(model)
         skeleton = export_deferred(graph)
-        _copy_model_fields(model, skeleton)
+        copy_model_fields(model, skeleton)
         _save_external(skeleton, graph, target)
         return
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -480,7 +480,9 @@ def _save(model: onnx.ModelProto, target: Path, graph: gs.Graph | None) -> None:
         raise
 
 
-def _copy_model_fields(source: onnx.ModelProto, dest: onnx.ModelProto) -> None:
+def copy_model_fields(source: onnx.ModelProto, dest: onnx.ModelProto) -> None:
+    """Carry a model's identity over to a model exported from its graph: IR version, producer,
+    metadata, opset imports, model-local functions."""
     dest.ir_version = source.ir_version
     for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
         setattr(dest, field, getattr(source, field))

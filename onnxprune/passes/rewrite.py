@@ -14,8 +14,8 @@ import onnx_graphsurgeon as gs
 from ..analysis import Analysis
 from ..analysis.state import set_const_input
 from ..errors import RewriteError
-from ..io import (EXTERNAL_DATA_THRESHOLD, check_deferred, export_deferred, has_external_values, read_values,
-                  uses_external_data, weights_nbytes)
+from ..io import (EXTERNAL_DATA_THRESHOLD, check_deferred, copy_model_fields, export_deferred, has_external_values,
+                  read_values, uses_external_data, weights_nbytes)
 from .normalize import infer_shapes
 
 
@@ -59,13 +59,8 @@ def export_checked(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProt
     deferred = uses_external_data(template) or has_external_values(graph) \
         or weights_nbytes(graph) > EXTERNAL_DATA_THRESHOLD
     model = export_deferred(graph) if deferred else gs.export_onnx(graph, do_type_check=False)
+    copy_model_fields(template, model)
     model.ir_version = max(template.ir_version, 4)
-    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
-        setattr(model, field, getattr(template, field))
-    del model.metadata_props[:]
-    model.metadata_props.extend(template.metadata_props)
-    del model.opset_import[:]
-    model.opset_import.extend(template.opset_import)
     try:
         if deferred:
             check_deferred(model, full_check=True)

@@ -23,6 +23,7 @@ import onnx_graphsurgeon as gs
 
 from ..analysis import Analysis, analyze_graph
 from ..errors import OnnxPruneError
+from ..io import copy_model_fields
 from ..metrics import count_flops, count_params
 from ..selection import Selection, select_by_counts
 from .allocate import allocate
@@ -74,9 +75,8 @@ class Trials:
 
     def __init__(self, graph: gs.Graph, analysis: Analysis, opset: int, template: onnx.ModelProto):
         model = gs.export_onnx(graph, do_type_check=False)
+        copy_model_fields(template, model)
         model.ir_version = max(template.ir_version, 4)
-        del model.opset_import[:]
-        model.opset_import.extend(template.opset_import)
         self._bytes = model.SerializeToString()
         self._opset = opset
         self._ir_version = model.ir_version
