@@ -369,12 +369,10 @@ def _goes_external(const: gs.Constant) -> bool:
     nbytes = _constant_nbytes(const)
     if nbytes < EXTERNAL_TENSOR_MIN_BYTES:
         return False
+    from .metrics import is_floating
+
     # Shape inference and the checker read integer tensors (shape vectors); keep small ones inline.
-    try:
-        floating = np.issubdtype(np.dtype(const.dtype), np.floating)
-    except TypeError:  # onnx-only types (bfloat16, float8): raw weights
-        floating = True
-    return floating or nbytes >= 1 << 20
+    return is_floating(const.dtype) or nbytes >= 1 << 20
 
 
 def _constant_nbytes(const: gs.Constant) -> int:
