@@ -55,12 +55,14 @@ def _nothing_to_prune(ctx, model: Path) -> str:
     if groups:
         return (f"nothing to prune: every channel group ({len(groups)}) is blocked (`onnxprune analyze {model}` "
                 "says why); the output is the same model")
-    quantized = sum(1 for n in ctx.graph.nodes if n.op in ("Conv", "ConvTranspose", "Gemm", "MatMul")
-                    and len(n.inputs) > 1 and any(p.op == "DequantizeLinear" for p in n.inputs[1].inputs))
+    from .analysis.rules import WEIGHT_LAYERS, quantized_weight
+
+    quantized = sum(1 for n in ctx.graph.nodes if quantized_weight(n))
     if quantized:
         return (f"nothing to prune: the weights of {quantized} layers are quantized (DequantizeLinear), and "
                 "quantized weights are not pruned; the output is the same model")
-    return "nothing to prune: no Conv, Gemm or MatMul layer with constant weights; the output is the same model"
+    return (f"nothing to prune: no {', '.join(WEIGHT_LAYERS[:-1])} or {WEIGHT_LAYERS[-1]} layer with constant "
+            "weights; the output is the same model")
 
 
 @click.group(cls=DefaultToPrune, context_settings={"help_option_names": ["-h", "--help"]})

@@ -310,7 +310,7 @@ def _nothing_prunable_models(tmp_path: Path) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("name,needle", [("blocked", "every channel group (1) is blocked"),
-                                         ("no_layers", "no Conv, Gemm or MatMul layer"),
+                                         ("no_layers", "no Conv, ConvTranspose, Gemm or MatMul layer"),
                                          ("quantized", "weights of 1 layers are quantized")])
 def test_nothing_prunable_exits_0_with_a_clear_message(tmp_path: Path, name: str, needle: str):
     path = _nothing_prunable_models(tmp_path)[name]

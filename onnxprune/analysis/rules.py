@@ -62,6 +62,16 @@ def rule(*op_types: str, channel_inputs: tuple[int, ...] | None = None):
     return register
 
 
+#: op types whose constant weight (input 1) creates channels and consumes them
+WEIGHT_LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def quantized_weight(node: gs.Node) -> bool:
+    """A weight layer whose weight comes out of DequantizeLinear (QDQ): it is left as it is."""
+    return node.op in WEIGHT_LAYERS and len(node.inputs) > 1 and \
+        any(p.op == "DequantizeLinear" for p in node.inputs[1].inputs)
+
+
 def rule_key(node: gs.Node) -> str:
     return node.op if node.domain in (None, "", "ai.onnx") else f"{node.domain}:{node.op}"
 
