@@ -67,13 +67,11 @@ TIME_LIMIT_S = 5.0    # onnxprune end-to-end time at ratio 0.5
 # --------------------------------------------------------------------------
 
 
-def build_torch_model(num_labels: Optional[int]):
+def logits_module(model):
+    """Wrap an HF image classifier so that forward(pixel_values) returns logits."""
     import torch
-    import transformers
 
     class Logits(torch.nn.Module):
-        """Wrap the HF model so that forward(pixel_values) returns logits."""
-
         def __init__(self, model):
             super().__init__()
             self.model = model
@@ -81,13 +79,18 @@ def build_torch_model(num_labels: Optional[int]):
         def forward(self, pixel_values):
             return self.model(pixel_values=pixel_values).logits
 
+    return Logits(model.eval()).eval()
+
+
+def build_torch_model(num_labels: Optional[int]):
+    import torch
+    import transformers
+
     torch.manual_seed(0)
     cfg = transformers.ResNetConfig()
     if num_labels is not None:
         cfg.num_labels = num_labels
-    model = transformers.ResNetForImageClassification(cfg)
-    model.eval()
-    return Logits(model).eval()
+    return logits_module(transformers.ResNetForImageClassification(cfg))
 
 
 def export_onnx(model, path: str) -> None:

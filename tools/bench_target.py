@@ -41,7 +41,6 @@ import onnxprune
 from onnxprune.bench import bench_models
 from onnxprune.search.target_search import TargetUnreachable
 
-IMAGE_SHAPE = (1, 3, 224, 224)
 
 
 def export_resnet50(path: str) -> None:
@@ -53,20 +52,10 @@ def export_resnet50(path: str) -> None:
 def export_mobilenetv2(path: str) -> None:
     import torch
     import transformers
-
-    class Logits(torch.nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, pixel_values):
-            return self.model(pixel_values=pixel_values).logits
+    from bench_resnet50 import export_onnx, logits_module
 
     torch.manual_seed(0)
-    model = Logits(transformers.MobileNetV2ForImageClassification(transformers.MobileNetV2Config()).eval()).eval()
-    with torch.no_grad():
-        torch.onnx.export(model, (torch.randn(*IMAGE_SHAPE),), path, dynamo=False, opset_version=17,
-                          do_constant_folding=True, input_names=["pixel_values"], output_names=["logits"])
+    export_onnx(logits_module(transformers.MobileNetV2ForImageClassification(transformers.MobileNetV2Config())), path)
 
 
 def export_bert(path: str) -> None:
