@@ -69,3 +69,21 @@ def allocate(model: CostModel, scores: dict[int, np.ndarray], budget: float) -> 
         counts[best] = model.steps[best][position[best]]
         total -= best_saving
     return Allocation(counts, model.total(counts), True)
+
+
+#: kept fractions tried by :func:`allocate_uniform`, in steps of 1 / UNIFORM_STEPS
+UNIFORM_STEPS = 100
+
+
+def allocate_uniform(model: CostModel, budget: float) -> Allocation:
+    """Every group at about the same kept fraction (the narrowest width at or above it): the
+    largest fraction on a fixed grid whose predicted cost is within ``budget``. The allocation a
+    plain ``--ratio`` makes, used where importance-per-cost guts a group (see ``search.guard``)."""
+    counts = {g: widths[0] for g, widths in model.steps.items()}
+    for step in range(UNIFORM_STEPS, -1, -1):
+        f = step / UNIFORM_STEPS
+        counts = {g: min([w for w in widths if w >= f * widths[0]] or [min(widths)])
+                  for g, widths in model.steps.items()}
+        if model.total(counts) <= budget:
+            return Allocation(counts, model.total(counts), True)
+    return Allocation(counts, model.total(counts), False)
