@@ -104,7 +104,7 @@ def search_summary(report: dict) -> list[str]:
             rows.append(f"latency p50 {search['baseline']:.3f} -> {search['achieved']:.3f} ms"
                         + (" (predicted)" if search["status"] == "predicted" else ""))
         check = search.get("fidelity_check")
-        if check and check.get("alternative"):
+        if check and check.get("alternative") and None not in (check["chosen"]["cosine"], check["alternative"]["cosine"]):
             rows.append(f"accuracy guard: cosine before reconstruction {check['chosen']['cosine']:.4f} "
                         f"({check['chosen']['kind']}) vs {check['alternative']['cosine']:.4f} (uniform)"
                         + ("; collapsed" if check["collapsed"] else "")

@@ -9,6 +9,7 @@ turned into the fraction of its group's importance a cut removes (see
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,13 +44,15 @@ def _importance_curves(scores: dict[int, np.ndarray], steps: dict[int, list[int]
     return lost
 
 
-def allocate(model: CostModel, scores: dict[int, np.ndarray], budget: float) -> Allocation:
-    """Narrow groups step by step until ``model.total(counts) <= budget`` or none can narrow."""
+def greedy_path(model: CostModel, scores: dict[int, np.ndarray]) -> Iterator[tuple[dict[int, int], float]]:
+    """Every state of the greedy narrowing, widest first: (counts, predicted total), from all
+    groups at full width to the most pruning allowed (at most one step per candidate width)."""
     counts = {g: widths[0] for g, widths in model.steps.items()}
     position = {g: 0 for g in model.steps}
     lost = _importance_curves(scores, model.steps)
     total = model.total(counts)
-    while total > budget:
+    yield dict(counts), total
+    for _ in range(sum(len(widths) - 1 for widths in model.steps.values())):
         best, best_value, best_saving = None, -1.0, 0.0
         for g, widths in model.steps.items():
             i = position[g]
@@ -64,11 +67,20 @@ def allocate(model: CostModel, scores: dict[int, np.ndarray], budget: float) -> 
             if value > best_value:  # ties: the lowest group id, as groups are visited in id order
                 best, best_value, best_saving = g, value, saving
         if best is None:
-            return Allocation(counts, model.total(counts), False)
+            return
         position[best] += 1
         counts[best] = model.steps[best][position[best]]
         total -= best_saving
-    return Allocation(counts, model.total(counts), True)
+        yield dict(counts), total
+
+
+def allocate(model: CostModel, scores: dict[int, np.ndarray], budget: float) -> Allocation:
+    """Narrow groups step by step until ``model.total(counts) <= budget`` or none can narrow."""
+    counts: dict[int, int] = {}
+    for counts, total in greedy_path(model, scores):
+        if total <= budget:
+            return Allocation(counts, model.total(counts), True)
+    return Allocation(counts, model.total(counts), False)
 
 
 #: kept fractions tried by :func:`allocate_uniform`, in steps of 1 / UNIFORM_STEPS

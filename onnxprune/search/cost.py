@@ -41,7 +41,9 @@ def candidate_counts(total: int, round_to: int = 1, min_keep: float = MIN_KEEP_F
     step = max(1, round_to)
     if total >= 32:
         step = max(step, vector_width)
-    while total // step > max_steps:
+    for _ in range(64):  # doubling: bounded by the bits of ``total``
+        if total // step <= max_steps:
+            break
         step *= 2
     if total <= step:
         return [total]

@@ -32,7 +32,7 @@ from ..errors import OnnxPruneError
 from ..io import copy_model_fields
 from ..metrics import count_flops, count_params
 from ..selection import Selection, select_by_counts
-from .allocate import allocate, allocate_uniform
+from .allocate import allocate, allocate_uniform, greedy_path
 from .cost import CostModel, channel_block, counted_model, latency_steps, static_layer_shapes, uniform_curve
 from .targets import Target
 
@@ -41,9 +41,9 @@ MAX_ITERATIONS = 8
 #: a table's prediction is asked to sit this much under the target
 FIRST_MARGIN = 0.97
 #: the candidate ladder: FLOPs budgets as fractions of the original's, least pruned first
-LADDER = tuple(round(1.0 - 0.05 * i, 2) for i in range(1, 19))  # 0.95 ... 0.10
+LADDER = tuple(round(1.0 - 0.01 * i, 2) for i in range(1, 100))  # 0.99 ... 0.01
 #: at most this many candidates are timed by the bisection (enough for the whole ladder)
-MAX_MEASURED = 6
+MAX_MEASURED = 7
 assert len(LADDER) < 2 ** MAX_MEASURED
 #: a result measured under this fraction of the target is reported as over-pruned
 OVER_PRUNED_BELOW = 0.8
@@ -147,8 +147,10 @@ class Trials:
 
 
 def search_counted(analysis: Analysis, graph: gs.Graph, opset: int, template: onnx.ModelProto,
-                   scores: dict[int, np.ndarray], target: Target, round_to: int = 1) -> SearchResult:
-    """FLOPs or params target: allocate on the counted model, count the rewritten model exactly."""
+                   scores: dict[int, np.ndarray], target: Target, round_to: int = 1, calibration=None,
+                   threads: int | None = None) -> SearchResult:
+    """FLOPs or params target: allocate on the counted model, count the rewritten model exactly
+    (and with ``calibration``, the accuracy guard of ``search.guard``)."""
     start = time.perf_counter()
     count = count_flops if target.kind == "flops" else count_params
     baseline = float(count(graph))
@@ -170,6 +172,8 @@ def search_counted(analysis: Analysis, graph: gs.Graph, opset: int, template: on
             best = (achieved, plan.counts, selection)
         if achieved <= goal:
             result.status, result.achieved, result.counts, result.selection = "met", achieved, plan.counts, selection
+            if calibration is not None:
+                _guard_counted(result, model, trials, analysis, scores, template, calibration, count, goal)
             result.seconds = time.perf_counter() - start
             return result
         if not plan.met:
@@ -177,6 +181,25 @@ def search_counted(analysis: Analysis, graph: gs.Graph, opset: int, template: on
         budget *= goal / achieved
     raise TargetUnreachable(f"{target.kind} target {_human(goal)} is out of reach: the most pruning allowed "
                             f"gives {_human(best[0])} (original {_human(baseline)})")
+
+
+def _guard_counted(result: SearchResult, model: CostModel, trials: Trials, analysis: Analysis,
+                   scores: dict[int, np.ndarray], template: onnx.ModelProto, calibration, count, goal: float) -> None:
+    """The accuracy guard for a counted target: the uniform allocation that also meets it."""
+    chosen = trials.build(result.selection)[1]
+    plan = allocate_uniform(model, goal)
+    uniform = select_by_counts(analysis, scores, plan.counts) if plan.met and plan.counts != result.counts else None
+    built = trials.build(uniform) if uniform is not None else None
+
+    def acceptable(check: dict) -> bool:
+        check["alternative"]["achieved"] = float(count(built[0]))
+        return check["alternative"]["achieved"] <= goal
+
+    result.fidelity_check = fidelity_guard(template, chosen, built[1] if built else None, calibration, None,
+                                           acceptable)
+    if result.fidelity_check["switched"]:
+        result.achieved = result.fidelity_check["alternative"]["achieved"]
+        result.counts, result.selection = plan.counts, uniform
 
 
 def search_latency(analysis: Analysis, graph: gs.Graph, opset: int, template: onnx.ModelProto,
@@ -268,15 +291,16 @@ def flops_ladder(analysis: Analysis, graph: gs.Graph, scores: dict[int, np.ndarr
     model = counted_model(analysis, static_layer_shapes(analysis), "flops", baseline, round_to,
                           steps_of=lambda channels: latency_steps(channels, round_to, block))
     ladder: list[Candidate] = []
-    seen: set[tuple] = set()
-    for level in LADDER:
-        plan = allocate(model, scores, level * baseline)
-        key = tuple(sorted(plan.counts.items()))
-        if key not in seen:
-            seen.add(key)
-            ladder.append(Candidate(level, plan.counts, plan.predicted))
-        if not plan.met:
-            break  # the most pruning allowed: no further rung differs
+    next_level = 0  # each level of LADDER takes the first state of the greedy walk at or under it
+    for counts, total in greedy_path(model, scores):
+        for _ in range(len(LADDER) - next_level):
+            if total > LADDER[next_level] * baseline:
+                break
+            if not ladder or ladder[-1].counts != counts:
+                ladder.append(Candidate(LADDER[next_level], counts, model.total(counts)))
+            next_level += 1
+        if next_level == len(LADDER):
+            break
     return model, ladder
 
 
@@ -311,26 +335,41 @@ def _guard_latency(chosen: Candidate, flops_model: CostModel, trials: Trials, an
     """The accuracy guard (``search.guard``): the uniform allocation of the same FLOPs replaces
     the chosen candidate when the chosen one's fidelity collapses and the uniform one is nearly
     as fast (measured) and meets the target."""
-    from .guard import candidate_fidelity, collapses, nearly_as_fast
+    from .guard import nearly_as_fast
 
-    original = template.SerializeToString()
     plan = allocate_uniform(flops_model, chosen.flops)
     uniform = Candidate(chosen.level, plan.counts, plan.predicted, kind="uniform")
-    fid = candidate_fidelity(original, trials.build_bytes(chosen, analysis, scores), calibration, threads)
-    check = {"chosen": {"kind": chosen.kind, "cosine": fid["cosine"]}, "alternative": None, "collapsed": False,
-             "switched": False}
-    if plan.counts == chosen.counts or not plan.met:
-        return chosen, check
-    alt = candidate_fidelity(original, trials.build_bytes(uniform, analysis, scores), calibration, threads)
-    check["alternative"] = {"kind": "uniform", "cosine": alt["cosine"]}
-    check["collapsed"] = collapses(fid["cosine"], alt["cosine"])
-    if check["collapsed"]:
+    differs = plan.met and plan.counts != chosen.counts
+
+    def acceptable(check: dict) -> bool:
         m = measure(uniform)
         check["alternative"]["p50_ms"] = m["pruned"]["p50_ms"]
-        if m["meets"] and nearly_as_fast(m["pruned"]["p50_ms"], chosen.measurement["pruned"]["p50_ms"]):
-            check["switched"] = True
-            return uniform, check
-    return chosen, check
+        return m["meets"] and nearly_as_fast(m["pruned"]["p50_ms"], chosen.measurement["pruned"]["p50_ms"])
+
+    check = fidelity_guard(template, trials.build_bytes(chosen, analysis, scores),
+                           trials.build_bytes(uniform, analysis, scores) if differs else None,
+                           calibration, threads, acceptable)
+    return (uniform if check["switched"] else chosen), check
+
+
+def fidelity_guard(template: onnx.ModelProto, chosen: bytes, alternative: bytes | None, calibration,
+                   threads: int | None, acceptable: Callable[[dict], bool]) -> dict:
+    """Both candidates' fidelity before reconstruction; ``switched`` when the chosen one's
+    collapsed against the alternative's (``search.guard.collapses``) and ``acceptable`` (whether
+    the alternative meets the target, nearly as fast) says yes."""
+    from .guard import candidate_fidelity, collapses
+
+    original = template.SerializeToString()
+    fid = candidate_fidelity(original, chosen, calibration, threads)
+    check = {"chosen": {"kind": "importance", "cosine": fid["cosine"]}, "alternative": None, "collapsed": False,
+             "switched": False}
+    if alternative is None:
+        return check
+    alt = candidate_fidelity(original, alternative, calibration, threads)
+    check["alternative"] = {"kind": "uniform", "cosine": alt["cosine"]}
+    check["collapsed"] = collapses(fid["cosine"], alt["cosine"])
+    check["switched"] = check["collapsed"] and acceptable(check)
+    return check
 
 
 def _human(n: float) -> str:
