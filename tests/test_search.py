@@ -511,3 +511,10 @@ def test_unwritable_report_path_is_refused_before_any_output(tmp_path):
     assert result.exit_code == 2 and "is not a directory" in result.output and not out.exists()
     result = _run([MODELS / "mlp.onnx", "-o", out, "--html", tmp_path])
     assert result.exit_code == 2 and "is a directory" in result.output and not out.exists()
+
+
+def test_latency_target_with_nothing_to_try_is_out_of_reach(fake_clock):
+    model = onnx.load(str(MODELS / "resnet_small.onnx"))  # no attention heads: nothing prunable below
+    with pytest.raises(TargetUnreachable, match="no prunable group has a narrower width"):
+        Pipeline([Normalize(), Analyze(), Score(), Search()]).run(
+            model, PruneOptions(target=Target("latency", 0.5 * _fake_ms(model)), prune=("heads",)))

@@ -240,6 +240,9 @@ def search_latency(analysis: Analysis, graph: gs.Graph, opset: int, template: on
             result.iterations.append(candidate.as_iteration())
         return candidate.measurement
 
+    if not ladder:
+        raise TargetUnreachable(f"latency target {goal:g} ms is out of reach on {provider}: no prunable group "
+                                f"has a narrower width to try (original {base.percentile(50):.3f} ms)")
     chosen = _least_pruned_meeting(ladder, measure)
     if chosen is None:
         best = min((c for c in ladder if c.measurement), key=lambda c: c.measurement["pruned"]["p50_ms"])
@@ -286,13 +289,17 @@ def flops_ladder(analysis: Analysis, graph: gs.Graph, scores: dict[int, np.ndarr
                  block: int = 8) -> tuple[CostModel, list[Candidate]]:
     """The candidates, least pruned first: one allocation per FLOPs budget of :data:`LADDER`
     (identical allocations once), widths on the kernels' blocks (``cost.latency_steps``);
-    deterministic."""
-    baseline = float(count_flops(graph))
-    model = counted_model(analysis, static_layer_shapes(analysis), "flops", baseline, round_to,
+    deterministic. Params stand in for FLOPs where none can be counted (shapes unknown)."""
+    kind, baseline = "flops", float(count_flops(graph))
+    if baseline <= 0:
+        kind, baseline = "params", float(count_params(graph))
+    model = counted_model(analysis, static_layer_shapes(analysis), kind, baseline, round_to,
                           steps_of=lambda channels: latency_steps(channels, round_to, block))
     ladder: list[Candidate] = []
     next_level = 0  # each level of LADDER takes the first state of the greedy walk at or under it
     for counts, total in greedy_path(model, scores):
+        if all(c == model.steps[g][0] for g, c in counts.items()):
+            continue  # the original is no candidate
         for _ in range(len(LADDER) - next_level):
             if total > LADDER[next_level] * baseline:
                 break
