@@ -4,7 +4,7 @@ Greedy, in the spirit of NetAdapt and Torch-Pruning's global pruning: every grou
 of its candidate widths; each step moves the one group whose next narrower width saves the most
 cost per unit of importance lost, until the model's predicted cost is within budget. Scores are
 turned into the fraction of its group's importance a cut removes (see
-``_importance_curves``), and a group loses its lowest-scored channels first.
+``importance_curves``), and a group loses its lowest-scored channels first.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class Allocation:
     met: bool
 
 
-def _importance_curves(scores: dict[int, np.ndarray], steps: dict[int, list[int]]) -> dict[int, np.ndarray]:
+def importance_curves(scores: dict[int, np.ndarray], steps: dict[int, list[int]]) -> dict[int, np.ndarray]:
     """Per group: the importance lost by removing its ``k`` lowest-scored channels, for every ``k``.
 
     Measured as ``-log`` of the fraction of the group's total score that stays, so that a cut
@@ -49,7 +49,7 @@ def greedy_path(model: CostModel, scores: dict[int, np.ndarray]) -> Iterator[tup
     groups at full width to the most pruning allowed (at most one step per candidate width)."""
     counts = {g: widths[0] for g, widths in model.steps.items()}
     position = {g: 0 for g in model.steps}
-    lost = _importance_curves(scores, model.steps)
+    lost = importance_curves(scores, model.steps)
     total = model.total(counts)
     yield dict(counts), total
     for _ in range(sum(len(widths) - 1 for widths in model.steps.values())):

@@ -32,7 +32,7 @@ from ..errors import OnnxPruneError
 from ..io import copy_model_fields
 from ..metrics import count_flops, count_params
 from ..selection import Selection, select_by_counts
-from .allocate import allocate, allocate_uniform, greedy_path
+from .allocate import allocate, allocate_uniform, greedy_path, importance_curves
 from .cost import CostModel, channel_block, counted_model, latency_steps, static_layer_shapes, uniform_curve
 from .targets import Target
 
@@ -45,6 +45,8 @@ LADDER = tuple(round(1.0 - 0.01 * i, 2) for i in range(1, 100))  # 0.99 ... 0.01
 #: at most this many candidates are timed by the bisection (enough for the whole ladder)
 MAX_MEASURED = 7
 assert len(LADDER) < 2 ** MAX_MEASURED
+#: at most this many one-step widenings of the chosen rung are timed (see ``_widen``)
+MAX_WIDEN = 3
 #: a result measured under this fraction of the target is reported as over-pruned
 OVER_PRUNED_BELOW = 0.8
 
@@ -95,7 +97,7 @@ class Candidate:
     counts: dict[int, int]
     #: the counted model's FLOPs for ``counts``
     flops: float
-    #: "ladder" (importance per unit of FLOPs) or "uniform" (the guard's alternative)
+    #: "ladder" (importance per unit of FLOPs), "widened" (``_widen``) or "uniform" (the guard's)
     kind: str = "ladder"
     selection: Selection | None = None
     measurement: dict | None = None
@@ -107,7 +109,8 @@ class Candidate:
 
     def as_iteration(self) -> dict:
         m = self.measurement
-        return {"kind": self.kind, "flops_budget": self.level, "predicted": self.flops,
+        return {"kind": self.kind, "counts": {str(g): c for g, c in sorted(self.counts.items())},
+                "flops_budget": self.level, "predicted": self.flops,
                 "achieved": m["pruned"]["p50_ms"], "original_ms": m["original"]["p50_ms"],
                 "interval_ms": m["pruned"]["median_ci_ms"],
                 "decided_on_ms": m["decided_on_ms"], "meets": m["meets"]}
@@ -228,16 +231,22 @@ def search_latency(analysis: Analysis, graph: gs.Graph, opset: int, template: on
     trials = Trials(graph, analysis, opset, template)
     flops_model, ladder = flops_ladder(analysis, graph, scores, round_to, channel_block(provider))
 
+    timed: dict[tuple, dict] = {}  # a candidate met again (a widening back to a rung) is not timed again
+
     def measure(candidate: Candidate) -> dict:
+        key = tuple(sorted(candidate.counts.items()))
+        if candidate.measurement is None and key in timed:
+            candidate.measurement = timed[key]
         if candidate.measurement is None:
             pruned = make_runner(trials.build_bytes(candidate, analysis, scores), provider, threads,
                                  feeds=original.feeds)
             candidate.measurement = _measure_pair(original, pruned, goal)
             m = candidate.measurement
-            log(f"  {candidate.level:.2f} of the FLOPs: p50 {m['pruned']['p50_ms']:.3f} ms, round medians up to "
-                f"{m['decided_on_ms']:.3f} ms, the original {m['original']['p50_ms']:.3f} ms in the same rounds: "
+            log(f"  {candidate.kind} at {candidate.flops:.4g} FLOPs: p50 {m['pruned']['p50_ms']:.3f} ms (95% up to "
+                f"{m['decided_on_ms']:.3f} ms), the original {m['original']['p50_ms']:.3f} ms in the same rounds: "
                 + ("meets" if m["meets"] else "misses") + " the target")
             result.iterations.append(candidate.as_iteration())
+            timed[key] = candidate.measurement
         return candidate.measurement
 
     if not ladder:
@@ -250,9 +259,12 @@ def search_latency(analysis: Analysis, graph: gs.Graph, opset: int, template: on
         raise TargetUnreachable(f"latency target {goal:g} ms is out of reach on {provider}: the best measured is "
                                 f"{m['pruned']['p50_ms']:.3f} ms (original {m['original']['p50_ms']:.3f} ms in "
                                 "the same rounds)")
+    chosen = _widen(chosen, flops_model, scores, measure)
     if calibration is not None:
         chosen, result.fidelity_check = _guard_latency(chosen, flops_model, trials, analysis, scores, template,
                                                        calibration, threads, measure)
+    if chosen.selection is None:  # met as a rung timed before, never built under this name
+        chosen.selection = select_by_counts(analysis, scores, chosen.counts)
     m = chosen.measurement
     result.status, result.counts, result.selection = "met", chosen.counts, chosen.selection
     result.baseline, result.achieved, result.measurement = m["original"]["p50_ms"], m["pruned"]["p50_ms"], m
@@ -324,6 +336,30 @@ def _least_pruned_meeting(ladder: list[Candidate], measure: Callable[[Candidate]
         else:
             lo = mid
     return ladder[hi] if hi < len(ladder) and ladder[hi].measurement and ladder[hi].measurement["meets"] else None
+
+
+def _widen(chosen: Candidate, model: CostModel, scores: dict[int, np.ndarray],
+           measure: Callable[[Candidate], dict]) -> Candidate:
+    """Give back what the target does not need: the ladder moves one group at a time in the
+    greedy's order, so its first rung that meets the target may have cut a group that buys
+    little time. In a fixed order (the groups whose cut lost the most importance first, then by
+    id), each cut group is widened by one step and kept wider if that still meets the target; at
+    most :data:`MAX_WIDEN` candidates timed."""
+    lost = importance_curves(scores, model.steps)
+
+    def importance_lost(g: int) -> float:
+        return float(lost[g][model.steps[g][0] - chosen.counts[g]])
+
+    cut = sorted((g for g, c in chosen.counts.items() if c < model.steps[g][0]),
+                 key=lambda g: (-importance_lost(g), g))
+    current = chosen
+    for g in cut[:MAX_WIDEN]:
+        widths = model.steps[g]
+        counts = {**current.counts, g: widths[widths.index(current.counts[g]) - 1]}
+        wider = Candidate(current.level, counts, model.total(counts), kind="widened")
+        if measure(wider)["meets"]:
+            current = wider
+    return current
 
 
 def _measure_pair(original, pruned, goal: float) -> dict:
