@@ -41,10 +41,12 @@ MAX_ITERATIONS = 8
 #: a table's prediction is asked to sit this much under the target
 FIRST_MARGIN = 0.97
 #: the candidate ladder: FLOPs budgets as fractions of the original's, least pruned first
-LADDER = tuple(round(1.0 - 0.01 * i, 2) for i in range(1, 100))  # 0.99 ... 0.01
+LADDER = tuple(round(1.0 - 0.05 * i, 2) for i in range(1, 20))  # 0.95 ... 0.05
 #: at most this many candidates are timed by the bisection (enough for the whole ladder)
-MAX_MEASURED = 7
+MAX_MEASURED = 5
 assert len(LADDER) < 2 ** MAX_MEASURED
+#: a timing round of a fast model runs it enough times to take about this many ms
+ROUND_MS = 2.0
 #: at most this many one-step widenings of the chosen rung are timed (see ``_widen``)
 MAX_WIDEN = 3
 #: a result measured under this fraction of the target is reported as over-pruned
@@ -228,6 +230,7 @@ def search_latency(analysis: Analysis, graph: gs.Graph, opset: int, template: on
     if upper <= goal:
         result.measurement = {"original": base.summary(), "decided_on_ms": upper}
         return result
+    runs_per_round = int(min(50, max(5, round(ROUND_MS / max(base.percentile(50), 1e-3)))))
     trials = Trials(graph, analysis, opset, template)
     flops_model, ladder = flops_ladder(analysis, graph, scores, round_to, channel_block(provider))
 
@@ -240,7 +243,7 @@ def search_latency(analysis: Analysis, graph: gs.Graph, opset: int, template: on
         if candidate.measurement is None:
             pruned = make_runner(trials.build_bytes(candidate, analysis, scores), provider, threads,
                                  feeds=original.feeds)
-            candidate.measurement = _measure_pair(original, pruned, goal)
+            candidate.measurement = _measure_pair(original, pruned, goal, runs_per_round)
             m = candidate.measurement
             log(f"  {candidate.kind} at {candidate.flops:.4g} FLOPs: p50 {m['pruned']['p50_ms']:.3f} ms (95% up to "
                 f"{m['decided_on_ms']:.3f} ms), the original {m['original']['p50_ms']:.3f} ms in the same rounds: "
@@ -257,8 +260,8 @@ def search_latency(analysis: Analysis, graph: gs.Graph, opset: int, template: on
         best = min((c for c in ladder if c.measurement), key=lambda c: c.measurement["pruned"]["p50_ms"])
         m = best.measurement
         raise TargetUnreachable(f"latency target {goal:g} ms is out of reach on {provider}: the best measured is "
-                                f"{m['pruned']['p50_ms']:.3f} ms (original {m['original']['p50_ms']:.3f} ms in "
-                                "the same rounds)")
+                                f"{m['pruned']['p50_ms']:.3f} ms, 95% interval up to {m['decided_on_ms']:.3f} ms "
+                                f"(original {m['original']['p50_ms']:.3f} ms in the same rounds)")
     chosen = _widen(chosen, flops_model, scores, measure)
     if calibration is not None:
         chosen, result.fidelity_check = _guard_latency(chosen, flops_model, trials, analysis, scores, template,
@@ -362,11 +365,12 @@ def _widen(chosen: Candidate, model: CostModel, scores: dict[int, np.ndarray],
     return current
 
 
-def _measure_pair(original, pruned, goal: float) -> dict:
+def _measure_pair(original, pruned, goal: float, runs_per_round: int = 5) -> dict:
     """The original and a candidate timed side by side: summaries, ratio, and the decision."""
     from ..runtime.timing import interleaved, ratios
 
-    orig_t, pruned_t = interleaved([("original", original), ("pruned", pruned)], min_seconds=2.0, max_rounds=40)
+    orig_t, pruned_t = interleaved([("original", original), ("pruned", pruned)], runs_per_round=runs_per_round,
+                                   min_rounds=10, min_seconds=2.0, max_rounds=40)
     upper = pruned_t.median_interval()[1]
     return {"original": orig_t.summary(), "pruned": pruned_t.summary(), "ratio": ratios(orig_t, pruned_t),
             "decided_on_ms": upper, "meets": upper <= goal}
