@@ -51,9 +51,27 @@ class Search(Pass):
                 feeds = latency_feeds(ctx)
             result = search_latency(ctx.analysis, ctx.graph, ctx.opset, ctx.model, ctx.scores, target,
                                     model_fingerprint(ctx.model), opts.input_shapes, feeds, opts.provider,
-                                    opts.threads, opts.round_to, table, self.log)
+                                    opts.threads, opts.round_to, table, self.log, ctx.calibration)
         else:
             result = search_counted(ctx.analysis, ctx.graph, ctx.opset, ctx.model, ctx.scores, target,
-                                    opts.round_to)
+                                    opts.round_to, ctx.calibration, opts.threads)
         ctx.selection = result.selection
         ctx.report["search"] = result.as_report()
+        ctx.warnings.extend(search_warnings(result))
+
+
+def search_warnings(result) -> list[str]:
+    """What a build should not miss about the search's choice: over-pruning, a fidelity collapse."""
+    out = []
+    if result.over_pruned:
+        m = result.measurement
+        out.append(f"target search: the least-pruned candidate that meets the target measures "
+                   f"{result.achieved:.3f} ms, far under the target {result.target.value:g} ms "
+                   f"(the original {m['original']['p50_ms']:.3f} ms in the same rounds): latency falls in "
+                   "steps here, and the model was pruned more than the target needs")
+    check = result.fidelity_check
+    if check and check["collapsed"] and not check["switched"] and check["chosen"]["cosine"] is not None:
+        out.append(f"target search: the chosen model's fidelity (cosine {check['chosen']['cosine']:.4f} before "
+                   f"reconstruction) collapsed against the uniform allocation's ({check['alternative']['cosine']:.4f}), "
+                   "which was not nearly as fast or missed the target")
+    return out

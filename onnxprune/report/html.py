@@ -112,9 +112,9 @@ def render_html(report: dict) -> str:
     settings = report.get("settings") or {}
     search = report.get("search")
     rows = [("params", before.get("params"), after.get("params")), ("FLOPs", before.get("flops"), after.get("flops"))]
-    if search and search.get("measurement"):
-        m = search["measurement"]
-        rows.append(("latency p50 (ms)", m["original"]["p50_ms"], m["pruned"]["p50_ms"]))
+    if search and search["target"]["kind"] == "latency" and search.get("achieved") is not None:
+        label = "latency p50 (ms, predicted)" if search["status"] == "predicted" else "latency p50 (ms)"
+        rows.append((label, search["baseline"], search["achieved"]))  # the summary's figures
     summary = "".join(f'<tr><td class="l">{_e(k)}</td><td>{_human(b)}</td><td>{_human(a)}</td>'
                       f'<td>{"" if not b or a is None else f"{(a - b) / b * 100:+.1f}%"}</td></tr>' for k, b, a in rows)
     fidelity = report.get("fidelity") or {}
@@ -132,10 +132,10 @@ def render_html(report: dict) -> str:
         counts = search.get("counts") or {}
         total = sum(g["channels_before"] for g in groups) or 1
         kept = sum(counts.get(str(g["id"]), g["channels_before"]) for g in groups) / total
-        for it in search.get("iterations", []):
-            if it.get("achieved") is not None and search.get("status") != "already_met":
-                measured.append((kept, float(it["achieved"])))
-        curve_plot = _line_plot(search.get("curve") or [], measured[-1:],
+        if search.get("achieved") is not None and search.get("status") != "already_met":
+            measured.append((kept, float(search["achieved"])))
+        curve = [{"kept": c["kept"], "predicted": c.get("predicted", c.get("measured"))} for c in search.get("curve") or []]
+        curve_plot = _line_plot(curve, measured,
                                 "latency (ms)" if kind == "latency" else kind)
     blocked = "".join(f'<tr><td>{g["id"]}</td><td>{g["channels_before"]}</td><td class="l">{_e(g["name"])}</td>'
                       f'<td class="l">{_e("; ".join(g["reasons"]) or "a single channel")}</td></tr>'

@@ -74,6 +74,11 @@ def prune_summary(ctx: PruningContext) -> str:
     return "\n".join(rows)
 
 
+def timed_here(search: dict) -> bool:
+    """Whether a search timed candidates here (a measured latency target)."""
+    return bool(search.get("measurement") and "pruned" in search["measurement"])
+
+
 def search_summary(report: dict) -> list[str]:
     """Lines on the target search (what was asked, what was reached) and on output fidelity."""
     rows = []
@@ -86,17 +91,24 @@ def search_summary(report: dict) -> list[str]:
             asked = f"{t['kind']} <= " + (f"{t['value']:.3g} of the original" if t["fraction"] else human(t["value"]))
         status = {"met": "met", "already_met": "already met by the original",
                   "predicted": "met by the latency table's prediction (not measured here)"}[search["status"]]
-        rows.append(f"target {asked}: {status} ({len(search['iterations'])} iteration(s), {search['seconds']:.1f} s)")
+        steps = "candidate(s) timed" if timed_here(search) else "iteration(s)"
+        rows.append(f"target {asked}: {status} ({len(search['iterations'])} {steps}, {search['seconds']:.1f} s)")
         m = search.get("measurement")
-        if m:
-            o, p, r = m["original"], m["pruned"], m["ratio"]
-            rows.append(f"latency {search['baseline']:.3f} -> {search['achieved']:.3f} ms (baseline p50 x per-round "
-                        f"ratio); side by side p50 {o['p50_ms']:.3f} -> {p['p50_ms']:.3f} ms (round medians "
-                        f"{p['round_median_min_ms']:.3f}–{p['round_median_max_ms']:.3f} ms); speedup "
+        if m and "pruned" in m:
+            p, r = m["pruned"], m["ratio"]
+            rows.append(f"latency p50 {search['baseline']:.3f} -> {search['achieved']:.3f} ms, side by side in the "
+                        f"same {p['rounds']} rounds (95% interval of the median {p['median_ci_ms'][0]:.3f}–"
+                        f"{p['median_ci_ms'][1]:.3f} ms); speedup "
                         f"{1 / r['median']:.2f}x (per round {1 / r['max']:.2f}–{1 / r['min']:.2f}x)")
         elif t["kind"] == "latency" and search.get("achieved") is not None:
             rows.append(f"latency p50 {search['baseline']:.3f} -> {search['achieved']:.3f} ms"
                         + (" (predicted)" if search["status"] == "predicted" else ""))
+        check = search.get("fidelity_check")
+        if check and check.get("alternative") and None not in (check["chosen"]["cosine"], check["alternative"]["cosine"]):
+            rows.append(f"accuracy guard: cosine before reconstruction {check['chosen']['cosine']:.4f} "
+                        f"({check['chosen']['kind']}) vs {check['alternative']['cosine']:.4f} (uniform)"
+                        + ("; collapsed" if check["collapsed"] else "")
+                        + ("; chose the uniform allocation" if check["switched"] else ""))
     bench = report.get("benchmark")
     if bench:
         o, p, r = bench["original"], bench["pruned"], bench["ratio"]

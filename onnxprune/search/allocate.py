@@ -4,11 +4,12 @@ Greedy, in the spirit of NetAdapt and Torch-Pruning's global pruning: every grou
 of its candidate widths; each step moves the one group whose next narrower width saves the most
 cost per unit of importance lost, until the model's predicted cost is within budget. Scores are
 turned into the fraction of its group's importance a cut removes (see
-``_importance_curves``), and a group loses its lowest-scored channels first.
+``importance_curves``), and a group loses its lowest-scored channels first.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +26,7 @@ class Allocation:
     met: bool
 
 
-def _importance_curves(scores: dict[int, np.ndarray], steps: dict[int, list[int]]) -> dict[int, np.ndarray]:
+def importance_curves(scores: dict[int, np.ndarray], steps: dict[int, list[int]]) -> dict[int, np.ndarray]:
     """Per group: the importance lost by removing its ``k`` lowest-scored channels, for every ``k``.
 
     Measured as ``-log`` of the fraction of the group's total score that stays, so that a cut
@@ -43,13 +44,15 @@ def _importance_curves(scores: dict[int, np.ndarray], steps: dict[int, list[int]
     return lost
 
 
-def allocate(model: CostModel, scores: dict[int, np.ndarray], budget: float) -> Allocation:
-    """Narrow groups step by step until ``model.total(counts) <= budget`` or none can narrow."""
+def greedy_path(model: CostModel, scores: dict[int, np.ndarray]) -> Iterator[tuple[dict[int, int], float]]:
+    """Every state of the greedy narrowing, widest first: (counts, predicted total), from all
+    groups at full width to the most pruning allowed (at most one step per candidate width)."""
     counts = {g: widths[0] for g, widths in model.steps.items()}
     position = {g: 0 for g in model.steps}
-    lost = _importance_curves(scores, model.steps)
+    lost = importance_curves(scores, model.steps)
     total = model.total(counts)
-    while total > budget:
+    yield dict(counts), total
+    for _ in range(sum(len(widths) - 1 for widths in model.steps.values())):
         best, best_value, best_saving = None, -1.0, 0.0
         for g, widths in model.steps.items():
             i = position[g]
@@ -64,8 +67,35 @@ def allocate(model: CostModel, scores: dict[int, np.ndarray], budget: float) -> 
             if value > best_value:  # ties: the lowest group id, as groups are visited in id order
                 best, best_value, best_saving = g, value, saving
         if best is None:
-            return Allocation(counts, model.total(counts), False)
+            return
         position[best] += 1
         counts[best] = model.steps[best][position[best]]
         total -= best_saving
-    return Allocation(counts, model.total(counts), True)
+        yield dict(counts), total
+
+
+def allocate(model: CostModel, scores: dict[int, np.ndarray], budget: float) -> Allocation:
+    """Narrow groups step by step until ``model.total(counts) <= budget`` or none can narrow."""
+    counts: dict[int, int] = {}
+    for counts, total in greedy_path(model, scores):
+        if total <= budget:
+            return Allocation(counts, model.total(counts), True)
+    return Allocation(counts, model.total(counts), False)
+
+
+#: kept fractions tried by :func:`allocate_uniform`, in steps of 1 / UNIFORM_STEPS
+UNIFORM_STEPS = 100
+
+
+def allocate_uniform(model: CostModel, budget: float) -> Allocation:
+    """Every group at about the same kept fraction (the narrowest width at or above it): the
+    largest fraction on a fixed grid whose predicted cost is within ``budget``. The allocation a
+    plain ``--ratio`` makes, used where importance-per-cost guts a group (see ``search.guard``)."""
+    counts = {g: widths[0] for g, widths in model.steps.items()}
+    for step in range(UNIFORM_STEPS, -1, -1):
+        f = step / UNIFORM_STEPS
+        counts = {g: min([w for w in widths if w >= f * widths[0]] or [min(widths)])
+                  for g, widths in model.steps.items()}
+        if model.total(counts) <= budget:
+            return Allocation(counts, model.total(counts), True)
+    return Allocation(counts, model.total(counts), False)

@@ -14,6 +14,7 @@ against end-to-end measurements.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,7 +41,9 @@ def candidate_counts(total: int, round_to: int = 1, min_keep: float = MIN_KEEP_F
     step = max(1, round_to)
     if total >= 32:
         step = max(step, vector_width)
-    while total // step > max_steps:
+    for _ in range(64):  # doubling: bounded by the bits of ``total``
+        if total // step <= max_steps:
+            break
         step *= 2
     if total <= step:
         return [total]
@@ -49,6 +52,29 @@ def candidate_counts(total: int, round_to: int = 1, min_keep: float = MIN_KEEP_F
     if not counts:
         counts = [step * max(1, total // step)] if step * max(1, total // step) < total else []
     return [total, *counts]
+
+
+def channel_block(provider: str = "cpu") -> int:
+    """Channels per vector block of the provider's kernels: ONNX Runtime's CPU convolutions
+    (MLAS, NCHWc layout) work in blocks of 16 channels with AVX-512 and of 8 otherwise, and a
+    width between two blocks often runs *slower* than the next wider block (measured on the
+    digits CNN with AVX-512: 24 channels 1.9 ms, 32 channels 1.6 ms, 16 channels 1.0 ms);
+    tensor cores want multiples of 8."""
+    if provider == "cpu":
+        try:
+            with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+                head = f.read(1 << 16)
+        except OSError:
+            return 8
+        return 16 if " avx512f" in head else 8
+    return 8
+
+
+def latency_steps(total: int, round_to: int = 1, block: int = 8) -> list[int]:
+    """Widths a measured latency search tries, widest first: multiples of ``block`` (of half a
+    block for groups of one to two blocks, every width for smaller ones), and of ``round_to``."""
+    step = block if total >= 2 * block else max(1, block // 2) if total >= block else 1
+    return candidate_counts(total, max(step, round_to), vector_width=1)
 
 
 @dataclass
@@ -124,13 +150,15 @@ def uniform_curve(model: CostModel, fractions=(1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4
     return rows
 
 
-def layer_variants(analysis: Analysis, shapes: dict[str, tuple], round_to: int = 1, fine: bool = False
+def layer_variants(analysis: Analysis, shapes: dict[str, tuple], round_to: int = 1, fine: bool = False,
+                   steps_of: Callable[[int], list[int]] | None = None
                    ) -> tuple[dict[str, LayerSpec], dict[str, dict[int, dict[int, LayerSpec]]], dict[int, list[int]]]:
     """For each modelled layer: its full spec, and its spec at every candidate width of every
     prunable group touching it (the other groups at full width); plus each group's candidates.
 
     ``shapes`` gives each layer's concrete (input, output) shapes by node name. ``fine``: every
     multiple of ``round_to`` is a candidate (counted costs are linear, no need for coarse steps).
+    ``steps_of`` (a group's channels -> its widths) overrides both.
     """
     nodes = layer_nodes(analysis)
     group_of = {r: g for g in analysis.prunable_groups for r in g.classes}
@@ -143,7 +171,9 @@ def layer_variants(analysis: Analysis, shapes: dict[str, tuple], round_to: int =
                 g = group_of.get(r)
                 if g is not None and g not in touching[site.node.name]:
                     touching[site.node.name].append(g)
-    if fine:
+    if steps_of is not None:
+        steps = {g.id: steps_of(g.channels) for g in analysis.prunable_groups}
+    elif fine:
         steps = {g.id: candidate_counts(g.channels, round_to, max_steps=FINE_STEPS, vector_width=1)
                  for g in analysis.prunable_groups}
     else:
@@ -169,9 +199,10 @@ def layer_variants(analysis: Analysis, shapes: dict[str, tuple], round_to: int =
 
 
 def counted_model(analysis: Analysis, shapes: dict[str, tuple], kind: str, total: float,
-                  round_to: int = 1) -> CostModel:
-    """A FLOPs or params model, counted from the layers' shapes (no measurement)."""
-    full, variants, steps = layer_variants(analysis, shapes, round_to, fine=True)
+                  round_to: int = 1, steps_of: Callable[[int], list[int]] | None = None) -> CostModel:
+    """A FLOPs or params model, counted from the layers' shapes (no measurement); widths: every
+    multiple of ``round_to``, or ``steps_of(channels)``."""
+    full, variants, steps = layer_variants(analysis, shapes, round_to, fine=True, steps_of=steps_of)
     measure = (lambda s: float(s.flops)) if kind == "flops" else (lambda s: float(s.params))
     full_cost = {name: measure(spec) for name, spec in full.items()}
     curves = {name: {g: {c: (measure(s) / full_cost[name] if full_cost[name] else 1.0) for c, s in per.items()}
