@@ -25,11 +25,11 @@ class DefaultToPrune(click.Group):
         """Usage errors (a bad option value, a directory for MODEL) are one line too, exit code 2."""
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
-        from .tempfiles import Interrupted, handle_signals
+        from .tempfiles import Interrupted, signals_handled
 
-        handle_signals()  # SIGTERM/SIGINT: temporary files removed, then exit 128 + signal
         try:
-            rv = super().main(*args, standalone_mode=False, **kwargs)
+            with signals_handled():  # SIGTERM/SIGINT: temporary files removed, then exit 128 + signal
+                rv = super().main(*args, standalone_mode=False, **kwargs)
         except Interrupted as exc:
             click.echo(f"error: {exc}; temporary files removed", err=True)
             sys.exit(exc.exit_code)
@@ -272,7 +272,7 @@ def _save_loadable(result, out: Path, model: Path, quiet: bool) -> None:
 
     written = result.save(out)
     try:
-        warning = check_loads(out, model)
+        warning = check_loads(written, model)
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)

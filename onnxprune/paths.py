@@ -24,16 +24,18 @@ class _Entry:
     path: Path
     resolved: Path
     inode: tuple[int, int] | None  # (st_dev, st_ino) where the file exists
+    only_if_large: bool = False  # written only for models over the external-data threshold
 
 
-def _entry(what: str, path: Path, resolved: Path | None = None, stat: os.stat_result | None = None) -> _Entry:
+def _entry(what: str, path: Path, resolved: Path | None = None, stat: os.stat_result | None = None,
+           only_if_large: bool = False) -> _Entry:
     if stat is None:
         try:
             stat = os.stat(path)
         except OSError:
             stat = None
     return _Entry(what, Path(path), resolved or Path(os.path.realpath(path)),
-                  (stat.st_dev, stat.st_ino) if stat is not None else None)
+                  (stat.st_dev, stat.st_ino) if stat is not None else None, only_if_large)
 
 
 @dataclass
@@ -83,14 +85,16 @@ class RunFiles:
         """The output model and the external-data file written beside it for large models."""
         path = Path(path)
         self.write(flag, path)
-        self.write(f"{flag} {path}'s external data", path.with_name(path.name + ".data"))
+        self.writes.append(_entry(f"{flag} {path}'s external data", path.with_name(path.name + ".data"),
+                                  only_if_large=True))
         return self
 
     def check(self) -> None:
         """One-line :class:`BadInputError` (exit 2) for the first output that cannot be written
         or would replace an input or another output."""
         for i, w in enumerate(self.writes):
-            _check_writable(w)
+            if not w.only_if_large:
+                _check_writable(w)
             for r in self.reads:
                 if _same(w, r):
                     raise BadInputError(f"{w.what} {w.path}: is {r.what}{_aka(w, r)}; an output never replaces "
@@ -110,21 +114,24 @@ def _same(a: _Entry, b: _Entry) -> bool:
 
 
 def _check_writable(w: _Entry) -> None:
-    """What can be told before any work: not a folder, its parent not a file, a legal name."""
-    if w.path.is_dir():
-        raise BadInputError(f"{w.what} {w.path}: is a directory")
-    for parent in w.path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise BadInputError(f"{w.what} {w.path}: {parent} is not a directory")
-            limit = name_max(parent)
-            break
-    else:
-        limit = name_max(".")
+    """What can be told before any work: a legal name, not a folder, its parent not a file."""
+    existing = next((p for p in w.path.parents if _exists(p)), Path("."))
+    limit = name_max(existing)
     for part in w.path.parts:
         if len(os.fsencode(part)) > limit:
-            raise BadInputError(f"{w.what} {w.path}: the name {part[:20]}... is {len(os.fsencode(part))} bytes, "
+            raise BadInputError(f"{w.what} {w.path}: a name in it is {len(os.fsencode(part))} bytes long, "
                                 f"over the file system's limit of {limit}")
+    if w.path.is_dir():
+        raise BadInputError(f"{w.what} {w.path}: is a directory")
+    if not existing.is_dir():
+        raise BadInputError(f"{w.what} {w.path}: {existing} is not a directory")
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return os.path.lexists(path)
+    except (OSError, ValueError):
+        return False
 
 
 def external_data_files(model: Path) -> list[Path]:

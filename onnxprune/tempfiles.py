@@ -3,7 +3,7 @@
 Every output is written to a temporary file in its folder and renamed over the target, so a
 reader never sees half a file. These helpers make sure the temporary file never outlives the
 run: its name fits the folder's file-name limit whatever the target's length, it is removed on
-any exception, and SIGTERM and SIGINT (:func:`handle_signals`) remove it before the process
+any exception, and SIGTERM and SIGINT (:func:`signals_handled`) remove it before the process
 exits.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -84,9 +85,20 @@ def _on_signal(signum: int, frame) -> None:
     raise Interrupted(signum)
 
 
-def handle_signals() -> None:
-    """Make SIGTERM and SIGINT stop the run by an exception (:class:`Interrupted`), after removing
-    the temporary files. Only from the main thread of a command-line run: a library leaves the
-    process's signal handling alone."""
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _on_signal)
+@contextmanager
+def signals_handled() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGINT stop the run by an exception (:class:`Interrupted`),
+    after removing the temporary files; the previous handlers are back afterwards. For the main
+    thread of a command-line run: a library leaves the process's signal handling alone."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may
+        yield
+        return
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    for signum, handler in previous.items():
+        if handler is not signal.SIG_IGN:  # ignored (nohup, a shell's background job): left so
+            signal.signal(signum, _on_signal)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
