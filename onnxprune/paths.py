@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,8 +94,6 @@ class RunFiles:
         """One-line :class:`BadInputError` (exit 2) for the first output that cannot be written
         or would replace an input or another output."""
         for i, w in enumerate(self.writes):
-            if not w.only_if_large:
-                _check_writable(w)
             for r in self.reads:
                 if _same(w, r):
                     raise BadInputError(f"{w.what} {w.path}: is {r.what}{_aka(w, r)}; an output never replaces "
@@ -103,6 +102,9 @@ class RunFiles:
                 if _same(w, other):
                     raise BadInputError(f"{w.what} {w.path}: is also where {other.what} goes{_aka(w, other)}; "
                                         "each output needs its own file")
+        for w in self.writes:
+            if not w.only_if_large:
+                _check_writable(w)
 
 
 def _aka(a: _Entry, b: _Entry) -> str:
@@ -121,8 +123,16 @@ def _check_writable(w: _Entry) -> None:
         if len(os.fsencode(part)) > limit:
             raise BadInputError(f"{w.what} {w.path}: a name in it is {len(os.fsencode(part))} bytes long, "
                                 f"over the file system's limit of {limit}")
+    if w.path.is_symlink():  # the rename would replace the link (/dev/stdout...), not write through it
+        raise BadInputError(f"{w.what} {w.path}: is a symbolic link; give the path of the file itself")
     if w.path.is_dir():
         raise BadInputError(f"{w.what} {w.path}: is a directory")
+    try:
+        mode = os.stat(w.path).st_mode
+    except OSError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):  # the rename would replace the device itself
+        raise BadInputError(f"{w.what} {w.path}: is not a regular file (a device, FIFO or socket)")
     if not existing.is_dir():
         raise BadInputError(f"{w.what} {w.path}: {existing} is not a directory")
 

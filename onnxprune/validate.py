@@ -3,8 +3,9 @@ fail to load in ONNX Runtime, refused up front with the tensor, node or field na
 
 onnx's own checker is stricter than real models allow (it wants every output's shape, for one),
 so these are the specific faults ONNX Runtime refuses: tensors whose data disagrees with their
-dims and type, negative dims, unknown data types, a domain imported twice, no graph outputs,
-a cycle or a tensor produced twice, model-local functions that call themselves.
+dims and type, negative dims, unknown data types, a domain imported twice, an IR version too new,
+no graph outputs, a tensor read but never defined or defined twice, a cycle, model-local
+functions that call themselves, a node that breaks its operator's schema.
 """
 
 from __future__ import annotations
@@ -34,9 +35,14 @@ def check_structure(model: onnx.ModelProto, where: str = "model") -> None:
         raise BadInputError(f"{where}: the graph has no outputs")
     for tensor in external_data_helper._get_all_tensors(model):
         check_tensor(tensor, where)
+    if model.ir_version > onnx.IR_VERSION:
+        raise BadInputError(f"{where}: ir_version {model.ir_version} is newer than this onnx reads "
+                            f"(up to {onnx.IR_VERSION})")
     _check_value_types(model.graph, where)
     _check_dag(model.graph, where)
     _check_functions_not_recursive(model, where)
+    _check_nodes(model, where)
+    _check_types(model, where)
 
 
 def _check_opset_imports(imports: Iterable[onnx.OperatorSetIdProto], where: str) -> None:
@@ -123,25 +129,70 @@ def _subgraphs(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.GraphProto]:
                 yield from attr.graphs
 
 
-def _check_dag(graph: onnx.GraphProto, where: str) -> None:
-    """Every tensor produced once, and no node depending on its own output (in any subgraph too)."""
-    defined = {t.name for t in graph.input} | {t.name for t in graph.initializer}
+def _check_dag(graph: onnx.GraphProto, where: str, outer: frozenset[str] = frozenset()) -> None:
+    """Every tensor defined once and before it is read (inputs, initializers, node outputs, or an
+    enclosing graph's names for a subgraph), every graph output defined, and no node depending on
+    its own output; in every subgraph too."""
+    declared: set[str] = set()
+    for kind, names in (("graph input", [t.name for t in graph.input]),
+                        ("initializer", [t.name for t in graph.initializer])):
+        seen = set()
+        for name in names:
+            if name in seen:
+                raise BadInputError(f"{where}: {kind} '{name}' is declared twice")
+            seen.add(name)
+        declared |= seen
     producer: dict[str, int] = {}
     for i, node in enumerate(graph.node):
         for name in node.output:
             if not name:
                 continue
-            if name in producer or name in defined:
+            if name in producer or name in declared:
                 raise BadInputError(f"{where}: tensor '{name}' is produced twice (node '{_node_name(node)}' and "
                                     f"{_node_name(graph.node[producer[name]]) if name in producer else 'an input'})")
             producer[name] = i
+    scope = outer | declared | set(producer)
+    for node in graph.node:
+        missing = next((n for n in node.input if n and n not in scope), None)
+        if missing is not None:
+            raise BadInputError(f"{where}: node '{_node_name(node)}' reads tensor '{missing}', which no input, "
+                                "initializer or node defines")
+    for out in graph.output:
+        if out.name not in scope:
+            raise BadInputError(f"{where}: graph output '{out.name}' is not produced by any node")
     deps = [{producer[n] for n in _node_reads(node) if n in producer} for node in graph.node]
     cycle = _find_cycle(deps)
     if cycle is not None:
         names = " <- ".join(_node_name(graph.node[i]) for i in cycle)  # each reads from the next
         raise BadInputError(f"{where}: the graph has a cycle ({names})")
     for sub in _subgraphs(graph.node):
-        _check_dag(sub, where)
+        _check_dag(sub, where, frozenset(scope))
+
+
+def _check_nodes(model: onnx.ModelProto, where: str) -> None:
+    """Each node of an ONNX domain against its operator's schema (attributes and their types,
+    input and output counts), as ONNX Runtime checks it. Nodes holding subgraphs are left to
+    the nodes inside them; custom domains and model-local functions have no schema here."""
+    ctx = onnx.checker.C.CheckerContext()
+    ctx.ir_version = model.ir_version
+    ctx.opset_imports = {("" if i.domain == "ai.onnx" else i.domain): i.version for i in model.opset_import}
+    known = onnx.defs.C.schema_version_map()
+    local = {(f.domain, f.name) for f in model.functions}
+    nodes = list(model.graph.node)
+    while nodes:
+        node = nodes.pop()
+        subgraphs = list(_subgraphs([node]))
+        if subgraphs:
+            nodes.extend(n for g in subgraphs for n in g.node)
+            continue
+        domain = "" if node.domain == "ai.onnx" else node.domain
+        if (domain and domain not in known) or (node.domain, node.op_type) in local:
+            continue
+        try:
+            onnx.checker.check_node(node, ctx)
+        except onnx.checker.ValidationError as exc:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
+            raise BadInputError(f"{where}: node '{_node_name(node)}' ({node.op_type}): {text}") from None
 
 
 def _node_reads(node: onnx.NodeProto) -> Iterator[str]:
@@ -176,6 +227,42 @@ def _find_cycle(deps: list[set[int]]) -> list[int] | None:
                 path.append(nxt)
                 stack.append(iter(sorted(deps[nxt])))
     return None
+
+
+#: What ONNX type inference says of type errors (ONNX Runtime refuses them); shape conflicts it
+#: merges with a warning, so they are not among these.
+_TYPE_ERRORS = ("[TypeInferenceError]", "has unsupported type")
+#: Initializers at least this large are given to type inference as typed inputs, not copied.
+_COPY_LIMIT = 4096
+
+
+def _check_types(model: onnx.ModelProto, where: str) -> None:
+    """ONNX type inference, strict, as ONNX Runtime runs it when loading: an attribute naming no
+    valid type, an input of a type the operator does not take. Conflicting *shapes* are left
+    alone (ONNX Runtime merges them with a warning). Runs on a skeleton that holds no large
+    weights, so it costs little whatever the model's size."""
+    skeleton = onnx.ModelProto(ir_version=max(model.ir_version, 4))
+    skeleton.opset_import.extend(model.opset_import)
+    skeleton.functions.extend(model.functions)
+    graph = skeleton.graph
+    graph.name = model.graph.name
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    graph.value_info.extend(model.graph.value_info)
+    inputs = {i.name for i in model.graph.input}
+    for t in model.graph.initializer:
+        if t.data_location != TensorProto.EXTERNAL and len(t.raw_data) < _COPY_LIMIT and t.ByteSize() < _COPY_LIMIT:
+            graph.initializer.append(t)
+        elif t.name not in inputs:
+            graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    try:
+        onnx.shape_inference.infer_shapes(skeleton, check_type=True, strict_mode=True, data_prop=False)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
+        text = str(exc).strip()
+        if any(marker in text for marker in _TYPE_ERRORS):
+            first = text.splitlines()[0].replace("[ShapeInferenceError] Inference error(s): ", "")
+            raise BadInputError(f"{where}: type error: {first}") from None
 
 
 def _check_functions_not_recursive(model: onnx.ModelProto, where: str) -> None:

@@ -61,6 +61,9 @@ _CLASHES = [(c, f, t) for c, flags in OUTPUT_FLAGS.items() for f in flags for t 
 _CLASHES += [("prune", f, t) for f in OUTPUT_FLAGS["prune"] for t in ("calib", "calib folder", "table", "config")]
 _CLASHES += [("prune", "outputs", t) for t in ("report=-o", "html=report", "html=-o data", "force over input",
                                                  "report=html via link")]
+#: Outputs a rename would not write into but replace: a symbolic link (/dev/stdout), a device.
+_SPECIAL = {"symlink": ("alias.json", "is a symbolic link"), "device": (os.devnull, "is not a regular file")}
+_CLASHES += [(c, f, t) for c, flags in OUTPUT_FLAGS.items() for f in flags for t in _SPECIAL]
 
 
 def _prune_args(target: str, flag: str, tmp: Path, model: Path) -> list[str]:
@@ -85,16 +88,20 @@ def test_no_output_replaces_an_input_or_another_output(tmp_path: Path, command: 
     files = _inputs(tmp_path)
     if target in files:
         args = _command(command, flag, files[target], files["model"])
+    elif target in _SPECIAL:
+        args = _command(command, flag, tmp_path / _SPECIAL[target][0], files["model"])
     else:
         args = _prune_args(target, flag, tmp_path, files["model"])
     before = {p: digest(p) for p in tmp_path.rglob("*") if p.is_file()}
     res = run_cli(*args)
     assert res.returncode == 2, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
-    assert "an output never replaces a file the run reads" in res.stderr \
-        or "each output needs its own file" in res.stderr, res.stderr
+    needles = [_SPECIAL[target][1]] if target in _SPECIAL else ["an output never replaces a file the run reads",
+                                                                   "each output needs its own file"]
+    assert any(n in res.stderr for n in needles), res.stderr
     assert {p: digest(p) for p in tmp_path.rglob("*") if p.is_file()} == before, "a file was written or changed"
-    assert (tmp_path / "link.onnx").is_symlink()
+    assert (tmp_path / "link.onnx").is_symlink() and (tmp_path / "alias.json").is_symlink()
+    assert Path(os.devnull).is_char_device()
 
 
 # --- the written model loads in ONNX Runtime -------------------------------------------------
