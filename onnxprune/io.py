@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import math
 import os
 import tempfile
 import warnings
@@ -153,7 +154,7 @@ def _expected_nbytes(t: onnx.TensorProto) -> int | None:
     dtype = element_dtype(t.data_type)
     if dtype is None:
         return None
-    return int(np.prod(t.dims, dtype=np.int64)) * dtype.itemsize
+    return math.prod(int(d) for d in t.dims) * dtype.itemsize  # Python ints: hostile dims do not wrap
 
 
 def _first_line(exc: BaseException) -> str:
