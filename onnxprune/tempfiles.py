@@ -3,7 +3,7 @@
 Every output is written to a temporary file in its folder and renamed over the target, so a
 reader never sees half a file. These helpers make sure the temporary file never outlives the
 run: its name fits the folder's file-name limit whatever the target's length, it is removed on
-any exception, and SIGTERM and SIGINT (:func:`signals_handled`) remove it before the process
+any exception, and SIGTERM, SIGINT and SIGHUP (:func:`signals_handled`) remove it before the process
 exits.
 """
 
@@ -22,10 +22,12 @@ _LIVE: set[str] = set()
 #: File-name limit where the folder does not say (Linux, macOS and Windows all allow 255).
 DEFAULT_NAME_MAX = 255
 _RANDOM_CHARS = 8  # from secrets.token_hex(4)
+#: What stops a run from outside: kill and CI cancellation, Ctrl-C, a closed terminal.
+_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name))
 
 
 class Interrupted(BaseException):
-    """SIGTERM or SIGINT arrived: unwind (every ``finally`` runs) and exit with 128 + the signal."""
+    """A stopping signal arrived: unwind (every ``finally`` runs) and exit with 128 + the signal."""
 
     def __init__(self, signum: int):
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
@@ -87,13 +89,13 @@ def _on_signal(signum: int, frame) -> None:
 
 @contextmanager
 def signals_handled() -> Iterator[None]:
-    """Within the block, SIGTERM and SIGINT stop the run by an exception (:class:`Interrupted`),
+    """Within the block, SIGTERM, SIGINT and SIGHUP stop the run by an exception (:class:`Interrupted`),
     after removing the temporary files; the previous handlers are back afterwards. For the main
     thread of a command-line run: a library leaves the process's signal handling alone."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread may
         yield
         return
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    previous = {signum: signal.getsignal(signum) for signum in _SIGNALS}
     for signum, handler in previous.items():
         if handler is not signal.SIG_IGN:  # ignored (nohup, a shell's background job): left so
             signal.signal(signum, _on_signal)

@@ -153,7 +153,7 @@ main(sys.argv[1:])
 """
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_during_the_write_removes_the_temporary_file(tmp_path: Path, signum: int):
     out = tmp_path / "out.onnx"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
