@@ -25,8 +25,14 @@ class DefaultToPrune(click.Group):
         """Usage errors (a bad option value, a directory for MODEL) are one line too, exit code 2."""
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
+        from .tempfiles import Interrupted, signals_handled
+
         try:
-            rv = super().main(*args, standalone_mode=False, **kwargs)
+            with signals_handled():  # SIGTERM/SIGINT: temporary files removed, then exit 128 + signal
+                rv = super().main(*args, standalone_mode=False, **kwargs)
+        except Interrupted as exc:
+            click.echo(f"error: {exc}; temporary files removed", err=True)
+            sys.exit(exc.exit_code)
         except click.UsageError as exc:
             click.echo(f"error: {exc.format_message().rstrip('.')} (see --help)", err=True)
             sys.exit(exc.exit_code)
@@ -82,11 +88,15 @@ def main() -> None:
     enable(True)  # progress lines on a terminal; commands with --quiet turn them off
 
 
+_CONFIG_FILE = "onnxprune.config_file"
+
+
 def _load_config(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
     """``--config FILE.toml``: option values by their long names (``target-latency = "50ms"``);
     flags on the command line win."""
     if value is None:
         return None
+    ctx.meta[_CONFIG_FILE] = value  # an input of the run: no output may replace it
     try:
         try:
             import tomllib
@@ -95,6 +105,8 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: Path | None)
         data = tomllib.loads(Path(value).read_text())
     except FileNotFoundError:
         _fail(BadInputError(f"--config {value}: file not found"), False)
+    except RecursionError:
+        _fail(BadInputError(f"--config {value}: not valid TOML (nested too deeply)"), False)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         _fail(BadInputError(f"--config {value}: not valid TOML ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"),
               False)
@@ -174,7 +186,8 @@ def _check_threads(threads: int | None) -> None:
 @click.option("--reconstruct", "reconstruct", type=click.Choice(["lstsq", "bias"]), default=None,
               help="How to repair the layers that lost inputs [default with --calib: lstsq].")
 @click.option("--no-reconstruct", is_flag=True, help="Do not repair layers, even with --calib.")
-@click.option("--force", is_flag=True, help="Allow the output to overwrite the input file.")
+@click.option("--force", is_flag=True, hidden=True,
+              help="Accepted for old scripts: an earlier output is replaced anyway, and an input never is.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a JSON report (groups, params, FLOPs, latency, fidelity, settings, versions).")
 @click.option("--bench", "benchmark", is_flag=True,
@@ -214,11 +227,9 @@ def prune_cmd(model: Path, output: Path | None, ratio: float | None, target_late
             raise BadInputError(f"--ratio and --target-{target.kind} are alternatives: give one")
         if latency_table is not None and (target is None or target.kind != "latency"):
             raise BadInputError("--latency-table needs --target-latency")
-        for path, flag in ((report_path, "--report"), (html_path, "--html")):
-            _check_writable(path, flag)
         out = output or model.with_name(model.stem + ".pruned.onnx")
-        if out.exists() and model.exists() and out.resolve() == model.resolve() and not force:
-            raise BadInputError(f"{out}: output would overwrite the input (use --force)")
+        _run_files(model, calib=calib, latency_table=latency_table).write_model(out) \
+            .write("--report", report_path).write("--html", html_path).check()
         result = prune(model, ratio=ratio, target_latency=target_latency, target_flops=target_flops,
                        target_params=target_params, criterion=criterion, round_to=round_to, calibration=calib,
                        calib_samples=calib_samples, reconstruct="none" if no_reconstruct else reconstruct,
@@ -232,7 +243,7 @@ def prune_cmd(model: Path, output: Path | None, ratio: float | None, target_late
         search = result.report.get("search")
         written = not (search and search["status"] == "already_met")
         if written:
-            result.save(out)
+            _save_loadable(result, out, model, quiet)
         if report_path is not None or html_path is not None:
             _write_reports(result.context, report_path, html_path, model, out, written)
         say(prune_summary(result.context))
@@ -243,17 +254,33 @@ def prune_cmd(model: Path, output: Path | None, ratio: float | None, target_late
         _fail(exc, debug)
 
 
-def _check_writable(path: Path | None, flag: str) -> None:
-    """Refuse a report path that cannot be written before any work is done (no partial output)."""
-    if path is None:
-        return
-    if path.is_dir():
-        raise BadInputError(f"{flag} {path}: is a directory")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise BadInputError(f"{flag} {path}: {parent} is not a directory")
-            break
+def _run_files(*models: Path, calib: Path | None = None, latency_table: Path | None = None):
+    """What this run reads (see paths.RunFiles): the models with their data, calibration data,
+    a latency table, the --config file; the command adds what it writes and checks."""
+    from .paths import RunFiles
+
+    files = RunFiles()
+    for m in models:
+        files.read_model(m, "the input model" if len(models) == 1 else f"input model {m}")
+    files.read_data("the calibration data", calib).read("the latency table", latency_table)
+    return files.read("the --config file", click.get_current_context().meta.get(_CONFIG_FILE))
+
+
+def _save_loadable(result, out: Path, model: Path, quiet: bool) -> None:
+    """Write the pruned model, then load it in ONNX Runtime; a model it refuses is removed."""
+    from .runtime.load_check import check_loads
+
+    written = result.save(out)
+    try:
+        warning = check_loads(written, model)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    if warning:
+        result.context.warnings.append(warning)  # in the report too
+        if not quiet:
+            click.echo(f"warning: {warning}", err=True)
 
 
 def _write_reports(ctx, json_path: Path | None, html_path: Path | None, model: Path, out: Path,
@@ -304,6 +331,7 @@ def bench_cmd(models: tuple[Path, ...], provider: str, threads: int | None, inpu
         from .bench import bench_models, format_bench
 
         _check_threads(threads)
+        _run_files(*models).write("--json", json_path).check()
         result = bench_models(models, provider=provider, threads=threads, input_shapes=input_shapes,
                               max_rounds=rounds)
         click.echo(format_bench(result))
@@ -337,6 +365,7 @@ def profile_cmd(model: Path, output: Path, provider: str, threads: int | None, i
         _check_threads(threads)
         if round_to < 1:
             raise BadInputError(f"--round-to must be a positive integer, got {round_to}")
+        _run_files(model).write("-o", output).check()
         table = profile_model(model, provider, threads, parse_input_shapes(input_shapes), round_to,
                               progress=lambda i, n: _log_to_tty(f"profiled {i}/{n} layers"))
         atomic_write_text(output, table.to_json())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import math
 import os
 import tempfile
 import warnings
@@ -22,6 +23,8 @@ from onnx_graphsurgeon.importers.onnx_importer import get_numpy_type, get_onnx_t
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from .errors import BadInputError, OnnxPruneError
+from .tempfiles import temp_beside
+from .validate import check_structure
 
 #: Opsets of the default domain we have rules and tests for.
 MIN_OPSET = 9
@@ -63,6 +66,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise BadInputError(f"{p}: not a valid ONNX model (no graph)")
     check_opset(model, str(p))
     check_domains(model, str(p))
+    check_structure(model, str(p))
     _attach_external_data(model, p)
     return model
 
@@ -150,7 +154,7 @@ def _expected_nbytes(t: onnx.TensorProto) -> int | None:
     dtype = element_dtype(t.data_type)
     if dtype is None:
         return None
-    return int(np.prod(t.dims, dtype=np.int64)) * dtype.itemsize
+    return math.prod(int(d) for d in t.dims) * dtype.itemsize  # Python ints: hostile dims do not wrap
 
 
 def _first_line(exc: BaseException) -> str:
@@ -429,13 +433,13 @@ def check_deferred(model: onnx.ModelProto, full_check: bool = True) -> None:
         onnx.checker.check_model(path, full_check=full_check)
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike, graph: gs.Graph | None = None) -> None:
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, graph: gs.Graph | None = None) -> list[Path]:
     """Write atomically: temporary files beside the target, then renames.
 
     A reader never sees a half-written model, and a failure leaves nothing behind. A model with
     deferred weights (:func:`export_deferred`) needs the ``graph`` it was exported from; its
     weights are streamed one at a time to ``<name>.data`` beside the target. So is a model too
-    large for one protobuf.
+    large for one protobuf. Returns the files written (the model, and its data file if any).
     """
     target = Path(path)
     if is_deferred(model) and graph is None:
@@ -448,7 +452,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, graph: gs.Graph 
     try:
         if target.is_dir():
             raise IsADirectoryError(errno.EISDIR, "is a directory")
-        _save(model, target, graph)
+        return _save(model, target, graph)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         if exc.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG):
@@ -456,26 +460,20 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, graph: gs.Graph 
         raise BadInputError(f"{target}: cannot write there ({reason})") from None
 
 
-def _save(model: onnx.ModelProto, target: Path, graph: gs.Graph | None) -> None:
+def _save(model: onnx.ModelProto, target: Path, graph: gs.Graph | None) -> list[Path]:
     if is_deferred(model):
-        _save_external(model, graph, target)
-        return
+        return _save_external(model, graph, target)
     if not _size_is_cheap(model):
         graph = gs.import_onnx(model)
         skeleton = export_deferred(graph)
         copy_model_fields(model, skeleton)
-        _save_external(skeleton, graph, target)
-        return
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
+        return _save_external(skeleton, graph, target)
+    with temp_beside(target) as (fd, tmp):
         with os.fdopen(fd, "wb") as fh:
             fh.write(model.SerializeToString())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        os.chmod(tmp, 0o666 & ~_umask())  # temporary files are 0600; give the usual permissions
         os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    return [target]
 
 
 def copy_model_fields(source: onnx.ModelProto, dest: onnx.ModelProto) -> None:
@@ -496,17 +494,15 @@ def copy_model_fields(source: onnx.ModelProto, dest: onnx.ModelProto) -> None:
 _PAGE = 4096
 
 
-def _save_external(model: onnx.ModelProto, graph: gs.Graph, target: Path) -> None:
+def _save_external(model: onnx.ModelProto, graph: gs.Graph, target: Path) -> list[Path]:
     data_name = target.name + ".data"
     data_path = target.parent / data_name
     _refuse_overwriting_sources(graph, target, data_path)
     skeleton = onnx.ModelProto()
     skeleton.CopyFrom(model)  # small: the weights are not in it
     constants = {name: t for name, t in graph.tensors().items() if isinstance(t, gs.Constant)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    fd, tmp_data = tempfile.mkstemp(prefix=f".{data_name}.", suffix=".tmp", dir=target.parent)
-    try:
+    with temp_beside(target) as (model_fd, tmp), temp_beside(data_path) as (fd, tmp_data):
+        os.close(model_fd)
         with os.fdopen(fd, "wb") as fh:
             for t in skeleton.graph.initializer:
                 if t.data_location != onnx.TensorProto.EXTERNAL or _location(t) != DEFERRED_LOCATION:
@@ -537,11 +533,7 @@ def _save_external(model: onnx.ModelProto, graph: gs.Graph, target: Path) -> Non
         # only time the pair on disk does not match.
         os.replace(tmp_data, data_path)
         os.replace(tmp, target)
-    except BaseException:
-        for leftover in (tmp, tmp_data):
-            if os.path.exists(leftover):
-                os.unlink(leftover)
-        raise
+    return [target, data_path]
 
 
 def _tensor_bytes(const: gs.Constant) -> Iterator[bytes | memoryview]:
@@ -604,18 +596,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        with temp_beside(target) as (fd, tmp):
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, target)
     except OSError as exc:
         raise BadInputError(f"{target}: cannot write here ({exc.strerror or type(exc).__name__})") from None
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def model_fingerprint(model: onnx.ModelProto) -> str:

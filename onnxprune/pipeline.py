@@ -41,8 +41,9 @@ class PruneResult:
     def report(self) -> dict:
         return self.context.report
 
-    def save(self, path: str | os.PathLike) -> None:
-        save_model(self.model, path, graph=self.context.pruned_graph)  # weights may wait in the graph
+    def save(self, path: str | os.PathLike) -> list:
+        """Write the model; returns the files written (the model, and its data file if any)."""
+        return save_model(self.model, path, graph=self.context.pruned_graph)  # weights may wait in the graph
 
 
 def prune(model: onnx.ModelProto | str | os.PathLike, *, ratio: float | None = None,

@@ -10,6 +10,7 @@ says (a static size; the axis holding 1 or 3 channels) and are ImageNet's mean a
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -100,10 +101,16 @@ class ImageFolder:
         except ImportError:
             raise BadInputError("reading an image folder needs Pillow (pip install pillow)") from None
         try:
-            with Image.open(path) as im:
+            with warnings.catch_warnings():  # over Pillow's pixel limit: refused, not decoded
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                im = Image.open(path)
+            with im:
                 im = im.convert("L" if self.channels == 1 else "RGB")
                 im = _resize_and_crop(im, self.size)
                 x = np.asarray(im, dtype=np.float32) / 255.0
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise BadInputError(f"image {path}: {_pixels(exc)} over Pillow's limit of {Image.MAX_IMAGE_PIXELS} "
+                                "pixels (a decompression bomb?)") from None
         except (OSError, ValueError) as exc:
             raise BadInputError(f"image {path}: unreadable ({type(exc).__name__})") from None
         x = x.reshape(x.shape[0], x.shape[1], -1)  # H, W, C
@@ -111,6 +118,14 @@ class ImageFolder:
         if self.layout == "NCHW":
             x = x.transpose(2, 0, 1)
         return np.ascontiguousarray(x, dtype=self.dtype)
+
+
+def _pixels(exc: Exception) -> str:
+    """'1600000000 pixels,' from Pillow's message, where it says."""
+    import re
+
+    m = re.search(r"\((\d+) pixels\)", str(exc))
+    return f"{m.group(1)} pixels," if m else "too many pixels,"
 
 
 def _resize_and_crop(im, size: tuple[int, int]):

@@ -107,15 +107,18 @@ def _synthetic_batches(graph) -> list[dict]:
     import numpy as np
 
     from ..calibration.data import input_specs
+    from ..runtime.session import check_input_memory
 
     rng = np.random.default_rng(0)
+    specs = input_specs(graph)
+    shapes = {spec.name: [8] + [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape][1:] for spec in specs}
+    check_input_memory({spec.name: (shapes[spec.name], spec.dtype) for spec in specs})  # before allocating
     batch = {}
-    for spec in input_specs(graph):
-        shape = [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape]
+    for spec in specs:
         if np.issubdtype(spec.dtype, np.floating):
-            batch[spec.name] = rng.standard_normal([8] + shape[1:]).astype(spec.dtype)
+            batch[spec.name] = rng.standard_normal(shapes[spec.name]).astype(spec.dtype)
         else:
-            batch[spec.name] = np.ones([8] + shape[1:], dtype=spec.dtype)
+            batch[spec.name] = np.ones(shapes[spec.name], dtype=spec.dtype)
     return [batch]
 
 

@@ -6,6 +6,7 @@ inputs copied to the device once, so host-device copies are not part of what is 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -89,6 +90,24 @@ def make_runner(model_bytes: bytes, provider: str = "cpu", threads: int | None =
     return Runner(session, provider, feeds, binding)
 
 
+#: Inputs onnxprune makes up (random inputs for timing, synthetic calibration batches) stay
+#: under this many bytes together: declared dimensions past it are refused, not allocated.
+MAX_GENERATED_INPUT_BYTES = 4 << 30
+
+
+def check_input_memory(inputs: dict[str, tuple[list[int], np.dtype]]) -> None:
+    """Refuse (exit 2, naming the input) inputs whose declared shapes are too large to allocate."""
+    sizes = {name: math.prod(int(d) for d in shape) * np.dtype(dtype).itemsize
+             for name, (shape, dtype) in inputs.items()}
+    if sum(sizes.values()) <= MAX_GENERATED_INPUT_BYTES:
+        return
+    name = max(sizes, key=sizes.get)
+    raise BadInputError(f"input '{name}' would need {sizes[name] / 1e9:.1f} GB (shape {list(inputs[name][0])}, "
+                        f"{np.dtype(inputs[name][1]).name}), over the {MAX_GENERATED_INPUT_BYTES / 1e9:.1f} GB "
+                        "onnxprune allocates for generated inputs: declare smaller dimensions (or give "
+                        "dynamic ones with --input-shape)")
+
+
 def make_feeds(session, shapes: dict[str, list[int]], seed: int = 0) -> dict:
     """Random inputs; dynamic dimensions come from ``shapes`` or are an error naming them."""
     rng = np.random.default_rng(seed)
@@ -96,7 +115,7 @@ def make_feeds(session, shapes: dict[str, list[int]], seed: int = 0) -> dict:
     if unknown:
         raise BadInputError(f"--input-shape names unknown input(s): {', '.join(sorted(unknown))} "
                             f"(model inputs: {', '.join(i.name for i in session.get_inputs())})")
-    feeds = {}
+    planned = {}
     for inp in session.get_inputs():
         if inp.name in shapes:
             shape = shapes[inp.name]
@@ -110,10 +129,14 @@ def make_feeds(session, shapes: dict[str, list[int]], seed: int = 0) -> dict:
         dtype = _NP_TYPES.get(inp.type)
         if dtype is None:
             raise BadInputError(f"input '{inp.name}' has unsupported type {inp.type}")
+        planned[inp.name] = (shape, dtype)
+    check_input_memory(planned)
+    feeds = {}
+    for name, (shape, dtype) in planned.items():
         if dtype == np.bool_:
-            feeds[inp.name] = rng.random(shape) > 0.5
+            feeds[name] = rng.random(shape) > 0.5
         elif np.issubdtype(dtype, np.integer):
-            feeds[inp.name] = rng.integers(0, 2, shape).astype(dtype)
+            feeds[name] = rng.integers(0, 2, shape).astype(dtype)
         else:
-            feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
+            feeds[name] = rng.standard_normal(shape).astype(dtype)
     return feeds

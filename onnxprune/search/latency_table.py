@@ -62,6 +62,8 @@ class LatencyTable:
             raise BadInputError(f"{path}: latency table not found") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BadInputError(f"{path}: not a readable latency table ({type(exc).__name__})") from None
+        except RecursionError:
+            raise BadInputError(f"{path}: not a readable latency table (JSON nested too deeply)") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise BadInputError(f"{path}: not an onnxprune latency table (write one with 'onnxprune profile')")
         if data.get("version") != VERSION:
