@@ -11,6 +11,9 @@ class ChannelStats:
     def __init__(self, axis: int):
         self.axis = axis
         self.count = 0
+        #: NaN and Inf values seen (the model's own, e.g. a Log of zero): scores from these
+        #: statistics are not finite, and the criterion falls back for the groups they reach
+        self.non_finite = 0
         self.sum = self.sumsq = self.sumabs = self.zeros = None
         #: consuming node name -> the Gram statistics of its input rows, where a criterion needs them
         self.grams: dict[str, GramStats] = {}
@@ -22,6 +25,7 @@ class ChannelStats:
             c = flat.shape[1]
             self.sum, self.sumsq, self.sumabs, self.zeros = (np.zeros(c) for _ in range(4))
         self.count += flat.shape[0]
+        self.non_finite += int(flat.size - np.count_nonzero(np.isfinite(flat)))
         self.sum += flat.sum(axis=0)
         self.sumsq += (flat * flat).sum(axis=0)
         self.sumabs += np.abs(flat).sum(axis=0)
@@ -66,6 +70,11 @@ class GramStats:
         self.count += rows.shape[0]
         self.xtx += rows.T @ rows
         self.sum += rows.sum(axis=0, dtype=np.float64)
+
+    @property
+    def finite(self) -> bool:
+        """Whether every sum is a number (non-finite activations make the matrix unusable)."""
+        return self.xtx is not None and bool(np.isfinite(self.xtx).all() and np.isfinite(self.sum).all())
 
     @property
     def centred(self) -> np.ndarray:
