@@ -292,8 +292,9 @@ def reconstruct(original: gs.Graph, pruned: gs.Graph, consumers: list[tuple], ca
             for name in wave:
                 vo, vp, _ = views[name]
                 r = residual.get(name)
-                _accumulate(acc, name, run, vo, vp, outs_o[vo.node.inputs[0].name],
-                            outs_p[vp.node.inputs[0].name], None if r is None else (outs_o[r], outs_p[r]))
+                with np.errstate(all="ignore"):  # non-finite sums make the layer skip (``_solve``)
+                        _accumulate(acc, name, run, vo, vp, outs_o[vo.node.inputs[0].name],
+                                outs_p[vp.node.inputs[0].name], None if r is None else (outs_o[r], outs_p[r]))
         done |= set(wave)
         for name in wave:
             vo, vp, report = views[name]

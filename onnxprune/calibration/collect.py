@@ -74,7 +74,8 @@ def collect_stats(analysis: Analysis, graph: gs.Graph, batches: Iterable[dict], 
     from ..report.progress import Progress
 
     session = capture_session(graph, sorted(tensors))
-    with Progress("calibrating: batches") as bar:
+    # the model's own NaN/Inf (a Log of zero) are counted in the statistics, not warned of here
+    with Progress("calibrating: batches") as bar, np.errstate(all="ignore"):
         for run in runs_of(batches):
             captured = capture(session, run.feeds)
             for name, value in captured.items():
