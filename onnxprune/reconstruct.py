@@ -23,6 +23,7 @@ import onnx_graphsurgeon as gs
 
 from .analysis.state import const, set_const_input
 from .calibration.data import runs_of
+from .calibration.stats import cross_product
 from .runtime.capture import capture, capture_session
 
 #: Rows sampled per layer and calibration sample (conv patches can be many), on average over a
@@ -343,8 +344,8 @@ def _accumulate(acc: dict, name: str, run, vo: LinearView, vp: LinearView, x_o: 
             target += drift
     rows = vp.rows(x_p.astype(np.float32), pick)
     rows = np.hstack([rows, np.ones((rows.shape[0], 1), np.float32)])
-    a.g += rows.T @ rows
-    a.b += rows.T @ target
+    a.g += cross_product(rows, rows)
+    a.b += cross_product(rows, target)
     a.s_t += target.sum(axis=0, dtype=np.float64)
     a.s_tt += float((target.astype(np.float64) ** 2).sum())
     a.n += rows.shape[0]

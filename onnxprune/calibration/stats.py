@@ -68,7 +68,7 @@ class GramStats:
             self.xtx = np.zeros((rows.shape[1], rows.shape[1]))
             self.sum = np.zeros(rows.shape[1])
         self.count += rows.shape[0]
-        self.xtx += rows.T @ rows
+        self.xtx += cross_product(rows, rows)
         self.sum += rows.sum(axis=0, dtype=np.float64)
 
     @property
@@ -80,3 +80,12 @@ class GramStats:
     def centred(self) -> np.ndarray:
         """``Σ (x - mean)(x - mean)ᵀ`` over all rows seen."""
         return self.xtx - np.outer(self.sum, self.sum) / max(self.count, 1)
+
+
+def cross_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``aᵀb`` in float32 (half the time of float64, ample for one batch), redone in float64
+    where float32 overflows (large but finite activations), so only true NaN/Inf stay."""
+    out = a.T @ b
+    if not np.isfinite(out).all() and np.isfinite(a).all() and np.isfinite(b).all():
+        out = a.astype(np.float64).T @ b.astype(np.float64)
+    return out

@@ -85,7 +85,8 @@ def _make_finite(analysis: Analysis, scores: dict[int, np.ndarray], stats: dict,
             with np.errstate(all="ignore"):
                 fallback = WEIGHT_CRITERIA[FINITE_FALLBACK](analysis)
         seen = _non_finite_tensors(analysis, group, stats)
-        why = f"non-finite activations on calibration data at {', '.join(seen)}" if seen else "scores not finite"
+        why = (f"non-finite activations on calibration data at {', '.join(seen)}" if seen
+               else "scores not finite (a Gram matrix or statistic overflowed or is degenerate)")
         values = np.array([fallback.get(r, 0.0) for r in group.classes], dtype=np.float64)
         if np.isfinite(values).all():
             scores[group.id] = values
