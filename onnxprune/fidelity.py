@@ -50,11 +50,8 @@ class _OutputTally:
     def summary(self) -> dict | None:
         if not self.cosines:
             return None
-        out = {"mean_cosine": float(np.mean(self.cosines)), "min_cosine": float(np.min(self.cosines)),
-               "relative_error": float(np.sqrt(self.sq_err / self.sq_norm)) if self.sq_norm else 0.0}
-        if self.skipped or self.broken:
-            out["non_finite_original"], out["non_finite_pruned"] = self.skipped, self.broken
-        return out
+        return {"mean_cosine": float(np.mean(self.cosines)), "min_cosine": float(np.min(self.cosines)),
+                "relative_error": float(np.sqrt(self.sq_err / self.sq_norm)) if self.sq_norm else 0.0}
 
 
 def output_fidelity(original: bytes, pruned: bytes, batches: Iterable[dict[str, np.ndarray]],
@@ -86,4 +83,9 @@ def output_fidelity(original: bytes, pruned: bytes, batches: Iterable[dict[str, 
         count += 1
         samples += run.samples
     outputs = {name: s for name, t in tallies.items() if (s := t.summary()) is not None}
-    return {"batches": count, "samples": samples, "outputs": outputs}
+    result = {"batches": count, "samples": samples, "outputs": outputs}
+    non_finite = {name: {"original": t.skipped, "pruned": t.broken} for name, t in tallies.items()
+                  if t.skipped or t.broken}
+    if non_finite:
+        result["non_finite"] = non_finite
+    return result

@@ -397,6 +397,9 @@ def _solve(folds: list[_Accumulator], vp: LinearView, report: LayerReport, graph
     w_p = vp.weight().astype(np.float64)
     current = np.vstack([w_p, vp.bias()[None, :]])
     report.error_before = _relative_error(whole, current)
+    if not np.isfinite(report.error_before):  # sums that overflowed: nothing to compare a refit with
+        report.error_before, report.skipped = None, NON_FINITE
+        return
     fit, check = folds if folds[1].n else (whole, whole)
     candidates = {"current": (lambda a: current), "bias": (lambda a: _bias_only(a, w_p))}
     if mode == "lstsq":

@@ -122,9 +122,10 @@ def test_non_finite_calibration_inputs_are_refused_naming_the_sample(tmp_path, v
 
 # --- non-finite activations --------------------------------------------------------------
 
-def cnn_with_a_log() -> onnx.ModelProto:
+def cnn_with_a_log(clip: bool = True) -> onnx.ModelProto:
     """A Log after a ReLU: -inf wherever a channel is off, on perfectly finite inputs. The next
-    conv (positive weights) passes the -inf on, and a Clip brings the activations back."""
+    conv (positive weights) passes the -inf on, and a Clip brings the activations back (without
+    it, the model's outputs are not finite either)."""
     b = GraphBuilder(5)
     x = b.input(["batch", 3, 8, 8], name="x")
     h = b.act(b.act(b.conv(x, 8)), "Log")
@@ -132,14 +133,16 @@ def cnn_with_a_log() -> onnx.ModelProto:
     weight = next(i for i in b.inits if i.name == w)
     weight.CopyFrom(onnx.numpy_helper.from_array(np.abs(onnx.numpy_helper.to_array(weight)), w))
     h = b.node("Conv", [h, w, b.weight(8)], ["batch", 8, 8, 8], kernel_shape=[1, 1])
-    h = b.node("Clip", [h, b.const(np.float32(-5)), b.const(np.float32(5))], ["batch", 8, 8, 8])
+    if clip:
+        h = b.node("Clip", [h, b.const(np.float32(-5)), b.const(np.float32(5))], ["batch", 8, 8, 8])
     h = b.act(b.conv(h, 12))
     b.output(b.gemm(b.flatten(b.gap(h)), 4))
     return b.model()
 
 
-def test_non_finite_activations_fall_back_with_a_reason_and_leave_finite_weights():
-    model = cnn_with_a_log()
+@pytest.mark.parametrize("clip", [True, False])
+def test_non_finite_activations_fall_back_with_a_reason_and_leave_finite_weights(clip):
+    model = cnn_with_a_log(clip)
     calib = {"x": np.random.default_rng(1).standard_normal((32, 3, 8, 8)).astype(np.float32)}
     done: dict = {}
     worker = threading.Thread(target=lambda: done.setdefault("result", prune(model, ratio=0.5, calibration=[calib])),
@@ -153,13 +156,22 @@ def test_non_finite_activations_fall_back_with_a_reason_and_leave_finite_weights
     warnings = " | ".join(result.context.warnings)
     assert f"scored by l1: obs non-finite activations on calibration data at {log.output[0]}" in warnings, warnings
     layers = {layer["node"]: layer for layer in result.report["reconstruction"]["layers"]}
-    assert [n for n, layer in layers.items() if layer["skipped"] == NON_FINITE] == [after_log], layers
-    assert any(layer["choice"] not in (None, "current") for layer in layers.values()), "the others are refit"
+    skipped = [n for n, layer in layers.items() if layer["skipped"] == NON_FINITE]
+    if clip:
+        assert skipped == [after_log], layers
+        assert any(layer["choice"] not in (None, "current") for layer in layers.values()), "the others are refit"
+    else:
+        assert skipped == list(layers), layers  # everything downstream of the Log is not finite
     for t in result.model.graph.initializer:
         values = onnx.numpy_helper.to_array(t)
         assert not np.issubdtype(values.dtype, np.floating) or np.isfinite(values).all(), t.name
-    fidelity = result.report["fidelity"]["outputs"]
-    assert fidelity and all(np.isfinite(v) for f in fidelity.values() for v in f.values())
+    fidelity = result.report["fidelity"]
+    assert all(np.isfinite(v) for f in fidelity["outputs"].values() for v in f.values())
+    if clip:
+        assert fidelity["outputs"] and "non_finite" not in fidelity
+    else:
+        assert fidelity["non_finite"] == {model.graph.output[0].name: {"original": 32, "pruned": 0}}
+        assert "non-finite original output" in warnings
 
 
 def test_obs_greedy_loop_is_bounded_when_losses_are_not_numbers(monkeypatch):

@@ -19,8 +19,7 @@ class Verify(Pass):
         ctx.report["fidelity"] = {**output_fidelity(ctx.model.SerializeToString(), ctx.pruned.SerializeToString(),
                                                     ctx.calibration, threads=ctx.options.threads),
                                   "data": ctx.calibration.description}
-        for name, figures in ctx.report["fidelity"]["outputs"].items():
-            if figures.get("non_finite_original") or figures.get("non_finite_pruned"):
-                ctx.warnings.append(f"fidelity of output '{name}': {figures['non_finite_original']} sample(s) with a "
-                                    f"non-finite original output left out, {figures['non_finite_pruned']} where only "
-                                    "the pruned output is not finite (counted as cosine 0)")
+        for name, counts in ctx.report["fidelity"].get("non_finite", {}).items():
+            ctx.warnings.append(f"fidelity of output '{name}': {counts['original']} sample(s) with a non-finite "
+                                f"original output left out, {counts['pruned']} where only the pruned output is not "
+                                "finite (counted as cosine 0)")
