@@ -60,8 +60,9 @@ def packed(samples: dict[str, np.ndarray], per_file: int, folder: Path) -> Path:
 
 @pytest.mark.parametrize("name", ["digits", "digits_batch1", "bert"])
 def test_the_same_samples_give_the_same_model_however_they_are_packed(tmp_path, name):
-    """One sample per file, 16 per file, or all in one: the same kept channels, the same weights
-    and the same reported fidelity (folds, row sampling and fidelity follow the samples)."""
+    """One sample per file, 4 or 24 per file (files of 24, 24 and 16), or all in one: the same
+    kept channels, the same weights and the same reported fidelity (folds, row sampling and
+    fidelity follow the samples)."""
     if name == "bert":
         model, samples = onnx.load(MODELS / "bert_torchscript.onnx"), token_samples()
     else:
@@ -69,7 +70,7 @@ def test_the_same_samples_give_the_same_model_however_they_are_packed(tmp_path, 
         if name == "digits_batch1":
             model = fixed_batch_one(model)
     results = {}
-    for per_file in (1, 16, 64):
+    for per_file in (1, 4, 24, 64):
         folder = tmp_path / str(per_file)
         folder.mkdir()
         source = str(packed(samples, per_file, folder))
