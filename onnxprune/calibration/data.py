@@ -143,36 +143,39 @@ def _chunked(pieces: Iterator[_Piece], fixed: int | None, description: str) -> I
     """Regroup samples into chunks of ``CHUNK`` consecutive ones of one shape (a multiple of a
     fixed batch size), run whole or, for a fixed batch size, in runs of that size."""
     size = CHUNK if fixed is None else fixed * -(-CHUNK // fixed)
-    held: list[dict[str, np.ndarray]] = []
-    count, key, chunk = 0, None, 0
-
-    def flush():
-        nonlocal held, count, chunk
-        if count:
-            feeds = {k: np.concatenate([h[k] for h in held]) if len(held) > 1 else held[0][k] for k in held[0]}
+    for chunk, parts in enumerate(_chunk_parts(pieces, size)):
+        feeds = {k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}
+        count = _sample_count(feeds)
+        if count is None:  # no common sample axis: a chunk of its own, as given
+            yield CalibrationBatch(chunk, 1, feeds)
+        else:
             yield from _runs(chunk, count, feeds, fixed, description)
-            chunk += 1
-        held, count = [], 0
 
+
+def _chunk_parts(pieces: Iterator[_Piece], size: int) -> Iterator[list[dict[str, np.ndarray]]]:
+    """The slices of the pieces that make up each chunk: ``size`` samples, fewer where the
+    shape changes or the data ends. Depends on the sequence of samples only, not on the pieces."""
+    held: list[dict[str, np.ndarray]] = []
+    count, key = 0, None
     for piece in pieces:
-        if piece.samples is None:  # no common sample axis: a chunk of its own, as given
-            yield from flush()
-            yield CalibrationBatch(chunk, 1, piece.feeds)
-            chunk += 1
+        shape = None if piece.samples is None else tuple((k, v.shape[1:]) for k, v in piece.feeds.items())
+        if held and (shape is None or shape != key):
+            yield held
+            held, count = [], 0
+        if shape is None:
+            yield [piece.feeds]
             continue
-        shape = tuple((k, v.shape[1:]) for k, v in piece.feeds.items())
-        if shape != key:
-            yield from flush()
-            key = shape
+        key = shape
         start = 0
-        while start < piece.samples:
+        while start < piece.samples:  # each turn takes at least one sample
             n = min(size - count, piece.samples - start)
             held.append({k: v[start:start + n] for k, v in piece.feeds.items()})
-            count += n
-            start += n
+            count, start = count + n, start + n
             if count == size:
-                yield from flush()
-    yield from flush()
+                yield held
+                held, count = [], 0
+    if held:
+        yield held
 
 
 def _runs(chunk: int, count: int, feeds: dict, fixed: int | None, description: str) -> Iterator[CalibrationBatch]:
