@@ -15,6 +15,7 @@ import onnx
 import pytest
 from graphs import GraphBuilder
 
+import onnxprune.calibration.data as data_module
 import onnxprune.scoring.obs as obs_module
 from onnxprune import prune
 from onnxprune.calibration.data import Calibration, InputSpec
@@ -58,8 +59,8 @@ def packed(samples: dict[str, np.ndarray], per_file: int, folder: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("name", ["digits", "digits_batch1", "bert"])
-def test_the_same_samples_give_the_same_model_however_they_are_packed(tmp_path, name):
+@pytest.mark.parametrize("name", ["digits", "digits_batch1", "digits_small_runs", "bert"])
+def test_the_same_samples_give_the_same_model_however_they_are_packed(tmp_path, monkeypatch, name):
     """One sample per file, 4 or 24 per file (files of 24, 24 and 16), or all in one: the same
     kept channels, the same weights and the same reported fidelity (folds, row sampling and
     fidelity follow the samples)."""
@@ -69,6 +70,8 @@ def test_the_same_samples_give_the_same_model_however_they_are_packed(tmp_path, 
         model, samples = onnx.load(MODELS / "digits_cnn.onnx"), digits_samples()
         if name == "digits_batch1":
             model = fixed_batch_one(model)
+        if name == "digits_small_runs":  # as for large samples: each chunk of 16 runs 3 at a time
+            monkeypatch.setattr(data_module, "MAX_RUN_BYTES", 3 * samples["input"][0].nbytes)
     results = {}
     for per_file in (1, 4, 24, 64):
         folder = tmp_path / str(per_file)
@@ -76,7 +79,8 @@ def test_the_same_samples_give_the_same_model_however_they_are_packed(tmp_path, 
         source = str(packed(samples, per_file, folder))
         results[per_file] = prune(model, ratio=0.4, calibration=source)
         capped = Calibration(source, results[per_file].context.calibration.specs, max_samples=20)
-        assert [run.samples for run in capped.runs()] == ([1] * 20 if name == "digits_batch1" else [16, 4])
+        expected = {"digits_batch1": [1] * 20, "digits_small_runs": [3, 3, 3, 3, 3, 1, 3, 1]}.get(name, [16, 4])
+        assert [run.samples for run in capped.runs()] == expected
     reference = results[64]
     weights = {t.name: onnx.numpy_helper.to_array(t) for t in reference.model.graph.initializer}
     for per_file, result in results.items():

@@ -25,9 +25,13 @@ import numpy as np
 from ..errors import BadInputError
 from .images import ImageFolder, image_files
 
-#: Samples per chunk: the batch the model is run on (or, for a model with a fixed batch size,
-#: the group of runs that belong together), whatever the packing of the files.
+#: Samples per chunk, whatever the packing of the files: the unit of the refit's two folds, run
+#: as one batch (or, for large samples or a model with a fixed batch size, as a few).
 CHUNK = 16
+
+#: Input bytes up to which a chunk runs as one batch; larger samples run a few at a time
+#: (decided by the sample's size alone, so still independent of packing).
+MAX_RUN_BYTES = 32 << 20
 NPZ_BATCH = CHUNK  # the old name: a stacked .npz is cut into batches of this many samples
 
 
@@ -179,14 +183,15 @@ def _chunk_parts(pieces: Iterator[_Piece], size: int) -> Iterator[list[dict[str,
 
 
 def _runs(chunk: int, count: int, feeds: dict, fixed: int | None, description: str) -> Iterator[CalibrationBatch]:
-    if fixed is None:
-        yield CalibrationBatch(chunk, count, feeds)
-        return
-    if count % fixed:
+    """One chunk as batches of the model's fixed batch size, or of as many samples as
+    ``MAX_RUN_BYTES`` of inputs hold (at least one)."""
+    if fixed is not None and count % fixed:
         raise BadInputError(f"calibration data {description}: {count} samples of one shape do not divide into "
                             f"the model's fixed batch size {fixed}")
-    for start in range(0, count, fixed):
-        yield CalibrationBatch(chunk, fixed, {k: v[start:start + fixed] for k, v in feeds.items()})
+    step = fixed or max(1, MAX_RUN_BYTES * count // max(sum(v.nbytes for v in feeds.values()), 1))
+    for start in range(0, count, step):
+        n = min(step, count - start)
+        yield CalibrationBatch(chunk, n, {k: v[start:start + n] for k, v in feeds.items()} if n < count else feeds)
 
 
 def validate_batch(batch, specs: list[InputSpec], where: str, offset: int = 0) -> dict[str, np.ndarray]:
