@@ -3,6 +3,11 @@
 Reported with every pruning that has calibration data: per output, the
 mean cosine similarity of each sample's flattened output and the relative L2 error. A user who
 asked for 50 ms wants to know what it cost, in the model's own terms.
+
+The first ``MAX_SAMPLES`` calibration samples are compared, counted in samples (not batches),
+so the figure does not depend on how the samples were packed in files. Samples whose original
+output is not finite (the model's own NaN or Inf) are left out and counted; a pruned output
+that is not finite where the original's is counts with cosine 0 (and is counted too).
 """
 
 from __future__ import annotations
@@ -11,12 +16,46 @@ from collections.abc import Iterable
 
 import numpy as np
 
-#: batches of calibration data compared (the first ones); enough for a stable mean
-MAX_BATCHES = 16
+from .calibration.data import runs_of
+
+#: calibration samples compared (the first ones); enough for a stable mean
+MAX_SAMPLES = 256
+
+
+class _OutputTally:
+    """Per output: the per-sample cosines and the squared error and norm, as batches arrive."""
+
+    def __init__(self):
+        self.cosines: list[float] = []
+        self.sq_err = self.sq_norm = 0.0
+        self.skipped = 0  # samples whose original output is not finite
+        self.broken = 0  # samples whose pruned output is not finite where the original's is
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        xs = x.reshape(len(x), -1) if x.ndim else x.reshape(1, 1)
+        ys = y.reshape(len(y), -1) if y.ndim else y.reshape(1, 1)
+        good_x = np.isfinite(xs).all(axis=1)
+        good_y = np.isfinite(ys).all(axis=1)
+        self.skipped += int((~good_x).sum())
+        broken = good_x & ~good_y
+        self.broken += int(broken.sum())
+        self.cosines.extend([0.0] * int(broken.sum()))
+        xs, ys = xs[good_x & good_y], ys[good_x & good_y]
+        norms = np.linalg.norm(xs, axis=1) * np.linalg.norm(ys, axis=1)
+        cos = np.where(norms > 0, (xs * ys).sum(1) / np.where(norms > 0, norms, 1.0), 1.0)
+        self.cosines.extend(np.clip(cos, -1.0, 1.0).tolist())
+        self.sq_err += float(((xs - ys) ** 2).sum())
+        self.sq_norm += float((xs ** 2).sum())
+
+    def summary(self) -> dict | None:
+        if not self.cosines:
+            return None
+        return {"mean_cosine": float(np.mean(self.cosines)), "min_cosine": float(np.min(self.cosines)),
+                "relative_error": float(np.sqrt(self.sq_err / self.sq_norm)) if self.sq_norm else 0.0}
 
 
 def output_fidelity(original: bytes, pruned: bytes, batches: Iterable[dict[str, np.ndarray]],
-                    max_batches: int = MAX_BATCHES, threads: int | None = None) -> dict:
+                    max_samples: int = MAX_SAMPLES, threads: int | None = None) -> dict:
     """Run both models on the batches; per output: mean cosine, minimum cosine, relative L2 error."""
     from .runtime.session import onnxruntime
 
@@ -28,29 +67,25 @@ def output_fidelity(original: bytes, pruned: bytes, batches: Iterable[dict[str, 
     sessions = [ort.InferenceSession(m, opts, providers=["CPUExecutionProvider"]) for m in (original, pruned)]
     names = [o.name for o in sessions[0].get_outputs()]
     wanted = {i.name for i in sessions[0].get_inputs()}
-    cosines: dict[str, list[float]] = {n: [] for n in names}
-    err: dict[str, list[float]] = {n: [0.0, 0.0] for n in names}
-    count = 0
-    for batch in batches:
-        if count >= max_batches:
+    tallies = {n: _OutputTally() for n in names}
+    count = samples = 0
+    for run in runs_of(batches):
+        if samples >= max_samples:
             break
-        feeds = {k: v for k, v in batch.items() if k in wanted}
+        feeds = {k: v for k, v in run.feeds.items() if k in wanted}
         a, b = (s.run(None, feeds) for s in sessions)
         for name, x, y in zip(names, a, b):
-            x = np.asarray(x, dtype=np.float64)
-            y = np.asarray(y, dtype=np.float64)
+            x, y = np.asarray(x), np.asarray(y)
             if x.shape != y.shape or not np.issubdtype(x.dtype, np.floating):
                 continue
-            xs, ys = x.reshape(len(x), -1) if x.ndim else x.reshape(1, 1), y.reshape(len(y), -1) if y.ndim else y.reshape(1, 1)
-            norms = np.linalg.norm(xs, axis=1) * np.linalg.norm(ys, axis=1)
-            cos = np.where(norms > 0, (xs * ys).sum(1) / np.where(norms > 0, norms, 1.0), 1.0)
-            cosines[name].extend(cos.tolist())
-            err[name][0] += float(((x - y) ** 2).sum())
-            err[name][1] += float((x ** 2).sum())
+            with np.errstate(all="ignore"):
+                tallies[name].add(x.astype(np.float64), y.astype(np.float64))
         count += 1
-    outputs = {}
-    for name in names:
-        if cosines[name]:
-            outputs[name] = {"mean_cosine": float(np.mean(cosines[name])), "min_cosine": float(np.min(cosines[name])),
-                             "relative_error": float(np.sqrt(err[name][0] / err[name][1])) if err[name][1] else 0.0}
-    return {"batches": count, "outputs": outputs}
+        samples += run.samples
+    outputs = {name: s for name, t in tallies.items() if (s := t.summary()) is not None}
+    result = {"batches": count, "samples": samples, "outputs": outputs}
+    non_finite = {name: {"original": t.skipped, "pruned": t.broken} for name, t in tallies.items()
+                  if t.skipped or t.broken}
+    if non_finite:
+        result["non_finite"] = non_finite
+    return result

@@ -22,10 +22,13 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .analysis.state import const, set_const_input
-from .runtime.capture import capture_session, run_captures
+from .calibration.data import runs_of
+from .calibration.stats import cross_product
+from .runtime.capture import capture, capture_session
 
-#: Rows sampled per layer and batch (conv patches can be many); keeps memory and time bounded.
-MAX_ROWS_PER_BATCH = 4096
+#: Rows sampled per layer and calibration sample (conv patches can be many), on average over a
+#: batch: keeps memory and time bounded, and the same whatever batch the samples came in.
+MAX_ROWS_PER_SAMPLE = 256
 
 
 class LinearView:
@@ -50,10 +53,11 @@ class LinearView:
     def rows(self, x: np.ndarray, pick: np.ndarray | None) -> np.ndarray:
         raise NotImplementedError
 
-    def pick(self, x: np.ndarray, rng: np.random.Generator, limit: int = MAX_ROWS_PER_BATCH) -> np.ndarray | None:
-        """Row indices to use from one batch: all of them (None), or ``limit`` sampled ones, so
-        statistics over conv patches stay bounded in time and memory."""
-        n_rows = self.n_rows(x)
+    def pick(self, x: np.ndarray, rng: np.random.Generator, samples: int) -> np.ndarray | None:
+        """Row indices to use from one batch of ``samples`` samples: all of them (None), or
+        ``MAX_ROWS_PER_SAMPLE`` per sample drawn from the whole batch, so statistics over conv
+        patches stay bounded in time and memory."""
+        n_rows, limit = self.n_rows(x), MAX_ROWS_PER_SAMPLE * max(int(samples), 1)
         return None if n_rows <= limit else np.sort(rng.choice(n_rows, limit, replace=False))
 
     def rows_per_input(self) -> int:
@@ -284,13 +288,14 @@ def reconstruct(original: gs.Graph, pruned: gs.Graph, consumers: list[tuple], ca
         orig_session = capture_session(original, sorted(wanted_o), threads)
         pruned_session = capture_session(pruned, sorted(wanted_p), threads)
         acc: dict[str, list[_Accumulator]] = {}
-        batches = zip(run_captures(orig_session, calibration), run_captures(pruned_session, calibration))
-        for index, (outs_o, outs_p) in enumerate(batches):
+        for run in runs_of(calibration):
+            outs_o, outs_p = capture(orig_session, run.feeds), capture(pruned_session, run.feeds)
             for name in wave:
                 vo, vp, _ = views[name]
                 r = residual.get(name)
-                _accumulate(acc, name, index % 2, vo, vp, outs_o[vo.node.inputs[0].name],
-                            outs_p[vp.node.inputs[0].name], None if r is None else (outs_o[r], outs_p[r]))
+                with np.errstate(all="ignore"):  # non-finite sums make the layer skip (``_solve``)
+                        _accumulate(acc, name, run, vo, vp, outs_o[vo.node.inputs[0].name],
+                                outs_p[vp.node.inputs[0].name], None if r is None else (outs_o[r], outs_p[r]))
         done |= set(wave)
         for name in wave:
             vo, vp, report = views[name]
@@ -316,9 +321,10 @@ def _residual(vo: LinearView) -> str | None:
     return other.name
 
 
-def _accumulate(acc: dict, name: str, fold: int, vo: LinearView, vp: LinearView, x_o: np.ndarray,
+def _accumulate(acc: dict, name: str, run, vo: LinearView, vp: LinearView, x_o: np.ndarray,
                 x_p: np.ndarray, residual: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-    """Add one batch to one of two folds (alternate batches): one fits, the other validates.
+    """Add one batch to one of two folds (alternate chunks of samples, so the split follows the
+    samples, not the files they came in): one fits, the other validates.
 
     The target is the original layer's output, plus, with ``residual`` (its value in the original
     and the pruned model), how far the residual it is added to has drifted."""
@@ -328,8 +334,8 @@ def _accumulate(acc: dict, name: str, fold: int, vo: LinearView, vp: LinearView,
         k = vp.weight().shape[0] + 1
         folds = acc[name] = [_Accumulator(np.zeros((k, k)), np.zeros((k, w_o.shape[1])), np.zeros(w_o.shape[1]))
                              for _ in range(2)]
-    a = folds[fold]
-    pick = vp.pick(x_p, a.rng)
+    a = folds[run.chunk % 2]
+    pick = vp.pick(x_p, a.rng, run.samples)
     # float32 products per batch, float64 sums across batches: half the time, ample precision
     target = vo.rows(x_o.astype(np.float32), pick) @ w_o.astype(np.float32) + b_o.astype(np.float32)
     if residual is not None and residual[0].shape == residual[1].shape:
@@ -338,8 +344,8 @@ def _accumulate(acc: dict, name: str, fold: int, vo: LinearView, vp: LinearView,
             target += drift
     rows = vp.rows(x_p.astype(np.float32), pick)
     rows = np.hstack([rows, np.ones((rows.shape[0], 1), np.float32)])
-    a.g += rows.T @ rows
-    a.b += rows.T @ target
+    a.g += cross_product(rows, rows)
+    a.b += cross_product(rows, target)
     a.s_t += target.sum(axis=0, dtype=np.float64)
     a.s_tt += float((target.astype(np.float64) ** 2).sum())
     a.n += rows.shape[0]
@@ -385,25 +391,50 @@ def _solve(folds: list[_Accumulator], vp: LinearView, report: LayerReport, graph
     (or the given ``ridge``). A layer is never changed for the worse on held-out rows.
     """
     whole = _merged(folds)
+    if not _finite(whole):
+        report.skipped = NON_FINITE
+        return
     w_p = vp.weight().astype(np.float64)
     current = np.vstack([w_p, vp.bias()[None, :]])
     report.error_before = _relative_error(whole, current)
+    if not np.isfinite(report.error_before):  # sums that overflowed: nothing to compare a refit with
+        report.error_before, report.skipped = None, NON_FINITE
+        return
     fit, check = folds if folds[1].n else (whole, whole)
     candidates = {"current": (lambda a: current), "bias": (lambda a: _bias_only(a, w_p))}
     if mode == "lstsq":
         for strength in ([ridge] if ridge else RIDGE_GRID):
             candidates[f"ridge {strength:g}"] = (lambda a, s=strength: _ridge(a, s))
-    scores = {name: _relative_error(check, make(fit)) for name, make in candidates.items()}
-    best = min(scores, key=scores.get)
+    scores = {name: _held_out_error(check, make(fit)) for name, make in candidates.items()}
+    best = min(scores, key=scores.get)  # the first of equals: "current" wins ties
+    solution = candidates[best](whole) if best != "current" else current
+    if not np.isfinite(solution).all():
+        best, solution = "current", current
     report.choice = best
     report.error_held_out = scores[best]
     if best == "current":
         report.error_after = report.error_before
         return
-    solution = candidates[best](whole)
     vp.set_weight(solution[:-1])
     vp.set_bias(solution[-1], graph)
     report.error_after = _relative_error(whole, solution)
+
+
+#: Why a layer is left as it is when its calibration statistics hold NaN or Inf.
+NON_FINITE = "non-finite activations on calibration data (its Gram matrix is not finite)"
+
+
+def _finite(a: _Accumulator) -> bool:
+    return bool(np.isfinite(a.g).all() and np.isfinite(a.b).all() and np.isfinite(a.s_t).all()
+                and np.isfinite(a.s_tt))
+
+
+def _held_out_error(check: _Accumulator, solution: np.ndarray) -> float:
+    """The error of ``solution`` on ``check``; infinite for a solution that is not finite."""
+    if not np.isfinite(solution).all():
+        return float("inf")
+    error = _relative_error(check, solution)
+    return error if np.isfinite(error) else float("inf")
 
 
 def _upstream(graph: gs.Graph, names: list[str]) -> dict[str, set[str]]:
@@ -434,7 +465,7 @@ def _waves(graph: gs.Graph, names: list[str]) -> list[list[str]]:
         for t in node.outputs:
             reach[t.name] = upstream
     waves, done = [], set()
-    while len(done) < len(names):
+    for _ in range(len(names)):  # each wave takes at least one layer
         wave = [n for n in names if n not in done and depends.get(n, set()) <= done]
         if not wave:
             break

@@ -56,7 +56,8 @@ def gram_sites(analysis: Analysis) -> list[SliceSite]:
 def collect_stats(analysis: Analysis, graph: gs.Graph, batches: Iterable[dict], grams: bool = False
                   ) -> dict[str, ChannelStats]:
     """Per sink tensor, its :class:`ChannelStats` (with ``grams`` filled when asked)."""
-    from ..runtime.capture import capture_session, run_captures
+    from ..runtime.capture import capture, capture_session
+    from .data import runs_of
 
     tensors = sink_tensors(analysis)
     stats = {name: ChannelStats(axis) for name, axis in tensors.items()}
@@ -73,12 +74,15 @@ def collect_stats(analysis: Analysis, graph: gs.Graph, batches: Iterable[dict], 
     from ..report.progress import Progress
 
     session = capture_session(graph, sorted(tensors))
-    with Progress("calibrating: batches") as bar:
-        for captured in run_captures(session, batches):
+    # the model's own NaN/Inf (a Log of zero) are counted in the statistics, not warned of here
+    with Progress("calibrating: batches") as bar, np.errstate(all="ignore"):
+        for run in runs_of(batches):
+            captured = capture(session, run.feeds)
             for name, value in captured.items():
                 stats[name].update(value)
             for name, view, rng in views:
                 x = captured[name]
-                stats[name].grams[view.node.name].update(view.rows(x.astype(np.float32), view.pick(x, rng)))
+                pick = view.pick(x, rng, run.samples)
+                stats[name].grams[view.node.name].update(view.rows(x.astype(np.float32), pick))
             bar.advance()
     return stats

@@ -170,7 +170,7 @@ class Reconstruct(Pass):
     name = "reconstruct"
 
     def run(self, ctx: PruningContext) -> None:
-        from ..reconstruct import reconstruct
+        from ..reconstruct import NON_FINITE, reconstruct
 
         mode = ctx.options.reconstruct
         if mode in (None, "none") or ctx.original is None or not ctx.selection.removed:
@@ -191,6 +191,10 @@ class Reconstruct(Pass):
         ctx.pruned_graph.cleanup(remove_unused_graph_inputs=False).toposort()
         ctx.pruned = export_checked(ctx.pruned_graph, ctx.model)
         ctx.report["reconstruction"] = {"mode": mode, "layers": [vars(r) for r in layers]}
+        skipped = [r.node for r in layers if r.skipped == NON_FINITE]
+        if skipped:
+            ctx.warnings.append(f"reconstruction left {len(skipped)} layer(s) as they are: {NON_FINITE}: "
+                                + ", ".join(skipped))
 
 
 def default_passes(options=None, log=None) -> list[Pass]:

@@ -19,3 +19,7 @@ class Verify(Pass):
         ctx.report["fidelity"] = {**output_fidelity(ctx.model.SerializeToString(), ctx.pruned.SerializeToString(),
                                                     ctx.calibration, threads=ctx.options.threads),
                                   "data": ctx.calibration.description}
+        for name, counts in ctx.report["fidelity"].get("non_finite", {}).items():
+            ctx.warnings.append(f"fidelity of output '{name}': {counts['original']} sample(s) with a non-finite "
+                                f"original output left out, {counts['pruned']} where only the pruned output is not "
+                                "finite (counted as cosine 0)")

@@ -31,11 +31,15 @@ def capture_session(graph: gs.Graph, names: list[str], threads: int | None = Non
 
 def run_captures(session, batches: Iterable[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
     """Yield, per batch, the captured tensors by name."""
-    names = [o.name for o in session.get_outputs()]
-    wanted = {i.name for i in session.get_inputs()}
     for batch in batches:
-        values = session.run(None, {k: v for k, v in batch.items() if k in wanted})
-        yield dict(zip(names, values))
+        yield capture(session, batch)
+
+
+def capture(session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The captured tensors by name, for one batch (inputs the session does not read are left out)."""
+    wanted = {i.name for i in session.get_inputs()}
+    values = session.run(None, {k: v for k, v in feeds.items() if k in wanted})
+    return dict(zip((o.name for o in session.get_outputs()), values))
 
 
 def _drop_unneeded(graph) -> None:

@@ -104,8 +104,7 @@ def _consumer(site, stats: dict[str, ChannelStats], analysis: Analysis, group: G
     view, why = gram_view(site)
     if view is None:
         return f"{site.node.name}: {why}"
-    gram = stats.get(site.node.inputs[0].name)
-    gram = gram.grams.get(site.node.name) if gram is not None else None
+    gram = _gram(site, stats)
     if gram is None or not gram.count:
         return f"{site.node.name}: no Gram matrix gathered"
     k = view.rows_per_input()
@@ -120,29 +119,50 @@ def _consumer(site, stats: dict[str, ChannelStats], analysis: Analysis, group: G
     h = gram.centred
     w = view.weight().astype(np.float64)
     energy = float(np.sum(w * (h @ w)))
+    if not np.isfinite(energy):
+        return f"{site.node.name}: its output variance is not finite"
     if energy <= 0:
         return None
     damp = DAMP * max(float(np.mean(np.diag(h))), 1e-12)
-    hinv = np.linalg.inv(h + damp * np.eye(len(h)))
+    try:
+        hinv = np.linalg.inv(h + damp * np.eye(len(h)))
+    except np.linalg.LinAlgError:
+        return f"{site.node.name}: its dampened Gram matrix is singular"
     return _Consumer(hinv[np.ix_(rows, rows)], w[rows], np.arange(len(group.classes)), k, energy)
 
 
-def _greedy(consumers: list[_Consumer], n: int) -> np.ndarray:
-    """Remove all ``n`` channels greedily; each one's score is the error reached when it goes.
+def _step_size(consumers: list[_Consumer], n: int) -> int:
+    """Channels removed per step: 1 where removing them one at a time costs at most
+    ``MAX_EXACT_COST`` multiply-adds, else as many as keep the cost near that bound."""
+    steps = sum(c.cost() for c in consumers) / MAX_EXACT_COST
+    return min(n, max(1, int(np.ceil(steps)))) if np.isfinite(steps) else n
 
-    One at a time where that costs at most ``MAX_EXACT_COST`` multiply-adds; in a bigger group
-    (a wide residual stream with many consumers, conv kernels) the cheapest few go together, as
-    many as keep the cost near that bound."""
+
+def _gram(site, stats: dict[str, ChannelStats]):
+    """The Gram statistics gathered for the consumer of ``site``, or None."""
+    channel_stats = stats.get(site.node.inputs[0].name)
+    return channel_stats.grams.get(site.node.name) if channel_stats is not None else None
+
+
+def _greedy(consumers: list[_Consumer], n: int) -> np.ndarray | None:
+    """Remove all ``n`` channels greedily; each one's score is the error reached when it goes.
+    None where a loss is not a number (a degenerate Gram matrix): the ranking means nothing then.
+
+    In a bigger group (a wide residual stream with many consumers, conv kernels) the cheapest
+    few go together per step (``_step_size``). Bounded by construction: a fixed number of steps,
+    each taking only channels still there (cheapest first, ties to the lower index)."""
     scores = np.zeros(n)
     alive = np.ones(n, dtype=bool)
-    chunk = max(1, int(np.ceil(sum(c.cost() for c in consumers) / MAX_EXACT_COST)))
+    chunk = _step_size(consumers, n)
     total = 0.0
-    while alive.any():
-        loss = sum(c.losses(n) for c in consumers)
-        loss[~alive] = np.inf
-        take = np.argsort(loss, kind="stable")[:min(chunk, int(alive.sum()))]
-        for j in take.tolist():
-            total += max(float(loss[j]), 0.0)
+    for _ in range(-(-n // chunk)):
+        live = np.flatnonzero(alive)
+        loss = sum(c.losses(n) for c in consumers)[live]
+        if not np.isfinite(loss).all():
+            return None
+        take = live[np.argsort(loss, kind="stable")[:chunk]]
+        for j, value in zip(take.tolist(), np.sort(loss, kind="stable")[:chunk].tolist()):
+            total += max(value, 0.0)
             scores[j] = total
         alive[take] = False
         for c in consumers:
@@ -151,16 +171,20 @@ def _greedy(consumers: list[_Consumer], n: int) -> np.ndarray:
 
 
 def obs(analysis: Analysis, stats: dict[str, ChannelStats], notes: list[str] | None = None) -> dict[int, float]:
-    """Scores per class; ``notes`` gets one line per group scored by the fallback."""
+    """Scores per class; ``notes`` gets one line per group scored by the fallback. A group a
+    non-finite Gram matrix reaches (NaN or Inf activations) scores NaN, for ``score_groups``
+    to fall back from with the tensors named."""
     fallback = fluctuation(analysis, stats)
     out = dict(fallback)
     sites = gram_sites(analysis)
     for group in analysis.prunable_groups:
         members = set(group.classes)
+        mine = [s for s in sites if not members.isdisjoint(analysis.root[s.atoms].tolist())]
+        if any((g := _gram(s, stats)) is not None and g.count and not g.finite for s in mine):
+            out.update({r: float("nan") for r in group.classes})
+            continue
         consumers, reasons = [], []
-        for site in sites:
-            if members.isdisjoint(analysis.root[site.atoms].tolist()):
-                continue
+        for site in mine:
             c = _consumer(site, stats, analysis, group)
             if isinstance(c, str):
                 reasons.append(c)
@@ -168,10 +192,23 @@ def obs(analysis: Analysis, stats: dict[str, ChannelStats], notes: list[str] | N
                 consumers.append(c)
         if not consumers and not reasons:
             reasons.append("no consumer with output variance")
-        if reasons:
+        scores = None if reasons else _scores(consumers, group.channels, reasons)
+        if scores is None:
             if notes is not None:
                 notes.append(f"group {group.id} ({group.name}) scored by fluctuation: {'; '.join(reasons)}")
             continue
-        for r, s in zip(group.classes, _greedy(consumers, group.channels).tolist()):
+        for r, s in zip(group.classes, scores.tolist()):
             out[r] = s
     return out
+
+
+def _scores(consumers: list[_Consumer], n: int, reasons: list[str]) -> np.ndarray | None:
+    """The greedy scores of a group, or None with the reason added to ``reasons``."""
+    with np.errstate(all="ignore"):  # a degenerate update shows as a loss that is not finite
+        try:
+            scores = _greedy(consumers, n)
+        except np.linalg.LinAlgError:
+            scores = None
+    if scores is None:
+        reasons.append("the OBS losses are not finite (degenerate Gram matrix)")
+    return scores
