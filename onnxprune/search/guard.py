@@ -2,7 +2,7 @@
 one nearly as fast keeps it.
 
 With calibration data, the chosen candidate's output fidelity (``fidelity.output_fidelity``, on
-the first :data:`FIDELITY_BATCHES` calibration batches, before reconstruction, which comes after
+the first :data:`FIDELITY_SAMPLES` calibration samples, before reconstruction, which comes after
 the search) is compared with that of the uniform allocation of the same cost (every group at
 about the same fraction, what ``--ratio`` does). Each is summarised by its worst output's mean
 cosine ``c``, its error ``1 - c``.
@@ -20,8 +20,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-#: calibration batches each candidate's fidelity is measured on
-FIDELITY_BATCHES = 4
+#: calibration samples each candidate's fidelity is measured on (four of calibration's chunks)
+FIDELITY_SAMPLES = 64
 #: collapse: the error (1 - cosine) is more than this many times the alternative's ...
 COLLAPSE_ERROR_RATIO = 2.0
 #: ... and the cosine at least this much lower
@@ -35,7 +35,7 @@ def candidate_fidelity(original: bytes, candidate: bytes, calibration: Iterable[
     """``output_fidelity`` on the first batches, plus ``cosine``: the worst output's mean cosine."""
     from ..fidelity import output_fidelity
 
-    result = output_fidelity(original, candidate, calibration, max_batches=FIDELITY_BATCHES, threads=threads)
+    result = output_fidelity(original, candidate, calibration, max_samples=FIDELITY_SAMPLES, threads=threads)
     cosines = [v["mean_cosine"] for v in result["outputs"].values()]
     result["cosine"] = float(min(cosines)) if cosines else None
     return result
