@@ -115,7 +115,9 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: Path | None)
 
 def _log_to_tty(message: str) -> None:
     if sys.stderr.isatty():
-        click.echo(message, err=True)
+        from .report.progress import write
+
+        write(message)  # above a progress bar, if one is shown
 
 
 _provider_option = click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,

@@ -57,6 +57,8 @@ def prune_summary(ctx: PruningContext) -> str:
         b, a = before[key], after[key]
         change = f"{(a - b) / b * 100:+.1f}%" if b else "n/a"
         rows.append(f"{label:8}{human(b):>12}{human(a):>12}{change:>10}")
+    if ctx.report.get("flops_at"):
+        rows.append(flops_at_line(ctx.report["flops_at"]))
     rows.insert(1, f"criterion {ctx.options.criterion}" + (
         f", calibration {ctx.calibration.description}" if ctx.calibration is not None else ""))
     rows.extend(search_summary(ctx.report))
@@ -72,6 +74,20 @@ def prune_summary(ctx: PruningContext) -> str:
         if skipped:
             rows.append(f"  not refit: {len(skipped)} layers ({skipped[0]['node']}: {skipped[0]['skipped']}, ...)")
     return "\n".join(rows)
+
+
+def flops_at_line(flops_at: dict) -> str:
+    """Which input shapes the FLOPs were counted at, and where they came from."""
+    shapes = ", ".join(f"{name} {'x'.join(map(str, dims))}" for name, dims in flops_at["shapes"].items())
+    source = {"input-shape": "--input-shape", "calibration": "a calibration sample",
+              "model": "the model's input shapes"}[flops_at["source"]]
+    if flops_at.get("dynamic_as_one"):
+        source += f"; dynamic dimensions of {', '.join(flops_at['dynamic_as_one'])} as 1, set them with --input-shape"
+    line = f"FLOPs counted at {shapes or 'no inputs'} ({source})"
+    if flops_at["uncounted"]:
+        line += (f"; {len(flops_at['uncounted'])} layer(s) of unknown shape counted in part or not at all "
+                 f"({flops_at['uncounted'][0]}, ...)")
+    return line
 
 
 def search_summary(report: dict) -> list[str]:

@@ -179,7 +179,9 @@ def search_latency(analysis: Analysis, graph: gs.Graph, opset: int, template: on
     points: list[tuple[float, float]] = []
     tried: dict[tuple, float] = {}
     budget, best, feasible = goal * FIRST_MARGIN, None, None
-    for _ in range(MAX_ITERATIONS):
+    from ..report.progress import track
+
+    for _ in track(range(MAX_ITERATIONS), "searching", unit="iteration"):
         plan = allocate(model, scores, budget)
         key = tuple(sorted(plan.counts.items()))
         if key in tried:
