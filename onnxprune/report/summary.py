@@ -48,9 +48,14 @@ def prune_summary(ctx: PruningContext) -> str:
     removed = sum(total - kept for kept, total in sel.kept.values())
     total = sum(total for _, total in sel.kept.values())
     blocked = len(ctx.analysis.groups) - len(ctx.analysis.prunable_groups)
+    head = (f"pruned {pruned_groups} of {len(ctx.analysis.groups)} groups ({blocked} blocked): "
+            f"removed {removed} of {total} prunable channels")
+    if (ctx.report.get("search") or {}).get("status") == "already_met":
+        channels = sum(g.channels for g in ctx.analysis.prunable_groups)
+        head = (f"nothing removed: the original already meets the target ({len(ctx.analysis.prunable_groups)} of "
+                f"{len(ctx.analysis.groups)} groups prunable, {channels} channels)")
     rows = [
-        f"pruned {pruned_groups} of {len(ctx.analysis.groups)} groups ({blocked} blocked): "
-        f"removed {removed} of {total} prunable channels",
+        head,
         f"{'':8}{'before':>12}{'after':>12}{'change':>10}",
     ]
     for key, label in (("params", "params"), ("flops", "FLOPs")):
@@ -60,7 +65,8 @@ def prune_summary(ctx: PruningContext) -> str:
     if ctx.report.get("flops_at"):
         rows.append(flops_at_line(ctx.report["flops_at"]))
     rows.insert(1, f"criterion {ctx.options.criterion}" + (
-        f", calibration {ctx.calibration.description}" if ctx.calibration is not None else ""))
+        f", calibration {ctx.calibration.description}" if ctx.calibration is not None else
+        " (from the weights alone: no calibration data)"))
     rows.extend(search_summary(ctx.report))
     recon = ctx.report.get("reconstruction")
     if recon:
