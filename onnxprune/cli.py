@@ -467,8 +467,7 @@ def profile_cmd(model: Path, output: Path, provider: str, threads: int | None, i
         _check_threads(threads)
         if round_to < 1:
             raise BadInputError(f"--round-to must be a positive integer, got {round_to}")
-        table = profile_model(model, provider, threads, parse_input_shapes(input_shapes), round_to,
-                              progress=lambda i, n: _log_to_tty(f"profiled {i}/{n} layers"))
+        table = profile_model(model, provider, threads, parse_input_shapes(input_shapes), round_to)  # a bar on a TTY
         atomic_write_text(output, table.to_json())
         click.echo(f"profiled {len(table.layers)} layers on {provider} (baseline p50 {table.baseline_ms:.3f} ms); "
                    f"wrote {output}")

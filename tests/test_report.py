@@ -171,3 +171,20 @@ def test_registered_criterion_is_used_and_refuses_duplicates():
         CUSTOM_CRITERIA.pop("keep-first-test", None)
         if "keep-first-test" in CRITERIA:
             CRITERIA.remove("keep-first-test")
+
+
+def test_a_line_logged_during_a_short_step_does_not_draw_its_bar(monkeypatch):
+    import sys
+
+    from onnxprune.report import progress
+
+    fake = _Tty(True)
+    monkeypatch.setattr(sys, "stderr", fake)
+    progress.enable(True)
+    try:
+        with progress.Progress("searching") as bar:
+            progress.write("baseline p50 1.000 ms")
+            bar.advance()
+    finally:
+        progress.enable(False)
+    assert fake.text == "baseline p50 1.000 ms\n"  # a bar drawn here would be left on the screen

@@ -8,7 +8,9 @@ go through :func:`write`, so the bar is redrawn below them instead of being torn
 
 from __future__ import annotations
 
+import shutil
 import sys
+import time
 from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -29,11 +31,20 @@ def enabled() -> bool:
     return _enabled
 
 
-def write(message: str) -> None:
-    """Print a line on stderr above any progress bar shown."""
-    from tqdm import tqdm
+#: the bars open now (their lines must be moved out of the way of other output)
+_open: list = []
 
-    tqdm.write(message, file=sys.stderr)
+
+def write(message: str) -> None:
+    """Print a line on stderr above any progress bar shown (a bar still within its delay is not
+    drawn by this either: tqdm would draw it and then not clear it)."""
+    if any(time.time() - bar.start_t >= bar.delay for bar in _open):  # tqdm clocks with time.time
+        from tqdm import tqdm
+
+        tqdm.write(message, file=sys.stderr)
+    else:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
 
 
 class Progress:
@@ -46,8 +57,12 @@ class Progress:
         if _enabled and not silent:
             from tqdm import tqdm
 
+            # the size from the terminal: tqdm's own probe of stderr can come back as -1 rows, and then
+            # it draws nothing at all
+            width, rows = shutil.get_terminal_size((100, 24))
             self._bar = tqdm(total=total, desc=label, unit=unit, file=sys.stderr, leave=False, delay=DELAY_S,
-                             mininterval=every_s, dynamic_ncols=True)
+                             mininterval=every_s, ncols=width if width > 20 else 100, nrows=max(rows, 3))
+            _open.append(self._bar)
 
     def advance(self, n: int = 1) -> None:
         self.done += n
@@ -59,6 +74,7 @@ class Progress:
 
     def __exit__(self, *exc) -> None:
         if self._bar is not None:
+            _open.remove(self._bar)
             self._bar.close()
             self._bar = None
 
