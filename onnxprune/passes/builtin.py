@@ -6,7 +6,7 @@ from ..analysis import analyze_graph, restrict
 from ..context import PruningContext
 from ..errors import BadInputError
 from ..io import check_opset
-from ..metrics import count_flops, count_flops_at, count_params
+from ..metrics import count_flops_at, count_params
 from ..scoring import CRITERIA, needs_activations, needs_grams, score_groups, sink_tensors
 from ..selection import select_by_ratio
 from .normalize import normalize
@@ -33,7 +33,8 @@ class Normalize(Pass):
     def run(self, ctx: PruningContext) -> None:
         ctx.opset = check_opset(ctx.model)
         ctx.graph = normalize(ctx.model)
-        ctx.report["before"] = {"params": count_params(ctx.graph), "flops": count_flops(ctx.graph)}
+        ctx.report["before"] = {"params": count_params(ctx.graph),  # FLOPs as Rewrite counts them (analyze)
+                                "flops": count_flops_at(ctx.graph, ctx.options.input_shapes).flops}
 
 
 class Analyze(Pass):
