@@ -155,7 +155,9 @@ def obs(analysis: Analysis, stats: dict[str, ChannelStats], notes: list[str] | N
     fallback = fluctuation(analysis, stats)
     out = dict(fallback)
     sites = gram_sites(analysis)
-    for group in analysis.prunable_groups:
+    from ..report.progress import track
+
+    for group in track(analysis.prunable_groups, "scoring (obs)", len(analysis.prunable_groups), unit="group"):
         members = set(group.classes)
         consumers, reasons = [], []
         for site in sites:
