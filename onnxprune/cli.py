@@ -13,6 +13,7 @@ import click
 from .errors import BadInputError, OnnxPruneError
 from .scoring import CRITERIA
 
+
 class GroupedHelp(click.Command):
     """A command whose ``--help`` lists its options under headings (``sections``: title, option
     names), in the order a first-time user needs them; options not named go under "Other"."""
@@ -236,7 +237,8 @@ def _check_threads(threads: int | None) -> None:
 @click.option("--round-to", type=int, default=1, show_default=True,
               help="Keep channel counts multiples of N (groups narrower than N are left whole).")
 @click.option("--calib", type=click.Path(path_type=Path),
-              help="Calibration data: .npz keyed by input names, a folder of .npz, or a .py defining load_data().")
+              help="Calibration data: .npz keyed by input names, a folder of .npz or of images, or a .py defining "
+              "load_data().")
 @click.option("--calib-samples", type=int, default=None, help="Use at most N calibration samples.")
 @click.option("--calib-size", metavar="HxW", help="Images: height and width (224 or 224x320) [default: the "
               "input's static size].")
@@ -349,7 +351,8 @@ def _image_preprocessing(calib: Path | None, size: str | None, layout: str | Non
 
     if not calib.is_dir() or not image_files(calib) or any(calib.glob("*.npz")):
         raise BadInputError(f"--calib {calib}: the --calib-* image options need a folder of images (no .npz)")
-    return ImageFolder(calib, size=_numbers(size, "--calib-size", int, "x", (1, 2)), layout=layout, bgr=bgr,
+    dims = _numbers(size, "--calib-size", int, "x", (1, 2))
+    return ImageFolder(calib, size=dims * (3 - len(dims)) if dims else None, layout=layout, bgr=bgr,  # 224: 224x224
                        scale=DEFAULT_SCALE if scale is None else _numbers(scale, "--calib-scale", float, "/", (1, 2)),
                        mean=_numbers(mean, "--calib-mean", float, ",", (1, 3)),
                        std=_numbers(std, "--calib-std", float, ",", (1, 3)))

@@ -105,7 +105,9 @@ def test_calib_flags_reach_the_image_folder_and_the_summary_prints_them(images, 
     res = run_cli(str(model), "--calib", str(images), "--calib-bgr", "--calib-scale", "1", "--calib-mean", "0",
                   "--calib-std", "127.5", "--calib-size", "8x8", "-o", str(tmp_path / "b.onnx"))
     assert res.returncode == 0, res.stderr
-    assert "BGR, scale 1, mean 0, std 127.5" in res.stdout
+    assert "BGR, scale 1, mean 0, std 127.5" in res.stdout and "size 8x8" in res.stdout
+    res = run_cli(str(model), "--calib", str(images), "--calib-size", "8", "-o", str(tmp_path / "d.onnx"))
+    assert res.returncode == 0 and "size 8x8" in res.stdout, res.stderr
     (tmp_path / "prune.toml").write_text('calib-mean = [0.5, 0.5, 0.5]\ncalib-std = "0.5"\ncalib-layout = "NCHW"\n')
     res = run_cli(str(model), "--calib", str(images), "--config", str(tmp_path / "prune.toml"), "-o",
                   str(tmp_path / "c.onnx"))
