@@ -33,14 +33,15 @@ def bench_models(paths: list[Path] | tuple[Path, ...], provider: str = "cpu", th
 
 
 def format_bench(result: dict) -> str:
+    width = max([5] + [len(m["name"]) for m in result["models"]])
     rows = [f"provider {result['provider']}, threads {result['threads'] or 'default'}; "
             f"{result['models'][0]['rounds']} interleaved rounds",
-            f"{'model':40} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'per s':>8}  round medians"]
+            f"{'model':{width}} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'per s':>8}  round medians"]
     for m in result["models"]:
-        name = m["name"] if len(m["name"]) <= 40 else "…" + m["name"][-39:]
-        rows.append(f"{name:40} {m['p50_ms']:9.3f} {m['p90_ms']:9.3f} {m['p99_ms']:9.3f} "
+        name = m["name"]  # whole: two models often differ only at the end or only in the folder
+        rows.append(f"{name:{width}} {m['p50_ms']:9.3f} {m['p90_ms']:9.3f} {m['p99_ms']:9.3f} "
                     f"{m['throughput_per_s']:8.1f}  {m['round_median_min_ms']:.3f}–{m['round_median_max_ms']:.3f}")
     for r in result.get("ratios_vs_first", []):
-        rows.append(f"{Path(r['name']).name} / {Path(result['models'][0]['name']).name}: "
+        rows.append(f"{r['name']} / {result['models'][0]['name']}: "
                     f"{r['median']:.3f}x (per-round min–max {r['min']:.3f}–{r['max']:.3f})")
     return "\n".join(rows)

@@ -13,8 +13,66 @@ import click
 from .errors import BadInputError, OnnxPruneError
 from .scoring import CRITERIA
 
+
+class GroupedHelp(click.Command):
+    """A command whose ``--help`` lists its options under headings (``sections``: title, option
+    names), in the order a first-time user needs them; options not named go under "Other"."""
+
+    def __init__(self, *args, sections: tuple[tuple[str, tuple[str, ...]], ...] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sections = sections
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter, own_help: bool = True) -> None:
+        shown = [p for p in self.get_params(ctx) if isinstance(p, click.Option)]
+        if not own_help:  # shown inside the group's help, which has its own --help
+            shown = [p for p in shown if p is not self.get_help_option(ctx)]
+        records = {p.name: p.get_help_record(ctx) for p in shown}
+        named = {name for _, names in self.sections for name in names}
+        groups = [(title, [records[n] for n in names if records.get(n)]) for title, names in self.sections]
+        groups.append(("Other options", [r for n, r in records.items() if r and n not in named]))
+        for title, rows in groups:
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+#: ``onnxprune MODEL --help`` and ``onnxprune --help``: the prune options by what they are for
+PRUNE_HELP_SECTIONS = (
+    ("Input", ("input_shapes", "config")),
+    ("What to prune", ("ratio", "prune_kinds", "criterion", "round_to")),
+    ("Calibration (keeps accuracy: without it the pruned model is not accurate)",
+     ("calib", "calib_samples", "calib_size", "calib_layout", "calib_bgr", "calib_scale", "calib_mean",
+      "calib_std")),
+    ("Reconstruction", ("reconstruct", "no_reconstruct")),
+    ("Targets (instead of --ratio) and timing", ("target_latency", "target_flops", "target_params",
+                                                 "latency_table", "provider", "threads")),
+    ("Output and reports", ("output", "force", "report_path", "html_path", "benchmark", "quiet", "debug")),
+)
+
+
 class DefaultToPrune(click.Group):
-    """A group whose default command is ``prune``: ``onnxprune MODEL`` means ``onnxprune prune MODEL``."""
+    """A group whose default command is ``prune``: ``onnxprune MODEL`` means ``onnxprune prune MODEL``.
+    Its ``--help`` shows the prune options too (the command most users want), then the others."""
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_usage(ctx.command_path, "MODEL [OPTIONS]")
+        formatter.write_usage(ctx.command_path, "COMMAND [ARGS]...", prefix="   or: ")
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        prune = self.commands["prune"]
+        prune.format_options(click.Context(prune, info_name="prune", parent=ctx), formatter, own_help=False)
+        self.format_commands(ctx, formatter)
+        with formatter.section("Options of onnxprune itself"):
+            formatter.write_dl([r for p in self.get_params(ctx) if (r := p.get_help_record(ctx))])
+        formatter.write_paragraph()
+        formatter.write_text("Each command has its own --help (onnxprune analyze --help).")
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The commands with their first sentence whole (click cuts them at 45 characters)."""
+        rows = [(name, self.commands[name].get_short_help_str(limit=200)) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, "Prune MODEL; the default command (onnxprune MODEL means onnxprune prune MODEL)."
+                                 if name == "prune" else text) for name, text in rows])
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
@@ -32,6 +90,9 @@ class DefaultToPrune(click.Group):
                 rv = super().main(*args, standalone_mode=False, **kwargs)
         except Interrupted as exc:
             click.echo(f"error: {exc}; temporary files removed", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.NoArgsIsHelpError as exc:  # bare `onnxprune`: the help, not an error
+            click.echo(exc.format_message())
             sys.exit(exc.exit_code)
         except click.UsageError as exc:
             click.echo(f"error: {exc.format_message().rstrip('.')} (see --help)", err=True)
@@ -77,7 +138,9 @@ def main() -> None:
     """Structured pruning of ONNX models: remove whole channels and neurons.
 
     \b
-    onnxprune MODEL --ratio 0.3 [-o OUT]   prune 30% of every prunable group
+    onnxprune MODEL --calib DATA [-o OUT]  prune 30% of every prunable group, keeping accuracy
+                                           (DATA: .npz keyed by input names, a folder of images)
+    onnxprune MODEL --ratio 0.5            from the weights alone: smaller, but not accurate
     onnxprune analyze MODEL                list channel groups and why some are blocked
     onnxprune MODEL --target-latency 50ms  prune until the measured latency meets the target
     onnxprune bench MODEL [MODEL ...]      measure latency, side by side
@@ -120,14 +183,19 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: Path | None)
         if key not in names:
             _fail(BadInputError(f"--config {value}: unknown option '{key}' (use the long flag names, e.g. "
                                 "target-latency)"), False)
-        defaults[names[key]] = [str(v) for v in item] if isinstance(item, list) else item
+        if isinstance(item, list):  # a list for an option that takes one value: comma-separated (calib-mean)
+            multiple = any(p.name == names[key] and getattr(p, "multiple", False) for p in ctx.command.params)
+            item = [str(v) for v in item] if multiple else ",".join(str(v) for v in item)
+        defaults[names[key]] = item
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
 
 
 def _log_to_tty(message: str) -> None:
     if sys.stderr.isatty():
-        click.echo(message, err=True)
+        from .report.progress import write
+
+        write(message)  # above a progress bar, if one is shown
 
 
 _provider_option = click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
@@ -154,7 +222,7 @@ def _check_threads(threads: int | None) -> None:
         raise BadInputError(f"--threads must be positive, got {threads}")
 
 
-@main.command("prune")
+@main.command("prune", cls=GroupedHelp, sections=PRUNE_HELP_SECTIONS)
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Output path [default: MODEL.pruned.onnx beside the input].")
@@ -181,8 +249,21 @@ def _check_threads(threads: int | None) -> None:
 @click.option("--round-to", type=int, default=1, show_default=True,
               help="Keep channel counts multiples of N (groups narrower than N are left whole).")
 @click.option("--calib", type=click.Path(path_type=Path),
-              help="Calibration data: .npz keyed by input names, a folder of .npz, or a .py defining load_data().")
+              help="Calibration data: .npz keyed by input names, a folder of .npz or of images, or a .py defining "
+              "load_data().")
 @click.option("--calib-samples", type=int, default=None, help="Use at most N calibration samples.")
+@click.option("--calib-size", metavar="HxW", help="Images: height and width (224 or 224x320) [default: the "
+              "input's static size].")
+@click.option("--calib-layout", type=click.Choice(["NCHW", "NHWC"], case_sensitive=False), metavar="NCHW|NHWC",
+              help="Images: layout [default: NCHW or NHWC, whichever axis of the input holds 1 or 3 channels].")
+@click.option("--calib-bgr", is_flag=True, help="Images: BGR channel order (OpenCV-trained models) [default: RGB; "
+              "grayscale for a 1-channel input].")
+@click.option("--calib-scale", metavar="S", help="Images: multiply pixels (0-255) by S before mean and std "
+              "[default: 1/255]; 1 keeps 0-255.")
+@click.option("--calib-mean", metavar="M[,M,M]", help="Images: subtract per channel, after scaling [default: "
+              "ImageNet 0.485,0.456,0.406; 0.449 for grayscale].")
+@click.option("--calib-std", metavar="S[,S,S]", help="Images: divide by per channel, after the mean [default: "
+              "ImageNet 0.229,0.224,0.225; 0.226 for grayscale]; --calib-mean 0.5 --calib-std 0.5 gives [-1, 1].")
 @click.option("--reconstruct", "reconstruct", type=click.Choice(["lstsq", "bias"]), default=None,
               help="How to repair the layers that lost inputs [default with --calib: lstsq].")
 @click.option("--no-reconstruct", is_flag=True, help="Do not repair layers, even with --calib.")
@@ -201,7 +282,9 @@ def _check_threads(threads: int | None) -> None:
 def prune_cmd(model: Path, output: Path | None, ratio: float | None, target_latency: str | None,
               target_flops: str | None, target_params: str | None, latency_table: Path | None, provider: str,
               threads: int | None, input_shapes: tuple[str, ...], criterion: str | None, prune_kinds: str, round_to: int,
-              calib: Path | None, calib_samples: int | None, reconstruct: str | None, no_reconstruct: bool,
+              calib: Path | None, calib_samples: int | None, calib_size: str | None, calib_layout: str | None,
+              calib_bgr: bool, calib_scale: str | None, calib_mean: str | None, calib_std: str | None,
+              reconstruct: str | None, no_reconstruct: bool,
               force: bool, benchmark: bool, report_path: Path | None, html_path: Path | None, quiet: bool,
               debug: bool) -> None:
     """Prune MODEL and write the smaller model: a ratio of every group, or to a latency/FLOPs/params target."""
@@ -230,8 +313,10 @@ def prune_cmd(model: Path, output: Path | None, ratio: float | None, target_late
         out = output or model.with_name(model.stem + ".pruned.onnx")
         _run_files(model, calib=calib, latency_table=latency_table).write_model(out) \
             .write("--report", report_path).write("--html", html_path).check()
+        calibration = _image_preprocessing(calib, calib_size, calib_layout, calib_bgr, calib_scale, calib_mean,
+                                           calib_std)
         result = prune(model, ratio=ratio, target_latency=target_latency, target_flops=target_flops,
-                       target_params=target_params, criterion=criterion, round_to=round_to, calibration=calib,
+                       target_params=target_params, criterion=criterion, round_to=round_to, calibration=calibration,
                        calib_samples=calib_samples, reconstruct="none" if no_reconstruct else reconstruct,
                        provider=provider, threads=threads, input_shapes=parse_input_shapes(input_shapes),
                        latency_table=latency_table, log=None if quiet else _log_to_tty, benchmark=benchmark,
@@ -249,6 +334,8 @@ def prune_cmd(model: Path, output: Path | None, ratio: float | None, target_late
         say(prune_summary(result.context))
         if not result.context.analysis.prunable_groups:
             say(_nothing_to_prune(result.context, model))
+        if calib is None and not quiet and _removed_any(result.context):
+            click.echo(NO_CALIBRATION_WARNING, err=True)  # last but one: where it is read
         say(f"wrote {out}" if written else "nothing written: the model already meets the target")
     except Exception as exc:  # one line, right exit code
         _fail(exc, debug)
@@ -281,6 +368,52 @@ def _save_loadable(result, out: Path, model: Path, quiet: bool) -> None:
         result.context.warnings.append(warning)  # in the report too
         if not quiet:
             click.echo(f"warning: {warning}", err=True)
+
+
+NO_CALIBRATION_WARNING = (
+    "warning: pruned without calibration data: accuracy is not preserved; give --calib DATA (a few hundred real "
+    "inputs: .npz keyed by input names, a folder of images or .npz, or a .py with load_data())")
+
+
+def _removed_any(ctx) -> bool:
+    return ctx.selection is not None and any(kept < total for kept, total in ctx.selection.kept.values())
+
+
+def _image_preprocessing(calib: Path | None, size: str | None, layout: str | None, bgr: bool, scale: str | None,
+                         mean: str | None, std: str | None):
+    """``--calib`` as given, or an ImageFolder when a ``--calib-*`` image option is set."""
+    if size is None and layout is None and not bgr and scale is None and mean is None and std is None:
+        return calib
+    if calib is None:
+        raise BadInputError("--calib-size, --calib-layout, --calib-bgr, --calib-scale, --calib-mean and "
+                            "--calib-std describe a --calib folder of images: give --calib")
+    from .calibration.images import DEFAULT_SCALE, ImageFolder, image_files
+
+    if not calib.is_dir() or not image_files(calib) or any(calib.glob("*.npz")):
+        raise BadInputError(f"--calib {calib}: the --calib-* image options need a folder of images (no .npz)")
+    dims = _numbers(size, "--calib-size", int, "x", (1, 2))
+    return ImageFolder(calib, size=dims * (3 - len(dims)) if dims else None, layout=layout, bgr=bgr,  # 224: 224x224
+                       scale=DEFAULT_SCALE if scale is None else _numbers(scale, "--calib-scale", float, "/", (1, 2)),
+                       mean=_numbers(mean, "--calib-mean", float, ",", (1, 3)),
+                       std=_numbers(std, "--calib-std", float, ",", (1, 3)))
+
+
+def _numbers(text: str | None, flag: str, kind: type, sep: str, counts: tuple[int, int]):
+    """``224x320`` / ``0.5,0.5,0.5`` / ``1/255`` (a quotient) -> numbers; None stays None."""
+    if text is None:
+        return None
+    try:
+        values = [kind(v) for v in str(text).replace(" ", "").split(sep)]
+    except ValueError:
+        values = []
+    if not counts[0] <= len(values) <= counts[1] or (kind is int and min(values) < 1):
+        raise BadInputError(f"{flag} '{text}': expected {counts[0]} to {counts[1]} "
+                            f"{'positive integers' if kind is int else 'numbers'} separated by '{sep}'")
+    if sep == "/":
+        if len(values) == 2 and values[1] == 0:
+            raise BadInputError(f"{flag} '{text}': division by zero")
+        return values[0] / values[1] if len(values) == 2 else values[0]
+    return values if len(values) > 1 or kind is int else values[0]
 
 
 def _write_reports(ctx, json_path: Path | None, html_path: Path | None, model: Path, out: Path,
@@ -366,8 +499,7 @@ def profile_cmd(model: Path, output: Path, provider: str, threads: int | None, i
         if round_to < 1:
             raise BadInputError(f"--round-to must be a positive integer, got {round_to}")
         _run_files(model).write("-o", output).check()
-        table = profile_model(model, provider, threads, parse_input_shapes(input_shapes), round_to,
-                              progress=lambda i, n: _log_to_tty(f"profiled {i}/{n} layers"))
+        table = profile_model(model, provider, threads, parse_input_shapes(input_shapes), round_to)  # a bar on a TTY
         atomic_write_text(output, table.to_json())
         click.echo(f"profiled {len(table.layers)} layers on {provider} (baseline p50 {table.baseline_ms:.3f} ms); "
                    f"wrote {output}")

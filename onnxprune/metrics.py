@@ -1,13 +1,19 @@
 """Parameter and FLOP counts, from initializers and inferred shapes.
 
-Dynamic dimensions (batch, sequence length) count as 1, so FLOPs of such models are per unit
-of each dynamic dimension (e.g. per token for a transformer with dynamic batch and sequence).
+:func:`count_flops_at` counts a graph at stated input shapes (``--input-shape``, a calibration
+sample), with shapes inferred afresh on a weight-free copy, so that the original and the pruned
+model are counted the same way whatever shapes their tensors happen to carry. Dynamic
+dimensions not fixed by those shapes count as 1, so FLOPs of such models are per unit of each
+(e.g. per token for a transformer with dynamic batch and sequence).
 
 FLOPs count a multiply-add as two operations and cover the layers that dominate cost (Conv,
 ConvTranspose, Gemm, MatMul); element-wise ops are left out, as most FLOP counters do.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -54,18 +60,21 @@ def _prod(dims) -> int:
     return int(np.prod(dims, dtype=np.int64))
 
 
-def _conv_flops(node: gs.Node) -> int:
-    out = static_shape(node.outputs[0])
-    return 2 * _prod(out) * _prod(node.inputs[1].shape[1:]) if out else 0
+ShapeOf = Callable[[object], "list[int] | None"]
 
 
-def _conv_transpose_flops(node: gs.Node) -> int:
-    inp = static_shape(node.inputs[0])
-    return 2 * _prod(inp) * _prod(node.inputs[1].shape[1:]) if inp else 0
+def _conv_flops(node: gs.Node, shape_of: ShapeOf) -> int:
+    out, w = shape_of(node.outputs[0]), shape_of(node.inputs[1])
+    return 2 * _prod(out) * _prod(w[1:]) if out and w else 0
 
 
-def _matmul_flops(node: gs.Node) -> int:
-    out, a = static_shape(node.outputs[0]), static_shape(node.inputs[0])
+def _conv_transpose_flops(node: gs.Node, shape_of: ShapeOf) -> int:
+    inp, w = shape_of(node.inputs[0]), shape_of(node.inputs[1])
+    return 2 * _prod(inp) * _prod(w[1:]) if inp and w else 0
+
+
+def _matmul_flops(node: gs.Node, shape_of: ShapeOf) -> int:
+    out, a = shape_of(node.outputs[0]), shape_of(node.inputs[0])
     if not out or not a:
         return 0
     k = a[0] if node.op == "Gemm" and int(node.attrs.get("transA", 0)) else a[-1]
@@ -77,14 +86,109 @@ FLOP_COUNTERS = {"Conv": _conv_flops, "ConvTranspose": _conv_transpose_flops, "G
                  "MatMul": _matmul_flops}
 
 
-def node_flops(node: gs.Node) -> int:
-    """FLOPs of one node for the shapes shape inference gave (0 if unknown or not counted)."""
+def node_flops(node: gs.Node, shape_of: ShapeOf = static_shape) -> int:
+    """FLOPs of one node for the shapes ``shape_of`` gives (default: the shapes its tensors carry;
+    0 if unknown or not counted)."""
     counter = FLOP_COUNTERS.get(node.op)
     try:
-        return counter(node) if counter else 0
+        return counter(node, shape_of) if counter else 0
     except (TypeError, IndexError, AttributeError):
         return 0
 
 
 def count_flops(graph: gs.Graph) -> int:
+    """FLOPs at the shapes the graph's tensors carry (see :func:`count_flops_at` to compare models)."""
     return sum(node_flops(n) for n in graph.nodes)
+
+
+@dataclass
+class FlopCount:
+    """FLOPs of a graph at ``shapes``; ``uncounted`` names the layers whose shapes inference left
+    unknown, wholly (counted 0) or in part (those dimensions counted as 1)."""
+
+    flops: int
+    shapes: dict[str, list[int]]
+    uncounted: list[str] = field(default_factory=list)
+    #: inputs with a dynamic dimension that no given shape fixed, counted as 1
+    dynamic_as_one: list[str] = field(default_factory=list)
+
+
+def count_flops_at(graph: gs.Graph, input_shapes: dict[str, list[int]] | None = None) -> FlopCount:
+    """FLOPs with the graph's inputs at ``input_shapes`` (their other dynamic dimensions as 1),
+    every other shape inferred afresh by ONNX shape inference: the same procedure for any model,
+    independent of the shapes its tensors or its file's value_info carry."""
+    inferred, shapes, defaulted = _inferred_shapes(graph, input_shapes or {})
+
+    guessed = []
+
+    def shape_of(tensor) -> list[int] | None:
+        if isinstance(tensor, gs.Constant):
+            return [int(d) for d in tensor.shape]
+        dims = inferred.get(tensor.name)
+        if dims is not None and None in dims:
+            guessed.append(tensor.name)
+        return None if dims is None else [1 if d is None else d for d in dims]
+
+    total, uncounted = 0, []
+    for node in graph.nodes:
+        guessed.clear()
+        flops = node_flops(node, shape_of)
+        total += flops
+        if node.op in FLOP_COUNTERS and (not flops or guessed):
+            uncounted.append(node.name)
+    return FlopCount(total, shapes, uncounted, sorted(defaulted))
+
+
+def _inferred_shapes(graph: gs.Graph, input_shapes: dict[str, list[int]]) -> tuple[dict, dict, set]:
+    """({tensor name: dims, None for unknown}, {input name: the dims counted at}, {inputs with a
+    dynamic dimension taken as 1}) from inference on
+    a skeleton: float constants become inputs (never serialized), inputs get fixed dims, and the
+    file's value_info is dropped so nothing but the graph (and its declared outputs, which pruning
+    never changes) decides."""
+    swaps, placeholders = [], {}
+    for node in graph.nodes:
+        for i, t in enumerate(node.inputs):
+            if isinstance(t, gs.Constant) and is_floating(t.dtype) and _prod(t.shape) > 64:
+                if t.name not in placeholders:
+                    placeholders[t.name] = gs.Variable(t.name, dtype=t.dtype, shape=list(t.shape))
+                swaps.append((node, i, t))
+                node.inputs[i] = placeholders[t.name]
+    real_inputs = list(graph.inputs)
+    graph.inputs = real_inputs + list(placeholders.values())
+    try:
+        model = gs.export_onnx(graph, do_type_check=False)
+    finally:
+        graph.inputs = real_inputs
+        for node, i, t in swaps:
+            node.inputs[i] = t
+    del model.graph.value_info[:]
+    counted_at, inputs, defaulted = {}, model.graph.input[:len(real_inputs)], set()
+    named = {}  # a dimension named in a given shape ("sequence") takes that size in every input
+    for vi in inputs:
+        given = input_shapes.get(vi.name)
+        if given is not None and len(given) == len(vi.type.tensor_type.shape.dim):
+            named.update({d.dim_param: int(v) for d, v in zip(vi.type.tensor_type.shape.dim, given) if d.dim_param})
+    for vi in inputs:
+        dims = vi.type.tensor_type.shape.dim
+        given = input_shapes.get(vi.name)
+        if given is not None and len(given) == len(dims):
+            fixed = [int(d) for d in given]
+        else:
+            fixed = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else named.get(d.dim_param, 0)
+                     for d in dims]
+            defaulted.update(vi.name for v in fixed if not v)
+            fixed = [v or 1 for v in fixed]
+        for d, value in zip(dims, fixed):
+            d.Clear()
+            d.dim_value = value
+        counted_at[vi.name] = fixed
+    model.ir_version = max(model.ir_version, 4)
+    try:
+        model = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+    except Exception:  # inference errors on exotic graphs: their layers stay uncounted
+        return dict(counted_at), counted_at, defaulted
+    inferred = {name: list(dims) for name, dims in counted_at.items()}
+    for vi in list(model.graph.value_info) + list(model.graph.output):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            inferred[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+    return inferred, counted_at, defaulted

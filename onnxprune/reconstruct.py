@@ -279,7 +279,9 @@ def reconstruct(original: gs.Graph, pruned: gs.Graph, consumers: list[tuple], ca
         return reports
     upstream = _upstream(pruned, list(views))
     done: set[str] = set()
-    for wave in _waves(pruned, list(views)):
+    from .report.progress import track
+
+    for wave in track(_waves(pruned, list(views)), "reconstructing", len(views), unit="layer", size=len):
         # the residual a layer's output is added to, where it is already final in the pruned model
         residual = {n: r for n in wave if (r := _residual(views[n][0])) and upstream.get(r, set()) <= done}
         wanted_o = {views[n][0].node.inputs[0].name for n in wave} | set(residual.values())

@@ -34,6 +34,8 @@ from onnxprune.passes.normalize import normalize
 
 OPSETS = (11, 13, 17)
 
+pytestmark = pytest.mark.fuzz  # `pytest -m "not slow and not fuzz"` leaves these out
+
 
 def uniform_int(lo: int, hi: int) -> st.SearchStrategy[int]:
     """An integer in [lo, hi], near-uniform (``st.integers`` over a small range and ``st.sampled_from``

@@ -44,6 +44,7 @@ def test_yolo_block_refuses_runtime_chunk_but_prunes_the_rest():
 LIGHT_MODELS = sorted(p.stem for p in LIGHT.glob("light_*.onnx")) if LIGHT.exists() else []
 
 
+@pytest.mark.zoo
 @pytest.mark.parametrize("name", LIGHT_MODELS)
 def test_model_zoo_light_models(name):
     if name == "light_vgg19" and not os.environ.get("ONNXPRUNE_SLOW"):

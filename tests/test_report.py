@@ -120,6 +120,7 @@ def test_progress_only_on_a_terminal_and_not_quiet(monkeypatch, tty, enabled, sh
 
     fake = _Tty(tty)
     monkeypatch.setattr(sys, "stderr", fake)
+    monkeypatch.setattr(progress, "DELAY_S", 0.0)
     progress.enable(enabled)
     try:
         with progress.Progress("calibrating", 3, every_s=0.0) as bar:
@@ -127,8 +128,24 @@ def test_progress_only_on_a_terminal_and_not_quiet(monkeypatch, tty, enabled, sh
                 bar.advance()
     finally:
         progress.enable(False)
-    assert ("calibrating [####################] 3/3" in fake.text) == shown
-    assert fake.text.endswith("\r\033[K") == shown  # the line is cleared at the end
+    assert ("calibrating" in fake.text and "3/3" in fake.text and "<" in fake.text) == shown  # count, ETA
+    assert fake.text.endswith("\r") == shown  # the bar is cleared at the end (tqdm leave=False)
+
+
+def test_progress_stays_quiet_on_short_steps(monkeypatch):
+    import sys
+
+    from onnxprune.report import progress
+
+    fake = _Tty(True)
+    monkeypatch.setattr(sys, "stderr", fake)
+    progress.enable(True)
+    try:
+        with progress.Progress("calibrating", 3) as bar:
+            bar.advance(3)
+    finally:
+        progress.enable(False)
+    assert fake.text == ""
 
 
 def test_registered_criterion_is_used_and_refuses_duplicates():
@@ -154,3 +171,20 @@ def test_registered_criterion_is_used_and_refuses_duplicates():
         CUSTOM_CRITERIA.pop("keep-first-test", None)
         if "keep-first-test" in CRITERIA:
             CRITERIA.remove("keep-first-test")
+
+
+def test_a_line_logged_during_a_short_step_does_not_draw_its_bar(monkeypatch):
+    import sys
+
+    from onnxprune.report import progress
+
+    fake = _Tty(True)
+    monkeypatch.setattr(sys, "stderr", fake)
+    progress.enable(True)
+    try:
+        with progress.Progress("searching") as bar:
+            progress.write("baseline p50 1.000 ms")
+            bar.advance()
+    finally:
+        progress.enable(False)
+    assert fake.text == "baseline p50 1.000 ms\n"  # a bar drawn here would be left on the screen

@@ -76,8 +76,8 @@ class Calibration:
         if isinstance(source, (str, os.PathLike)) and _is_image_folder(Path(source)):
             source = ImageFolder(source)
         if isinstance(source, ImageFolder):
-            description = description or repr(source)
             source = source.bind(specs)
+            description = description or repr(source)  # bound: says how images are preprocessed
         self.source = source
         self.specs = specs
         self.max_samples = max_samples

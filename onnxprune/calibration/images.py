@@ -2,10 +2,12 @@
 
 Each image is decoded with Pillow, converted to the model's channel count (RGB or grayscale),
 resized so its shorter side fits and centre-cropped to the input's height and width (the usual
-evaluation transform, which keeps the aspect ratio), scaled to [0, 1], normalised by ``mean`` and
-``std`` per channel, and laid out as NCHW or NHWC. Defaults come from the model's input where it
-says (a static size; the axis holding 1 or 3 channels) and are ImageNet's mean and std otherwise
-(averaged over the colours for a grayscale input).
+evaluation transform, which keeps the aspect ratio), put in RGB or BGR order, multiplied by
+``scale`` (1/255 by default: pixels in [0, 1]), normalised by ``mean`` and ``std`` per channel, and
+laid out as NCHW or NHWC. Defaults come from the model's input where it says (a static size; the
+axis holding 1 or 3 channels) and are ImageNet's mean and std otherwise (averaged over the
+colours for a grayscale input). The CLI sets these with ``--calib-size``, ``--calib-layout``,
+``--calib-bgr``, ``--calib-scale``, ``--calib-mean`` and ``--calib-std``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from ..errors import BadInputError
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: pixels 0-255 are multiplied by this before ``mean`` and ``std`` apply
+DEFAULT_SCALE = 1 / 255
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -30,12 +34,15 @@ def image_files(folder: Path) -> list[Path]:
 class ImageFolder:
     """A folder of images as calibration data; ``bind`` fits it to the model's input.
 
-    ``size`` is (height, width) or one number for both; ``layout`` "NCHW" or "NHWC"; ``mean`` and
-    ``std`` one value or one per channel, applied after scaling pixels to [0, 1]."""
+    ``size`` is (height, width) or one number for both; ``layout`` "NCHW" or "NHWC"; ``bgr`` puts
+    colour channels in BGR order (OpenCV-trained models); pixels (0-255) are multiplied by ``scale``;
+    ``mean`` and ``std`` one value or one per channel, applied after scaling."""
 
     def __init__(self, folder, size: int | Sequence[int] | None = None, mean: Sequence[float] | float | None = None,
-                 std: Sequence[float] | float | None = None, layout: str | None = None, batch: int = 16):
+                 std: Sequence[float] | float | None = None, layout: str | None = None, batch: int = 16,
+                 scale: float = DEFAULT_SCALE, bgr: bool = False):
         self.folder = Path(folder)
+        self.scale, self.bgr = float(scale), bool(bgr)
         self.size = (size, size) if isinstance(size, int) else (tuple(size) if size is not None else None)
         self.given = (mean, std)
         self.mean = np.atleast_1d(np.asarray(IMAGENET_MEAN if mean is None else mean, np.float32))
@@ -53,9 +60,25 @@ class ImageFolder:
             raise BadInputError(f"image layout must be NCHW or NHWC, got {layout}")
         if (self.std == 0).any():
             raise BadInputError("image std must not be zero")
+        if not np.isfinite(self.scale) or self.scale <= 0 or not (np.isfinite(self.mean).all()
+                                                                  and np.isfinite(self.std).all()):
+            raise BadInputError("image scale must be positive and mean and std finite")
 
     def __repr__(self) -> str:
-        return f"image folder {self.folder}"
+        if self.name is None:
+            return f"image folder {self.folder}"
+        return f"image folder {self.folder} ({self.preprocessing()})"
+
+    def preprocessing(self) -> str:
+        """What is done to each image, defaults included, in the CLI's terms (for the summary)."""
+        def values(v: np.ndarray) -> str:
+            return ",".join(f"{x:.4g}" for x in v.tolist())
+
+        colours = "grayscale" if self.channels == 1 else ("BGR" if self.bgr else "RGB")
+        scale = "1/255" if abs(self.scale - DEFAULT_SCALE) < 1e-12 else f"{self.scale:g}"
+        size = "x".join(map(str, self.size)) if self.size else "the input's size"
+        return (f"{len(image_files(self.folder))} images, size {size}, layout {self.layout or 'from the input'}, "
+                f"{colours}, scale {scale}, mean {values(self.mean)}, std {values(self.std)}")
 
     def bind(self, specs) -> "ImageFolder":
         """Take the input name, layout, size and channel count from the model's single input."""
@@ -107,13 +130,15 @@ class ImageFolder:
             with im:
                 im = im.convert("L" if self.channels == 1 else "RGB")
                 im = _resize_and_crop(im, self.size)
-                x = np.asarray(im, dtype=np.float32) / 255.0
+                x = np.asarray(im, dtype=np.float32) * np.float32(self.scale)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise BadInputError(f"image {path}: {_pixels(exc)} over Pillow's limit of {Image.MAX_IMAGE_PIXELS} "
                                 "pixels (a decompression bomb?)") from None
         except (OSError, ValueError) as exc:
             raise BadInputError(f"image {path}: unreadable ({type(exc).__name__})") from None
         x = x.reshape(x.shape[0], x.shape[1], -1)  # H, W, C
+        if self.bgr and x.shape[2] == 3:
+            x = x[:, :, ::-1]
         x = (x - self.mean) / self.std
         if self.layout == "NCHW":
             x = x.transpose(2, 0, 1)

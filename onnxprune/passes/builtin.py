@@ -6,7 +6,7 @@ from ..analysis import analyze_graph, restrict
 from ..context import PruningContext
 from ..errors import BadInputError
 from ..io import check_opset
-from ..metrics import count_flops, count_params
+from ..metrics import count_flops_at, count_params
 from ..scoring import CRITERIA, needs_activations, needs_grams, score_groups, sink_tensors
 from ..selection import select_by_ratio
 from .normalize import normalize
@@ -33,7 +33,8 @@ class Normalize(Pass):
     def run(self, ctx: PruningContext) -> None:
         ctx.opset = check_opset(ctx.model)
         ctx.graph = normalize(ctx.model)
-        ctx.report["before"] = {"params": count_params(ctx.graph), "flops": count_flops(ctx.graph)}
+        ctx.report["before"] = {"params": count_params(ctx.graph),  # FLOPs as Rewrite counts them (analyze)
+                                "flops": count_flops_at(ctx.graph, ctx.options.input_shapes).flops}
 
 
 class Analyze(Pass):
@@ -158,10 +159,33 @@ class Rewrite(Pass):
     name = "rewrite"
 
     def run(self, ctx: PruningContext) -> None:
+        shapes = flop_shapes(ctx)
+        before = count_flops_at(ctx.graph, shapes)  # the graph is rewritten in place: count it first
         graph = rewrite(ctx.analysis, ctx.selection.removed)
         ctx.pruned_graph = graph
         ctx.pruned = export_checked(graph, ctx.model)
-        ctx.report["after"] = {"params": count_params(graph), "flops": count_flops(graph)}
+        after = count_flops_at(graph, shapes)
+        ctx.report["before"]["flops"] = before.flops
+        ctx.report["after"] = {"params": count_params(graph), "flops": after.flops}
+        ctx.report["flops_at"] = {"shapes": before.shapes, "source": flop_shapes_source(ctx),
+                                  "dynamic_as_one": before.dynamic_as_one,
+                                  "uncounted": sorted(set(before.uncounted) | set(after.uncounted))}
+
+
+def flop_shapes(ctx: PruningContext) -> dict[str, list[int]]:
+    """The input shapes FLOPs are counted at: ``input_shapes``, else a calibration sample's."""
+    if ctx.options.input_shapes:
+        return dict(ctx.options.input_shapes)
+    from .search import latency_feeds
+
+    feeds = latency_feeds(ctx)
+    return {name: list(value.shape) for name, value in (feeds or {}).items()}
+
+
+def flop_shapes_source(ctx: PruningContext) -> str:
+    if ctx.options.input_shapes:
+        return "input-shape"
+    return "calibration" if ctx.calibration is not None else "model"
 
 
 class Reconstruct(Pass):

@@ -5,8 +5,7 @@ page shows the same numbers as ``--report`` and opens anywhere, offline:
 
 - kept channels per group (before and after);
 - per-layer sensitivity: each refit layer's relative output error before reconstruction (what
-  removing its inputs cost), or, without reconstruction, the share of each group's importance
-  removed;
+  removing its inputs cost); without calibration data it says it was not measured;
 - latency (or FLOPs/params) against the fraction of channels kept, as the search's cost model
   predicts it, with the end-to-end measurements of the search marked.
 """
@@ -15,6 +14,8 @@ from __future__ import annotations
 
 import html
 from typing import Any
+
+from .summary import flops_at_line
 
 _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -99,11 +100,19 @@ def _sensitivity(report: dict) -> tuple[list[tuple[str, float, None]], str]:
     if layers:
         return ([(la["node"], float(la["error_before"]), None) for la in layers],
                 "relative output error of each refit layer before reconstruction (what removing its inputs cost)")
-    rows = []
-    for g in report["groups"]:
-        if g["prunable"] and g["channels_after"] < g["channels_before"]:
-            rows.append((g["name"], 1 - g["channels_after"] / g["channels_before"], None))
-    return rows, "fraction of each pruned group's channels removed (no calibration data: no measured sensitivity)"
+    return [], ("not measured: per-layer sensitivity is each refit layer's output error on calibration data, and "
+                "this run had none (or no refit); give --calib")
+
+
+def _setting(value: Any) -> str:
+    """A setting as a user writes it on the command line (``heads,channels``, not a Python list)."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(_setting(v) for v in value)
+    if isinstance(value, dict):  # input shapes: name:1x3x224x224
+        return ",".join(f"{k}:{'x'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}" for k, v in value.items())
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
 
 
 def render_html(report: dict) -> str:
@@ -146,7 +155,7 @@ def render_html(report: dict) -> str:
     if t:
         shown["target"] = (f"{t['kind']} {t['value']:g} ms" if t["kind"] == "latency" else
                            f"{t['kind']} {t['value']:g}" + (" of the original" if t["fraction"] else ""))
-    settings_text = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in shown.items() if v is not None)
+    settings_text = ", ".join(f"{k.replace('_', '-')} {_setting(v)}" for k, v in shown.items() if v is not None)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>onnxprune report: {_e(report.get("input"))}</title>
 <style>{_CSS}</style></head><body>
@@ -154,9 +163,10 @@ def render_html(report: dict) -> str:
 <p>{_e("wrote " + str(report["output"]) if report.get("written") else "nothing written")}; {_e(settings_text)}</p>
 <h2>Summary</h2>
 <table><tr><th class="l"></th><th>before</th><th>after</th><th>change</th></tr>{summary}</table>
+{f'<p class="muted">{_e(flops_at_line(report["flops_at"]))}</p>' if report.get("flops_at") else ""}
 {f'<h2>Fidelity on calibration data ({fidelity.get("batches")} batches)</h2><table><tr><th class="l">output</th><th>mean cosine</th><th>min cosine</th><th>relative error</th></tr>{fid_rows}</table>' if fid_rows else ''}
 <h2>Kept channels per group</h2>{kept_plot}
-<h2>Per-layer sensitivity</h2><p class="muted">{_e(sens_title)}</p>{sens_plot}
+<h2>Per-layer sensitivity</h2><p class="muted">{_e(sens_title)}</p>{sens_plot if sens_rows else ""}
 <h2>Cost against the fraction of channels kept</h2>
 <p class="muted">Line: the search's cost model with every group kept at about the same fraction; dot: the result as measured (latency) or counted.</p>
 {curve_plot}

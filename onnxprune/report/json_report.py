@@ -67,7 +67,7 @@ def build_report(ctx: PruningContext, input_path: str | None = None, output_path
         "schema": SCHEMA, "version": VERSION, "versions": _versions(),
         "input": input_path, "output": output_path if written else None, "written": written,
         "settings": _settings(ctx),
-        "before": report.get("before"), "after": report.get("after"),
+        "before": report.get("before"), "after": report.get("after"), "flops_at": report.get("flops_at"),
         "groups": _groups(ctx),
         "search": report.get("search"),
         "reconstruction": report.get("reconstruction"),

@@ -48,17 +48,25 @@ def prune_summary(ctx: PruningContext) -> str:
     removed = sum(total - kept for kept, total in sel.kept.values())
     total = sum(total for _, total in sel.kept.values())
     blocked = len(ctx.analysis.groups) - len(ctx.analysis.prunable_groups)
+    head = (f"pruned {pruned_groups} of {len(ctx.analysis.groups)} groups ({blocked} blocked): "
+            f"removed {removed} of {total} prunable channels")
+    if (ctx.report.get("search") or {}).get("status") == "already_met":
+        channels = sum(g.channels for g in ctx.analysis.prunable_groups)
+        head = (f"nothing removed: the original already meets the target ({len(ctx.analysis.prunable_groups)} of "
+                f"{len(ctx.analysis.groups)} groups prunable, {channels} channels)")
     rows = [
-        f"pruned {pruned_groups} of {len(ctx.analysis.groups)} groups ({blocked} blocked): "
-        f"removed {removed} of {total} prunable channels",
+        head,
         f"{'':8}{'before':>12}{'after':>12}{'change':>10}",
     ]
     for key, label in (("params", "params"), ("flops", "FLOPs")):
         b, a = before[key], after[key]
         change = f"{(a - b) / b * 100:+.1f}%" if b else "n/a"
         rows.append(f"{label:8}{human(b):>12}{human(a):>12}{change:>10}")
+    if ctx.report.get("flops_at"):
+        rows.append(flops_at_line(ctx.report["flops_at"]))
     rows.insert(1, f"criterion {ctx.options.criterion}" + (
-        f", calibration {ctx.calibration.description}" if ctx.calibration is not None else ""))
+        f", calibration {ctx.calibration.description}" if ctx.calibration is not None else
+        " (from the weights alone: no calibration data)"))
     rows.extend(search_summary(ctx.report))
     recon = ctx.report.get("reconstruction")
     if recon:
@@ -77,6 +85,18 @@ def prune_summary(ctx: PruningContext) -> str:
 def timed_here(search: dict) -> bool:
     """Whether a search timed candidates here (a measured latency target)."""
     return bool(search.get("measurement") and "pruned" in search["measurement"])
+def flops_at_line(flops_at: dict) -> str:
+    """Which input shapes the FLOPs were counted at, and where they came from."""
+    shapes = ", ".join(f"{name} {'x'.join(map(str, dims))}" for name, dims in flops_at["shapes"].items())
+    source = {"input-shape": "--input-shape", "calibration": "a calibration sample",
+              "model": "the model's input shapes"}[flops_at["source"]]
+    if flops_at.get("dynamic_as_one"):
+        source += f"; dynamic dimensions of {', '.join(flops_at['dynamic_as_one'])} as 1, set them with --input-shape"
+    line = f"FLOPs counted at {shapes or 'no inputs'} ({source})"
+    if flops_at["uncounted"]:
+        line += (f"; {len(flops_at['uncounted'])} layer(s) of unknown shape counted in part or not at all "
+                 f"({flops_at['uncounted'][0]}, ...)")
+    return line
 
 
 def search_summary(report: dict) -> list[str]:

@@ -177,7 +177,9 @@ def obs(analysis: Analysis, stats: dict[str, ChannelStats], notes: list[str] | N
     fallback = fluctuation(analysis, stats)
     out = dict(fallback)
     sites = gram_sites(analysis)
-    for group in analysis.prunable_groups:
+    from ..report.progress import track
+
+    for group in track(analysis.prunable_groups, "scoring (obs)", len(analysis.prunable_groups), unit="group"):
         members = set(group.classes)
         mine = [s for s in sites if not members.isdisjoint(analysis.root[s.atoms].tolist())]
         if any((g := _gram(s, stats)) is not None and g.count and not g.finite for s in mine):
