@@ -10,7 +10,7 @@ from ..metrics import count_flops, count_params
 from ..scoring import CRITERIA, needs_activations, needs_grams, score_groups, sink_tensors
 from ..selection import select_by_ratio
 from .normalize import normalize
-from .rewrite import export_checked, rewrite
+from .rewrite import check_not_bigger, export_checked, note_kept_whole, rewrite
 
 
 class Pass:
@@ -155,10 +155,12 @@ class Rewrite(Pass):
     name = "rewrite"
 
     def run(self, ctx: PruningContext) -> None:
+        note_kept_whole(ctx.analysis, ctx.selection)
         graph = rewrite(ctx.analysis, ctx.selection.removed)
         ctx.pruned_graph = graph
-        ctx.pruned = export_checked(graph, ctx.model)
         ctx.report["after"] = {"params": count_params(graph), "flops": count_flops(graph)}
+        check_not_bigger(ctx.report["before"]["params"], ctx.report["after"]["params"])
+        ctx.pruned = export_checked(graph, ctx.model)
 
 
 class Reconstruct(Pass):
@@ -186,6 +188,7 @@ class Reconstruct(Pass):
         layers = reconstruct(ctx.original, ctx.pruned_graph, layers, ctx.calibration, mode=mode,
                              ridge=ctx.options.ridge)
         ctx.pruned_graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        check_not_bigger(ctx.report["before"]["params"], count_params(ctx.pruned_graph))
         ctx.pruned = export_checked(ctx.pruned_graph, ctx.model)
         ctx.report["reconstruction"] = {"mode": mode, "layers": [vars(r) for r in layers]}
 

@@ -12,7 +12,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..analysis import Analysis
-from ..analysis.state import set_const_input
+from ..analysis.sharing import readers
 from ..errors import RewriteError
 from ..io import (EXTERNAL_DATA_THRESHOLD, check_deferred, copy_model_fields, export_deferred, has_external_values,
                   read_values, uses_external_data, weights_nbytes)
@@ -30,15 +30,39 @@ def _slices_by_input(analysis: Analysis, keep) -> dict:
     return by_input
 
 
+def _slice_constants(analysis: Analysis, keep) -> None:
+    """Slice every cut constant once per distinct cut: readers cut alike share one copy (as
+    ``analysis.sharing`` plans it), and a constant all its readers cut alike is changed in place."""
+    by_constant: dict[int, tuple[gs.Tensor, dict]] = {}
+    for node, index, cuts in _slices_by_input(analysis, keep).values():
+        tensor = node.inputs[index]
+        signature = tuple(sorted((axis, mask.tobytes()) for axis, mask in cuts))
+        entry = by_constant.setdefault(id(tensor), (tensor, {}))
+        entry[1].setdefault(signature, (cuts, []))[1].append((node, index))
+    for tensor, by_signature in by_constant.values():
+        cut_readers = sum(len(r) for _, r in by_signature.values())
+        in_place = isinstance(tensor, gs.Constant) and len(by_signature) == 1 \
+            and cut_readers == len(readers(tensor))
+        for cuts, reading in by_signature.values():
+            values = read_values(tensor)  # weights in external data: mapped, not kept
+            for axis, mask in cuts:
+                values = np.compress(mask, values, axis=axis)
+            values = np.array(values, order="C")  # 0-d stays 0-d
+            if in_place:
+                tensor.values = values
+                continue
+            node, index = reading[0]
+            # One (node, input) pair is unique, so this name is too, and it is the same on every run.
+            copy = gs.Constant(f"{node.name}__input{index}", values)
+            for node, index in reading:
+                node.inputs[index] = copy
+
+
 def rewrite(analysis: Analysis, removed: set[int]) -> gs.Graph:
     """Apply the removal to ``analysis.graph`` in place and return it with shapes re-inferred."""
     graph = analysis.graph
     keep = analysis.keep_fn(removed)
-    for node, index, cuts in _slices_by_input(analysis, keep).values():
-        values = read_values(node.inputs[index])  # weights in external data: mapped, not kept
-        for axis, mask in cuts:
-            values = np.compress(mask, values, axis=axis)
-        set_const_input(node, index, np.asarray(values))
+    _slice_constants(analysis, keep)
     for edit in analysis.state.edits:
         edit.apply(keep)
     io = {id(t) for t in graph.inputs} | {id(t) for t in graph.outputs}
@@ -47,6 +71,22 @@ def rewrite(analysis: Analysis, removed: set[int]) -> gs.Graph:
             tensor.shape = None
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     return infer_shapes(graph)
+
+
+def note_kept_whole(analysis: Analysis, selection) -> None:
+    """Groups the size guard kept whole become blocked groups with its reason (for the reports)."""
+    for group in analysis.groups:
+        why = selection.kept_whole.get(group.id)
+        if why and why not in group.reasons:
+            group.reasons.append(why)
+
+
+def check_not_bigger(params_before: int, params_after: int) -> None:
+    """The last line of defence of "never make a model bigger": the selection's size guard
+    should make this unreachable; if it ever fails, nothing is written."""
+    if params_after > params_before:
+        raise RewriteError(f"refusing to write a pruned model with more parameters than its input "
+                           f"({params_before} -> {params_after}); please report this model")
 
 
 def export_checked(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:

@@ -1,0 +1,81 @@
+"""Never make a model bigger: a constant several nodes read is not un-shared into more weight
+than the pruning removes, identical cuts share one copy, and a bigger model is never written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_oracle
+from graphs import GraphBuilder
+
+from onnxprune.context import PruneOptions
+from onnxprune.errors import RewriteError
+from onnxprune.passes.builtin import Analyze, Normalize, Rewrite, Score, Select
+from onnxprune.passes.rewrite import check_not_bigger
+from onnxprune.pipeline import Pipeline
+
+
+def _shared_weight_model(readers: int, prunable_readers: int, width: int = 16):
+    """``readers`` 1x1 convs read one weight; the first ``prunable_readers`` feed a conv (prunable),
+    the others reach graph outputs (kept whole)."""
+    b = GraphBuilder(seed=3)
+    x = b.input([1, 8, 6, 6])
+    h = b.act(b.conv(x, width, k=3))
+    shared = b.weight(width, width, 1, 1)
+    for i in range(readers):
+        y = b.node("Conv", [h, shared], [1, width, 6, 6], kernel_shape=[1, 1])
+        if i < prunable_readers:
+            y = b.conv(b.act(y), 4, k=1)
+        b.output(y)
+    return b.model()
+
+
+def _pipeline(model, ratio=0.3):
+    ctx = Pipeline([Normalize(), Analyze(), Score(), Select()]).run(model, PruneOptions(ratio=ratio, criterion="l1"))
+    Rewrite().run(ctx)
+    return ctx
+
+
+def test_a_group_that_would_un_share_a_weight_is_kept_whole_with_the_reason():
+    ctx = _pipeline(_shared_weight_model(readers=9, prunable_readers=1))
+    assert ctx.report["after"]["params"] <= ctx.report["before"]["params"]
+    whole = [g for g in ctx.analysis.groups if any("un-share constant" in r for r in g.reasons)]
+    assert len(whole) == 1, [g.reasons for g in ctx.analysis.groups]
+    assert "kept whole" in whole[0].reasons[0]
+    # the first conv's group is still pruned: the guard keeps whole only what grows
+    assert ctx.selection.removed
+    assert ctx.report["after"]["params"] < ctx.report["before"]["params"]
+
+
+def test_readers_cut_alike_share_one_copy():
+    """Two readers whose channels are tied (Add) are cut alike: one sliced copy, not two."""
+    b = GraphBuilder(seed=4)
+    x = b.input([1, 8, 6, 6])
+    h = b.act(b.conv(x, 12, k=3))
+    shared = b.weight(12, 12, 1, 1)
+    y1 = b.node("Conv", [h, shared], [1, 12, 6, 6], kernel_shape=[1, 1])
+    y2 = b.node("Conv", [b.act(h), shared], [1, 12, 6, 6], kernel_shape=[1, 1])
+    b.output(b.conv(b.act(b.add(y1, y2)), 4, k=1))
+    ctx = assert_oracle(b.model(), ratio=0.5)
+    sliced = [i.name for i in ctx.pruned.graph.initializer if list(i.dims) == [6, 6, 1, 1]]
+    assert len(sliced) == 1, sliced
+
+
+def test_the_oracle_holds_where_a_shared_weight_is_un_shared_for_a_gain():
+    """Where the pruning frees more than the copy costs, the weight is un-shared and still correct."""
+    b = GraphBuilder(seed=5)
+    x = b.input([1, 8, 6, 6])
+    h = b.act(b.conv(x, 8, k=3))
+    shared = b.weight(8, 8, 1, 1)
+    y1 = b.node("Conv", [h, shared], [1, 8, 6, 6], kernel_shape=[1, 1])
+    y2 = b.node("Conv", [h, shared], [1, 8, 6, 6], kernel_shape=[1, 1])
+    b.output(b.conv(b.act(y1), 64, k=3))  # y1's group frees 64 x 3 x 3 per channel
+    b.output(y2)
+    ctx = assert_oracle(b.model(), ratio=0.5)
+    assert ctx.report["after"]["params"] < ctx.report["before"]["params"]
+
+
+def test_a_bigger_model_is_refused():
+    check_not_bigger(100, 100)
+    with pytest.raises(RewriteError, match="more parameters than its input"):
+        check_not_bigger(100, 101)
