@@ -25,8 +25,13 @@ _NO_FOLD = {
     "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli",
     "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
 }
-#: Do not materialise folded tensors larger than this (elements); such nodes stay as they are.
-MAX_FOLD_ELEMENTS = 1 << 28
+#: Never materialise a folded tensor larger than this; such nodes stay as they are.
+MAX_FOLD_BYTES = 1 << 30
+#: Folding may add at most this many bytes to what the model stores, over all folds of values
+#: that are not layer parameters (``rules.PARAMETER_INPUTS``): a fold costs its output's bytes
+#: less the bytes of inputs only it reads. A small Expand or Tile of a constant is folded; one
+#: that would turn a few bytes into megabytes stays a computation, as in the input.
+FOLD_BUDGET_BYTES = 64 * 1024
 
 
 def normalize(model: onnx.ModelProto) -> gs.Graph:
@@ -154,29 +159,137 @@ def _replace_output_with_constant(graph: gs.Graph, node: gs.Node, index: int, va
 
 
 def _fold_constant_nodes(graph: gs.Graph, opsets: list, ir_version: int) -> None:
-    """Evaluate nodes whose inputs are all constants with ONNX's reference evaluator."""
+    """Evaluate nodes whose inputs are all constants with ONNX's reference evaluator.
+
+    Layer parameters (weights computed by ``ConstantOfShape``, transposed weights) are always
+    folded, up to :data:`MAX_FOLD_BYTES`: the analysis reads their values. Anything else is
+    folded only within :data:`FOLD_BUDGET_BYTES` of growth, so that constant folding never blows
+    a small model up. Sizes are predicted by shape inference before anything is evaluated.
+    """
     from onnx.reference import ReferenceEvaluator
 
     graph.toposort()
+    needed = _parameter_sources(graph)
+    budget = FOLD_BUDGET_BYTES
     for node in list(graph.nodes):
-        if node.op in _NO_FOLD or node.domain not in (None, "", "ai.onnx") or node.op == "Constant":
+        if not _foldable(node, graph):
             continue
-        if any(isinstance(a, gs.Graph) for a in node.attrs.values()):
+        used = [o for o in node.outputs if o.outputs]
+        if not used:
             continue
-        if not node.inputs or not all(isinstance(t, gs.Constant) or _is_empty(t) for t in node.inputs):
+        is_parameter = all(id(o) in needed for o in used)
+        predicted = _predicted_bytes(node, opsets, ir_version)
+        cost = None if predicted is None else predicted - _freed_bytes(node)
+        if predicted is not None and (predicted > MAX_FOLD_BYTES or (not is_parameter and cost > budget)):
+            log.debug("not folding %s (%s): %d bytes, over the folding limits", node.name, node.op, predicted)
             continue
-        if any(o in graph.outputs for o in node.outputs):
-            continue
+        if cost is None and _input_bytes(node) > FOLD_BUDGET_BYTES:
+            continue  # size unknown and the inputs are not small: leave it
         try:
             results = _evaluate(node, opsets, ir_version, ReferenceEvaluator)
         except Exception as exc:
             log.debug("not folding %s (%s): %s", node.name, node.op, exc)
             continue
-        if any(r is None or np.asarray(r).size > MAX_FOLD_ELEMENTS for r in results):
+        if any(r is None for r in results) or sum(np.asarray(r).nbytes for r in results) > MAX_FOLD_BYTES:
             continue
+        actual = sum(np.asarray(r).nbytes for r in results) - _freed_bytes(node)
+        if not is_parameter:
+            if actual > budget:
+                continue
+            budget -= actual
         for i, r in enumerate(results):
             if node.outputs[i].name:
                 _replace_output_with_constant(graph, node, i, np.asarray(r))
+
+
+def _foldable(node: gs.Node, graph: gs.Graph) -> bool:
+    if node.op in _NO_FOLD or node.domain not in (None, "", "ai.onnx") or node.op == "Constant":
+        return False
+    if any(isinstance(a, gs.Graph) for a in node.attrs.values()):
+        return False
+    if not node.inputs or not all(isinstance(t, gs.Constant) or _is_empty(t) for t in node.inputs):
+        return False
+    return not any(o in graph.outputs for o in node.outputs)
+
+
+def _parameter_sources(graph: gs.Graph) -> set:
+    """Tensors whose values end up in a layer parameter (``rules.PARAMETER_INPUTS``), directly or
+    through nodes that fold: the values the analysis reads and slices."""
+    from ..analysis.rules import PARAMETER_INPUTS, rule_key
+
+    needed: set[int] = set()  # ids: graphsurgeon tensors are not hashable
+    for node in graph.nodes:
+        for i in PARAMETER_INPUTS.get(rule_key(node), ()):
+            if i < len(node.inputs) and isinstance(node.inputs[i], gs.Variable):
+                needed.add(id(node.inputs[i]))
+    for node in reversed(graph.nodes):  # topological order: consumers first
+        if any(id(o) in needed for o in node.outputs):
+            needed.update(id(t) for t in node.inputs if isinstance(t, gs.Variable))
+    return needed
+
+
+def _input_bytes(node: gs.Node) -> int:
+    return sum(_nbytes(t) for t in {id(t): t for t in node.inputs if isinstance(t, gs.Constant)}.values())
+
+
+def _freed_bytes(node: gs.Node) -> int:
+    """Bytes of the node's constant inputs that no other node reads (folding frees them)."""
+    freed = 0
+    for t in {id(t): t for t in node.inputs if isinstance(t, gs.Constant)}.values():
+        if all(reader is node for reader in t.outputs):
+            freed += _nbytes(t)
+    return freed
+
+
+def _nbytes(t: gs.Constant) -> int:
+    try:
+        return int(np.prod(t.shape, dtype=np.int64)) * np.dtype(t.dtype).itemsize
+    except TypeError:
+        return 0
+
+
+def _predicted_bytes(node: gs.Node, opsets: list, ir_version: int) -> int | None:
+    """The node's output bytes as shape inference sees them, without evaluating it: bulky inputs
+    stand in as typed graph inputs, small ones (shapes, repeats) are given as values."""
+    inputs, inits, graph_inputs = [], [], []
+    for i, t in enumerate(node.inputs):
+        if _is_empty(t):
+            inputs.append("")
+            continue
+        name = f"in{i}"
+        inputs.append(name)
+        if _nbytes(t) <= 4096 or not _is_bulky(t):
+            inits.append(numpy_helper.from_array(np.asarray(read_values(t)), name))
+        else:
+            elem = helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype))
+            graph_inputs.append(helper.make_tensor_value_info(name, elem, list(t.shape)))
+    outputs = [f"out{i}" if o.name else "" for i, o in enumerate(node.outputs)]
+    try:
+        onnx_node = helper.make_node(node.op, inputs, outputs, **_onnx_attrs(node))
+        g = helper.make_graph([onnx_node], "predict", graph_inputs, [], initializer=inits)
+        m = helper.make_model(g, opset_imports=opsets, ir_version=max(ir_version, 4))
+        inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
+    except Exception:
+        return None
+    types = {vi.name: vi.type.tensor_type for vi in inferred.graph.value_info}
+    total = 0
+    for name in (o for o in outputs if o):
+        tt = types.get(name)
+        if tt is None or not tt.elem_type or not tt.HasField("shape") or \
+                any(not d.HasField("dim_value") for d in tt.shape.dim):
+            return None
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize
+        total += int(np.prod([d.dim_value for d in tt.shape.dim], dtype=np.int64)) * itemsize
+    return total
+
+
+def _onnx_attrs(node: gs.Node) -> dict:
+    attrs = {}
+    for k, v in node.attrs.items():
+        if isinstance(v, gs.Constant):
+            v = numpy_helper.from_array(np.asarray(v.values), k)
+        attrs[k] = v
+    return attrs
 
 
 def _is_empty(t) -> bool:
@@ -205,12 +318,7 @@ def _evaluate(node: gs.Node, opsets: list, ir_version: int, evaluator_cls) -> li
         inputs.append(name)
         inits.append(numpy_helper.from_array(np.asarray(read_values(t)), name))
     outputs = [f"out{i}" if o.name else "" for i, o in enumerate(node.outputs)]
-    attrs = {}
-    for k, v in node.attrs.items():
-        if isinstance(v, gs.Constant):
-            v = numpy_helper.from_array(np.asarray(v.values), k)
-        attrs[k] = v
-    onnx_node = helper.make_node(node.op, inputs, outputs, **attrs)
+    onnx_node = helper.make_node(node.op, inputs, outputs, **_onnx_attrs(node))
     g = helper.make_graph([onnx_node], "fold", [], [helper.make_value_info(o, onnx.TypeProto()) for o in outputs if o],
                           initializer=inits)
     m = helper.make_model(g, opset_imports=opsets, ir_version=ir_version)
