@@ -9,7 +9,7 @@ from typing import Callable, Iterable
 import onnx
 
 from .context import PruneOptions, PruningContext
-from .io import check_weights_only, load_model, save_model
+from .io import check_weights_only, copy_file, load_model, save_model
 from .passes.builtin import Pass, default_passes
 
 
@@ -36,12 +36,25 @@ class PruneResult:
 
     model: onnx.ModelProto
     context: PruningContext
+    #: the file the model was read from, if any
+    source: str | os.PathLike | None = None
 
     @property
     def report(self) -> dict:
         return self.context.report
 
+    @property
+    def unchanged(self) -> bool:
+        """Nothing was removed: the output is the input model as it is."""
+        selection = self.context.selection
+        return selection is None or not selection.removed
+
     def save(self, path: str | os.PathLike) -> None:
+        """Write the pruned model; an unchanged model read from one file (no external data) is
+        written as a byte copy of that file."""
+        if self.model is self.context.model and self.source is not None:
+            copy_file(self.source, path)
+            return
         save_model(self.model, path, graph=self.context.pruned_graph)  # weights may wait in the graph
 
 
@@ -84,4 +97,4 @@ def prune(model: onnx.ModelProto | str | os.PathLike, *, ratio: float | None = N
     from .passes.builtin import default_passes
 
     ctx = Pipeline(default_passes(options, log)).run(model, options)
-    return PruneResult(ctx.pruned, ctx)
+    return PruneResult(ctx.pruned, ctx, None if isinstance(model, onnx.ModelProto) else model)

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from conftest import assert_oracle
 from graphs import GraphBuilder
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from onnxprune.context import PruneOptions
 from onnxprune.errors import RewriteError
@@ -79,3 +81,50 @@ def test_a_bigger_model_is_refused():
     check_not_bigger(100, 100)
     with pytest.raises(RewriteError, match="more parameters than its input"):
         check_not_bigger(100, 101)
+
+
+def test_reconstruction_that_would_copy_a_shared_weight_is_skipped():
+    """Nine convs read one weight; refitting each of them would store nine copies of it. The
+    refit is skipped with a warning, and the model written is the rewrite's (smaller) one."""
+    from onnxprune.pipeline import prune
+
+    b = GraphBuilder(seed=6)
+    x = b.input([1, 4, 6, 6])
+    h = b.act(b.conv(x, 32, k=1, bias=False))
+    shared = b.weight(32, 32, 1, 1)
+    for _ in range(9):
+        b.output(b.node("Conv", [h, shared], [1, 32, 6, 6], kernel_shape=[1, 1]))
+    rng = np.random.default_rng(0)
+    calib = [{"x": rng.standard_normal((4, 4, 6, 6)).astype(np.float32)} for _ in range(4)]
+    result = prune(b.model(), ratio=0.25, calibration=calib, reconstruct="lstsq")
+    report = result.report
+    assert report["after"]["params"] < report["before"]["params"]
+    assert any("reconstruction skipped" in w for w in result.context.warnings)
+    assert "reconstruction" not in report
+
+
+@st.composite
+def _shared_weight_cases(draw):
+    """Random stacks around one or two blocks of convs that share a weight (the fuzz generator's blocks)."""
+    from test_fuzz import OPSETS, FuzzBuilder, FuzzCase, _Gen
+
+    opset = draw(st.sampled_from(OPSETS))
+    b = FuzzBuilder(seed=draw(st.integers(0, 2**16)), opset=opset)
+    gen = _Gen(draw, b)
+    x = gen.conv_unit(b.input([1, draw(st.integers(1, 4)), 6, 6]))
+    for _ in range(draw(st.integers(1, 2))):
+        x = gen.shared_weights(x)
+        if draw(st.booleans()):
+            x = gen.conv_block(x)
+    b.output(gen.head(x) if draw(st.booleans()) else b.conv(x, 2, k=1))
+    return FuzzCase(b.model(), b.code(), opset), draw(st.sampled_from([0.05, 0.2, 0.4, 0.7]))
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(_shared_weight_cases())
+def test_random_shared_weights_never_grow_the_model(example):
+    """The oracle holds and params after <= before (``check_case`` asserts both) wherever weights are shared."""
+    from test_fuzz import check_case
+
+    case, ratio = example
+    check_case(case, ratio, "l1", 1)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from ..analysis import analyze_graph, restrict
 from ..context import PruningContext
 from ..errors import BadInputError
-from ..io import check_opset
+from ..io import check_opset, is_deferred, uses_external_data
 from ..metrics import count_flops, count_params
 from ..scoring import CRITERIA, needs_activations, needs_grams, score_groups, sink_tensors
 from ..selection import select_by_ratio
 from .normalize import normalize
-from .rewrite import check_not_bigger, export_checked, note_kept_whole, rewrite
+from .rewrite import check_not_bigger, export_checked, export_unchanged, note_kept_whole, rewrite
 
 
 class Pass:
@@ -156,6 +156,14 @@ class Rewrite(Pass):
 
     def run(self, ctx: PruningContext) -> None:
         note_kept_whole(ctx.analysis, ctx.selection)
+        if not ctx.selection.removed:
+            # Nothing to remove: the input is the output, never normalized or re-validated (its
+            # weights are only moved when they live in external data files).
+            ctx.pruned, ctx.pruned_graph = ctx.model, None
+            if uses_external_data(ctx.model):
+                ctx.pruned_graph, ctx.pruned = export_unchanged(ctx.model)
+            ctx.report["after"] = dict(ctx.report["before"])
+            return
         graph = rewrite(ctx.analysis, ctx.selection.removed)
         ctx.pruned_graph = graph
         ctx.report["after"] = {"params": count_params(graph), "flops": count_flops(graph)}
@@ -188,8 +196,17 @@ class Reconstruct(Pass):
         layers = reconstruct(ctx.original, ctx.pruned_graph, layers, ctx.calibration, mode=mode,
                              ridge=ctx.options.ridge)
         ctx.pruned_graph.cleanup(remove_unused_graph_inputs=False).toposort()
-        check_not_bigger(ctx.report["before"]["params"], count_params(ctx.pruned_graph))
+        before, after = ctx.report["before"]["params"], count_params(ctx.pruned_graph)
+        if after > before and not is_deferred(ctx.pruned):
+            # A refit weight that other layers share is copied, and refit biases are added: never
+            # at the price of a model bigger than its input. The rewrite's model stands.
+            ctx.pruned_graph = None
+            ctx.warnings.append(f"reconstruction skipped: the refit model would have {after} parameters, more "
+                                f"than the input's {before}")
+            return
+        check_not_bigger(before, after)
         ctx.pruned = export_checked(ctx.pruned_graph, ctx.model)
+        ctx.report["after"]["params"] = after
         ctx.report["reconstruction"] = {"mode": mode, "layers": [vars(r) for r in layers]}
 
 

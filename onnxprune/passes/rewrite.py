@@ -2,7 +2,8 @@
 
 Every weight site is sliced with the kept mask of its atoms, every edit (group attributes, split
 sizes, slice bounds, shape constants) is applied, shapes are re-inferred and the model must pass
-``onnx.checker`` in full mode; if it does not, nothing is returned.
+``onnx.checker`` in full mode (in the mode the input passes, if it fails that); if it does
+not, nothing is returned.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from ..analysis import Analysis
 from ..analysis.sharing import readers
 from ..errors import RewriteError
 from ..io import (EXTERNAL_DATA_THRESHOLD, check_deferred, copy_model_fields, export_deferred, has_external_values,
-                  read_values, uses_external_data, weights_nbytes)
+                  lazy_external_values, read_values, uses_external_data, weights_nbytes)
 from .normalize import infer_shapes
 
 
@@ -104,9 +105,31 @@ def export_checked(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProt
     try:
         if deferred:
             check_deferred(model, full_check=True)
-        else:
-            onnx.checker.check_model(model, full_check=True)
+        elif not _passes(model, full_check=True):
+            # never stricter than the input passes (ops whose shapes inference cannot give, say)
+            onnx.checker.check_model(model, full_check=_passes(template, full_check=True))
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RewriteError(f"pruned model failed validation: {first}") from None
     return model
+
+
+def export_unchanged(template: onnx.ModelProto) -> tuple[gs.Graph, onnx.ModelProto]:
+    """The input model as it is, not normalized, with its external weights deferred so that
+    ``io.save_model`` writes them beside the output (nothing pruned, the data must still move)."""
+    from onnx_graphsurgeon.logger import G_LOGGER
+
+    with G_LOGGER.suppress(G_LOGGER.ERROR):
+        graph = gs.import_onnx(template)
+    lazy_external_values(graph)
+    model = export_deferred(graph)
+    copy_model_fields(template, model)
+    return graph, model
+
+
+def _passes(model: onnx.ModelProto, full_check: bool) -> bool:
+    try:
+        onnx.checker.check_model(model, full_check=full_check)
+        return True
+    except Exception:
+        return False
