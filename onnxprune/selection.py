@@ -94,9 +94,9 @@ def keep_whole_where_growing(analysis: Analysis, selection: Selection) -> None:
             total = len(classes[gid])
             selection.kept[gid] = (total, total)
             selection.kept_whole[gid] = (
-                f"kept whole: pruning it would un-share constant '{worst.tensor.name}' (read by "
-                f"{len(worst.readers)} node inputs, cut differently), storing {added} parameters "
-                f"where {freed} are removed")
+                f"kept whole: pruning it would un-share constant '{worst.tensor.name}' (read "
+                f"{len(worst.cuts)} times, cut differently), storing {added} parameters where {freed} are "
+                "removed")
 
 
 def _coupled_groups(plans: list[ConstantPlan]) -> list[set[int]]:
@@ -111,6 +111,7 @@ def _coupled_groups(plans: list[ConstantPlan]) -> list[set[int]]:
     for plan in plans:
         if plan.diverges:
             first, *rest = sorted(plan.groups)
+            find(first)
             for g in rest:
                 parent[find(g)] = find(first)
     components: dict[int, set[int]] = defaultdict(set)

@@ -49,6 +49,22 @@ def test_a_group_that_would_un_share_a_weight_is_kept_whole_with_the_reason():
     assert ctx.report["after"]["params"] < ctx.report["before"]["params"]
 
 
+def test_a_weight_that_is_also_a_graph_output_is_not_copied_for_a_small_gain():
+    """The graph output keeps the whole weight, so slicing it for its conv would store a copy."""
+    from onnx import TensorProto, helper
+
+    b = GraphBuilder(seed=1)
+    x = b.input([1, 4, 6, 6])
+    w = b.weight(8, 4, 3, 3)
+    y = b.node("Conv", [x, w], [1, 8, 6, 6], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    b.output(b.conv(b.act(y), 4, k=1))
+    b.outputs.append(helper.make_tensor_value_info(w, TensorProto.FLOAT, [8, 4, 3, 3]))
+    ctx = assert_oracle(b.model(), ratio=0.5, expect_pruned=False)
+    assert not ctx.selection.removed
+    assert any("un-share constant" in r for g in ctx.analysis.groups for r in g.reasons)
+    assert {i.name: list(i.dims) for i in ctx.pruned.graph.initializer}[w] == [8, 4, 3, 3]
+
+
 def test_readers_cut_alike_share_one_copy():
     """Two readers whose channels are tied (Add) are cut alike: one sliced copy, not two."""
     b = GraphBuilder(seed=4)

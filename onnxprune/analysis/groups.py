@@ -98,7 +98,7 @@ def analyze_graph(graph: gs.Graph, opset: int) -> Analysis:
     groups = _build_groups(state, root)
     _attach_costs(state, root, groups)
     group_of = {r: g.id for g in groups for r in g.classes}
-    return Analysis(graph, state, groups, root, constant_plans(state.sites, root, group_of))
+    return Analysis(graph, state, groups, root, constant_plans(graph, state.sites, root, group_of))
 
 
 def _run_rule(node: gs.Node, state: State) -> None:

@@ -69,14 +69,17 @@ def readers(tensor: gs.Tensor) -> list[tuple[gs.Node, int]]:
     return found
 
 
-def constant_plans(sites: list[SliceSite], root: np.ndarray, group_of: dict[int, int]) -> list[ConstantPlan]:
+def constant_plans(graph: gs.Graph, sites: list[SliceSite], root: np.ndarray,
+                   group_of: dict[int, int]) -> list[ConstantPlan]:
     """The plan of every floating-point constant that some site slices (what ``count_params`` counts).
 
     ``site.atoms`` are mapped to their classes (``root``) so that two readers cut by the same
-    channels compare equal; ``group_of`` maps a class to its group id.
+    channels compare equal; ``group_of`` maps a class to its group id. A constant that is also
+    a graph output has one more reader that keeps it whole.
     """
     from ..metrics import is_floating
 
+    outputs = {id(t) for t in graph.outputs}
     by_tensor: dict[int, ConstantPlan] = {}
     for site in sites:
         tensor = site.node.inputs[site.input_index]
@@ -85,7 +88,8 @@ def constant_plans(sites: list[SliceSite], root: np.ndarray, group_of: dict[int,
         plan = by_tensor.get(id(tensor))
         if plan is None:
             reads = readers(tensor)
-            plan = by_tensor[id(tensor)] = ConstantPlan(tensor, reads, [[] for _ in reads])
+            cuts = [[] for _ in range(len(reads) + (id(tensor) in outputs))]
+            plan = by_tensor[id(tensor)] = ConstantPlan(tensor, reads, cuts)
         position = next(i for i, (n, k) in enumerate(plan.readers) if n is site.node and k == site.input_index)
         rooted = SliceSite(site.node, site.input_index, site.axis, root[site.atoms], site.role)
         plan.cuts[position].append(rooted)

@@ -40,10 +40,11 @@ def _slice_constants(analysis: Analysis, keep) -> None:
         signature = tuple(sorted((axis, mask.tobytes()) for axis, mask in cuts))
         entry = by_constant.setdefault(id(tensor), (tensor, {}))
         entry[1].setdefault(signature, (cuts, []))[1].append((node, index))
+    outputs = {id(t) for t in analysis.graph.outputs}
     for tensor, by_signature in by_constant.values():
         cut_readers = sum(len(r) for _, r in by_signature.values())
         in_place = isinstance(tensor, gs.Constant) and len(by_signature) == 1 \
-            and cut_readers == len(readers(tensor))
+            and cut_readers == len(readers(tensor)) and id(tensor) not in outputs
         for cuts, reading in by_signature.values():
             values = read_values(tensor)  # weights in external data: mapped, not kept
             for axis, mask in cuts:
