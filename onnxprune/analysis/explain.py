@@ -6,7 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .groups import Analysis
-from .rules import WEIGHT_LAYERS, quantized_weight
+from .rules import INTEGER_LAYERS, WEIGHT_LAYERS, quantized_weight, rule_key
 
 
 def uncovered_weights(analysis: Analysis) -> list[str]:
@@ -59,18 +59,7 @@ def _subgraph_layers(graph: gs.Graph) -> tuple[list[str], int]:
 
 def _integer_layer(node: gs.Node) -> bool:
     """A layer computing on integer weights (ConvInteger, QLinearConv, MatMulInteger, ...)."""
-    if node.op in WEIGHT_LAYERS:
-        return False
-    return any(isinstance(t, gs.Constant) and len(t.shape) >= 2 and np.issubdtype(np.dtype(t.dtype), np.integer)
-               for t in node.inputs if _has_numpy_dtype(t))
-
-
-def _has_numpy_dtype(t) -> bool:
-    try:
-        np.dtype(t.dtype)
-        return True
-    except TypeError:
-        return False
+    return rule_key(node) in INTEGER_LAYERS
 
 
 def nothing_to_prune(analysis: Analysis) -> str:
