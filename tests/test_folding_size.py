@@ -70,3 +70,26 @@ def test_weights_computed_from_constants_are_still_folded():
     graph = normalize(b.model())
     conv = next(n for n in graph.nodes if n.op == "Conv")
     assert conv.inputs[1].__class__.__name__ == "Constant"
+
+
+def test_an_unpruned_weight_computed_from_constants_is_written_back_as_its_computation(tmp_path):
+    """A 256 KiB weight made by ConstantOfShape that pruning leaves alone (its conv reads the graph
+    input and feeds a graph output) is folded for the analysis, and written as ConstantOfShape
+    again: the file stays small, while the other branch is pruned."""
+    b = GraphBuilder(seed=3)
+    x = b.input([1, 4, 8, 8])
+    b.output(b.conv(b.act(b.conv(x, 16, k=3)), 4, k=1))  # pruned
+    shape = b.const(np.array([256, 4, 8, 8], np.int64))
+    b.nodes.append(helper.make_node("ConstantOfShape", [shape], ["big_w"], name="cos",
+                                    value=numpy_helper.from_array(np.array([0.01], np.float32))))
+    b.output(b.node("Conv", [x, "big_w"], [1, 256, 8, 8], kernel_shape=[8, 8], pads=[4, 4, 3, 3]))
+    model = b.model()
+    ctx, zeroed = prune_with_oracle(model, ratio=0.5)
+    out = tmp_path / "out.onnx"
+    save_model(ctx.pruned, out, graph=ctx.pruned_graph)
+    assert ctx.selection.removed
+    assert out.stat().st_size < 16 * 1024
+    assert "ConstantOfShape" in {n.op_type for n in ctx.pruned.graph.node}
+    feeds = random_feeds(session(model))
+    for got, want in zip(session(onnx.load(out)).run(None, feeds), session(zeroed).run(None, feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -9,6 +9,7 @@ into initializers (``gs.Constant``) and then infer shapes.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -28,10 +29,13 @@ _NO_FOLD = {
 #: Never materialise a folded tensor larger than this; such nodes stay as they are.
 MAX_FOLD_BYTES = 1 << 30
 #: Folding may add at most this many bytes to what the model stores, over all folds of values
-#: that are not layer parameters (``rules.PARAMETER_INPUTS``): a fold costs its output's bytes
-#: less the bytes of inputs only it reads. A small Expand or Tile of a constant is folded; one
-#: that would turn a few bytes into megabytes stays a computation, as in the input.
+#: that are neither layer parameters (``rules.PARAMETER_INPUTS``) nor vectors: a fold costs its
+#: output's bytes less the bytes of inputs only it reads. A small Expand or Tile of a constant
+#: is folded; one that would turn a few bytes into megabytes stays a computation, as in the input.
 FOLD_BUDGET_BYTES = 64 * 1024
+#: Vectors (at most one dimension over 1: per-channel scales, shape vectors) are folded outside
+#: the budget up to this size: the analysis reads them (BN parameters made by ConstantOfShape).
+MAX_VECTOR_BYTES = 1 << 20
 
 
 def normalize(model: onnx.ModelProto) -> gs.Graph:
@@ -144,7 +148,7 @@ def _constant_node_values(node: gs.Node) -> np.ndarray | None:
     return None  # strings and sparse values are left alone
 
 
-def _replace_output_with_constant(graph: gs.Graph, node: gs.Node, index: int, values: np.ndarray) -> None:
+def _replace_output_with_constant(graph: gs.Graph, node: gs.Node, index: int, values: np.ndarray) -> gs.Constant:
     var = node.outputs[index]
     const = gs.Constant(var.name, np.array(values, order="C"))  # 0-d stays 0-d (ascontiguousarray would not)
     for consumer in list(var.outputs):
@@ -154,17 +158,42 @@ def _replace_output_with_constant(graph: gs.Graph, node: gs.Node, index: int, va
     for i, out in enumerate(graph.outputs):
         if out is var:
             # A graph output must stay a node output: keep the node in that case.
-            return
+            return const
     node.outputs[index] = gs.Variable(var.name + "__folded_unused", dtype=var.dtype)
+    return const
+
+
+@dataclass
+class FoldRecord:
+    """How a folded layer parameter much larger than its inputs was computed (a weight made by
+    ``ConstantOfShape``): the export writes that computation back where the rewrite left the
+    parameter and its inputs as they were, so folding never stores an unpruned weight."""
+
+    op: str
+    domain: str
+    attrs: dict
+    #: the node's inputs (constants, perhaps folded themselves, or empty optional inputs)
+    inputs: list
+    #: the value objects the constant and its inputs held when folded: unchanged while identical
+    values: object
+    input_values: list = field(default_factory=list)
+
+
+def _record_fold(const: gs.Constant, node: gs.Node) -> None:
+    inputs = list(node.inputs)
+    const.fold_record = FoldRecord(node.op, node.domain, dict(node.attrs), inputs, const._values,
+                                   [getattr(t, "_values", None) for t in inputs])
 
 
 def _fold_constant_nodes(graph: gs.Graph, opsets: list, ir_version: int) -> None:
     """Evaluate nodes whose inputs are all constants with ONNX's reference evaluator.
 
-    Layer parameters (weights computed by ``ConstantOfShape``, transposed weights) are always
-    folded, up to :data:`MAX_FOLD_BYTES`: the analysis reads their values. Anything else is
-    folded only within :data:`FOLD_BUDGET_BYTES` of growth, so that constant folding never blows
-    a small model up. Sizes are predicted by shape inference before anything is evaluated.
+    What the analysis reads is folded: layer parameters (weights computed by ``ConstantOfShape``,
+    transposed weights) up to :data:`MAX_FOLD_BYTES`, and vectors (per-channel scales, shape
+    vectors) up to :data:`MAX_VECTOR_BYTES`. Anything else is folded only within
+    :data:`FOLD_BUDGET_BYTES` of growth, so that constant folding never blows a small model up.
+    Sizes are predicted by shape inference before anything is evaluated; a fold much larger than
+    its inputs is recorded, and written back as its computation if the rewrite leaves it alone.
     """
     from onnx.reference import ReferenceEvaluator
 
@@ -172,34 +201,45 @@ def _fold_constant_nodes(graph: gs.Graph, opsets: list, ir_version: int) -> None
     needed = _parameter_sources(graph)
     budget = FOLD_BUDGET_BYTES
     for node in list(graph.nodes):
-        if not _foldable(node, graph):
-            continue
         used = [o for o in node.outputs if o.outputs]
-        if not used:
+        if not used or not _foldable(node, graph):
             continue
-        is_parameter = all(id(o) in needed for o in used)
-        predicted = _predicted_bytes(node, opsets, ir_version)
-        cost = None if predicted is None else predicted - _freed_bytes(node)
-        if predicted is not None and (predicted > MAX_FOLD_BYTES or (not is_parameter and cost > budget)):
-            log.debug("not folding %s (%s): %d bytes, over the folding limits", node.name, node.op, predicted)
-            continue
-        if cost is None and _input_bytes(node) > FOLD_BUDGET_BYTES:
+        parameter, freed = all(id(o) in needed for o in used), _freed_bytes(node)
+        predicted = _predicted_outputs(node, opsets, ir_version)
+        if predicted is None and _input_bytes(node) > FOLD_BUDGET_BYTES:
             continue  # size unknown and the inputs are not small: leave it
+        if predicted is not None and _fold_charge(predicted, parameter, freed, budget) is None:
+            log.debug("not folding %s (%s): over the folding limits", node.name, node.op)
+            continue
         try:
-            results = _evaluate(node, opsets, ir_version, ReferenceEvaluator)
+            results = [np.asarray(r) for r in _evaluate(node, opsets, ir_version, ReferenceEvaluator)]
         except Exception as exc:
             log.debug("not folding %s (%s): %s", node.name, node.op, exc)
             continue
-        if any(r is None for r in results) or sum(np.asarray(r).nbytes for r in results) > MAX_FOLD_BYTES:
+        charge = _fold_charge([(r.nbytes, r.shape) for r in results], parameter, freed, budget)
+        if charge is None:
             continue
-        actual = sum(np.asarray(r).nbytes for r in results) - _freed_bytes(node)
-        if not is_parameter:
-            if actual > budget:
-                continue
-            budget -= actual
+        budget -= charge
+        large = len(results) == 1 and results[0].nbytes > max(_input_bytes(node), FOLD_BUDGET_BYTES)
         for i, r in enumerate(results):
             if node.outputs[i].name:
-                _replace_output_with_constant(graph, node, i, np.asarray(r))
+                const = _replace_output_with_constant(graph, node, i, r)
+                if large:
+                    _record_fold(const, node)
+
+
+def _fold_charge(outputs: list[tuple[int, tuple]], parameter: bool, freed: int, budget: int) -> int | None:
+    """Bytes a fold takes from the budget (0 for what the analysis reads), None if not allowed.
+    ``outputs``: (bytes, dims) of each output; ``freed``: bytes of inputs only this node reads."""
+    total = sum(nbytes for nbytes, _ in outputs)
+    if total > MAX_FOLD_BYTES:
+        return None
+    if parameter:
+        return 0
+    if total <= MAX_VECTOR_BYTES and all(sum(int(d) > 1 for d in dims) <= 1 for _, dims in outputs):
+        return 0
+    cost = max(total - freed, 0)
+    return cost if cost <= budget else None
 
 
 def _foldable(node: gs.Node, graph: gs.Graph) -> bool:
@@ -248,8 +288,8 @@ def _nbytes(t: gs.Constant) -> int:
         return 0
 
 
-def _predicted_bytes(node: gs.Node, opsets: list, ir_version: int) -> int | None:
-    """The node's output bytes as shape inference sees them, without evaluating it: bulky inputs
+def _predicted_outputs(node: gs.Node, opsets: list, ir_version: int) -> list[tuple[int, tuple]] | None:
+    """(bytes, dims) of the node's outputs as shape inference sees them, without evaluating it: bulky inputs
     stand in as typed graph inputs, small ones (shapes, repeats) are given as values."""
     inputs, inits, graph_inputs = [], [], []
     for i, t in enumerate(node.inputs):
@@ -272,15 +312,16 @@ def _predicted_bytes(node: gs.Node, opsets: list, ir_version: int) -> int | None
     except Exception:
         return None
     types = {vi.name: vi.type.tensor_type for vi in inferred.graph.value_info}
-    total = 0
+    found = []
     for name in (o for o in outputs if o):
         tt = types.get(name)
         if tt is None or not tt.elem_type or not tt.HasField("shape") or \
                 any(not d.HasField("dim_value") for d in tt.shape.dim):
             return None
         itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize
-        total += int(np.prod([d.dim_value for d in tt.shape.dim], dtype=np.int64)) * itemsize
-    return total
+        dims = tuple(int(d.dim_value) for d in tt.shape.dim)
+        found.append((int(np.prod(dims, dtype=np.int64)) * itemsize, dims))
+    return found
 
 
 def _onnx_attrs(node: gs.Node) -> dict:

@@ -8,6 +8,8 @@ not, nothing is returned.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -98,9 +100,10 @@ def export_checked(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProt
     weights deferred (references without bytes, see ``io.export_deferred``): the proto stays
     small, and ``io.save_model`` streams the weights from ``graph`` to the data file.
     """
-    deferred = uses_external_data(template) or has_external_values(graph) \
-        or weights_nbytes(graph) > EXTERNAL_DATA_THRESHOLD
-    model = export_deferred(graph) if deferred else gs.export_onnx(graph, do_type_check=False)
+    with _folds_written_back(graph):
+        deferred = uses_external_data(template) or has_external_values(graph) \
+            or weights_nbytes(graph) > EXTERNAL_DATA_THRESHOLD
+        model = export_deferred(graph) if deferred else gs.export_onnx(graph, do_type_check=False)
     copy_model_fields(template, model)
     model.ir_version = max(template.ir_version, 4)
     try:
@@ -113,6 +116,55 @@ def export_checked(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProt
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RewriteError(f"pruned model failed validation: {first}") from None
     return model
+
+
+def _unchanged_fold(tensor) -> bool:
+    """A constant folded from a much smaller computation (``normalize.FoldRecord``) that neither
+    it nor its inputs have changed since."""
+    record = getattr(tensor, "fold_record", None)
+    if not isinstance(tensor, gs.Constant) or record is None or tensor._values is not record.values:
+        return False
+    return all(not isinstance(t, gs.Constant) or getattr(t, "_values", None) is v or _unchanged_fold(t)
+               for t, v in zip(record.inputs, record.input_values))
+
+
+@contextlib.contextmanager
+def _folds_written_back(graph: gs.Graph):
+    """While exporting, every unchanged large folded constant is its computation again (then the
+    graph is as it was): folding for the analysis never makes a model's file bigger."""
+    swaps, added, made = [], [], {}
+    outputs = {id(t) for t in graph.outputs}
+
+    def computed(tensor: gs.Constant) -> gs.Variable:
+        if id(tensor) not in made:
+            record = tensor.fold_record
+            inputs = [computed(t) if _unchanged_fold(t) else t for t in record.inputs]
+            out = gs.Variable(tensor.name, dtype=tensor.dtype, shape=list(tensor.shape))
+            added.append(gs.Node(record.op, f"{tensor.name}__compute", dict(record.attrs), inputs, [out],
+                                 domain=record.domain))
+            made[id(tensor)] = out
+        return made[id(tensor)]
+
+    top = {id(n) for n in graph.nodes}
+    for node in list(graph.nodes):
+        for i, tensor in enumerate(node.inputs):
+            if id(tensor) not in outputs and _unchanged_fold(tensor) \
+                    and all(id(reader) in top for reader, _ in readers(tensor)):
+                swaps.append((node, i, tensor))
+    for node, i, tensor in swaps:
+        node.inputs[i] = computed(tensor)
+    if added:
+        graph.nodes.extend(added)
+        graph.toposort()
+    try:
+        yield
+    finally:
+        for node, i, tensor in swaps:
+            node.inputs[i] = tensor
+        for node in added:
+            graph.nodes.remove(node)
+            node.inputs.clear()
+            node.outputs.clear()
 
 
 def export_unchanged(template: onnx.ModelProto) -> tuple[gs.Graph, onnx.ModelProto]:
