@@ -280,7 +280,9 @@ def analyze_cmd(model: Path, verbose: bool, debug: bool) -> None:
         ctx = Pipeline([Normalize(), Analyze()]).run(model)
         before = ctx.report["before"]
         click.echo(analysis_table(ctx.analysis, before["params"], before["flops"], verbose))
-        click.echo(_uncovered_and_why(ctx.analysis, verbose))
+        extra = _uncovered_and_why(ctx.analysis, verbose)
+        if extra:
+            click.echo(extra)
     except Exception as exc:
         _fail(exc, debug)
 
@@ -299,7 +301,7 @@ def _uncovered_and_why(analysis, verbose: bool, shown: int = 5) -> str:
     why = nothing_to_prune(analysis)
     if why:
         lines.append(f"nothing to prune: {why}")
-    return "\n".join(lines)
+    return "\n".join(lines) if len(lines) > 1 else ""
 
 
 @main.command("bench")

@@ -615,9 +615,11 @@ def copy_file(source: str | os.PathLike, path: str | os.PathLike) -> None:
             shutil.copyfileobj(src, out)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise OnnxPruneError(f"{target}: writing failed ({exc.strerror or exc}); nothing was written") from None
         raise
 
 
