@@ -288,7 +288,8 @@ def analyze_cmd(model: Path, verbose: bool, debug: bool) -> None:
 
 
 def _uncovered_and_why(analysis, verbose: bool, shown: int = 5) -> str:
-    """The weights no group covers (all with -v, else the first few), and why nothing is prunable."""
+    """The weights no group covers and the constants pruning can un-share (all with -v, else the
+    first few), and why nothing is prunable."""
     from .analysis.explain import nothing_to_prune, uncovered_weights
 
     weights = uncovered_weights(analysis)
@@ -298,6 +299,18 @@ def _uncovered_and_why(analysis, verbose: bool, shown: int = 5) -> str:
         lines.extend(f"  {w}" for w in (weights if verbose else weights[:shown]))
         if not verbose and len(weights) > shown:
             lines.append(f"  ... and {len(weights) - shown} more (-v lists all)")
+    shared = [p for p in analysis.plans if p.diverges]
+    if shared:
+        lines.append(f"constants that pruning can un-share ({len(shared)}; a group is kept whole where the copy "
+                     "would hold more than its removal frees):")
+        for plan in shared if verbose else shared[:shown]:
+            groups = sorted(plan.groups)
+            listed = ", ".join(str(g) for g in (groups if verbose else groups[:8]))
+            more = f" (+{len(groups) - 8})" if not verbose and len(groups) > 8 else ""
+            lines.append(f"  {plan.tensor.name} ({plan.elements} params, read {len(plan.cuts)} times; groups "
+                         f"{listed}{more})")
+        if not verbose and len(shared) > shown:
+            lines.append(f"  ... and {len(shared) - shown} more (-v lists all)")
     why = nothing_to_prune(analysis)
     if why:
         lines.append(f"nothing to prune: {why}")

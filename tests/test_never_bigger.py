@@ -65,6 +65,18 @@ def test_a_weight_that_is_also_a_graph_output_is_not_copied_for_a_small_gain():
     assert {i.name: list(i.dims) for i in ctx.pruned.graph.initializer}[w] == [8, 4, 3, 3]
 
 
+def test_analyze_lists_the_constants_pruning_can_un_share(tmp_path):
+    import onnx
+    from click.testing import CliRunner
+
+    from onnxprune.cli import main
+
+    path = tmp_path / "m.onnx"
+    onnx.save(_shared_weight_model(readers=9, prunable_readers=1), path)
+    out = CliRunner().invoke(main, ["analyze", str(path)]).output
+    assert "constants that pruning can un-share (1;" in out and "read 9 times; groups 0, 1, 2" in out and "(+2)" in out
+
+
 def test_readers_cut_alike_share_one_copy():
     """Two readers whose channels are tied (Add) are cut alike: one sliced copy, not two."""
     b = GraphBuilder(seed=4)
