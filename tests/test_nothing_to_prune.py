@@ -16,8 +16,11 @@ from onnxprune.cli import main
 
 
 def convinteger_model() -> onnx.ModelProto:
-    """Dynamic quantization as ONNX Runtime's quantizer writes it: DynamicQuantizeLinear + ConvInteger."""
+    """Dynamic quantization as ONNX Runtime's quantizer writes it: DynamicQuantizeLinear + ConvInteger.
+    The output's rank is known only at run time (Unsqueeze by an input), so ONNX's full check,
+    which the input does not pass either, fails on any re-export of it."""
     x = helper.make_tensor_value_info("x", T.FLOAT, [1, 3, 8, 8])
+    axes = helper.make_tensor_value_info("axes", T.INT64, [1])
     y = helper.make_tensor_value_info("y", T.FLOAT, None)
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.integers(0, 255, (8, 3, 3, 3)).astype(np.uint8), "w1"),
@@ -33,8 +36,10 @@ def convinteger_model() -> onnx.ModelProto:
              helper.make_node("DynamicQuantizeLinear", ["r"], ["rq", "rs", "rzp"], name="dq2"),
              helper.make_node("ConvInteger", ["rq", "w2", "rzp", "w2_zp"], ["c2"], name="conv2"),
              helper.make_node("Cast", ["c2"], ["c2f"], name="cast2", to=T.FLOAT),
-             helper.make_node("Mul", ["c2f", "s"], ["y"], name="mul2")]
-    m = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 13)])
+             helper.make_node("Mul", ["c2f", "s"], ["y0"], name="mul2"),
+             helper.make_node("Unsqueeze", ["y0", "axes"], ["y"], name="unsqueeze")]
+    m = helper.make_model(helper.make_graph(nodes, "g", [x, axes], [y], inits),
+                          opset_imports=[helper.make_opsetid("", 13)])
     m.ir_version = 7
     return m
 
@@ -119,3 +124,32 @@ def test_a_model_pruned_to_nothing_at_these_settings_is_a_byte_copy(tmp_path: Pa
     assert res.exit_code == 0, res.output
     assert "the output is the same model" in res.output
     assert out.read_bytes() == source.read_bytes()
+
+
+def test_a_pruned_model_is_validated_no_stricter_than_its_input(tmp_path: Path):
+    """The input fails ONNX's full check (an output of run-time rank); its float branch is pruned,
+    and the output is checked the way the input passes: written, and it runs."""
+    from conftest import session
+
+    b_nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], name="conv1", pads=[1, 1, 1, 1]),
+               helper.make_node("Relu", ["h"], ["r"], name="relu"),
+               helper.make_node("Conv", ["r", "w2"], ["y0"], name="conv2"),
+               helper.make_node("Unsqueeze", ["y0", "axes"], ["y"], name="unsqueeze")]
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((4, 8, 1, 1)).astype(np.float32), "w2")]
+    graph = helper.make_graph(b_nodes, "g", [helper.make_tensor_value_info("x", T.FLOAT, [1, 3, 8, 8]),
+                                             helper.make_tensor_value_info("axes", T.INT64, [1])],
+                              [helper.make_tensor_value_info("y", T.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    with pytest.raises(Exception, match="shape"):
+        onnx.checker.check_model(model, full_check=True)
+    source, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
+    onnx.save(model, source)
+    res = CliRunner().invoke(main, [str(source), "-o", str(out), "--ratio", "0.5"])
+    assert res.exit_code == 0, res.output
+    pruned = onnx.load(out)
+    assert {i.name: list(i.dims) for i in pruned.graph.initializer}["w1"] == [4, 3, 3, 3]
+    feeds = {"x": np.ones((1, 3, 8, 8), np.float32), "axes": np.array([0], np.int64)}
+    assert session(pruned).run(None, feeds)[0].shape == (1, 1, 4, 8, 8)
