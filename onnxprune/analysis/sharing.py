@@ -90,7 +90,12 @@ def constant_plans(graph: gs.Graph, sites: list[SliceSite], root: np.ndarray,
             reads = readers(tensor)
             cuts = [[] for _ in range(len(reads) + (id(tensor) in outputs))]
             plan = by_tensor[id(tensor)] = ConstantPlan(tensor, reads, cuts)
-        position = next(i for i, (n, k) in enumerate(plan.readers) if n is site.node and k == site.input_index)
+        position = next((i for i, (n, k) in enumerate(plan.readers) if n is site.node and k == site.input_index),
+                        None)
+        if position is None:  # a reader the tensor does not list: count it all the same
+            plan.readers.append((site.node, site.input_index))
+            plan.cuts.append([])
+            position = len(plan.cuts) - 1
         rooted = SliceSite(site.node, site.input_index, site.axis, root[site.atoms], site.role)
         plan.cuts[position].append(rooted)
         plan.groups.update(group_of[int(r)] for r in np.unique(rooted.atoms).tolist())

@@ -283,28 +283,37 @@ def _freed_bytes(node: gs.Node) -> int:
 
 def _nbytes(t: gs.Constant) -> int:
     try:
-        return int(np.prod(t.shape, dtype=np.int64)) * np.dtype(t.dtype).itemsize
-    except TypeError:
+        return int(np.prod(t.shape, dtype=np.int64)) * np.dtype(_np_dtype(t.dtype)).itemsize
+    except (TypeError, ValueError, KeyError):
         return 0
 
 
+def _np_dtype(dtype):
+    """A numpy dtype also for types given as ONNX type numbers (bfloat16, float8: ml_dtypes)."""
+    if isinstance(dtype, (int, np.integer)) and not isinstance(dtype, bool):
+        return helper.tensor_dtype_to_np_dtype(int(dtype))
+    return dtype
+
+
 def _predicted_outputs(node: gs.Node, opsets: list, ir_version: int) -> list[tuple[int, tuple]] | None:
-    """(bytes, dims) of the node's outputs as shape inference sees them, without evaluating it: bulky inputs
-    stand in as typed graph inputs, small ones (shapes, repeats) are given as values."""
+    """(bytes, dims) of the node's outputs as shape inference sees them, without evaluating it:
+    bulky inputs stand in as typed graph inputs, small ones (shapes, repeats) are given as values."""
     inputs, inits, graph_inputs = [], [], []
-    for i, t in enumerate(node.inputs):
-        if _is_empty(t):
-            inputs.append("")
-            continue
-        name = f"in{i}"
-        inputs.append(name)
-        if _nbytes(t) <= 4096 or not _is_bulky(t):
-            inits.append(numpy_helper.from_array(np.asarray(read_values(t)), name))
-        else:
-            elem = helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype))
-            graph_inputs.append(helper.make_tensor_value_info(name, elem, list(t.shape)))
     outputs = [f"out{i}" if o.name else "" for i, o in enumerate(node.outputs)]
     try:
+        for i, t in enumerate(node.inputs):
+            if _is_empty(t):
+                inputs.append("")
+                continue
+            name = f"in{i}"
+            inputs.append(name)
+            if _nbytes(t) <= 4096 or not _is_bulky(t):
+                inits.append(numpy_helper.from_array(np.asarray(read_values(t)), name))
+            else:
+                dtype = t.dtype
+                numbered = isinstance(dtype, (int, np.integer))
+                elem = int(dtype) if numbered else helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+                graph_inputs.append(helper.make_tensor_value_info(name, elem, list(t.shape)))
         onnx_node = helper.make_node(node.op, inputs, outputs, **_onnx_attrs(node))
         g = helper.make_graph([onnx_node], "predict", graph_inputs, [], initializer=inits)
         m = helper.make_model(g, opset_imports=opsets, ir_version=max(ir_version, 4))
