@@ -4,6 +4,7 @@ than the pruning removes, identical cuts share one copy, and a bigger model is n
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from conftest import assert_oracle
 from graphs import GraphBuilder
@@ -17,15 +18,17 @@ from onnxprune.passes.rewrite import check_not_bigger
 from onnxprune.pipeline import Pipeline
 
 
-def _shared_weight_model(readers: int, prunable_readers: int, width: int = 16):
-    """``readers`` 1x1 convs read one weight; the first ``prunable_readers`` feed a conv (prunable),
-    the others reach graph outputs (kept whole)."""
+def _shared_weight_model(readers: int, prunable_readers: int, width: int = 16, through_identity: bool = False):
+    """``readers`` 1x1 convs read one weight (each through an Identity node, as the PyTorch exporter
+    writes shared weights, if ``through_identity``); the first ``prunable_readers`` feed a conv
+    (prunable), the others reach graph outputs (kept whole)."""
     b = GraphBuilder(seed=3)
     x = b.input([1, 8, 6, 6])
     h = b.act(b.conv(x, width, k=3))
     shared = b.weight(width, width, 1, 1)
     for i in range(readers):
-        y = b.node("Conv", [h, shared], [1, width, 6, 6], kernel_shape=[1, 1])
+        w = b.node("Identity", [shared], [width, width, 1, 1]) if through_identity else shared
+        y = b.node("Conv", [h, w], [1, width, 6, 6], kernel_shape=[1, 1])
         if i < prunable_readers:
             y = b.conv(b.act(y), 4, k=1)
         b.output(y)
@@ -38,9 +41,13 @@ def _pipeline(model, ratio=0.3):
     return ctx
 
 
-def test_a_group_that_would_un_share_a_weight_is_kept_whole_with_the_reason():
-    ctx = _pipeline(_shared_weight_model(readers=9, prunable_readers=1))
+@pytest.mark.parametrize("through_identity", [False, True])
+def test_a_group_that_would_un_share_a_weight_is_kept_whole_with_the_reason(through_identity):
+    model = _shared_weight_model(readers=9, prunable_readers=1, through_identity=through_identity)
+    ctx = _pipeline(model)
     assert ctx.report["after"]["params"] <= ctx.report["before"]["params"]
+    stored = sum(onnx.numpy_helper.to_array(i).size for i in model.graph.initializer)
+    assert ctx.report["before"]["params"] == stored  # Identity nodes are not copies of the weight
     whole = [g for g in ctx.analysis.groups if any("un-share constant" in r for r in g.reasons)]
     assert len(whole) == 1, [g.reasons for g in ctx.analysis.groups]
     assert "kept whole" in whole[0].reasons[0]

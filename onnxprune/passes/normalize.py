@@ -149,8 +149,12 @@ def _constant_node_values(node: gs.Node) -> np.ndarray | None:
 
 
 def _replace_output_with_constant(graph: gs.Graph, node: gs.Node, index: int, values: np.ndarray) -> gs.Constant:
+    const = gs.Constant(node.outputs[index].name, np.array(values, order="C"))  # 0-d stays 0-d
+    return _replace_output_with(graph, node, index, const)
+
+
+def _replace_output_with(graph: gs.Graph, node: gs.Node, index: int, const: gs.Constant) -> gs.Constant:
     var = node.outputs[index]
-    const = gs.Constant(var.name, np.array(values, order="C"))  # 0-d stays 0-d (ascontiguousarray would not)
     for consumer in list(var.outputs):
         for i, inp in enumerate(consumer.inputs):
             if inp is var:
@@ -203,6 +207,11 @@ def _fold_constant_nodes(graph: gs.Graph, opsets: list, ir_version: int) -> None
     for node in list(graph.nodes):
         used = [o for o in node.outputs if o.outputs]
         if not used or not _foldable(node, graph):
+            continue
+        if node.op == "Identity" and isinstance(node.inputs[0], gs.Constant):
+            # its readers share the constant itself (exporters read shared weights through
+            # Identity nodes): folding never copies a weight
+            _replace_output_with(graph, node, 0, node.inputs[0])
             continue
         parameter, freed = all(id(o) in needed for o in used), _freed_bytes(node)
         predicted = _predicted_outputs(node, opsets, ir_version)
