@@ -204,6 +204,7 @@ def _fold_constant_nodes(graph: gs.Graph, opsets: list, ir_version: int) -> None
     graph.toposort()
     needed = _parameter_sources(graph)
     budget = FOLD_BUDGET_BYTES
+    folded: dict[tuple, gs.Constant] = {}
     for node in list(graph.nodes):
         used = [o for o in node.outputs if o.outputs]
         if not used or not _foldable(node, graph):
@@ -212,6 +213,10 @@ def _fold_constant_nodes(graph: gs.Graph, opsets: list, ir_version: int) -> None
             # its readers share the constant itself (exporters read shared weights through
             # Identity nodes): folding never copies a weight
             _replace_output_with(graph, node, 0, node.inputs[0])
+            continue
+        key = _computation_key(node)
+        if key in folded:  # the same computation of the same constants: share its result
+            _replace_output_with(graph, node, 0, folded[key])
             continue
         parameter, freed = all(id(o) in needed for o in used), _freed_bytes(node)
         predicted = _predicted_outputs(node, opsets, ir_version)
@@ -235,6 +240,8 @@ def _fold_constant_nodes(graph: gs.Graph, opsets: list, ir_version: int) -> None
                 const = _replace_output_with_constant(graph, node, i, r)
                 if large:
                     _record_fold(const, node)
+                if key is not None:
+                    folded[key] = const
 
 
 def _fold_charge(outputs: list[tuple[int, tuple]], parameter: bool, freed: int, budget: int) -> int | None:
@@ -249,6 +256,26 @@ def _fold_charge(outputs: list[tuple[int, tuple]], parameter: bool, freed: int, 
         return 0
     cost = max(total - freed, 0)
     return cost if cost <= budget else None
+
+
+def _computation_key(node: gs.Node) -> tuple | None:
+    """What a single-output node computes from which constants (None: not comparable)."""
+    if len(node.outputs) != 1:
+        return None
+    try:
+        attrs = tuple(sorted((k, repr(np.asarray(v.values).tolist()) if isinstance(v, gs.Constant) else repr(v))
+                             for k, v in node.attrs.items()))
+    except Exception:
+        return None
+    return node.op, node.domain, attrs, tuple(_input_key(t) for t in node.inputs)
+
+
+def _input_key(t) -> tuple:
+    """A small constant by its values (exporters repeat shape vectors), anything else by identity."""
+    if isinstance(t, gs.Constant) and _nbytes(t) <= 4096:
+        values = np.asarray(read_values(t))
+        return str(values.dtype), values.shape, values.tobytes()
+    return ("tensor", id(t))
 
 
 def _foldable(node: gs.Node, graph: gs.Graph) -> bool:
