@@ -93,3 +93,28 @@ def test_an_unpruned_weight_computed_from_constants_is_written_back_as_its_compu
     feeds = random_feeds(session(model))
     for got, want in zip(session(onnx.load(out)).run(None, feeds), session(zeroed).run(None, feeds)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_the_transpose_of_a_tied_weight_is_not_stored_twice(tmp_path):
+    """An embedding read by Gather and, transposed, by the output MatMul (tied weights): folding
+    the Transpose for the analysis must not leave two copies in the file when neither is pruned."""
+    b = GraphBuilder(seed=4)
+    ids = "ids"
+    b.inputs.append(helper.make_tensor_value_info(ids, onnx.TensorProto.INT64, [1, 6]))
+    emb = b.weight(64, 32)  # 8 KiB
+    h = b.node("Gather", [emb, ids], [1, 6, 32], axis=0)
+    h = b.add(h, b.matmul(b.act(b.matmul(h, 48)), 32))  # a residual MLP: its 48 hidden units are pruned
+    wt = b.node("Transpose", [emb], [32, 64], perm=[1, 0])
+    b.output(b.node("MatMul", [h, wt], [1, 6, 64]))
+    model = b.model()
+    source, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(model, source)
+    ctx, zeroed = prune_with_oracle(model, ratio=0.5)
+    save_model(ctx.pruned, out, graph=ctx.pruned_graph)
+    assert ctx.selection.removed
+    written = onnx.load(out)
+    assert [list(i.dims) for i in written.graph.initializer].count([64, 32]) == 1
+    assert not any(list(i.dims) == [32, 64] for i in written.graph.initializer)
+    feeds = {"ids": np.array([[0, 5, 9, 63, 2, 2]], np.int64)}
+    np.testing.assert_allclose(session(written).run(None, feeds)[0], session(zeroed).run(None, feeds)[0],
+                               rtol=1e-4, atol=1e-5)

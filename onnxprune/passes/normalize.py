@@ -33,6 +33,10 @@ MAX_FOLD_BYTES = 1 << 30
 #: output's bytes less the bytes of inputs only it reads. A small Expand or Tile of a constant
 #: is folded; one that would turn a few bytes into megabytes stays a computation, as in the input.
 FOLD_BUDGET_BYTES = 64 * 1024
+#: A fold that adds more than this many bytes to what the model stores (its inputs stay, or it is
+#: much larger than they are) is recorded, and written back as its computation if the rewrite
+#: leaves it and its inputs alone (a weight made by ConstantOfShape, the transpose of a tied weight).
+WRITE_BACK_BYTES = 4096
 #: Vectors (at most one dimension over 1: per-channel scales, shape vectors) are folded outside
 #: the budget up to this size: the analysis reads them (BN parameters made by ConstantOfShape).
 MAX_VECTOR_BYTES = 1 << 20
@@ -169,9 +173,10 @@ def _replace_output_with(graph: gs.Graph, node: gs.Node, index: int, const: gs.C
 
 @dataclass
 class FoldRecord:
-    """How a folded layer parameter much larger than its inputs was computed (a weight made by
-    ``ConstantOfShape``): the export writes that computation back where the rewrite left the
-    parameter and its inputs as they were, so folding never stores an unpruned weight."""
+    """How a fold that adds to what the model stores was computed (a weight made by
+    ``ConstantOfShape``, the transpose of a weight also read as it is): the export writes that
+    computation back where the rewrite left the value and its inputs as they were, so folding
+    never stores a weight pruning did not change."""
 
     op: str
     domain: str
@@ -196,8 +201,8 @@ def _fold_constant_nodes(graph: gs.Graph, opsets: list, ir_version: int) -> None
     transposed weights) up to :data:`MAX_FOLD_BYTES`, and vectors (per-channel scales, shape
     vectors) up to :data:`MAX_VECTOR_BYTES`. Anything else is folded only within
     :data:`FOLD_BUDGET_BYTES` of growth, so that constant folding never blows a small model up.
-    Sizes are predicted by shape inference before anything is evaluated; a fold much larger than
-    its inputs is recorded, and written back as its computation if the rewrite leaves it alone.
+    Sizes are predicted by shape inference before anything is evaluated; a fold that adds to what
+    the model stores is recorded, and written back as its computation if the rewrite leaves it alone.
     """
     from onnx.reference import ReferenceEvaluator
 
@@ -234,7 +239,7 @@ def _fold_constant_nodes(graph: gs.Graph, opsets: list, ir_version: int) -> None
         if charge is None:
             continue
         budget -= charge
-        large = len(results) == 1 and results[0].nbytes > max(_input_bytes(node), FOLD_BUDGET_BYTES)
+        large = len(results) == 1 and results[0].nbytes > freed + WRITE_BACK_BYTES
         for i, r in enumerate(results):
             if node.outputs[i].name:
                 const = _replace_output_with_constant(graph, node, i, r)
