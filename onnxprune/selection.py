@@ -125,8 +125,10 @@ def _deltas(analysis, plans_of, classes, gids, removed) -> list[tuple[ConstantPl
     without = set(removed)
     for g in gids:
         without -= classes[g]
+    plans = list({id(p): p for g in gids for p in plans_of[g]}.values())
+    if not plans:
+        return []
     keep_with, keep_without = analysis.keep_fn(removed), analysis.keep_fn(without)
-    plans = {id(p): p for g in gids for p in plans_of[g]}.values()
     return [(p, p.stored(keep_with) - p.stored(keep_without)) for p in plans]
 
 
