@@ -37,7 +37,8 @@ def analysis_table(analysis: Analysis, params: int, flops: int, verbose: bool = 
         lines.append("blocked:")
         for g in blocked:
             why = "; ".join(g.reasons) if g.reasons else "a single channel cannot be pruned"
-            lines.append(f"{g.id:>5}  {g.channels:>8}  {_shorten(g.name, 40):<40}  {why if verbose else _shorten(why, 100)}")
+            name = ", ".join(g.sources) if verbose else _shorten(g.name, 40)
+            lines.append(f"{g.id:>5}  {g.channels:>8}  {name:<40}  {why if verbose else _shorten(why, 100)}")
     return "\n".join(lines)
 
 
