@@ -140,5 +140,6 @@ def search_summary(report: dict) -> list[str]:
     if fidelity and fidelity["outputs"]:
         parts = [f"{name}: cosine {v['mean_cosine']:.4f} (min {v['min_cosine']:.4f}), relative error "
                  f"{v['relative_error']:.4f}" for name, v in list(fidelity["outputs"].items())[:3]]
-        rows.append(f"fidelity on {fidelity['batches']} calibration batch(es): " + "; ".join(parts))
+        count = fidelity.get("samples", fidelity["batches"])
+        rows.append(f"fidelity on {count} calibration sample{'s' if count != 1 else ''}: " + "; ".join(parts))
     return rows
