@@ -122,7 +122,7 @@ def _nothing_to_prune(ctx, model: Path) -> str:
     if groups:
         return (f"nothing to prune: every channel group ({len(groups)}) is blocked (`onnxprune analyze {model}` "
                 "says why); the output is the same model")
-    from .analysis.rules import WEIGHT_LAYERS, quantized_weight
+    from .ops import WEIGHT_LAYERS, quantized_weight
 
     quantized = sum(1 for n in ctx.graph.nodes if quantized_weight(n))
     if quantized:
