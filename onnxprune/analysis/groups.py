@@ -15,7 +15,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..errors import BadInputError
-from .rules import RULES, rule_key
+from ..ops import rule_for, spec_key as rule_key
 from .sharing import ConstantPlan, constant_plans
 from .state import SliceSite, State, UnsupportedPattern
 
@@ -107,7 +107,7 @@ def _run_rule(node: gs.Node, state: State) -> None:
     for tr in implicit:
         if tr is not None:
             state.block(tr.atoms, f"used inside the subgraph of {node.op} '{node.name}'")
-    rule = RULES.get(rule_key(node))
+    rule = rule_for(node)
     if rule is None:
         for _, t in tracked_inputs:
             state.block(state.track(t).atoms, f"op {rule_key(node)} ('{node.name}') is not supported")

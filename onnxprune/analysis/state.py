@@ -78,9 +78,9 @@ class State:
     heads: list[np.ndarray] = field(default_factory=list)
     #: the graph being analyzed (edits that add nodes need it)
     graph: gs.Graph | None = None
-    #: channel counts read at run time into shape vectors (rules.CountUse), checked by their users
+    #: channel counts read at run time into shape vectors (provenance.CountUse), checked by their users
     count_uses: list = field(default_factory=list)
-    #: dims and shape values worked out so far (analysis.dims), for this graph as it is
+    #: dims and shape values worked out so far (analysis.provenance), for this graph as it is
     dims_cache: dict = field(default_factory=dict)
 
     # --- atoms -------------------------------------------------------------------------
