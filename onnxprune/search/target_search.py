@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -151,11 +152,47 @@ class Trials:
         return candidate.model_bytes
 
 
-def search_counted(analysis: Analysis, graph: gs.Graph, opset: int, template: onnx.ModelProto,
-                   scores: dict[int, np.ndarray], target: Target, round_to: int = 1, calibration=None,
-                   threads: int | None = None) -> SearchResult:
+@dataclass(frozen=True)
+class SearchProblem:
+    """What a search prunes: the analysed graph, the model it came from, the channels' scores,
+    and the calibration data (with it, the accuracy guard of ``search.guard`` runs)."""
+
+    analysis: Analysis
+    graph: gs.Graph
+    opset: int
+    template: onnx.ModelProto
+    scores: dict[int, np.ndarray]
+    calibration: Any = None
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How a search steps and measures: widths in multiples of ``round_to``; latency on ``provider``
+    with ``threads``, on ``feeds`` (e.g. a calibration batch) or random inputs of ``input_shapes``,
+    or predicted by ``table`` (profiled for the model of ``model_sha256``); ``log`` gets progress."""
+
+    round_to: int = 1
+    provider: str = "cpu"
+    threads: int | None = None
+    input_shapes: dict[str, list[int]] | None = None
+    feeds: dict[str, np.ndarray] | None = None
+    table: Any = None
+    model_sha256: str | None = None
+    log: Callable[[str], None] | None = None
+
+    @classmethod
+    def from_options(cls, options: Any, **found: Any) -> SearchSettings:
+        """From ``PruneOptions``, plus what the search pass found (feeds, table, fingerprint, log)."""
+        return cls(round_to=options.round_to, provider=options.provider, threads=options.threads,
+                   input_shapes=options.input_shapes, **found)
+
+
+def search_counted(problem: SearchProblem, target: Target, settings: SearchSettings) -> SearchResult:
     """FLOPs or params target: allocate on the counted model, count the rewritten model exactly
-    (and with ``calibration``, the accuracy guard of ``search.guard``)."""
+    (and with calibration data, the accuracy guard of ``search.guard``)."""
+    analysis, graph, opset, template, scores = (problem.analysis, problem.graph, problem.opset, problem.template,
+                                                problem.scores)
+    round_to, calibration = settings.round_to, problem.calibration
     start = time.perf_counter()
     count = count_flops if target.kind == "flops" else count_params
     baseline = float(count(graph))
@@ -207,13 +244,15 @@ def _guard_counted(result: SearchResult, model: CostModel, trials: Trials, analy
         result.counts, result.selection = plan.counts, uniform
 
 
-def search_latency(analysis: Analysis, graph: gs.Graph, opset: int, template: onnx.ModelProto,
-                   scores: dict[int, np.ndarray], target: Target, model_sha256: str,
-                   input_shapes: dict[str, list[int]] | None = None, feeds: dict[str, np.ndarray] | None = None,
-                   provider: str = "cpu", threads: int | None = None, round_to: int = 1,
-                   table=None, log: Callable[[str], None] | None = None, calibration=None) -> SearchResult:
-    """Latency target, measured on ``provider`` (see the module docstring), or predicted by
-    ``table``. Inputs are ``feeds`` (e.g. a calibration batch) or random ones of ``input_shapes``."""
+def search_latency(problem: SearchProblem, target: Target, settings: SearchSettings) -> SearchResult:
+    """Latency target, measured on ``settings.provider`` (see the module docstring), or predicted
+    by ``settings.table``. Inputs are ``settings.feeds`` or random ones of ``input_shapes``."""
+    analysis, graph, opset, template, scores = (problem.analysis, problem.graph, problem.opset, problem.template,
+                                                problem.scores)
+    provider, threads, round_to, table, log = (settings.provider, settings.threads, settings.round_to,
+                                               settings.table, settings.log)
+    input_shapes, feeds, model_sha256, calibration = (settings.input_shapes, settings.feeds, settings.model_sha256,
+                                                      problem.calibration)
     from ..runtime.session import make_runner
     from ..runtime.timing import interleaved
 
@@ -426,4 +465,5 @@ def _human(n: float) -> str:
     return f"{n:.4g}"
 
 
-__all__ = ["CostModel", "SearchResult", "TargetUnreachable", "search_counted", "search_latency"]
+__all__ = ["CostModel", "SearchProblem", "SearchResult", "SearchSettings", "TargetUnreachable", "search_counted",
+           "search_latency"]
