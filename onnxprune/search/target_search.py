@@ -22,7 +22,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import onnx
@@ -35,6 +34,7 @@ from ..metrics import count_flops, count_params
 from ..selection import Selection, select_by_counts
 from .allocate import allocate, allocate_uniform, greedy_path, importance_curves
 from .cost import CostModel, channel_block, counted_model, latency_steps, static_layer_shapes, uniform_curve
+from .settings import SearchProblem, SearchSettings
 from .targets import Target
 
 #: end-to-end corrections of a counted (FLOPs, params) search before giving up
@@ -150,41 +150,6 @@ class Trials:
             candidate.selection = select_by_counts(analysis, scores, candidate.counts)
             candidate.model_bytes = self.build(candidate.selection)[1]
         return candidate.model_bytes
-
-
-@dataclass(frozen=True)
-class SearchProblem:
-    """What a search prunes: the analysed graph, the model it came from, the channels' scores,
-    and the calibration data (with it, the accuracy guard of ``search.guard`` runs)."""
-
-    analysis: Analysis
-    graph: gs.Graph
-    opset: int
-    template: onnx.ModelProto
-    scores: dict[int, np.ndarray]
-    calibration: Any = None
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    """How a search steps and measures: widths in multiples of ``round_to``; latency on ``provider``
-    with ``threads``, on ``feeds`` (e.g. a calibration batch) or random inputs of ``input_shapes``,
-    or predicted by ``table`` (profiled for the model of ``model_sha256``); ``log`` gets progress."""
-
-    round_to: int = 1
-    provider: str = "cpu"
-    threads: int | None = None
-    input_shapes: dict[str, list[int]] | None = None
-    feeds: dict[str, np.ndarray] | None = None
-    table: Any = None
-    model_sha256: str | None = None
-    log: Callable[[str], None] | None = None
-
-    @classmethod
-    def from_options(cls, options: Any, **found: Any) -> SearchSettings:
-        """From ``PruneOptions``, plus what the search pass found (feeds, table, fingerprint, log)."""
-        return cls(round_to=options.round_to, provider=options.provider, threads=options.threads,
-                   input_shapes=options.input_shapes, **found)
 
 
 def search_counted(problem: SearchProblem, target: Target, settings: SearchSettings) -> SearchResult:
