@@ -274,6 +274,8 @@ def _check_choice(name: str, noun: str, choices: Callable[[], tuple[str, ...]]) 
 
 
 def _check_input_shapes(value: Any) -> dict[str, list[int]]:
+    if value is None:  # prune(input_shapes=None), as before
+        return {}
     if isinstance(value, dict):
         return {str(k): [int(d) for d in v] for k, v in value.items()}
     from .runtime.session import parse_input_shapes

@@ -116,7 +116,7 @@ def test_options_are_frozen_and_validate_returns_a_copy():
     assert (checked.prune, checked.input_shapes, checked.ratio) == (("heads",), {"x": [1, 8]}, None)
     assert checked.target.kind == "flops" and given.target is None and given.prune == "heads"
     assert checked.validate() == checked
-    assert PruneOptions().validate().ratio == 0.3
+    assert PruneOptions().validate().ratio == 0.3 and PruneOptions(input_shapes=None).validate().input_shapes == {}
     with pytest.raises(FrozenInstanceError):
         given.ratio = 0.5
 
