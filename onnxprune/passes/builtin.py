@@ -7,10 +7,9 @@ from dataclasses import replace
 from ..analysis import analyze_graph, restrict
 from ..context import PruningContext
 from ..errors import BadInputError
-from ..options import RECONSTRUCT_MODES
 from ..io import check_opset
 from ..metrics import count_flops_at, count_params
-from ..scoring import CRITERIA, needs_activations, needs_grams, score_groups, sink_tensors
+from ..scoring import needs_activations, needs_grams, score_groups, sink_tensors
 from ..selection import select_by_ratio
 from .normalize import normalize
 from .rewrite import export_checked, rewrite
@@ -58,8 +57,9 @@ DEFAULT_UNREFIT_CRITERION = "fluctuation"
 
 
 def resolve_options(ctx: PruningContext) -> None:
-    """Fill the defaults that depend on whether calibration data was given (a new frozen copy)."""
-    opts = ctx.options
+    """Fill the defaults that depend on whether calibration data was given (a new frozen copy;
+    every value is checked by ``PruneOptions.validate``)."""
+    opts = ctx.options.validate()
     criterion, reconstruct = opts.criterion, opts.reconstruct
     if criterion is None:
         if opts.calibration is None:
@@ -67,12 +67,8 @@ def resolve_options(ctx: PruningContext) -> None:
         else:
             refit = reconstruct != "none"
             criterion = DEFAULT_CALIBRATED_CRITERION if refit else DEFAULT_UNREFIT_CRITERION
-    if criterion not in CRITERIA:
-        raise BadInputError(f"unknown criterion '{criterion}' (choose from {', '.join(CRITERIA)})")
     if reconstruct is None:
         reconstruct = "lstsq" if opts.calibration is not None else "none"
-    if reconstruct not in RECONSTRUCT_MODES:
-        raise BadInputError(f"unknown reconstruction '{reconstruct}' (choose from {', '.join(RECONSTRUCT_MODES)})")
     if reconstruct != "none" and opts.calibration is None:
         raise BadInputError("reconstruction needs calibration data (--calib)")
     ctx.options = replace(opts, criterion=criterion, reconstruct=reconstruct)
