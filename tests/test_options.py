@@ -124,3 +124,10 @@ def test_options_are_frozen_and_validate_returns_a_copy():
 def test_prune_refuses_an_unknown_keyword():
     with pytest.raises(TypeError, match="unexpected keyword argument 'ratios'"):
         onnxprune.prune(MODELS / "mlp.onnx", ratios=0.5)
+
+
+def test_default_passes_see_a_target_given_as_text():
+    from onnxprune.passes.builtin import default_passes
+
+    names = [p.name for p in default_passes(PruneOptions(target_flops="50%"))]
+    assert "search" in names and "select" not in names

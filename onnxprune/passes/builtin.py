@@ -223,6 +223,7 @@ def default_passes(options=None, log=None) -> list[Pass]:
     from .search import Search
     from .verify import Verify
 
+    options = options.validate() if options is not None else None  # target_flops="50%" is a target too
     select = Search(log) if options is not None and options.target is not None else Select()
     passes = [Normalize(), Analyze(), Calibrate(), Score(), select, Rewrite(), Reconstruct(), Verify()]
     if options is not None and options.benchmark:
