@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..analysis import analyze_graph, restrict
 from ..context import PruningContext
 from ..errors import BadInputError
 from ..io import check_opset, is_deferred, uses_external_data
 from ..metrics import count_flops_at, count_params
-from ..scoring import CRITERIA, needs_activations, needs_grams, score_groups, sink_tensors
+from ..scoring import needs_activations, needs_grams, score_groups, sink_tensors
 from ..selection import select_by_ratio
 from .normalize import normalize
 from .rewrite import check_not_bigger, export_checked, export_unchanged, note_kept_whole, rewrite
@@ -52,26 +54,24 @@ class Analyze(Pass):
 #: the wrong question (on the digits CNN it then does worse), and ``fluctuation`` is used instead.
 DEFAULT_CALIBRATED_CRITERION = "obs"
 DEFAULT_UNREFIT_CRITERION = "fluctuation"
-RECONSTRUCT_MODES = ("none", "bias", "lstsq")
 
 
 def resolve_options(ctx: PruningContext) -> None:
-    """Fill the defaults that depend on whether calibration data was given."""
-    opts = ctx.options
-    if opts.criterion is None:
+    """Fill the defaults that depend on whether calibration data was given (a new frozen copy;
+    every value is checked by ``PruneOptions.validate``)."""
+    opts = ctx.options.validate()
+    criterion, reconstruct = opts.criterion, opts.reconstruct
+    if criterion is None:
         if opts.calibration is None:
-            opts.criterion = "l1"
+            criterion = "l1"
         else:
-            refit = opts.reconstruct != "none"
-            opts.criterion = DEFAULT_CALIBRATED_CRITERION if refit else DEFAULT_UNREFIT_CRITERION
-    if opts.criterion not in CRITERIA:
-        raise BadInputError(f"unknown criterion '{opts.criterion}' (choose from {', '.join(CRITERIA)})")
-    if opts.reconstruct is None:
-        opts.reconstruct = "lstsq" if opts.calibration is not None else "none"
-    if opts.reconstruct not in RECONSTRUCT_MODES:
-        raise BadInputError(f"unknown reconstruction '{opts.reconstruct}' (choose from {', '.join(RECONSTRUCT_MODES)})")
-    if opts.reconstruct != "none" and opts.calibration is None:
+            refit = reconstruct != "none"
+            criterion = DEFAULT_CALIBRATED_CRITERION if refit else DEFAULT_UNREFIT_CRITERION
+    if reconstruct is None:
+        reconstruct = "lstsq" if opts.calibration is not None else "none"
+    if reconstruct != "none" and opts.calibration is None:
         raise BadInputError("reconstruction needs calibration data (--calib)")
+    ctx.options = replace(opts, criterion=criterion, reconstruct=reconstruct)
 
 
 class Calibrate(Pass):
@@ -93,7 +93,7 @@ class Calibrate(Pass):
                                 "using random synthetic inputs (give --calib for meaningful scores)")
             source, description = _synthetic_batches(ctx.graph), "synthetic random inputs"
         else:
-            source, description = opts.calibration, None
+            source, description = opts.calibration_source(), None
         ctx.calibration = Calibration(source, input_specs(ctx.graph), opts.calib_samples, description)
         if opts.reconstruct != "none":
             import onnx_graphsurgeon as gs
@@ -145,11 +145,7 @@ class Select(Pass):
     name = "select"
 
     def run(self, ctx: PruningContext) -> None:
-        ratio = ctx.options.ratio
-        if not 0 <= ratio < 1:
-            raise BadInputError(f"ratio must be in [0, 1), got {ratio}")
-        if ctx.options.round_to < 1:
-            raise BadInputError(f"round-to must be a positive integer, got {ctx.options.round_to}")
+        ratio = ctx.options.ratio  # checked by PruneOptions.validate
         ctx.selection = select_by_ratio(ctx.analysis, ctx.scores, ratio, ctx.options.round_to)
 
 
@@ -226,7 +222,7 @@ class Reconstruct(Pass):
                 outputs[site.node.name] = keep(site.atoms)
         layers = [(n.name, *inputs[n.name], outputs.get(n.name)) for n in ctx.original.nodes if n.name in inputs]
         layers = reconstruct(ctx.original, ctx.pruned_graph, layers, ctx.calibration, mode=mode,
-                             ridge=ctx.options.ridge)
+                             ridge=ctx.options.ridge, threads=ctx.options.threads)
         ctx.pruned_graph.cleanup(remove_unused_graph_inputs=False).toposort()
         before, after = ctx.report["before"]["params"], count_params(ctx.pruned_graph)
         if after > before and not is_deferred(ctx.pruned):
@@ -252,6 +248,7 @@ def default_passes(options=None, log=None) -> list[Pass]:
     from .search import Search
     from .verify import Verify
 
+    options = options.validate() if options is not None else None  # target_flops="50%" is a target too
     select = Search(log) if options is not None and options.target is not None else Select()
     passes = [Normalize(), Analyze(), Calibrate(), Score(), select, Rewrite(), Reconstruct(), Verify()]
     if options is not None and options.benchmark:

@@ -34,6 +34,7 @@ from ..metrics import count_flops, count_params
 from ..selection import Selection, select_by_counts
 from .allocate import allocate, allocate_uniform, greedy_path, importance_curves
 from .cost import CostModel, channel_block, counted_model, latency_steps, static_layer_shapes, uniform_curve
+from .settings import SearchProblem, SearchSettings
 from .targets import Target
 
 #: end-to-end corrections of a counted (FLOPs, params) search before giving up
@@ -151,11 +152,12 @@ class Trials:
         return candidate.model_bytes
 
 
-def search_counted(analysis: Analysis, graph: gs.Graph, opset: int, template: onnx.ModelProto,
-                   scores: dict[int, np.ndarray], target: Target, round_to: int = 1, calibration=None,
-                   threads: int | None = None) -> SearchResult:
+def search_counted(problem: SearchProblem, target: Target, settings: SearchSettings) -> SearchResult:
     """FLOPs or params target: allocate on the counted model, count the rewritten model exactly
-    (and with ``calibration``, the accuracy guard of ``search.guard``)."""
+    (and with calibration data, the accuracy guard of ``search.guard``)."""
+    analysis, graph, opset, template, scores = (problem.analysis, problem.graph, problem.opset, problem.template,
+                                                problem.scores)
+    round_to, calibration = settings.round_to, problem.calibration
     start = time.perf_counter()
     count = count_flops if target.kind == "flops" else count_params
     baseline = float(count(graph))
@@ -207,13 +209,15 @@ def _guard_counted(result: SearchResult, model: CostModel, trials: Trials, analy
         result.counts, result.selection = plan.counts, uniform
 
 
-def search_latency(analysis: Analysis, graph: gs.Graph, opset: int, template: onnx.ModelProto,
-                   scores: dict[int, np.ndarray], target: Target, model_sha256: str,
-                   input_shapes: dict[str, list[int]] | None = None, feeds: dict[str, np.ndarray] | None = None,
-                   provider: str = "cpu", threads: int | None = None, round_to: int = 1,
-                   table=None, log: Callable[[str], None] | None = None, calibration=None) -> SearchResult:
-    """Latency target, measured on ``provider`` (see the module docstring), or predicted by
-    ``table``. Inputs are ``feeds`` (e.g. a calibration batch) or random ones of ``input_shapes``."""
+def search_latency(problem: SearchProblem, target: Target, settings: SearchSettings) -> SearchResult:
+    """Latency target, measured on ``settings.provider`` (see the module docstring), or predicted
+    by ``settings.table``. Inputs are ``settings.feeds`` or random ones of ``input_shapes``."""
+    analysis, graph, opset, template, scores = (problem.analysis, problem.graph, problem.opset, problem.template,
+                                                problem.scores)
+    provider, threads, round_to, table, log = (settings.provider, settings.threads, settings.round_to,
+                                               settings.table, settings.log)
+    input_shapes, feeds, model_sha256, calibration = (settings.input_shapes, settings.feeds, settings.model_sha256,
+                                                      problem.calibration)
     from ..runtime.session import make_runner
     from ..runtime.timing import interleaved
 
@@ -426,4 +430,5 @@ def _human(n: float) -> str:
     return f"{n:.4g}"
 
 
-__all__ = ["CostModel", "SearchResult", "TargetUnreachable", "search_counted", "search_latency"]
+__all__ = ["CostModel", "SearchProblem", "SearchResult", "SearchSettings", "TargetUnreachable", "search_counted",
+           "search_latency"]
