@@ -5,7 +5,7 @@ Each pass reads what earlier passes left here and adds its part; none reaches ba
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -46,9 +46,37 @@ class PruneOptions:
     prune: tuple[str, ...] = ("heads", "channels")
 
 
+class FrozenOptions(PruneOptions):
+    """A copy of a ``PruneOptions`` that cannot be changed: what the context holds, so that
+    resolving defaults (``passes.builtin.resolve_options``) never writes into the caller's
+    object, which can be reused for another run. ``dataclasses.replace`` gives a new frozen copy."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        object.__setattr__(self, "input_shapes", dict(self.input_shapes))  # not the caller's dict
+        object.__setattr__(self, "_frozen", True)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if getattr(self, "_frozen", False):
+            raise FrozenInstanceError(f"cannot assign to field '{name}' of the context's options (a frozen copy)")
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field '{name}' of the context's options (a frozen copy)")
+
+
+def frozen_options(options: PruneOptions | None) -> FrozenOptions:
+    """A frozen copy of ``options`` (the defaults if None); a frozen one is returned as it is."""
+    if isinstance(options, FrozenOptions):
+        return options
+    options = options if options is not None else PruneOptions()
+    return FrozenOptions(**{f.name: getattr(options, f.name) for f in fields(PruneOptions)})
+
+
 @dataclass
 class PruningContext:
     model: onnx.ModelProto
+    #: a frozen copy of the options given (see ``FrozenOptions``), defaults resolved by the passes
     options: PruneOptions = field(default_factory=PruneOptions)
     opset: int = 0
     graph: gs.Graph | None = None
@@ -60,9 +88,12 @@ class PruningContext:
     calibration: Any = None
     #: per-channel statistics of the activations entering each consuming layer
     stats: dict[str, Any] = field(default_factory=dict)
-    #: the normalized graph before the rewrite, kept for reconstruction
+    #: the normalized graph, for reconstruction (``graph`` itself: the rewrite works on a copy)
     original: gs.Graph | None = None
-    #: the pruned graph, which reconstruction refines
+    #: the pruned graph (a new one, ``graph`` stays the original), which reconstruction refines
     pruned_graph: gs.Graph | None = None
     report: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.options = frozen_options(self.options)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..analysis import analyze_graph, restrict
 from ..context import PruningContext
 from ..errors import BadInputError
@@ -10,7 +12,7 @@ from ..metrics import count_flops_at, count_params
 from ..scoring import CRITERIA, needs_activations, needs_grams, score_groups, sink_tensors
 from ..selection import select_by_ratio
 from .normalize import normalize
-from .rewrite import export_checked, rewrite
+from .rewrite import apply, export_checked
 
 
 class Pass:
@@ -56,22 +58,26 @@ RECONSTRUCT_MODES = ("none", "bias", "lstsq")
 
 
 def resolve_options(ctx: PruningContext) -> None:
-    """Fill the defaults that depend on whether calibration data was given."""
+    """Fill the defaults that depend on whether calibration data was given, into a new frozen
+    copy held by the context (the caller's options are never written)."""
     opts = ctx.options
-    if opts.criterion is None:
+    criterion, reconstruct = opts.criterion, opts.reconstruct
+    if criterion is None:
         if opts.calibration is None:
-            opts.criterion = "l1"
+            criterion = "l1"
         else:
-            refit = opts.reconstruct != "none"
-            opts.criterion = DEFAULT_CALIBRATED_CRITERION if refit else DEFAULT_UNREFIT_CRITERION
-    if opts.criterion not in CRITERIA:
-        raise BadInputError(f"unknown criterion '{opts.criterion}' (choose from {', '.join(CRITERIA)})")
-    if opts.reconstruct is None:
-        opts.reconstruct = "lstsq" if opts.calibration is not None else "none"
-    if opts.reconstruct not in RECONSTRUCT_MODES:
-        raise BadInputError(f"unknown reconstruction '{opts.reconstruct}' (choose from {', '.join(RECONSTRUCT_MODES)})")
-    if opts.reconstruct != "none" and opts.calibration is None:
+            refit = reconstruct != "none"
+            criterion = DEFAULT_CALIBRATED_CRITERION if refit else DEFAULT_UNREFIT_CRITERION
+    if criterion not in CRITERIA:
+        raise BadInputError(f"unknown criterion '{criterion}' (choose from {', '.join(CRITERIA)})")
+    if reconstruct is None:
+        reconstruct = "lstsq" if opts.calibration is not None else "none"
+    if reconstruct not in RECONSTRUCT_MODES:
+        raise BadInputError(f"unknown reconstruction '{reconstruct}' (choose from {', '.join(RECONSTRUCT_MODES)})")
+    if reconstruct != "none" and opts.calibration is None:
         raise BadInputError("reconstruction needs calibration data (--calib)")
+    if (criterion, reconstruct) != (opts.criterion, opts.reconstruct):
+        ctx.options = dataclasses.replace(opts, criterion=criterion, reconstruct=reconstruct)
 
 
 class Calibrate(Pass):
@@ -96,9 +102,7 @@ class Calibrate(Pass):
             source, description = opts.calibration, None
         ctx.calibration = Calibration(source, input_specs(ctx.graph), opts.calib_samples, description)
         if opts.reconstruct != "none":
-            import onnx_graphsurgeon as gs
-
-            ctx.original = gs.import_onnx(gs.export_onnx(ctx.graph, do_type_check=False))  # rewrite edits in place
+            ctx.original = ctx.graph  # the rewrite works on a copy
         if not needs_activations(opts.criterion):
             return
         ctx.stats = collect_stats(ctx.analysis, ctx.graph, ctx.calibration, grams=needs_grams(opts.criterion))
@@ -160,8 +164,8 @@ class Rewrite(Pass):
 
     def run(self, ctx: PruningContext) -> None:
         shapes = flop_shapes(ctx)
-        before = count_flops_at(ctx.graph, shapes)  # the graph is rewritten in place: count it first
-        graph = rewrite(ctx.analysis, ctx.selection.removed)
+        before = count_flops_at(ctx.graph, shapes)
+        graph = apply(ctx.analysis.plan, ctx.selection.removed, ctx.graph)
         ctx.pruned_graph = graph
         ctx.pruned = export_checked(graph, ctx.model)
         after = count_flops_at(graph, shapes)
@@ -199,16 +203,17 @@ class Reconstruct(Pass):
         mode = ctx.options.reconstruct
         if mode in (None, "none") or ctx.original is None or not ctx.selection.removed:
             return
-        keep = ctx.analysis.keep_fn(ctx.selection.removed)
+        plan = ctx.analysis.plan
+        keep = plan.keep_fn(ctx.selection.removed)
         inputs: dict[str, list[int]] = {}
         outputs = {}
-        for site in ctx.analysis.sites:
-            if site.role == "weight_in":
-                mask = keep(site.atoms)
+        for cut in plan.cuts:
+            if cut.role == "weight_in":
+                mask = keep(cut.atoms)
                 if not mask.all():
-                    inputs[site.node.name] = [int(mask.sum()), len(mask)]
-            elif site.role == "weight_out":
-                outputs[site.node.name] = keep(site.atoms)
+                    inputs[cut.node] = [int(mask.sum()), len(mask)]
+            elif cut.role == "weight_out":
+                outputs[cut.node] = keep(cut.atoms)
         layers = [(n.name, *inputs[n.name], outputs.get(n.name)) for n in ctx.original.nodes if n.name in inputs]
         layers = reconstruct(ctx.original, ctx.pruned_graph, layers, ctx.calibration, mode=mode,
                              ridge=ctx.options.ridge)
