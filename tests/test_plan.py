@@ -78,8 +78,9 @@ def test_apply_leaves_its_graph_untouched_and_gives_the_same_model_twice(name, m
 def test_a_calibrated_run_leaves_the_original_graph_and_the_options_as_they_were():
     model = onnx.load(MODELS / "digits_cnn.onnx")
     options = PruneOptions(ratio=0.5, calibration=str(MODELS / "digits_calib.npz"), calib_samples=64)
-    snapshot = dataclasses.asdict(options)
+    snapshot, model_bytes = dataclasses.asdict(options), model.SerializeToString()
     ctx = Pipeline().run(model, options)
+    assert model.SerializeToString() == model_bytes
     assert ctx.report["reconstruction"]["layers"], "nothing was reconstructed"
     assert ctx.graph is not ctx.pruned_graph
     assert _exported(ctx.graph) == _exported(normalize(model))
