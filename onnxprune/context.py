@@ -20,6 +20,7 @@ from .selection import Selection
 @dataclass
 class PruningContext:
     model: onnx.ModelProto
+    #: the options given (frozen: ``PruneOptions`` cannot be changed), defaults resolved by the passes into copies
     options: PruneOptions = field(default_factory=PruneOptions)
     opset: int = 0
     graph: gs.Graph | None = None
@@ -31,9 +32,10 @@ class PruningContext:
     calibration: Any = None
     #: per-channel statistics of the activations entering each consuming layer
     stats: dict[str, Any] = field(default_factory=dict)
-    #: the normalized graph before the rewrite, kept for reconstruction
+    #: the normalized graph, for reconstruction (``graph`` itself: the rewrite works on a copy)
     original: gs.Graph | None = None
-    #: the pruned graph, which reconstruction refines
+    #: the pruned graph (a new one, ``graph`` stays the original), which reconstruction refines
     pruned_graph: gs.Graph | None = None
     report: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+

@@ -52,10 +52,12 @@ class Edit:
     """A change, other than slicing a weight, that depends on which channels are kept.
 
     Examples: a depthwise Conv's ``group``, Split sizes, Slice bounds, a channel count in a
-    Reshape shape. Each op rule that needs one creates it; the rewrite applies them all.
+    Reshape shape. Each op rule that needs one creates it; the rewrite applies them all, to a
+    copy of the graph: an edit holds node names and atoms (it is part of the frozen plan), and
+    finds its nodes in ``nodes`` (by name) of the ``graph`` being rewritten.
     """
 
-    def apply(self, keep: KeepFn) -> None:  # pragma: no cover - interface
+    def apply(self, keep: KeepFn, graph: gs.Graph, nodes: dict[str, gs.Node]) -> None:  # pragma: no cover
         raise NotImplementedError
 
 

@@ -12,7 +12,7 @@ from ..metrics import count_flops_at, count_params
 from ..scoring import needs_activations, needs_grams, score_groups, sink_tensors
 from ..selection import select_by_ratio
 from .normalize import normalize
-from .rewrite import check_not_bigger, export_checked, export_unchanged, note_kept_whole, rewrite
+from .rewrite import apply, check_not_bigger, export_checked, export_unchanged, note_kept_whole
 
 
 class Pass:
@@ -96,9 +96,7 @@ class Calibrate(Pass):
             source, description = opts.calibration_source(), None
         ctx.calibration = Calibration(source, input_specs(ctx.graph), opts.calib_samples, description)
         if opts.reconstruct != "none":
-            import onnx_graphsurgeon as gs
-
-            ctx.original = gs.import_onnx(gs.export_onnx(ctx.graph, do_type_check=False))  # rewrite edits in place
+            ctx.original = ctx.graph  # the rewrite works on a copy
         if not needs_activations(opts.criterion):
             return
         ctx.stats = collect_stats(ctx.analysis, ctx.graph, ctx.calibration, grams=needs_grams(opts.criterion))
@@ -157,7 +155,7 @@ class Rewrite(Pass):
     def run(self, ctx: PruningContext) -> None:
         note_kept_whole(ctx.analysis, ctx.selection)
         shapes = flop_shapes(ctx)
-        before = count_flops_at(ctx.graph, shapes)  # the graph is rewritten in place: count it first
+        before = count_flops_at(ctx.graph, shapes)
         ctx.report["before"]["flops"] = before.flops
         if not ctx.selection.removed:
             # Nothing to remove: the input is the output, never normalized or re-validated (its
@@ -168,7 +166,7 @@ class Rewrite(Pass):
             ctx.report["after"] = dict(ctx.report["before"])
             ctx.report["flops_at"] = _flops_at(ctx, before, before)
             return
-        graph = rewrite(ctx.analysis, ctx.selection.removed)
+        graph = apply(ctx.analysis.plan, ctx.selection.removed, ctx.graph)  # a new graph: ctx.graph stays the original
         ctx.pruned_graph = graph
         after = count_flops_at(graph, shapes)
         ctx.report["after"] = {"params": count_params(graph), "flops": after.flops}
@@ -210,16 +208,17 @@ class Reconstruct(Pass):
         mode = ctx.options.reconstruct
         if mode in (None, "none") or ctx.original is None or not ctx.selection.removed:
             return
-        keep = ctx.analysis.keep_fn(ctx.selection.removed)
+        plan = ctx.analysis.plan
+        keep = plan.keep_fn(ctx.selection.removed)
         inputs: dict[str, list[int]] = {}
         outputs = {}
-        for site in ctx.analysis.sites:
-            if site.role == "weight_in":
-                mask = keep(site.atoms)
+        for cut in plan.cuts:
+            if cut.role == "weight_in":
+                mask = keep(cut.atoms)
                 if not mask.all():
-                    inputs[site.node.name] = [int(mask.sum()), len(mask)]
-            elif site.role == "weight_out":
-                outputs[site.node.name] = keep(site.atoms)
+                    inputs[cut.node] = [int(mask.sum()), len(mask)]
+            elif cut.role == "weight_out":
+                outputs[cut.node] = keep(cut.atoms)
         layers = [(n.name, *inputs[n.name], outputs.get(n.name)) for n in ctx.original.nodes if n.name in inputs]
         layers = reconstruct(ctx.original, ctx.pruned_graph, layers, ctx.calibration, mode=mode,
                              ridge=ctx.options.ridge, threads=ctx.options.threads)

@@ -27,9 +27,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..analysis import Analysis, analyze_graph
+from ..analysis import Analysis
 from ..errors import OnnxPruneError
-from ..io import copy_model_fields
 from ..metrics import count_flops, count_params
 from ..selection import Selection, select_by_counts
 from .allocate import allocate, allocate_uniform, greedy_path, importance_curves
@@ -120,26 +119,18 @@ class Candidate:
 
 
 class Trials:
-    """Builds pruned variants of one normalized graph without touching it."""
+    """Builds pruned variants of one normalized graph without touching it: each trial is one
+    ``apply`` of the analysis' frozen plan to a copy, then serialized (no re-analysis)."""
 
     def __init__(self, graph: gs.Graph, analysis: Analysis, opset: int, template: onnx.ModelProto):
-        model = gs.export_onnx(graph, do_type_check=False)
-        copy_model_fields(template, model)
-        model.ir_version = max(template.ir_version, 4)
-        self._bytes = model.SerializeToString()
-        self._opset = opset
-        self._ir_version = model.ir_version
-        # all groups, prunable or not: --prune may have kept some whole in the caller's analysis
-        self._signature = [(g.id, g.classes) for g in analysis.groups]
+        self._graph = graph
+        self._plan = analysis.plan
+        self._ir_version = max(template.ir_version, 4)
 
     def build(self, selection: Selection) -> tuple[gs.Graph, bytes]:
-        from ..passes.rewrite import rewrite
+        from ..passes.rewrite import apply
 
-        graph = gs.import_onnx(onnx.load_from_string(self._bytes))
-        analysis = analyze_graph(graph, self._opset)
-        if [(g.id, g.classes) for g in analysis.groups] != self._signature:
-            raise OnnxPruneError("internal error: the analysis of a copy of the graph differs from the original's")
-        pruned = rewrite(analysis, selection.removed)
+        pruned = apply(self._plan, selection.removed, self._graph)
         model = gs.export_onnx(pruned, do_type_check=False)
         model.ir_version = self._ir_version
         return pruned, model.SerializeToString()
