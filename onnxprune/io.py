@@ -341,23 +341,6 @@ def uses_external_data(model: onnx.ModelProto) -> bool:
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
-def check_weights_only(model: onnx.ModelProto, options) -> None:
-    """Models left in their files (over :data:`LAZY_LOAD_THRESHOLD`) are pruned from their weights
-    alone: running them in ONNX Runtime (calibration, latency targets) needs one in-memory proto."""
-    if not uses_external_data(model):
-        return
-    from .scoring import needs_activations
-
-    target = getattr(options, "target", None)
-    criterion = getattr(options, "criterion", None)
-    if getattr(options, "calibration", None) is not None or target is not None \
-            or (criterion is not None and needs_activations(criterion)):
-        size = sum(int(e.value) for t in model.graph.initializer for e in t.external_data if e.key == "length")
-        raise BadInputError(f"model has {size / 1e9:.1f} GB of weights, over the {LAZY_LOAD_THRESHOLD / 1e9:.1f} GB "
-                            "onnxprune loads whole: such models are pruned from their weights alone (a weight "
-                            "criterion and a ratio; no calibration data, no target search)")
-
-
 # --- export with weights deferred ------------------------------------------------------------
 
 class _StubValues(LazyValues):
@@ -373,7 +356,7 @@ def _goes_external(const: gs.Constant) -> bool:
     nbytes = _constant_nbytes(const)
     if nbytes < EXTERNAL_TENSOR_MIN_BYTES:
         return False
-    from .metrics import is_floating
+    from .dtypes import is_floating
 
     # Shape inference and the checker read integer tensors (shape vectors); keep small ones inline.
     return is_floating(const.dtype) or nbytes >= 1 << 20

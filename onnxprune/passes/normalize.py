@@ -105,7 +105,7 @@ def infer_shapes(graph: gs.Graph) -> gs.Graph:
 
 
 def _is_bulky(t: gs.Constant) -> bool:
-    from ..metrics import is_floating
+    from ..dtypes import is_floating
 
     try:
         return is_floating(t.dtype) and int(np.prod(t.shape)) > 64
