@@ -118,18 +118,13 @@ def _fail(exc: Exception, debug: bool) -> None:
 
 
 def _nothing_to_prune(ctx, model: Path) -> str:
-    groups = ctx.analysis.groups
-    if groups:
-        return (f"nothing to prune: every channel group ({len(groups)}) is blocked (`onnxprune analyze {model}` "
-                "says why); the output is the same model")
-    from .analysis.rules import WEIGHT_LAYERS, quantized_weight
+    """Why the output is the input: no prunable group (and why), or nothing selected."""
+    from .analysis.explain import nothing_to_prune
 
-    quantized = sum(1 for n in ctx.graph.nodes if quantized_weight(n))
-    if quantized:
-        return (f"nothing to prune: the weights of {quantized} layers are quantized (DequantizeLinear), and "
-                "quantized weights are not pruned; the output is the same model")
-    return (f"nothing to prune: no {', '.join(WEIGHT_LAYERS[:-1])} or {WEIGHT_LAYERS[-1]} layer with constant "
-            "weights; the output is the same model")
+    why = nothing_to_prune(ctx.analysis)
+    if why:
+        return f"nothing to prune: {why} (`onnxprune analyze {model}` says more); the output is the same model"
+    return "nothing removed at these settings; the output is the same model"
 
 
 @click.group(cls=DefaultToPrune, context_settings={"help_option_names": ["-h", "--help"]})
@@ -332,7 +327,7 @@ def prune_cmd(model: Path, output: Path | None, ratio: float | None, target_late
         if report_path is not None or html_path is not None:
             _write_reports(result.context, report_path, html_path, model, out, written)
         say(prune_summary(result.context))
-        if not result.context.analysis.prunable_groups:
+        if written and result.unchanged:
             say(_nothing_to_prune(result.context, model))
         if calib is None and not quiet and _removed_any(result.context):
             click.echo(NO_CALIBRATION_WARNING, err=True)  # last but one: where it is read
@@ -445,8 +440,41 @@ def analyze_cmd(model: Path, verbose: bool, debug: bool) -> None:
         ctx = Pipeline([Normalize(), Analyze()]).run(model)
         before = ctx.report["before"]
         click.echo(analysis_table(ctx.analysis, before["params"], before["flops"], verbose))
+        extra = _uncovered_and_why(ctx.analysis, verbose)
+        if extra:
+            click.echo(extra)
     except Exception as exc:
         _fail(exc, debug)
+
+
+def _uncovered_and_why(analysis, verbose: bool, shown: int = 5) -> str:
+    """The weights no group covers and the constants pruning can un-share (all with -v, else the
+    first few), and why nothing is prunable."""
+    from .analysis.explain import nothing_to_prune, uncovered_weights
+
+    weights = uncovered_weights(analysis)
+    lines = [""]
+    if weights:
+        lines.append(f"weights no group covers ({len(weights)}; they are kept as they are):")
+        lines.extend(f"  {w}" for w in (weights if verbose else weights[:shown]))
+        if not verbose and len(weights) > shown:
+            lines.append(f"  ... and {len(weights) - shown} more (-v lists all)")
+    shared = [p for p in analysis.plans if p.diverges]
+    if shared:
+        lines.append(f"constants that pruning can un-share ({len(shared)}; a group is kept whole where the copy "
+                     "would hold more than its removal frees):")
+        for plan in shared if verbose else shared[:shown]:
+            groups = sorted(plan.groups)
+            listed = ", ".join(str(g) for g in (groups if verbose else groups[:8]))
+            more = f" (+{len(groups) - 8})" if not verbose and len(groups) > 8 else ""
+            lines.append(f"  {plan.tensor.name} ({plan.elements} params, read {len(plan.cuts)} times; groups "
+                         f"{listed}{more})")
+        if not verbose and len(shared) > shown:
+            lines.append(f"  ... and {len(shared) - shown} more (-v lists all)")
+    why = nothing_to_prune(analysis)
+    if why:
+        lines.append(f"nothing to prune: {why}")
+    return "\n".join(lines) if len(lines) > 1 else ""
 
 
 @main.command("bench")

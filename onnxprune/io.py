@@ -574,6 +574,23 @@ def _size_is_cheap(model: onnx.ModelProto) -> bool:
     return total < EXTERNAL_DATA_THRESHOLD
 
 
+def copy_file(source: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Copy a file byte for byte with the same temporary-file-then-rename discipline (an
+    unchanged model: the output is the input)."""
+    import shutil
+
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with temp_beside(target) as (fd, tmp):
+            with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+                shutil.copyfileobj(src, out)
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, target)
+    except OSError as exc:
+        raise OnnxPruneError(f"{target}: writing failed ({exc.strerror or exc}); nothing was written") from exc
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write a small text file (reports) with the same temporary-file-then-rename discipline."""
     target = Path(path)

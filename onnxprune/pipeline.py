@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable
 
 import onnx
 
 from .context import PruneOptions, PruningContext
 from .errors import BadInputError
-from .io import LAZY_LOAD_THRESHOLD, load_model, save_model, uses_external_data
+from .io import LAZY_LOAD_THRESHOLD, copy_file, load_model, save_model, uses_external_data
 from .passes.base import PassLike, check_pipeline, run_pass
 from .passes.builtin import PROVIDERS, default_passes
 from .scoring import needs_activations
@@ -59,13 +60,25 @@ class PruneResult:
 
     model: onnx.ModelProto
     context: PruningContext
+    #: the file the model was read from, if any
+    source: str | os.PathLike | None = None
 
     @property
     def report(self) -> dict:
         return self.context.report
 
+    @property
+    def unchanged(self) -> bool:
+        """Nothing was removed: the output is the input model as it is."""
+        selection = self.context.selection
+        return selection is None or not selection.removed
+
     def save(self, path: str | os.PathLike) -> list:
-        """Write the model; returns the files written (the model, and its data file if any)."""
+        """Write the pruned model; an unchanged model read from one file (no external data) is
+        written as a byte copy of that file. Returns the files written (the model, and its data file if any)."""
+        if self.model is self.context.model and self.source is not None:
+            copy_file(self.source, path)
+            return [Path(path)]
         return save_model(self.model, path, graph=self.context.pruned_graph)  # weights may wait in the graph
 
 
@@ -107,4 +120,4 @@ def prune(model: onnx.ModelProto | str | os.PathLike, *, ratio: float | None = N
     from .passes.builtin import default_passes
 
     ctx = Pipeline(default_passes(options, log)).run(model, options)
-    return PruneResult(ctx.pruned, ctx)
+    return PruneResult(ctx.pruned, ctx, None if isinstance(model, onnx.ModelProto) else model)

@@ -317,7 +317,7 @@ def test_nothing_prunable_exits_0_with_a_clear_message(tmp_path: Path, name: str
     assert res.returncode == 0, res.stderr
     assert "nothing to prune: " in res.stdout and needle in res.stdout
     out = path.with_name(f"{name}.pruned.onnx")
-    assert onnx.load(out).graph.node == onnx.load(path).graph.node
+    assert out.read_bytes() == path.read_bytes()
 
 
 # --- element types numpy lacks --------------------------------------------------------------------

@@ -4,7 +4,7 @@
 conv/bn/activation chains, depthwise convs, residual Add/Sum/Mul/Max/Div branches, DenseNet
 concats, C2f split + concat, channel and spatial slices, squeeze-excite, pooling/resize/pad,
 transpose and reshape round trips, ConvTranspose (also depthwise), constant maps, CBAM-style
-spatial attention, If branches, Gemm classifier heads and token MLPs with MatMul+Add (attention,
+spatial attention, conv weights shared by several convs, If branches, Gemm classifier heads and token MLPs with MatMul+Add (attention,
 LayerNorm, position embeddings); widths 2..24, spatial sizes 4..12, opsets 11/13/17, sometimes
 a symbolic batch, weights as Constant nodes, or shared integer constants. The builder keeps its
 top-level calls as Python source: a failing example prints a snippet that rebuilds the exact
@@ -103,6 +103,15 @@ class FuzzBuilder(GraphBuilder):
 
     def conv(self, x: str, c_out: int, k: int = 3, group: int = 1, bias: bool = True, stride: int = 1) -> str:
         return self._with_fan_in(self.channels(x) // group * k * k, super().conv, x, c_out, k, group, bias, stride)
+
+    def shared_conv(self, xs: list[str], c_out: int, k: int = 1, bias: bool = False) -> list[str]:
+        """Convs of every input in ``xs`` (same shape) that read one weight (and one bias)."""
+        n, c, h, w = self.shapes[xs[0]]
+        shared = [self._with_fan_in(c * k * k, self.weight, c_out, c, k, k)]
+        if bias:
+            shared.append(self.weight(c_out))
+        return [self.node("Conv", [x, *shared], [n, c_out, h, w], kernel_shape=[k, k], pads=[k // 2] * 4)
+                for x in xs]
 
     def conv_transpose(self, x: str, c_out: int) -> str:
         return self._with_fan_in(self.channels(x), super().conv_transpose, x, c_out)
@@ -660,13 +669,24 @@ class _Gen:
         s = self.b.act(self.b.conv(m, 1, k=3), "Sigmoid")
         return self.b.add(x, s, op="Mul")
 
+    def shared_weights(self, x: str) -> str:
+        """One conv weight (and bias) read by several convs, as weight-tied models have; some
+        readers continue into prunable convs, so pruning may cut the weight differently per reader."""
+        sources = [x if i == 0 or self.draw(st.booleans()) else self.activation(x)
+                   for i in range(self.draw(uniform_int(2, 4)))]
+        ys = self.b.shared_conv(sources, self.draw(WIDTH), k=self.pick([1, 3]), bias=self.draw(st.booleans()))
+        ys = [self.conv_unit(y) if self.draw(st.booleans()) else y for y in ys]
+        while sum(self.c(y) for y in ys) > MAX_CHANNELS and len(ys) > 1:
+            ys.pop()
+        return self.b.concat(*ys) if len(ys) > 1 else ys[0]
+
     #: block name, weight
     BLOCKS = {"conv_block": 4, "depthwise": 2, "residual": 3, "dense": 2, "c2f": 2, "split_merge": 1,
               "overlapping_slices": 1, "duplicate_concat": 1, "broadcast_merge": 1, "channel_slice": 2,
               "spatial_slice": 1, "se": 2, "spatial": 3, "transpose_round_trip": 2, "reshape_round_trip": 1,
               "conv_transpose": 2, "channel_op": 1, "activation": 1, "spatial_concat": 1, "multi_axis_slice": 1,
               "axis_shuffle": 1, "spatial_attention": 1, "concat_const": 1,
-              "control_flow": 1}
+              "control_flow": 1, "shared_weights": 2}
     BLOCK_LIST = tuple(name for name, weight in BLOCKS.items() for _ in range(weight))
 
     # --- heads ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import onnx_graphsurgeon as gs
 
 from ..errors import BadInputError
 from .rules import RULES, rule_key
+from .sharing import ConstantPlan, constant_plans
 from .state import SliceSite, State, UnsupportedPattern
 
 
@@ -60,6 +61,8 @@ class Analysis:
     groups: list[Group]
     #: root of every atom
     root: np.ndarray
+    #: every floating-point constant a site slices, with its readers (what the rewrite will store)
+    plans: list[ConstantPlan] = field(default_factory=list)
 
     @property
     def sites(self) -> list[SliceSite]:
@@ -94,7 +97,8 @@ def analyze_graph(graph: gs.Graph, opset: int) -> Analysis:
     root = state.roots(np.arange(len(state.parent), dtype=np.int64)) if state.parent else np.zeros(0, np.int64)
     groups = _build_groups(state, root)
     _attach_costs(state, root, groups)
-    return Analysis(graph, state, groups, root)
+    group_of = {r: g.id for g in groups for r in g.classes}
+    return Analysis(graph, state, groups, root, constant_plans(graph, state.sites, root, group_of))
 
 
 def _run_rule(node: gs.Node, state: State) -> None:

@@ -64,6 +64,15 @@ def rule(*op_types: str, channel_inputs: tuple[int, ...] | None = None):
 
 #: op types whose constant weight (input 1) creates channels and consumes them
 WEIGHT_LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+#: Layers that compute on integer (quantized) weights; the analysis has no rules for them.
+INTEGER_LAYERS = ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "com.microsoft:QGemm",
+                  "com.microsoft:QAttention", "com.microsoft:DynamicQuantizeMatMul", "com.microsoft:MatMulNBits",
+                  "com.microsoft:MatMulIntegerToFloat", "com.microsoft:QOrderedMatMul")
+#: Inputs that hold a layer's parameters (weights, biases, normalization parameters): constant
+#: folding materialises values for these even where that makes them larger than what computes them.
+PARAMETER_INPUTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (0, 1, 2), "MatMul": (0, 1),
+                    "BatchNormalization": (1, 2, 3, 4), "InstanceNormalization": (1, 2),
+                    "LayerNormalization": (1, 2), "GroupNormalization": (1, 2), "PRelu": (1,)}
 
 
 def quantized_weight(node: gs.Node) -> bool:

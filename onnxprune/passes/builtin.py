@@ -5,13 +5,13 @@ from __future__ import annotations
 from ..analysis import analyze_graph, restrict
 from ..context import PruningContext
 from ..errors import BadInputError
-from ..io import check_opset
+from ..io import check_opset, is_deferred, uses_external_data
 from ..metrics import count_flops_at, count_params
 from ..scoring import CRITERIA, needs_activations, needs_grams, score_groups, sink_tensors
 from ..selection import select_by_ratio
 from .base import Pass
 from .normalize import normalize
-from .rewrite import export_checked, rewrite
+from .rewrite import check_not_bigger, export_checked, export_unchanged, note_kept_whole, rewrite
 
 
 class Normalize(Pass):
@@ -160,17 +160,32 @@ class Rewrite(Pass):
     provides = ("pruned", "pruned_graph")
 
     def run(self, ctx: PruningContext) -> None:
+        note_kept_whole(ctx.analysis, ctx.selection)
         shapes = flop_shapes(ctx)
         before = count_flops_at(ctx.graph, shapes)  # the graph is rewritten in place: count it first
+        ctx.report["before"]["flops"] = before.flops
+        if not ctx.selection.removed:
+            # Nothing to remove: the input is the output, never normalized or re-validated (its
+            # weights are only moved when they live in external data files).
+            ctx.pruned, ctx.pruned_graph = ctx.model, None
+            if uses_external_data(ctx.model):
+                ctx.pruned_graph, ctx.pruned = export_unchanged(ctx.model)
+            ctx.report["after"] = dict(ctx.report["before"])
+            ctx.report["flops_at"] = _flops_at(ctx, before, before)
+            return
         graph = rewrite(ctx.analysis, ctx.selection.removed)
         ctx.pruned_graph = graph
-        ctx.pruned = export_checked(graph, ctx.model)
         after = count_flops_at(graph, shapes)
-        ctx.report["before"]["flops"] = before.flops
         ctx.report["after"] = {"params": count_params(graph), "flops": after.flops}
-        ctx.report["flops_at"] = {"shapes": before.shapes, "source": flop_shapes_source(ctx),
-                                  "dynamic_as_one": before.dynamic_as_one,
-                                  "uncounted": sorted(set(before.uncounted) | set(after.uncounted))}
+        ctx.report["flops_at"] = _flops_at(ctx, before, after)
+        check_not_bigger(ctx.report["before"]["params"], ctx.report["after"]["params"])
+        ctx.pruned = export_checked(graph, ctx.model)
+
+
+def _flops_at(ctx: PruningContext, before, after) -> dict:
+    """The report's ``flops_at``: the shapes both counts used, where they came from, what stayed unknown."""
+    return {"shapes": before.shapes, "source": flop_shapes_source(ctx), "dynamic_as_one": before.dynamic_as_one,
+            "uncounted": sorted(set(before.uncounted) | set(after.uncounted))}
 
 
 def flop_shapes(ctx: PruningContext) -> dict[str, list[int]]:
@@ -216,7 +231,17 @@ class Reconstruct(Pass):
         layers = reconstruct(ctx.original, ctx.pruned_graph, layers, ctx.calibration, mode=mode,
                              ridge=ctx.options.ridge)
         ctx.pruned_graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        before, after = ctx.report["before"]["params"], count_params(ctx.pruned_graph)
+        if after > before and not is_deferred(ctx.pruned):
+            # A refit weight that other layers share is copied, and refit biases are added: never
+            # at the price of a model bigger than its input. The rewrite's model stands.
+            ctx.pruned_graph = None
+            ctx.warnings.append(f"reconstruction skipped: the refit model would have {after} parameters, more "
+                                f"than the input's {before}")
+            return
+        check_not_bigger(before, after)
         ctx.pruned = export_checked(ctx.pruned_graph, ctx.model)
+        ctx.report["after"]["params"] = after
         ctx.report["reconstruction"] = {"mode": mode, "layers": [vars(r) for r in layers]}
         skipped = [r.node for r in layers if r.skipped == NON_FINITE]
         if skipped:

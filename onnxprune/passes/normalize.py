@@ -9,6 +9,7 @@ into initializers (``gs.Constant``) and then infer shapes.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -25,8 +26,20 @@ _NO_FOLD = {
     "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli",
     "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
 }
-#: Do not materialise folded tensors larger than this (elements); such nodes stay as they are.
-MAX_FOLD_ELEMENTS = 1 << 28
+#: Never materialise a folded tensor larger than this; such nodes stay as they are.
+MAX_FOLD_BYTES = 1 << 30
+#: Folding may add at most this many bytes to what the model stores, over all folds of values
+#: that are neither layer parameters (``rules.PARAMETER_INPUTS``) nor vectors: a fold costs its
+#: output's bytes less the bytes of inputs only it reads. A small Expand or Tile of a constant
+#: is folded; one that would turn a few bytes into megabytes stays a computation, as in the input.
+FOLD_BUDGET_BYTES = 64 * 1024
+#: A fold that adds more than this many bytes to what the model stores (its inputs stay, or it is
+#: much larger than they are) is recorded, and written back as its computation if the rewrite
+#: leaves it and its inputs alone (a weight made by ConstantOfShape, the transpose of a tied weight).
+WRITE_BACK_BYTES = 4096
+#: Vectors (at most one dimension over 1: per-channel scales, shape vectors) are folded outside
+#: the budget up to this size: the analysis reads them (BN parameters made by ConstantOfShape).
+MAX_VECTOR_BYTES = 1 << 20
 
 
 def normalize(model: onnx.ModelProto) -> gs.Graph:
@@ -139,9 +152,13 @@ def _constant_node_values(node: gs.Node) -> np.ndarray | None:
     return None  # strings and sparse values are left alone
 
 
-def _replace_output_with_constant(graph: gs.Graph, node: gs.Node, index: int, values: np.ndarray) -> None:
+def _replace_output_with_constant(graph: gs.Graph, node: gs.Node, index: int, values: np.ndarray) -> gs.Constant:
+    const = gs.Constant(node.outputs[index].name, np.array(values, order="C"))  # 0-d stays 0-d
+    return _replace_output_with(graph, node, index, const)
+
+
+def _replace_output_with(graph: gs.Graph, node: gs.Node, index: int, const: gs.Constant) -> gs.Constant:
     var = node.outputs[index]
-    const = gs.Constant(var.name, np.array(values, order="C"))  # 0-d stays 0-d (ascontiguousarray would not)
     for consumer in list(var.outputs):
         for i, inp in enumerate(consumer.inputs):
             if inp is var:
@@ -149,34 +166,221 @@ def _replace_output_with_constant(graph: gs.Graph, node: gs.Node, index: int, va
     for i, out in enumerate(graph.outputs):
         if out is var:
             # A graph output must stay a node output: keep the node in that case.
-            return
+            return const
     node.outputs[index] = gs.Variable(var.name + "__folded_unused", dtype=var.dtype)
+    return const
+
+
+@dataclass
+class FoldRecord:
+    """How a fold that adds to what the model stores was computed (a weight made by
+    ``ConstantOfShape``, the transpose of a weight also read as it is): the export writes that
+    computation back where the rewrite left the value and its inputs as they were, so folding
+    never stores a weight pruning did not change."""
+
+    op: str
+    domain: str
+    attrs: dict
+    #: the node's inputs (constants, perhaps folded themselves, or empty optional inputs)
+    inputs: list
+    #: the value objects the constant and its inputs held when folded: unchanged while identical
+    values: object
+    input_values: list = field(default_factory=list)
+
+
+def _record_fold(const: gs.Constant, node: gs.Node) -> None:
+    inputs = list(node.inputs)
+    const.fold_record = FoldRecord(node.op, node.domain, dict(node.attrs), inputs, const._values,
+                                   [getattr(t, "_values", None) for t in inputs])
 
 
 def _fold_constant_nodes(graph: gs.Graph, opsets: list, ir_version: int) -> None:
-    """Evaluate nodes whose inputs are all constants with ONNX's reference evaluator."""
+    """Evaluate nodes whose inputs are all constants with ONNX's reference evaluator.
+
+    What the analysis reads is folded: layer parameters (weights computed by ``ConstantOfShape``,
+    transposed weights) up to :data:`MAX_FOLD_BYTES`, and vectors (per-channel scales, shape
+    vectors) up to :data:`MAX_VECTOR_BYTES`. Anything else is folded only within
+    :data:`FOLD_BUDGET_BYTES` of growth, so that constant folding never blows a small model up.
+    Sizes are predicted by shape inference before anything is evaluated; a fold that adds to what
+    the model stores is recorded, and written back as its computation if the rewrite leaves it alone.
+    """
     from onnx.reference import ReferenceEvaluator
 
     graph.toposort()
+    needed = _parameter_sources(graph)
+    budget = FOLD_BUDGET_BYTES
+    folded: dict[tuple, gs.Constant] = {}
     for node in list(graph.nodes):
-        if node.op in _NO_FOLD or node.domain not in (None, "", "ai.onnx") or node.op == "Constant":
+        used = [o for o in node.outputs if o.outputs]
+        if not used or not _foldable(node, graph):
             continue
-        if any(isinstance(a, gs.Graph) for a in node.attrs.values()):
+        if node.op == "Identity" and isinstance(node.inputs[0], gs.Constant):
+            # its readers share the constant itself (exporters read shared weights through
+            # Identity nodes): folding never copies a weight
+            _replace_output_with(graph, node, 0, node.inputs[0])
             continue
-        if not node.inputs or not all(isinstance(t, gs.Constant) or _is_empty(t) for t in node.inputs):
+        key = _computation_key(node)
+        if key in folded:  # the same computation of the same constants: share its result
+            _replace_output_with(graph, node, 0, folded[key])
             continue
-        if any(o in graph.outputs for o in node.outputs):
+        parameter, freed = all(id(o) in needed for o in used), _freed_bytes(node)
+        predicted = _predicted_outputs(node, opsets, ir_version)
+        if predicted is None and _input_bytes(node) > FOLD_BUDGET_BYTES:
+            continue  # size unknown and the inputs are not small: leave it
+        if predicted is not None and _fold_charge(predicted, parameter, freed, budget) is None:
+            log.debug("not folding %s (%s): over the folding limits", node.name, node.op)
             continue
         try:
-            results = _evaluate(node, opsets, ir_version, ReferenceEvaluator)
+            results = [np.asarray(r) for r in _evaluate(node, opsets, ir_version, ReferenceEvaluator)]
         except Exception as exc:
             log.debug("not folding %s (%s): %s", node.name, node.op, exc)
             continue
-        if any(r is None or np.asarray(r).size > MAX_FOLD_ELEMENTS for r in results):
+        charge = _fold_charge([(r.nbytes, r.shape) for r in results], parameter, freed, budget)
+        if charge is None:
             continue
+        budget -= charge
+        large = len(results) == 1 and results[0].nbytes > freed + WRITE_BACK_BYTES
         for i, r in enumerate(results):
             if node.outputs[i].name:
-                _replace_output_with_constant(graph, node, i, np.asarray(r))
+                const = _replace_output_with_constant(graph, node, i, r)
+                if large:
+                    _record_fold(const, node)
+                if key is not None:
+                    folded[key] = const
+
+
+def _fold_charge(outputs: list[tuple[int, tuple]], parameter: bool, freed: int, budget: int) -> int | None:
+    """Bytes a fold takes from the budget (0 for what the analysis reads), None if not allowed.
+    ``outputs``: (bytes, dims) of each output; ``freed``: bytes of inputs only this node reads."""
+    total = sum(nbytes for nbytes, _ in outputs)
+    if total > MAX_FOLD_BYTES:
+        return None
+    if parameter:
+        return 0
+    if total <= MAX_VECTOR_BYTES and all(sum(int(d) > 1 for d in dims) <= 1 for _, dims in outputs):
+        return 0
+    cost = max(total - freed, 0)
+    return cost if cost <= budget else None
+
+
+def _computation_key(node: gs.Node) -> tuple | None:
+    """What a single-output node computes from which constants (None: not comparable)."""
+    if len(node.outputs) != 1:
+        return None
+    try:
+        attrs = tuple(sorted((k, repr(np.asarray(v.values).tolist()) if isinstance(v, gs.Constant) else repr(v))
+                             for k, v in node.attrs.items()))
+    except Exception:
+        return None
+    return node.op, node.domain, attrs, tuple(_input_key(t) for t in node.inputs)
+
+
+def _input_key(t) -> tuple:
+    """A small constant by its values (exporters repeat shape vectors), anything else by identity."""
+    if isinstance(t, gs.Constant) and _nbytes(t) <= 4096:
+        values = np.asarray(read_values(t))
+        return str(values.dtype), values.shape, values.tobytes()
+    return ("tensor", id(t))
+
+
+def _foldable(node: gs.Node, graph: gs.Graph) -> bool:
+    if node.op in _NO_FOLD or node.domain not in (None, "", "ai.onnx") or node.op == "Constant":
+        return False
+    if any(isinstance(a, gs.Graph) for a in node.attrs.values()):
+        return False
+    if not node.inputs or not all(isinstance(t, gs.Constant) or _is_empty(t) for t in node.inputs):
+        return False
+    return not any(o in graph.outputs for o in node.outputs)
+
+
+def _parameter_sources(graph: gs.Graph) -> set:
+    """Tensors whose values end up in a layer parameter (``rules.PARAMETER_INPUTS``), directly or
+    through nodes that fold: the values the analysis reads and slices."""
+    from ..analysis.rules import PARAMETER_INPUTS, rule_key
+
+    needed: set[int] = set()  # ids: graphsurgeon tensors are not hashable
+    for node in graph.nodes:
+        for i in PARAMETER_INPUTS.get(rule_key(node), ()):
+            if i < len(node.inputs) and isinstance(node.inputs[i], gs.Variable):
+                needed.add(id(node.inputs[i]))
+    for node in reversed(graph.nodes):  # topological order: consumers first
+        if any(id(o) in needed for o in node.outputs):
+            needed.update(id(t) for t in node.inputs if isinstance(t, gs.Variable))
+    return needed
+
+
+def _input_bytes(node: gs.Node) -> int:
+    return sum(_nbytes(t) for t in {id(t): t for t in node.inputs if isinstance(t, gs.Constant)}.values())
+
+
+def _freed_bytes(node: gs.Node) -> int:
+    """Bytes of the node's constant inputs that no other node reads (folding frees them)."""
+    freed = 0
+    for t in {id(t): t for t in node.inputs if isinstance(t, gs.Constant)}.values():
+        if all(reader is node for reader in t.outputs):
+            freed += _nbytes(t)
+    return freed
+
+
+def _nbytes(t: gs.Constant) -> int:
+    try:
+        return int(np.prod(t.shape, dtype=np.int64)) * np.dtype(_np_dtype(t.dtype)).itemsize
+    except (TypeError, ValueError, KeyError):
+        return 0
+
+
+def _np_dtype(dtype):
+    """A numpy dtype also for types given as ONNX type numbers (bfloat16, float8: ml_dtypes)."""
+    if isinstance(dtype, (int, np.integer)) and not isinstance(dtype, bool):
+        return helper.tensor_dtype_to_np_dtype(int(dtype))
+    return dtype
+
+
+def _predicted_outputs(node: gs.Node, opsets: list, ir_version: int) -> list[tuple[int, tuple]] | None:
+    """(bytes, dims) of the node's outputs as shape inference sees them, without evaluating it:
+    bulky inputs stand in as typed graph inputs, small ones (shapes, repeats) are given as values."""
+    inputs, inits, graph_inputs = [], [], []
+    outputs = [f"out{i}" if o.name else "" for i, o in enumerate(node.outputs)]
+    try:
+        for i, t in enumerate(node.inputs):
+            if _is_empty(t):
+                inputs.append("")
+                continue
+            name = f"in{i}"
+            inputs.append(name)
+            if _nbytes(t) <= 4096 or not _is_bulky(t):
+                inits.append(numpy_helper.from_array(np.asarray(read_values(t)), name))
+            else:
+                dtype = t.dtype
+                numbered = isinstance(dtype, (int, np.integer))
+                elem = int(dtype) if numbered else helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+                graph_inputs.append(helper.make_tensor_value_info(name, elem, list(t.shape)))
+        onnx_node = helper.make_node(node.op, inputs, outputs, **_onnx_attrs(node))
+        g = helper.make_graph([onnx_node], "predict", graph_inputs, [], initializer=inits)
+        m = helper.make_model(g, opset_imports=opsets, ir_version=max(ir_version, 4))
+        inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
+    except Exception:
+        return None
+    types = {vi.name: vi.type.tensor_type for vi in inferred.graph.value_info}
+    found = []
+    for name in (o for o in outputs if o):
+        tt = types.get(name)
+        if tt is None or not tt.elem_type or not tt.HasField("shape") or \
+                any(not d.HasField("dim_value") for d in tt.shape.dim):
+            return None
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize
+        dims = tuple(int(d.dim_value) for d in tt.shape.dim)
+        found.append((int(np.prod(dims, dtype=np.int64)) * itemsize, dims))
+    return found
+
+
+def _onnx_attrs(node: gs.Node) -> dict:
+    attrs = {}
+    for k, v in node.attrs.items():
+        if isinstance(v, gs.Constant):
+            v = numpy_helper.from_array(np.asarray(v.values), k)
+        attrs[k] = v
+    return attrs
 
 
 def _is_empty(t) -> bool:
@@ -205,12 +409,7 @@ def _evaluate(node: gs.Node, opsets: list, ir_version: int, evaluator_cls) -> li
         inputs.append(name)
         inits.append(numpy_helper.from_array(np.asarray(read_values(t)), name))
     outputs = [f"out{i}" if o.name else "" for i, o in enumerate(node.outputs)]
-    attrs = {}
-    for k, v in node.attrs.items():
-        if isinstance(v, gs.Constant):
-            v = numpy_helper.from_array(np.asarray(v.values), k)
-        attrs[k] = v
-    onnx_node = helper.make_node(node.op, inputs, outputs, **attrs)
+    onnx_node = helper.make_node(node.op, inputs, outputs, **_onnx_attrs(node))
     g = helper.make_graph([onnx_node], "fold", [], [helper.make_value_info(o, onnx.TypeProto()) for o in outputs if o],
                           initializer=inits)
     m = helper.make_model(g, opset_imports=opsets, ir_version=ir_version)

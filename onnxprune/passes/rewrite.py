@@ -2,20 +2,23 @@
 
 Every weight site is sliced with the kept mask of its atoms, every edit (group attributes, split
 sizes, slice bounds, shape constants) is applied, shapes are re-inferred and the model must pass
-``onnx.checker`` in full mode; if it does not, nothing is returned.
+``onnx.checker`` in full mode (in the mode the input passes, if it fails that); if it does
+not, nothing is returned.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from ..analysis import Analysis
-from ..analysis.state import set_const_input
+from ..analysis.sharing import readers
 from ..errors import RewriteError
 from ..io import (EXTERNAL_DATA_THRESHOLD, check_deferred, copy_model_fields, export_deferred, has_external_values,
-                  read_values, uses_external_data, weights_nbytes)
+                  lazy_external_values, read_values, uses_external_data, weights_nbytes)
 from .normalize import infer_shapes
 
 
@@ -30,15 +33,40 @@ def _slices_by_input(analysis: Analysis, keep) -> dict:
     return by_input
 
 
+def _slice_constants(analysis: Analysis, keep) -> None:
+    """Slice every cut constant once per distinct cut: readers cut alike share one copy (as
+    ``analysis.sharing`` plans it), and a constant all its readers cut alike is changed in place."""
+    by_constant: dict[int, tuple[gs.Tensor, dict]] = {}
+    for node, index, cuts in _slices_by_input(analysis, keep).values():
+        tensor = node.inputs[index]
+        signature = tuple(sorted((axis, mask.tobytes()) for axis, mask in cuts))
+        entry = by_constant.setdefault(id(tensor), (tensor, {}))
+        entry[1].setdefault(signature, (cuts, []))[1].append((node, index))
+    outputs = {id(t) for t in analysis.graph.outputs}
+    for tensor, by_signature in by_constant.values():
+        cut_readers = sum(len(r) for _, r in by_signature.values())
+        in_place = isinstance(tensor, gs.Constant) and len(by_signature) == 1 \
+            and cut_readers == len(readers(tensor)) and id(tensor) not in outputs
+        for cuts, reading in by_signature.values():
+            values = read_values(tensor)  # weights in external data: mapped, not kept
+            for axis, mask in cuts:
+                values = np.compress(mask, values, axis=axis)
+            values = np.array(values, order="C")  # 0-d stays 0-d
+            if in_place:
+                tensor.values = values
+                continue
+            node, index = reading[0]
+            # One (node, input) pair is unique, so this name is too, and it is the same on every run.
+            copy = gs.Constant(f"{node.name}__input{index}", values)
+            for node, index in reading:
+                node.inputs[index] = copy
+
+
 def rewrite(analysis: Analysis, removed: set[int]) -> gs.Graph:
     """Apply the removal to ``analysis.graph`` in place and return it with shapes re-inferred."""
     graph = analysis.graph
     keep = analysis.keep_fn(removed)
-    for node, index, cuts in _slices_by_input(analysis, keep).values():
-        values = read_values(node.inputs[index])  # weights in external data: mapped, not kept
-        for axis, mask in cuts:
-            values = np.compress(mask, values, axis=axis)
-        set_const_input(node, index, np.asarray(values))
+    _slice_constants(analysis, keep)
     for edit in analysis.state.edits:
         edit.apply(keep)
     io = {id(t) for t in graph.inputs} | {id(t) for t in graph.outputs}
@@ -49,6 +77,22 @@ def rewrite(analysis: Analysis, removed: set[int]) -> gs.Graph:
     return infer_shapes(graph)
 
 
+def note_kept_whole(analysis: Analysis, selection) -> None:
+    """Groups the size guard kept whole become blocked groups with its reason (for the reports)."""
+    for group in analysis.groups:
+        why = selection.kept_whole.get(group.id)
+        if why and why not in group.reasons:
+            group.reasons.append(why)
+
+
+def check_not_bigger(params_before: int, params_after: int) -> None:
+    """The last line of defence of "never make a model bigger": the selection's size guard
+    should make this unreachable; if it ever fails, nothing is written."""
+    if params_after > params_before:
+        raise RewriteError(f"refusing to write a pruned model with more parameters than its input "
+                           f"({params_before} -> {params_after}); please report this model")
+
+
 def export_checked(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     """Export with the input model's metadata, and validate fully.
 
@@ -56,17 +100,107 @@ def export_checked(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProt
     weights deferred (references without bytes, see ``io.export_deferred``): the proto stays
     small, and ``io.save_model`` streams the weights from ``graph`` to the data file.
     """
-    deferred = uses_external_data(template) or has_external_values(graph) \
-        or weights_nbytes(graph) > EXTERNAL_DATA_THRESHOLD
-    model = export_deferred(graph) if deferred else gs.export_onnx(graph, do_type_check=False)
+    with _folds_written_back(graph):
+        deferred = uses_external_data(template) or has_external_values(graph) \
+            or weights_nbytes(graph) > EXTERNAL_DATA_THRESHOLD
+        model = export_deferred(graph) if deferred else gs.export_onnx(graph, do_type_check=False)
     copy_model_fields(template, model)
     model.ir_version = max(template.ir_version, 4)
     try:
         if deferred:
             check_deferred(model, full_check=True)
         else:
-            onnx.checker.check_model(model, full_check=True)
+            _check_like_input(model, template)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RewriteError(f"pruned model failed validation: {first}") from None
     return model
+
+
+def _unchanged_fold(tensor) -> bool:
+    """A constant folded from a much smaller computation (``normalize.FoldRecord``) that neither
+    it nor its inputs have changed since."""
+    record = getattr(tensor, "fold_record", None)
+    if not isinstance(tensor, gs.Constant) or record is None or tensor._values is not record.values:
+        return False
+    return all(not isinstance(t, gs.Constant) or getattr(t, "_values", None) is v or _unchanged_fold(t)
+               for t, v in zip(record.inputs, record.input_values))
+
+
+@contextlib.contextmanager
+def _folds_written_back(graph: gs.Graph):
+    """While exporting, every unchanged large folded constant is its computation again (then the
+    graph is as it was): folding for the analysis never makes a model's file bigger."""
+    swaps, added, made = [], [], {}
+    outputs = {id(t) for t in graph.outputs}
+
+    def computed(tensor: gs.Constant) -> gs.Variable:
+        if id(tensor) not in made:
+            record = tensor.fold_record
+            inputs = [computed(t) if _unchanged_fold(t) else t for t in record.inputs]
+            out = gs.Variable(tensor.name, dtype=tensor.dtype, shape=list(tensor.shape))
+            added.append(gs.Node(record.op, f"{tensor.name}__compute", dict(record.attrs), inputs, [out],
+                                 domain=record.domain))
+            made[id(tensor)] = out
+        return made[id(tensor)]
+
+    top = {id(n) for n in graph.nodes}
+    for node in list(graph.nodes):
+        for i, tensor in enumerate(node.inputs):
+            if id(tensor) not in outputs and _unchanged_fold(tensor) \
+                    and all(id(reader) in top for reader, _ in readers(tensor)):
+                swaps.append((node, i, tensor))
+    for node, i, tensor in swaps:
+        node.inputs[i] = computed(tensor)
+    if added:
+        graph.nodes.extend(added)
+        graph.toposort()
+    try:
+        yield
+    finally:
+        for node, i, tensor in swaps:
+            node.inputs[i] = tensor
+        for node in added:
+            graph.nodes.remove(node)
+            node.inputs.clear()
+            node.outputs.clear()
+
+
+def export_unchanged(template: onnx.ModelProto) -> tuple[gs.Graph, onnx.ModelProto]:
+    """The input model as it is, not normalized, with its external weights deferred so that
+    ``io.save_model`` writes them beside the output (nothing pruned, the data must still move)."""
+    from onnx_graphsurgeon.logger import G_LOGGER
+
+    with G_LOGGER.suppress(G_LOGGER.ERROR):
+        graph = gs.import_onnx(template)
+    lazy_external_values(graph)
+    model = export_deferred(graph)
+    copy_model_fields(template, model)
+    return graph, model
+
+
+def _check_like_input(model: onnx.ModelProto, template: onnx.ModelProto) -> None:
+    """``onnx.checker`` in full mode, but never stricter than the input passes: where the input
+    fails a level (an output of run-time rank fails both), the output may fail it only with the
+    same first error; the weaker levels it must still pass."""
+    for full_check in (True, False):
+        error = _check_error(model, full_check)
+        if error is None:
+            return
+        input_error = _check_error(template, full_check)
+        if input_error is None:
+            raise error
+        if full_check is False and _first_line(input_error) != _first_line(error):
+            raise error
+
+
+def _check_error(model: onnx.ModelProto, full_check: bool) -> Exception | None:
+    try:
+        onnx.checker.check_model(model, full_check=full_check)
+        return None
+    except Exception as exc:
+        return exc
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

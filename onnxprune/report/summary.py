@@ -37,7 +37,8 @@ def analysis_table(analysis: Analysis, params: int, flops: int, verbose: bool = 
         lines.append("blocked:")
         for g in blocked:
             why = "; ".join(g.reasons) if g.reasons else "a single channel cannot be pruned"
-            lines.append(f"{g.id:>5}  {g.channels:>8}  {_shorten(g.name, 40):<40}  {why if verbose else _shorten(why, 100)}")
+            name = ", ".join(g.sources) if verbose else _shorten(g.name, 40)
+            lines.append(f"{g.id:>5}  {g.channels:>8}  {name:<40}  {why if verbose else _shorten(why, 100)}")
     return "\n".join(lines)
 
 
@@ -139,5 +140,6 @@ def search_summary(report: dict) -> list[str]:
     if fidelity and fidelity["outputs"]:
         parts = [f"{name}: cosine {v['mean_cosine']:.4f} (min {v['min_cosine']:.4f}), relative error "
                  f"{v['relative_error']:.4f}" for name, v in list(fidelity["outputs"].items())[:3]]
-        rows.append(f"fidelity on {fidelity['batches']} calibration batch(es): " + "; ".join(parts))
+        count = fidelity.get("samples", fidelity["batches"])
+        rows.append(f"fidelity on {count} calibration sample{'s' if count != 1 else ''}: " + "; ".join(parts))
     return rows
