@@ -10,8 +10,8 @@ from ..metrics import count_flops_at, count_params
 from ..scoring import CRITERIA, needs_activations, needs_grams, score_groups, sink_tensors
 from ..selection import select_by_ratio
 from .base import Pass
-from .normalize import normalize
-from .rewrite import check_not_bigger, export_checked, export_unchanged, note_kept_whole, rewrite
+from ..normalize import normalize
+from ..rewrite import check_not_bigger, export_checked, export_unchanged, note_kept_whole, rewrite
 
 
 class Normalize(Pass):

@@ -218,7 +218,7 @@ def profile_model(path: str | os.PathLike, provider: str = "cpu", threads: int |
     """``onnxprune profile``: load, analyze, measure the baseline, time every layer's widths."""
     from ..analysis import analyze_graph
     from ..io import check_opset, load_model, model_fingerprint
-    from ..passes.normalize import normalize
+    from ..normalize import normalize
     from ..runtime.session import make_runner
     from ..runtime.timing import interleaved
 

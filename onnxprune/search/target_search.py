@@ -132,7 +132,7 @@ class Trials:
         self._signature = [(g.id, g.classes) for g in analysis.groups]
 
     def build(self, selection: Selection) -> tuple[gs.Graph, bytes]:
-        from ..passes.rewrite import rewrite
+        from ..rewrite import rewrite
 
         graph = gs.import_onnx(onnx.load_from_string(self._bytes))
         analysis = analyze_graph(graph, self._opset)

@@ -14,10 +14,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..analysis import Analysis
-from ..analysis.sharing import readers
-from ..errors import RewriteError
-from ..io import (EXTERNAL_DATA_THRESHOLD, check_deferred, copy_model_fields, export_deferred, has_external_values,
+from .analysis import Analysis
+from .analysis.sharing import readers
+from .errors import RewriteError
+from .io import (EXTERNAL_DATA_THRESHOLD, check_deferred, copy_model_fields, export_deferred, has_external_values,
                   lazy_external_values, read_values, uses_external_data, weights_nbytes)
 from .normalize import infer_shapes
 
