@@ -106,6 +106,14 @@ class DefaultToPrune(click.Group):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
+def _debug_log(debug: bool) -> None:
+    """``--debug``: the library's debug records too, with their tracebacks."""
+    if debug:
+        from .report.log import install
+
+        install(debug=True)
+
+
 def _fail(exc: Exception, debug: bool) -> None:
     if debug:
         raise exc
@@ -141,9 +149,11 @@ def main() -> None:
     onnxprune bench MODEL [MODEL ...]      measure latency, side by side
     onnxprune profile MODEL -o table.json  time layers at every width, for --latency-table
     """
+    from .report.log import install
     from .report.progress import enable
 
     enable(True)  # progress lines on a terminal; commands with --quiet turn them off
+    install()  # the library's log records: one line each on stderr
 
 
 _CONFIG_FILE = "onnxprune.config_file"
@@ -284,6 +294,7 @@ def prune_cmd(model: Path, output: Path | None, ratio: float | None, target_late
               debug: bool) -> None:
     """Prune MODEL and write the smaller model: a ratio of every group, or to a latency/FLOPs/params target."""
     try:
+        _debug_log(debug)
         if quiet:
             from .report.progress import enable
 
@@ -433,6 +444,7 @@ def _write_reports(ctx, json_path: Path | None, html_path: Path | None, model: P
 def analyze_cmd(model: Path, verbose: bool, debug: bool) -> None:
     """List MODEL's channel groups: channels, nodes, params, FLOPs, and why blocked ones are."""
     try:
+        _debug_log(debug)
         from .passes.builtin import Analyze, Normalize
         from .pipeline import Pipeline
         from .report.summary import analysis_table

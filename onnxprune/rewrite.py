@@ -113,7 +113,7 @@ def export_checked(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProt
             _check_like_input(model, template)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RewriteError(f"pruned model failed validation: {first}") from None
+        raise RewriteError(f"pruned model failed validation: {first}") from exc
     return model
 
 
