@@ -34,3 +34,19 @@ def test_the_import_layers_contract_is_kept():
     res = subprocess.run([sys.executable, "-c", "from importlinter.cli import lint_imports_command as c; c()"],
                          cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-3000:]
+
+
+def test_only_the_cli_switches_the_terminal_ui():
+    """Progress bars and the log handler are the CLI's to turn on: library code never does."""
+    import ast
+
+    switches = {"enable", "install"}
+    offenders = []
+    for path in sorted((ROOT / "onnxprune").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel in ("onnxprune/cli.py", "onnxprune/report/progress.py", "onnxprune/report/log.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.endswith(("progress", "report.log")):
+                offenders += [f"{rel}: imports {a.name}" for a in node.names if a.name in switches]
+    assert not offenders, offenders
