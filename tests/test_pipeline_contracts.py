@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from onnxprune import (Analyze, BadInputError, Benchmark, Calibrate, Normalize, Pass, PassError, Pipeline,
@@ -66,3 +67,23 @@ def test_an_input_error_inside_a_pass_keeps_its_type_and_says_which_pass():
     with pytest.raises(BadInputError, match="ratio must be in") as info:
         Pipeline([Normalize(), Analyze(), Score(), Select()]).run(str(MODEL), PruneOptions(ratio=1.5))
     assert info.value.pass_name == "select"
+
+
+def test_a_pass_of_ones_own_without_declarations_or_with_a_lone_name_is_understood():
+    class Undeclared:  # duck-typed, as docs/python-api.md shows: needs nothing, provides nothing
+        name = "undeclared"
+
+        def run(self, ctx):
+            pass
+
+    class Scorer(Pass):
+        name = "scorer"
+        requires, provides = "analysis", "scores"
+
+        def run(self, ctx):
+            ctx.scores = {g.id: np.ones(len(g.classes)) for g in ctx.analysis.groups}
+
+    ctx = Pipeline([Normalize(), Undeclared(), Analyze(), Scorer(), Select()]).run(str(MODEL))
+    assert ctx.selection is not None
+    with pytest.raises(PipelineError, match="'select' needs 'scores'"):
+        Pipeline([Normalize(), Analyze(), Undeclared(), Select()])

@@ -51,7 +51,7 @@ def check_pipeline(passes: Iterable[PassLike], providers: dict[str, str] | None 
     """
     filled = set(INITIAL_FIELDS)
     for p in passes:
-        missing = tuple(f for f in getattr(p, "requires", ()) if f not in filled)
+        missing = tuple(f for f in _names(getattr(p, "requires", ())) if f not in filled)
         if missing:
             hints = [f"'{f}' (provided by {providers[f]})" if providers and f in providers else f"'{f}'"
                      for f in missing]
@@ -59,7 +59,12 @@ def check_pipeline(passes: Iterable[PassLike], providers: dict[str, str] | None 
                                 f"pass '{pass_name(p)}' needs {', '.join(hints)}, which no earlier pass provides; "
                                 "add that pass before it (a pass of your own declares what it fills in "
                                 "`provides`)")
-        filled.update(getattr(p, "provides", ()))
+        filled.update(_names(getattr(p, "provides", ())))
+
+
+def _names(fields) -> tuple[str, ...]:
+    """A declaration as a tuple of names (a lone string is one name, not its letters)."""
+    return (fields,) if isinstance(fields, str) else tuple(fields or ())
 
 
 def run_pass(p: PassLike, ctx: PruningContext) -> None:
