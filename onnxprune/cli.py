@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .errors import BadInputError, OnnxPruneError
+from .errors import BadInputError, OnnxPruneError, PassError
 from .scoring import CRITERIA
 
 
@@ -121,6 +121,8 @@ def _fail(exc: Exception, debug: bool) -> None:
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if not isinstance(exc, OnnxPruneError):
         message = f"internal error: {type(exc).__name__}: {message} (rerun with --debug for details)"
+    elif isinstance(exc, PassError) and exc.__cause__ is not None:  # a bug inside a pass: its traceback helps
+        message += " (rerun with --debug for details)"
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
 

@@ -72,3 +72,21 @@ def test_the_cli_handler_prints_one_line_per_record_tracebacks_only_with_debug(d
     err = capsys.readouterr().err
     assert err.startswith("warning: internal error in the rule for Relu ('r'): KeyError\n")
     assert ("Traceback" in err) == debug and isinstance(handler, TerminalHandler)
+
+
+def test_a_bug_inside_a_pass_is_one_line_in_the_cli_and_its_chain_with_debug(monkeypatch, capsys):
+    from onnxprune import cli
+
+    def broken(self, ctx):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(Analyze, "run", broken)
+    for debug in (False, True):
+        with pytest.raises((SystemExit, PassError)) as info:
+            cli.main(["analyze", str(MODEL)] + (["--debug"] if debug else []), standalone_mode=False)
+        err = capsys.readouterr().err
+        if debug:  # the chained traceback: the PassError, caused by the KeyError
+            assert isinstance(info.value, PassError) and isinstance(info.value.__cause__, KeyError)
+        else:
+            assert info.value.code == 1 and err.count("\n") == 1
+            assert err.startswith("error: internal error in pass 'analyze': KeyError") and "--debug" in err
