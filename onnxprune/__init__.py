@@ -6,7 +6,7 @@ refusing (with a reason) every group of channels whose removal it cannot prove c
 
 from .analysis import Analysis, Group, analyze_graph
 from .context import PruneOptions, PruningContext
-from .errors import BadInputError, OnnxPruneError
+from .errors import BadInputError, OnnxPruneError, PassError, PipelineError
 from .passes.builtin import Analyze, Calibrate, Normalize, Pass, Reconstruct, Rewrite, Score, Select
 from .passes.benchmark import Benchmark
 from .passes.search import Search
@@ -17,7 +17,8 @@ from .search.target_search import TargetUnreachable
 __version__ = "0.1.0"
 
 __all__ = [
-    "Analysis", "Analyze", "BadInputError", "Calibrate", "Reconstruct", "Group", "Normalize", "OnnxPruneError", "Pass", "Pipeline",
+    "Analysis", "Analyze", "BadInputError", "Calibrate", "Reconstruct", "Group", "Normalize", "OnnxPruneError", "Pass", "PassError", "Pipeline",
+    "PipelineError",
     "PruneOptions", "PruneResult", "PruningContext", "Rewrite", "Score", "Search", "Select", "TargetUnreachable",
     "Verify", "Benchmark", "analyze_graph", "prune",
 ]

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from .cli_args import field_option, help_sections, options_from_cli, prune_options
-from .errors import BadInputError, OnnxPruneError
+from .errors import BadInputError, OnnxPruneError, PassError
 from .options import INPUT, OUTPUT, check_round_to, check_threads
 
 
@@ -99,6 +99,14 @@ class DefaultToPrune(click.Group):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
+def _debug_log(debug: bool) -> None:
+    """``--debug``: the library's debug records too, with their tracebacks."""
+    if debug:
+        from .report.log import install
+
+        install(debug=True)
+
+
 def _fail(exc: Exception, debug: bool) -> None:
     if debug:
         raise exc
@@ -106,6 +114,8 @@ def _fail(exc: Exception, debug: bool) -> None:
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if not isinstance(exc, OnnxPruneError):
         message = f"internal error: {type(exc).__name__}: {message} (rerun with --debug for details)"
+    elif isinstance(exc, PassError) and exc.__cause__ is not None:  # a bug inside a pass: its traceback helps
+        message += " (rerun with --debug for details)"
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
 
@@ -134,9 +144,11 @@ def main() -> None:
     onnxprune bench MODEL [MODEL ...]      measure latency, side by side
     onnxprune profile MODEL -o table.json  time layers at every width, for --latency-table
     """
+    from .report.log import install
     from .report.progress import enable
 
     enable(True)  # progress lines on a terminal; commands with --quiet turn them off
+    install()  # the library's log records: one line each on stderr
 
 
 _CONFIG_FILE = "onnxprune.config_file"
@@ -210,6 +222,7 @@ def prune_cmd(model: Path, output: Path | None, force: bool, report_path: Path |
               quiet: bool, debug: bool, **values) -> None:
     """Prune MODEL and write the smaller model: a ratio of every group, or to a latency/FLOPs/params target."""
     try:
+        _debug_log(debug)
         if quiet:
             from .report.progress import enable
 
@@ -309,6 +322,7 @@ def _write_reports(ctx, json_path: Path | None, html_path: Path | None, model: P
 def analyze_cmd(model: Path, verbose: bool, debug: bool) -> None:
     """List MODEL's channel groups: channels, nodes, params, FLOPs, and why blocked ones are."""
     try:
+        _debug_log(debug)
         from .passes.builtin import Analyze, Normalize
         from .pipeline import Pipeline
         from .report.summary import analysis_table

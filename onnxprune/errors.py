@@ -23,3 +23,23 @@ class RewriteError(OnnxPruneError):
     """The rewrite produced a model that failed validation; nothing is written."""
 
     exit_code = 1
+
+
+class PassError(OnnxPruneError):
+    """A pass failed for a reason that is not the user's input (a bug, or a pass of one's own);
+    ``pass_name`` says which, and the original exception is its ``__cause__``."""
+
+    exit_code = 1
+
+    def __init__(self, pass_name: str, message: str):
+        super().__init__(message)
+        self.pass_name = pass_name
+
+
+class PipelineError(PassError):
+    """A pipeline was composed without a prerequisite of one of its passes; raised before any runs.
+    ``missing`` names the context fields no earlier pass provides."""
+
+    def __init__(self, pass_name: str, missing: tuple[str, ...], message: str):
+        super().__init__(pass_name, message)
+        self.missing = missing

@@ -61,7 +61,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     try:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as exc:  # protobuf raises several types for garbage input
-        raise BadInputError(f"{p}: not a valid ONNX model ({type(exc).__name__})") from None
+        raise BadInputError(f"{p}: not a valid ONNX model ({type(exc).__name__})") from exc
     if not model.graph.node and not model.graph.output:
         raise BadInputError(f"{p}: not a valid ONNX model (no graph)")
     check_opset(model, str(p))
@@ -93,7 +93,7 @@ def _attach_external_data(model: onnx.ModelProto, path: Path) -> None:
             external_data_helper.load_external_data_for_tensor(t, base)
         except Exception as exc:
             raise BadInputError(f"{path}: cannot read external data of tensor '{t.name}' ({_first_line(exc)})") \
-                from None
+                from exc
 
 
 def _checked_region(t: onnx.TensorProto, base: str, path: Path) -> tuple[str, int, int]:
@@ -103,20 +103,20 @@ def _checked_region(t: onnx.TensorProto, base: str, path: Path) -> tuple[str, in
             warnings.simplefilter("ignore")
             info = external_data_helper.ExternalDataInfo(t)
     except ValueError as exc:
-        raise BadInputError(f"{path}: bad external data entry for tensor '{t.name}' ({exc})") from None
+        raise BadInputError(f"{path}: bad external data entry for tensor '{t.name}' ({exc})") from exc
     if not info.location:
         raise BadInputError(f"{path}: tensor '{t.name}' is marked external but names no data file")
     if not os.path.lexists(os.path.join(base, info.location)):
         raise BadInputError(f"{path}: missing external data file {info.location}")
     try:  # onnx's own check: relative, inside the model's folder, a regular file, not a link
         fd = external_data_helper._open_external_data_fd(base, info.location, t.name, True)
-    except AttributeError:  # older onnx: open it ourselves after the same lexical checks
+    except AttributeError as exc:  # older onnx: open it ourselves after the same lexical checks
         if os.path.isabs(info.location) or ".." in Path(info.location).parts:
             raise BadInputError(f"{path}: external data location '{info.location}' is outside the model's folder") \
-                from None
+                from exc
         fd = os.open(os.path.join(base, info.location), os.O_RDONLY)
     except Exception as exc:
-        raise BadInputError(f"{path}: cannot read external data of tensor '{t.name}' ({_first_line(exc)})") from None
+        raise BadInputError(f"{path}: cannot read external data of tensor '{t.name}' ({_first_line(exc)})") from exc
     try:
         size = os.fstat(fd).st_size
     finally:
@@ -208,9 +208,9 @@ def check_domains(model: onnx.ModelProto, where: str = "model") -> None:
         if domain in known and (node.domain, node.op_type) not in local_functions:
             try:
                 onnx.defs.get_schema(node.op_type, imported[domain], domain)
-            except onnx.defs.SchemaError:
+            except onnx.defs.SchemaError as exc:
                 raise BadInputError(f"{where}: node '{node.name or node.op_type}': {domain or 'ai.onnx'} opset "
-                                    f"{imported[domain]} has no operator {node.op_type}") from None
+                                    f"{imported[domain]} has no operator {node.op_type}") from exc
     for function in model.functions:
         f_imported = {_canonical_domain(imp.domain) for imp in function.opset_import}
         for node in function.node:
@@ -341,23 +341,6 @@ def uses_external_data(model: onnx.ModelProto) -> bool:
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
-def check_weights_only(model: onnx.ModelProto, options) -> None:
-    """Models left in their files (over :data:`LAZY_LOAD_THRESHOLD`) are pruned from their weights
-    alone: running them in ONNX Runtime (calibration, latency targets) needs one in-memory proto."""
-    if not uses_external_data(model):
-        return
-    from .scoring import needs_activations
-
-    target = getattr(options, "target", None)
-    criterion = getattr(options, "criterion", None)
-    if getattr(options, "calibration", None) is not None or target is not None \
-            or (criterion is not None and needs_activations(criterion)):
-        size = sum(int(e.value) for t in model.graph.initializer for e in t.external_data if e.key == "length")
-        raise BadInputError(f"model has {size / 1e9:.1f} GB of weights, over the {LAZY_LOAD_THRESHOLD / 1e9:.1f} GB "
-                            "onnxprune loads whole: such models are pruned from their weights alone (a weight "
-                            "criterion and a ratio; no calibration data, no target search)")
-
-
 # --- export with weights deferred ------------------------------------------------------------
 
 class _StubValues(LazyValues):
@@ -373,7 +356,7 @@ def _goes_external(const: gs.Constant) -> bool:
     nbytes = _constant_nbytes(const)
     if nbytes < EXTERNAL_TENSOR_MIN_BYTES:
         return False
-    from .metrics import is_floating
+    from .dtypes import is_floating
 
     # Shape inference and the checker read integer tensors (shape vectors); keep small ones inline.
     return is_floating(const.dtype) or nbytes >= 1 << 20
@@ -448,7 +431,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, graph: gs.Graph 
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise BadInputError(f"{target}: cannot create its folder {target.parent} ({exc.strerror or exc})") from None
+        raise BadInputError(f"{target}: cannot create its folder {target.parent} ({exc.strerror or exc})") from exc
     try:
         if target.is_dir():
             raise IsADirectoryError(errno.EISDIR, "is a directory")
@@ -456,8 +439,8 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, graph: gs.Graph 
     except OSError as exc:
         reason = exc.strerror or str(exc)
         if exc.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG):
-            raise OnnxPruneError(f"{target}: writing failed ({reason}); nothing was written") from None
-        raise BadInputError(f"{target}: cannot write there ({reason})") from None
+            raise OnnxPruneError(f"{target}: writing failed ({reason}); nothing was written") from exc
+        raise BadInputError(f"{target}: cannot write there ({reason})") from exc
 
 
 def _save(model: onnx.ModelProto, target: Path, graph: gs.Graph | None) -> list[Path]:
@@ -619,7 +602,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, target)
     except OSError as exc:
-        raise BadInputError(f"{target}: cannot write here ({exc.strerror or type(exc).__name__})") from None
+        raise BadInputError(f"{target}: cannot write here ({exc.strerror or type(exc).__name__})") from exc
 
 
 def model_fingerprint(model: onnx.ModelProto) -> str:

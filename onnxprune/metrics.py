@@ -21,28 +21,13 @@ import onnx_graphsurgeon as gs
 
 from .analysis.state import shape
 from .ops import spec_for
+from .dtypes import is_floating  # noqa: F401  (callers import it from here too)
 
 
 def static_shape(tensor) -> list[int] | None:
     """The tensor's shape with dynamic dimensions taken as 1; None if the rank is unknown."""
     dims = shape(tensor)
     return None if dims is None else [1 if d is None else int(d) for d in dims]
-
-
-#: Float types numpy has no dtype for; onnx-graphsurgeon gives their ONNX type number instead.
-_ONNX_ONLY_FLOATS = {onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E4M3FNUZ,
-                     onnx.TensorProto.FLOAT8E5M2, onnx.TensorProto.FLOAT8E5M2FNUZ}
-
-
-def is_floating(dtype) -> bool:
-    """Whether a tensor dtype (a numpy dtype, or an ONNX type number for types numpy lacks) is a float."""
-    if isinstance(dtype, (int, np.integer)) and not isinstance(dtype, bool):
-        return int(dtype) in _ONNX_ONLY_FLOATS
-    try:
-        return np.issubdtype(np.dtype(dtype), np.floating) or np.dtype(dtype).name in ("bfloat16",) \
-            or np.dtype(dtype).name.startswith("float8")
-    except TypeError:
-        return False
 
 
 def count_params(graph: gs.Graph) -> int:

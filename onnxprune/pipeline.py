@@ -11,27 +11,50 @@ from typing import Any, Callable, Iterable
 import onnx
 
 from .context import PruningContext
-from .io import check_weights_only, copy_file, load_model, save_model
+from .errors import BadInputError
+from .io import LAZY_LOAD_THRESHOLD, copy_file, load_model, save_model, uses_external_data
 from .options import PruneOptions, default_of
-from .passes.builtin import Pass, default_passes
+from .passes.base import PassLike, check_pipeline, run_pass
+from .passes.builtin import PROVIDERS, default_passes
+from .scoring import needs_activations
 
 
 class Pipeline:
-    """An ordered list of passes. ``run`` returns the context they filled in."""
+    """An ordered list of passes. ``run`` checks that each pass's ``requires`` are provided by
+    an earlier one (``PipelineError`` otherwise, before anything runs), then runs them in order
+    and returns the context they filled in."""
 
-    def __init__(self, passes: Iterable[Pass] | None = None):
+    def __init__(self, passes: Iterable[PassLike] | None = None):
         self.passes = list(passes) if passes is not None else None
+        if self.passes is not None:
+            check_pipeline(self.passes, PROVIDERS)
 
     def run(self, model: onnx.ModelProto | str | os.PathLike, options: PruneOptions | None = None) -> PruningContext:
         options = (options or PruneOptions()).validate()  # the caller's object is not changed
+        passes = self.passes if self.passes is not None else default_passes(options)
+        check_pipeline(passes, PROVIDERS)  # again: a pass may have been added to ``self.passes`` since
         if not isinstance(model, onnx.ModelProto):
             model = load_model(model)
         ctx = PruningContext(model=model, options=options)
         check_weights_only(model, ctx.options)
-        passes = self.passes if self.passes is not None else default_passes(ctx.options)
         for p in passes:
-            p.run(ctx)
+            run_pass(p, ctx)
         return ctx
+
+
+def check_weights_only(model: onnx.ModelProto, options: PruneOptions) -> None:
+    """Models left in their files (over :data:`io.LAZY_LOAD_THRESHOLD`) are pruned from their weights
+    alone: running them in ONNX Runtime (calibration, latency targets) needs one in-memory proto."""
+    if not uses_external_data(model):
+        return
+    target = getattr(options, "target", None)
+    criterion = getattr(options, "criterion", None)
+    if getattr(options, "calibration", None) is not None or target is not None \
+            or (criterion is not None and needs_activations(criterion)):
+        size = sum(int(e.value) for t in model.graph.initializer for e in t.external_data if e.key == "length")
+        raise BadInputError(f"model has {size / 1e9:.1f} GB of weights, over the {LAZY_LOAD_THRESHOLD / 1e9:.1f} GB "
+                            "onnxprune loads whole: such models are pruned from their weights alone (a weight "
+                            "criterion and a ratio; no calibration data, no target search)")
 
 
 @dataclass

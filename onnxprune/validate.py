@@ -192,7 +192,7 @@ def _check_nodes(model: onnx.ModelProto, where: str) -> None:
             onnx.checker.check_node(node, ctx)
         except onnx.checker.ValidationError as exc:
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
-            raise BadInputError(f"{where}: node '{_node_name(node)}' ({node.op_type}): {text}") from None
+            raise BadInputError(f"{where}: node '{_node_name(node)}' ({node.op_type}): {text}") from exc
 
 
 def _node_reads(node: onnx.NodeProto) -> Iterator[str]:
@@ -262,7 +262,7 @@ def _check_types(model: onnx.ModelProto, where: str) -> None:
         text = str(exc).strip()
         if any(marker in text for marker in _TYPE_ERRORS):
             first = text.splitlines()[0].replace("[ShapeInferenceError] Inference error(s): ", "")
-            raise BadInputError(f"{where}: type error: {first}") from None
+            raise BadInputError(f"{where}: type error: {first}") from exc
 
 
 def _check_functions_not_recursive(model: onnx.ModelProto, where: str) -> None:

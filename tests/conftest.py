@@ -6,6 +6,12 @@ channels' contributions in the original, prune, and the outputs must match.
 
 from __future__ import annotations
 
+import os
+
+# Strict rules: a rule raising anything but UnsupportedPattern fails the test (and the CLI runs
+# the tests start inherit it), instead of passing as a refused group. Set before onnxprune is used.
+os.environ["ONNXPRUNE_STRICT_RULES"] = "1"
+
 import numpy as np
 import onnx
 import pytest

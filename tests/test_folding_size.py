@@ -11,7 +11,7 @@ from graphs import GraphBuilder
 from onnx import helper, numpy_helper
 
 from onnxprune.io import save_model
-from onnxprune.passes.normalize import FOLD_BUDGET_BYTES, normalize
+from onnxprune.normalize import FOLD_BUDGET_BYTES, normalize
 
 
 def _with_constant_chain(kind: str) -> onnx.ModelProto:

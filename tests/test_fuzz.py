@@ -30,7 +30,7 @@ from graphs import GraphBuilder
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from onnxprune.passes.normalize import normalize
+from onnxprune.normalize import normalize
 
 OPSETS = (11, 13, 17)
 

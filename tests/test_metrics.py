@@ -10,7 +10,7 @@ import pytest
 
 import onnxprune
 from onnxprune.metrics import count_flops, count_flops_at
-from onnxprune.passes.normalize import normalize
+from onnxprune.normalize import normalize
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from onnxprune.context import PruneOptions
 from onnxprune.errors import RewriteError
 from onnxprune.passes.builtin import Analyze, Normalize, Rewrite, Score, Select
-from onnxprune.passes.rewrite import check_not_bigger
+from onnxprune.rewrite import check_not_bigger
 from onnxprune.pipeline import Pipeline
 
 

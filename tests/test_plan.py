@@ -13,8 +13,8 @@ import pytest
 from onnxprune.analysis import analyze_graph
 from onnxprune.context import PruneOptions
 from onnxprune.passes.builtin import Analyze, Normalize, Score, Select
-from onnxprune.passes.normalize import normalize
-from onnxprune.passes.rewrite import apply
+from onnxprune.normalize import normalize
+from onnxprune.rewrite import apply
 from onnxprune.pipeline import Pipeline
 from onnxprune.search.target_search import Trials
 

@@ -190,7 +190,7 @@ class _FakeRunner:
 
 
 def _fake_ms(model: onnx.ModelProto) -> float:
-    from onnxprune.passes.normalize import normalize
+    from onnxprune.normalize import normalize
 
     graph = normalize(model)
     odd = sum(1 for n in graph.nodes if n.op == "Conv" and n.inputs[1].shape[0] % 8)
@@ -287,7 +287,7 @@ def test_latency_figures_are_one_measurement_in_summary_json_and_html(fake_clock
 
 def test_over_pruning_far_under_the_target_is_reported(fake_clock, monkeypatch):
     model = onnx.load(str(MODELS / "resnet_small.onnx"))
-    from onnxprune.passes.normalize import normalize
+    from onnxprune.normalize import normalize
 
     # latency stays on a plateau until the FLOPs fall under 40%: the first rung that meets a
     # target of 95% of the baseline is far under it
@@ -415,7 +415,7 @@ def test_cli_target_flops(tmp_path):
     assert result.exit_code == 0, result.output
     assert "target flops <= 0.5 of the original: met" in result.output
     before = onnx.load(str(MODELS / "mobilenetv2_small.onnx"))
-    from onnxprune.passes.normalize import normalize
+    from onnxprune.normalize import normalize
 
     assert count_flops(normalize(onnx.load(str(out)))) <= 0.5 * count_flops(normalize(before))
 

@@ -2,7 +2,7 @@
 
 The analysis runs once on the normalized graph; its weight sites and edits are then frozen here,
 keyed by node names (unique after normalization) and atom ids, with no graph objects in them. A
-plan can be applied to any copy of the graph it was made from (``passes.rewrite.apply``), as many
+plan can be applied to any copy of the graph it was made from (``rewrite.apply``), as many
 times as a search needs, without analysing again.
 """
 

@@ -276,7 +276,7 @@ def _npz_batches(path: Path) -> Iterator[tuple[str, int, dict]]:
         data = np.load(path, allow_pickle=False)
         arrays = {k: data[k] for k in data.files}
     except Exception as exc:
-        raise BadInputError(f"calibration file {path}: unreadable ({type(exc).__name__})") from None
+        raise BadInputError(f"calibration file {path}: unreadable ({type(exc).__name__})") from exc
     if not arrays:
         raise BadInputError(f"calibration file {path}: empty")
     if any(a.ndim == 0 for a in arrays.values()):
@@ -294,7 +294,7 @@ def _script_batches(path: Path) -> Iterator[dict]:
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
-        raise BadInputError(f"calibration script {path}: failed to load ({type(exc).__name__}: {exc})") from None
+        raise BadInputError(f"calibration script {path}: failed to load ({type(exc).__name__}: {exc})") from exc
     if not callable(getattr(module, "load_data", None)):
         raise BadInputError(f"calibration script {path}: defines no load_data()")
     yield from module.load_data()

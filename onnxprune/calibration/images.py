@@ -121,8 +121,8 @@ class ImageFolder:
     def _load(self, path: Path) -> np.ndarray:
         try:
             from PIL import Image
-        except ImportError:
-            raise BadInputError("reading an image folder needs Pillow (pip install pillow)") from None
+        except ImportError as exc:
+            raise BadInputError("reading an image folder needs Pillow (pip install pillow)") from exc
         try:
             with warnings.catch_warnings():  # over Pillow's pixel limit: refused, not decoded
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -133,9 +133,9 @@ class ImageFolder:
                 x = np.asarray(im, dtype=np.float32) * np.float32(self.scale)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise BadInputError(f"image {path}: {_pixels(exc)} over Pillow's limit of {Image.MAX_IMAGE_PIXELS} "
-                                "pixels (a decompression bomb?)") from None
+                                "pixels (a decompression bomb?)") from exc
         except (OSError, ValueError) as exc:
-            raise BadInputError(f"image {path}: unreadable ({type(exc).__name__})") from None
+            raise BadInputError(f"image {path}: unreadable ({type(exc).__name__})") from exc
         x = x.reshape(x.shape[0], x.shape[1], -1)  # H, W, C
         if self.bgr and x.shape[2] == 3:
             x = x[:, :, ::-1]

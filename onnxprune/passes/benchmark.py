@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..context import PruningContext
-from .builtin import Pass
+from .base import Pass
 
 
 class Benchmark(Pass):
@@ -11,6 +11,8 @@ class Benchmark(Pass):
     ``options.input_shapes`` or the first calibration batch) and report p50s and the ratio."""
 
     name = "benchmark"
+    requires = ("pruned",)
+    provides = ()
 
     def __init__(self, min_seconds: float = 3.0, max_rounds: int = 50):
         self.min_seconds = min_seconds

@@ -9,28 +9,19 @@ from ..context import PruningContext
 from ..errors import BadInputError
 from ..io import check_opset, is_deferred, uses_external_data
 from ..metrics import count_flops_at, count_params
+from ..normalize import normalize
+from ..rewrite import apply, check_not_bigger, export_checked, export_unchanged, note_kept_whole
 from ..scoring import needs_activations, needs_grams, score_groups, sink_tensors
 from ..selection import select_by_ratio
-from .normalize import normalize
-from .rewrite import apply, check_not_bigger, export_checked, export_unchanged, note_kept_whole
-
-
-class Pass:
-    """One step of the pipeline. Subclasses set ``name`` and implement ``run``."""
-
-    name = "pass"
-
-    def run(self, ctx: PruningContext) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+from .base import Pass
 
 
 class Normalize(Pass):
     """Fold constants into initializers and infer shapes."""
 
     name = "normalize"
+    requires = ("model",)
+    provides = ("opset", "graph")
 
     def run(self, ctx: PruningContext) -> None:
         ctx.opset = check_opset(ctx.model)
@@ -43,6 +34,8 @@ class Analyze(Pass):
     """Find channel groups and the reasons blocked ones are refused."""
 
     name = "analyze"
+    requires = ("graph", "opset")
+    provides = ("analysis",)
 
     def run(self, ctx: PruningContext) -> None:
         ctx.analysis = analyze_graph(ctx.graph, ctx.opset)
@@ -79,6 +72,8 @@ class Calibrate(Pass):
     per-channel statistics, streaming (memory does not grow with the number of samples)."""
 
     name = "calibrate"
+    requires = ("graph", "analysis")
+    provides = ("calibration", "stats", "original")
 
     def run(self, ctx: PruningContext) -> None:
         from ..calibration.collect import collect_stats
@@ -125,6 +120,8 @@ class Score(Pass):
     """Score every channel of every group with the chosen criterion."""
 
     name = "score"
+    requires = ("analysis",)
+    provides = ("scores",)
 
     def run(self, ctx: PruningContext) -> None:
         resolve_options(ctx)
@@ -141,6 +138,8 @@ class Select(Pass):
     """Remove ``ratio`` of every prunable group, lowest scores first."""
 
     name = "select"
+    requires = ("analysis", "scores")
+    provides = ("selection",)
 
     def run(self, ctx: PruningContext) -> None:
         ratio = ctx.options.ratio  # checked by PruneOptions.validate
@@ -151,6 +150,8 @@ class Rewrite(Pass):
     """Slice weights, fix attributes and shape constants, re-infer shapes, validate."""
 
     name = "rewrite"
+    requires = ("graph", "analysis", "selection")
+    provides = ("pruned", "pruned_graph")
 
     def run(self, ctx: PruningContext) -> None:
         note_kept_whole(ctx.analysis, ctx.selection)
@@ -201,6 +202,8 @@ class Reconstruct(Pass):
     """Refit the layers that lost input channels on calibration data (bias or least squares)."""
 
     name = "reconstruct"
+    requires = ("analysis", "selection", "calibration", "pruned_graph")
+    provides = ("pruned",)
 
     def run(self, ctx: PruningContext) -> None:
         from ..reconstruct import NON_FINITE, reconstruct
@@ -253,3 +256,19 @@ def default_passes(options=None, log=None) -> list[Pass]:
     if options is not None and options.benchmark:
         passes.append(Benchmark())
     return passes
+
+
+def _providers() -> dict[str, str]:
+    from .benchmark import Benchmark
+    from .search import Search
+    from .verify import Verify
+
+    out: dict[str, str] = {}
+    for cls in (Normalize, Analyze, Calibrate, Score, Select, Search, Rewrite, Reconstruct, Verify, Benchmark):
+        for name in cls.provides:
+            out.setdefault(name, cls.__name__)
+    return out
+
+
+#: context field -> the built-in pass that first provides it (for PipelineError's message)
+PROVIDERS = _providers()

@@ -10,7 +10,7 @@ import numpy as np
 from ..context import PruningContext
 from ..errors import BadInputError
 from ..io import model_fingerprint
-from .builtin import Pass
+from .base import Pass
 
 
 def latency_feeds(ctx: PruningContext) -> dict[str, np.ndarray] | None:
@@ -30,6 +30,8 @@ class Search(Pass):
     """Choose each group's width to meet ``options.target`` while losing the least importance."""
 
     name = "search"
+    requires = ("graph", "opset", "analysis", "scores")
+    provides = ("selection",)
 
     def __init__(self, log=None):
         self.log = log

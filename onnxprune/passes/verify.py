@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from ..context import PruningContext
-from .builtin import Pass
+from .base import Pass
 
 
 class Verify(Pass):
     """Compare the pruned model's outputs with the original's on calibration data."""
 
     name = "verify"
+    requires = ("selection", "pruned")
+    provides = ()
 
     def run(self, ctx: PruningContext) -> None:
         from ..fidelity import output_fidelity

@@ -24,9 +24,9 @@ def onnxruntime():
     """Import onnxruntime, or say which extra installs it."""
     try:
         import onnxruntime as ort
-    except ImportError:
+    except ImportError as exc:
         raise MissingRuntimeError(
-            "ONNX Runtime is not installed: pip install 'onnxprune[cpu]' (or 'onnxprune[gpu]' for CUDA)") from None
+            "ONNX Runtime is not installed: pip install 'onnxprune[cpu]' (or 'onnxprune[gpu]' for CUDA)") from exc
     return ort
 
 

@@ -59,12 +59,12 @@ class LatencyTable:
     def load(cls, path: str | os.PathLike) -> LatencyTable:
         try:
             data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise BadInputError(f"{path}: latency table not found") from None
+        except FileNotFoundError as exc:
+            raise BadInputError(f"{path}: latency table not found") from exc
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BadInputError(f"{path}: not a readable latency table ({type(exc).__name__})") from None
-        except RecursionError:
-            raise BadInputError(f"{path}: not a readable latency table (JSON nested too deeply)") from None
+            raise BadInputError(f"{path}: not a readable latency table ({type(exc).__name__})") from exc
+        except RecursionError as exc:
+            raise BadInputError(f"{path}: not a readable latency table (JSON nested too deeply)") from exc
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise BadInputError(f"{path}: not an onnxprune latency table (write one with 'onnxprune profile')")
         if data.get("version") != VERSION:
@@ -81,7 +81,7 @@ class LatencyTable:
                        float(data["baseline_ms"]), layers, {int(k): int(v) for k, v in data["groups"].items()},
                        dict(data.get("environment", {})), {str(k): str(v) for k, v in data.get("skipped", {}).items()})
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise BadInputError(f"{path}: malformed latency table ({type(exc).__name__}: {exc})") from None
+            raise BadInputError(f"{path}: malformed latency table ({type(exc).__name__}: {exc})") from exc
 
     def check_matches(self, analysis: Analysis, model_sha256: str) -> None:
         """Refuse a table measured for another model (or another analysis of it)."""
@@ -222,7 +222,7 @@ def profile_model(path: str | os.PathLike, provider: str = "cpu", threads: int |
     """``onnxprune profile``: load, analyze, measure the baseline, time every layer's widths."""
     from ..analysis import analyze_graph
     from ..io import check_opset, load_model, model_fingerprint
-    from ..passes.normalize import normalize
+    from ..normalize import normalize
     from ..runtime.session import make_runner
     from ..runtime.timing import interleaved
 

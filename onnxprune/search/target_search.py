@@ -128,7 +128,7 @@ class Trials:
         self._ir_version = max(template.ir_version, 4)
 
     def build(self, selection: Selection) -> tuple[gs.Graph, bytes]:
-        from ..passes.rewrite import apply
+        from ..rewrite import apply
 
         pruned = apply(self._plan, selection.removed, self._graph)
         model = gs.export_onnx(pruned, do_type_check=False)

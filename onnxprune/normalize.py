@@ -16,7 +16,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 
-from ..io import lazy_external_values, read_values
+from .io import lazy_external_values, read_values
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def infer_shapes(graph: gs.Graph) -> gs.Graph:
 
 
 def _is_bulky(t: gs.Constant) -> bool:
-    from ..metrics import is_floating
+    from .dtypes import is_floating
 
     try:
         return is_floating(t.dtype) and int(np.prod(t.shape)) > 64
@@ -296,7 +296,7 @@ def _foldable(node: gs.Node, graph: gs.Graph) -> bool:
 def _parameter_sources(graph: gs.Graph) -> set:
     """Tensors whose values end up in a layer parameter (``OpSpec.parameter_inputs``), directly or
     through nodes that fold: the values the analysis reads and slices."""
-    from ..ops import parameter_inputs
+    from .ops import parameter_inputs
 
     needed: set[int] = set()  # ids: graphsurgeon tensors are not hashable
     for node in graph.nodes:

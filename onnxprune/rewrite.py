@@ -16,11 +16,11 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..analysis import Analysis
-from ..analysis.plan import Plan
-from ..analysis.sharing import readers
-from ..errors import RewriteError
-from ..io import (EXTERNAL_DATA_THRESHOLD, check_deferred, copy_model_fields, export_deferred, has_external_values,
+from .analysis import Analysis
+from .analysis.plan import Plan
+from .analysis.sharing import readers
+from .errors import RewriteError
+from .io import (EXTERNAL_DATA_THRESHOLD, check_deferred, copy_model_fields, export_deferred, has_external_values,
                   lazy_external_values, read_values, uses_external_data, weights_nbytes)
 from .normalize import infer_shapes
 
@@ -147,7 +147,7 @@ def export_checked(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProt
             _check_like_input(model, template)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RewriteError(f"pruned model failed validation: {first}") from None
+        raise RewriteError(f"pruned model failed validation: {first}") from exc
     return model
 
 
