@@ -12,6 +12,7 @@ import onnx
 from .context import PruneOptions, PruningContext
 from .io import check_weights_only, copy_file, load_model, save_model
 from .passes.builtin import Pass, default_passes
+from .runtime.session import check_input_shapes, graph_input_dims
 
 
 class Pipeline:
@@ -25,6 +26,7 @@ class Pipeline:
             model = load_model(model)
         ctx = PruningContext(model=model, options=options or PruneOptions())
         check_weights_only(model, ctx.options)
+        check_input_shapes(graph_input_dims(model.graph), ctx.options.input_shapes or {})
         passes = self.passes if self.passes is not None else default_passes(ctx.options)
         for p in passes:
             p.run(ctx)

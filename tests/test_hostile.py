@@ -1,0 +1,73 @@
+"""Hostile inputs a new user gives by mistake: each class is refused with exit 2 and one line
+naming the problem, nothing written, the inputs untouched."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from test_cli import run_cli
+
+
+def _conv(tmp_path: Path, batch: int | str = 1) -> Path:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4, 8, 8])
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((4, 8, 3, 3)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1])]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
+
+
+def _refused(tmp_path: Path, *args: str, needle: str) -> None:
+    before = _digests(tmp_path)
+    res = run_cli(*args, "-o", str(tmp_path / "out.onnx"))
+    assert res.returncode == 2, (res.returncode, res.stderr)
+    assert needle in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    assert _digests(tmp_path) == before  # nothing written, nothing changed
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ("x:0x3x8x8", "dimensions must be positive"),
+    ("nope:1x3x8x8", "unknown input(s): nope"),
+    ("x:1x3x8", "rank 3, model expects 4"),
+    ("x:1x3x9x9", "dimension 2 is 9, the model fixes it at 8"),
+])
+def test_input_shape_that_does_not_fit_the_model_is_refused(tmp_path: Path, spec: str, needle: str) -> None:
+    """--input-shape is checked against the model's inputs before any work, not silently ignored
+    (prune) or left to ONNX Runtime's error (bench, profile)."""
+    model = _conv(tmp_path, batch="N")
+    _refused(tmp_path, str(model), "--input-shape", spec, needle=needle)
+    if spec != "x:0x3x8x8":
+        res = run_cli("bench", str(model), "--input-shape", spec.replace("N", "1"), "--rounds", "2")
+        assert res.returncode == 2 and needle in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("script,needle", [
+    ("def load_data():\n    raise RuntimeError('boom')\n", "load_data() failed (RuntimeError: boom)"),
+    ("def load_data():\n    return 5\n", "load_data() failed (TypeError"),
+    ("import numpy as np\ndef load_data():\n    yield {'x': np.zeros((2, 3, 8, 8), np.float32)}\n"
+     "    raise ValueError('late')\n", "load_data() failed (ValueError: late)"),
+    ("raise SystemExit(0)\n", "failed to load (SystemExit: 0)"),
+    ("import sys\ndef load_data():\n    sys.exit(0)\n", "load_data() failed (SystemExit: 0)"),
+])
+def test_calibration_script_that_fails_is_bad_input(tmp_path: Path, script: str, needle: str) -> None:
+    """A .py calibration script is the user's code: whatever it raises (even SystemExit, which
+    otherwise ended the run with exit 0 and nothing written) is exit 2 naming the script."""
+    model = _conv(tmp_path)
+    (tmp_path / "calib.py").write_text(script)
+    _refused(tmp_path, str(model), "--calib", str(tmp_path / "calib.py"), needle=needle)
