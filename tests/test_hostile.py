@@ -71,3 +71,21 @@ def test_calibration_script_that_fails_is_bad_input(tmp_path: Path, script: str,
     model = _conv(tmp_path)
     (tmp_path / "calib.py").write_text(script)
     _refused(tmp_path, str(model), "--calib", str(tmp_path / "calib.py"), needle=needle)
+
+
+@pytest.mark.parametrize("shape,target", [("input_ids:1x32", 0.7), ("input_ids:1x8", 0.5)])
+def test_flops_target_is_judged_on_the_count_the_summary_prints(shape: str, target: float) -> None:
+    """A --target-flops search counts at --input-shape, as the summary does: "met" means the
+    summary's after/before is at most the target, and not far under it (the cost model is
+    counted at the same shapes, so the search does not over-prune)."""
+    from onnxprune import prune
+    from onnxprune.runtime.session import parse_input_shapes
+
+    model = Path(__file__).resolve().parents[1] / "models" / "bert_dynamo.onnx"
+    result = prune(model, target_flops=target, input_shapes=parse_input_shapes([shape]))
+    report = result.report
+    ratio = report["after"]["flops"] / report["before"]["flops"]
+    assert report["search"]["status"] == "met"
+    assert report["search"]["achieved"] == report["after"]["flops"]
+    assert report["search"]["baseline"] == report["before"]["flops"]
+    assert target - 0.1 < ratio <= target

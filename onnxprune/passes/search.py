@@ -10,7 +10,7 @@ import numpy as np
 from ..context import PruningContext
 from ..errors import BadInputError
 from ..io import model_fingerprint
-from .builtin import Pass
+from .builtin import Pass, flop_shapes
 
 
 def latency_feeds(ctx: PruningContext) -> dict[str, np.ndarray] | None:
@@ -54,7 +54,7 @@ class Search(Pass):
                                     opts.threads, opts.round_to, table, self.log, ctx.calibration)
         else:
             result = search_counted(ctx.analysis, ctx.graph, ctx.opset, ctx.model, ctx.scores, target,
-                                    opts.round_to, ctx.calibration, opts.threads)
+                                    opts.round_to, ctx.calibration, opts.threads, flop_shapes(ctx))
         ctx.selection = result.selection
         ctx.report["search"] = result.as_report()
         ctx.warnings.extend(search_warnings(result))
