@@ -160,7 +160,12 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: Path | None)
             import tomllib
         except ModuleNotFoundError:  # Python 3.10
             import tomli as tomllib
+        from .paths import check_regular
+
+        check_regular("the --config file", Path(value))  # a FIFO would block the read forever
         data = tomllib.loads(Path(value).read_text())
+    except BadInputError as exc:
+        _fail(exc, False)
     except FileNotFoundError:
         _fail(BadInputError(f"--config {value}: file not found"), False)
     except RecursionError:

@@ -89,3 +89,36 @@ def test_flops_target_is_judged_on_the_count_the_summary_prints(shape: str, targ
     assert report["search"]["achieved"] == report["after"]["flops"]
     assert report["search"]["baseline"] == report["before"]["flops"]
     assert target - 0.1 < ratio <= target
+
+
+@pytest.mark.parametrize("where", ["model", "calib", "calib-folder", "latency-table", "config", "external-data"])
+def test_an_input_that_is_a_fifo_is_refused_not_waited_on(tmp_path: Path, where: str) -> None:
+    """Opening a FIFO blocks until something writes to it (the run hung); a FIFO, socket or
+    device given as any file the run reads is exit 2 naming it."""
+    import os
+
+    model = _conv(tmp_path)
+    fifo = tmp_path / "f.npz"
+    args = [str(model)]
+    if where == "model":
+        fifo = tmp_path / "f.onnx"
+        args = [str(fifo)]
+    elif where == "calib":
+        args += ["--calib", str(fifo)]
+    elif where == "calib-folder":
+        (tmp_path / "cal").mkdir()
+        np.savez(tmp_path / "cal" / "a.npz", x=np.zeros((2, 3, 8, 8), np.float32))
+        fifo = tmp_path / "cal" / "b.npz"
+        args += ["--calib", str(tmp_path / "cal")]
+    elif where == "latency-table":
+        fifo = tmp_path / "t.json"
+        args += ["--target-latency", "1ms", "--latency-table", str(fifo)]
+    elif where == "config":
+        fifo = tmp_path / "c.toml"
+        args += ["--config", str(fifo)]
+    else:
+        onnx.save(onnx.load(model), model, save_as_external_data=True, location="m.data", size_threshold=0)
+        fifo = tmp_path / "m.data"
+        fifo.unlink()
+    os.mkfifo(fifo)
+    _refused(tmp_path, *args, needle="is a FIFO, not a regular file")
