@@ -4,6 +4,8 @@ naming the problem, nothing written, the inputs untouched."""
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from test_cli import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _conv(tmp_path: Path, batch: int | str = 1) -> Path:
@@ -81,7 +85,7 @@ def test_flops_target_is_judged_on_the_count_the_summary_prints(shape: str, targ
     from onnxprune import prune
     from onnxprune.runtime.session import parse_input_shapes
 
-    model = Path(__file__).resolve().parents[1] / "models" / "bert_dynamo.onnx"
+    model = ROOT / "models" / "bert_dynamo.onnx"
     result = prune(model, target_flops=target, input_shapes=parse_input_shapes([shape]))
     report = result.report
     ratio = report["after"]["flops"] / report["before"]["flops"]
@@ -122,3 +126,41 @@ def test_an_input_that_is_a_fifo_is_refused_not_waited_on(tmp_path: Path, where:
         fifo.unlink()
     os.mkfifo(fifo)
     _refused(tmp_path, *args, needle="is a FIFO, not a regular file")
+
+
+def test_initializers_listed_as_graph_inputs_stay_inputs(tmp_path: Path) -> None:
+    """Initializers that are also graph inputs (overridable defaults; every weight in IR < 4
+    models) keep their place in the pruned model's inputs, with their pruned dims, so the
+    model's interface is the input's."""
+    from onnxprune import prune
+
+    model = onnx.load(_conv(tmp_path))
+    weights = [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in model.graph.initializer]
+    model.graph.input.insert(0, weights[0])  # an input order that is not the initializers' order
+    model.graph.input.append(weights[1])
+    result = prune(model, ratio=0.5)
+    names = [vi.name for vi in result.model.graph.input]
+    assert names == [vi.name for vi in model.graph.input] == ["w1", "x", "w2"]
+    dims = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in result.model.graph.input}
+    inits = {t.name: list(t.dims) for t in result.model.graph.initializer}
+    assert dims["w1"] == inits["w1"] and inits["w1"][0] < 8
+    onnx.checker.check_model(result.model, full_check=True)
+
+
+def test_file_names_that_are_not_utf8_work_for_every_output(tmp_path: Path) -> None:
+    """A legal file name in another encoding (Python keeps its bytes as surrogates) is a name
+    like any other: the model, --report and --html are written (the HTML failed with an
+    internal error: its text could not be encoded)."""
+    import os
+
+    model = _conv(tmp_path)
+    odd = tmp_path / os.fsdecode(b"caf\xe9.onnx")
+    model.rename(odd)
+    report, html = tmp_path / os.fsdecode(b"r\xe9.json"), tmp_path / os.fsdecode(b"h\xe9.html")
+    # a real process: click's test runner cannot print such names, a terminal can
+    res = subprocess.run([sys.executable, "-m", "onnxprune", odd.name, "--report", report.name, "--html", html.name],
+                         cwd=tmp_path, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr
+    assert b"ONNX Runtime" not in res.stderr  # the written model was checked in ONNX Runtime, not skipped
+    assert (tmp_path / os.fsdecode(b"caf\xe9.pruned.onnx")).is_file() and report.is_file()
+    assert "caf\\udce9" in html.read_text(encoding="utf-8")
