@@ -10,8 +10,9 @@ from pathlib import Path
 
 import click
 
+from .cli_args import field_option, help_sections, options_from_cli, prune_options
 from .errors import BadInputError, OnnxPruneError
-from .scoring import CRITERIA
+from .options import INPUT, OUTPUT, check_round_to, check_threads
 
 
 class GroupedHelp(click.Command):
@@ -36,18 +37,10 @@ class GroupedHelp(click.Command):
                     formatter.write_dl(rows)
 
 
-#: ``onnxprune MODEL --help`` and ``onnxprune --help``: the prune options by what they are for
-PRUNE_HELP_SECTIONS = (
-    ("Input", ("input_shapes", "config")),
-    ("What to prune", ("ratio", "prune_kinds", "criterion", "round_to")),
-    ("Calibration (keeps accuracy: without it the pruned model is not accurate)",
-     ("calib", "calib_samples", "calib_size", "calib_layout", "calib_bgr", "calib_scale", "calib_mean",
-      "calib_std")),
-    ("Reconstruction", ("reconstruct", "no_reconstruct")),
-    ("Targets (instead of --ratio) and timing", ("target_latency", "target_flops", "target_params",
-                                                 "latency_table", "provider", "threads")),
-    ("Output and reports", ("output", "force", "report_path", "html_path", "benchmark", "quiet", "debug")),
-)
+#: ``onnxprune MODEL --help`` and ``onnxprune --help``: the prune options by what they are for (the
+#: fields' own headings), with the command's own options placed among them
+PRUNE_HELP_SECTIONS = help_sections({INPUT: ("*", "config"),
+                                     OUTPUT: ("output", "force", "report_path", "html_path", "*", "quiet", "debug")})
 
 
 class DefaultToPrune(click.Group):
@@ -198,95 +191,28 @@ def _log_to_tty(message: str) -> None:
         write(message)  # above a progress bar, if one is shown
 
 
-_provider_option = click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-                                help="ONNX Runtime execution provider.")
-_threads_option = click.option("--threads", type=int, default=None,
-                               help="Intra-op threads [default: ONNX Runtime's choice].")
-_input_shape_option = click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:DIMS",
-                                   help="Shape for an input with dynamic dimensions, e.g. input:1x3x224x224 "
-                                   "(repeatable).")
-
-
-def _prune_kinds(value: str) -> tuple[str, ...]:
-    from .analysis import KINDS
-
-    kinds = tuple(k.strip() for k in value.split(",") if k.strip())
-    bad = [k for k in kinds if k not in KINDS]
-    if bad or not kinds:
-        raise BadInputError(f"--prune: unknown kind '{','.join(bad) or value}' (choose from {', '.join(KINDS)})")
-    return kinds
-
-
-def _check_threads(threads: int | None) -> None:
-    if threads is not None and threads < 1:
-        raise BadInputError(f"--threads must be positive, got {threads}")
+_provider_option = field_option("provider")
+_threads_option = field_option("threads")
+_input_shape_option = field_option("input_shapes")
 
 
 @main.command("prune", cls=GroupedHelp, sections=PRUNE_HELP_SECTIONS)
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Output path [default: MODEL.pruned.onnx beside the input].")
-@click.option("--ratio", type=float, default=None,
-              help="Fraction of each prunable group's channels to remove, in [0, 1) [default: 0.3 without a target].")
-@click.option("--target-latency", metavar="TIME",
-              help="Prune until the measured p50 latency is at most TIME (50ms, 0.05s, 500us; a bare number is ms).")
-@click.option("--target-flops", metavar="AMOUNT",
-              help="Prune to at most AMOUNT FLOPs: a fraction of the original (0.5, 50%) or a count (2G, 1.5e9).")
-@click.option("--target-params", metavar="AMOUNT",
-              help="Prune to at most AMOUNT parameters: a fraction of the original (0.5, 50%) or a count (10M).")
-@click.option("--latency-table", type=click.Path(dir_okay=False, path_type=Path),
-              help="Use a latency table from 'onnxprune profile' on the target device instead of measuring here.")
-@_provider_option
-@_threads_option
-@_input_shape_option
-@click.option("--criterion", type=click.Choice(CRITERIA),
-              default=None, help="Channel importance [default: l1; obs with --calib (fluctuation with "
-              "--no-reconstruct)]. l1/l2: weight norms; "
-              "bn: BatchNorm |gamma|; activation: mean |x|; apoz: 1 - zero fraction; wanda: |W|·‖X‖; "
-              "fluctuation: Var(X)·‖W‖² (FLAP); obs: error left after a least-squares refit (structured OBS).")
-@click.option("--prune", "prune_kinds", default="heads,channels", show_default=True, metavar="KINDS",
-              help="What to remove: heads (whole attention heads), channels (conv channels, MLP units), or both.")
-@click.option("--round-to", type=int, default=1, show_default=True,
-              help="Keep channel counts multiples of N (groups narrower than N are left whole).")
-@click.option("--calib", type=click.Path(path_type=Path),
-              help="Calibration data: .npz keyed by input names, a folder of .npz or of images, or a .py defining "
-              "load_data().")
-@click.option("--calib-samples", type=int, default=None, help="Use at most N calibration samples.")
-@click.option("--calib-size", metavar="HxW", help="Images: height and width (224 or 224x320) [default: the "
-              "input's static size].")
-@click.option("--calib-layout", type=click.Choice(["NCHW", "NHWC"], case_sensitive=False), metavar="NCHW|NHWC",
-              help="Images: layout [default: NCHW or NHWC, whichever axis of the input holds 1 or 3 channels].")
-@click.option("--calib-bgr", is_flag=True, help="Images: BGR channel order (OpenCV-trained models) [default: RGB; "
-              "grayscale for a 1-channel input].")
-@click.option("--calib-scale", metavar="S", help="Images: multiply pixels (0-255) by S before mean and std "
-              "[default: 1/255]; 1 keeps 0-255.")
-@click.option("--calib-mean", metavar="M[,M,M]", help="Images: subtract per channel, after scaling [default: "
-              "ImageNet 0.485,0.456,0.406; 0.449 for grayscale].")
-@click.option("--calib-std", metavar="S[,S,S]", help="Images: divide by per channel, after the mean [default: "
-              "ImageNet 0.229,0.224,0.225; 0.226 for grayscale]; --calib-mean 0.5 --calib-std 0.5 gives [-1, 1].")
-@click.option("--reconstruct", "reconstruct", type=click.Choice(["lstsq", "bias"]), default=None,
-              help="How to repair the layers that lost inputs [default with --calib: lstsq].")
-@click.option("--no-reconstruct", is_flag=True, help="Do not repair layers, even with --calib.")
+@prune_options
 @click.option("--force", is_flag=True, hidden=True,
               help="Accepted for old scripts: an earlier output is replaced anyway, and an input never is.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a JSON report (groups, params, FLOPs, latency, fidelity, settings, versions).")
-@click.option("--bench", "benchmark", is_flag=True,
-              help="Time the original and the pruned model side by side at the end (--provider, --threads).")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a self-contained HTML page with the report's plots.")
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path), is_eager=True, expose_value=False,
               callback=_load_config, help="TOML file of option values by long name; flags override it.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def prune_cmd(model: Path, output: Path | None, ratio: float | None, target_latency: str | None,
-              target_flops: str | None, target_params: str | None, latency_table: Path | None, provider: str,
-              threads: int | None, input_shapes: tuple[str, ...], criterion: str | None, prune_kinds: str, round_to: int,
-              calib: Path | None, calib_samples: int | None, calib_size: str | None, calib_layout: str | None,
-              calib_bgr: bool, calib_scale: str | None, calib_mean: str | None, calib_std: str | None,
-              reconstruct: str | None, no_reconstruct: bool,
-              force: bool, benchmark: bool, report_path: Path | None, html_path: Path | None, quiet: bool,
-              debug: bool) -> None:
+def prune_cmd(model: Path, output: Path | None, force: bool, report_path: Path | None, html_path: Path | None,
+              quiet: bool, debug: bool, **values) -> None:
     """Prune MODEL and write the smaller model: a ratio of every group, or to a latency/FLOPs/params target."""
     try:
         if quiet:
@@ -294,51 +220,38 @@ def prune_cmd(model: Path, output: Path | None, ratio: float | None, target_late
 
             enable(False)
         from .pipeline import prune
-        from .report.summary import prune_summary
-        from .runtime.session import parse_input_shapes
-        from .search.targets import parse_target
 
-        if ratio is not None and not 0 <= ratio < 1:
-            raise BadInputError(f"--ratio must be in [0, 1), got {ratio}")
-        if round_to < 1:
-            raise BadInputError(f"--round-to must be a positive integer, got {round_to}")
-        if no_reconstruct and reconstruct:
-            raise BadInputError("--reconstruct and --no-reconstruct contradict each other")
-        _check_threads(threads)
-        target = parse_target(target_latency, target_flops, target_params)
-        if target is not None and ratio is not None:
-            raise BadInputError(f"--ratio and --target-{target.kind} are alternatives: give one")
-        if latency_table is not None and (target is None or target.kind != "latency"):
-            raise BadInputError("--latency-table needs --target-latency")
+        options = options_from_cli(values).validate()
         out = output or model.with_name(model.stem + ".pruned.onnx")
-        _run_files(model, calib=calib, latency_table=latency_table).write_model(out) \
+        _run_files(model, calib=options.calibration, latency_table=options.latency_table).write_model(out) \
             .write("--report", report_path).write("--html", html_path).check()
-        calibration = _image_preprocessing(calib, calib_size, calib_layout, calib_bgr, calib_scale, calib_mean,
-                                           calib_std)
-        result = prune(model, ratio=ratio, target_latency=target_latency, target_flops=target_flops,
-                       target_params=target_params, criterion=criterion, round_to=round_to, calibration=calibration,
-                       calib_samples=calib_samples, reconstruct="none" if no_reconstruct else reconstruct,
-                       provider=provider, threads=threads, input_shapes=parse_input_shapes(input_shapes),
-                       latency_table=latency_table, log=None if quiet else _log_to_tty, benchmark=benchmark,
-                       prune=_prune_kinds(prune_kinds))
-        say = (lambda text: None) if quiet else click.echo
-        for warning in result.context.warnings:
-            if not quiet:
-                click.echo(f"warning: {warning}", err=True)
-        search = result.report.get("search")
-        written = not (search and search["status"] == "already_met")
-        if written:
-            _save_loadable(result, out, model, quiet)
-        if report_path is not None or html_path is not None:
-            _write_reports(result.context, report_path, html_path, model, out, written)
-        say(prune_summary(result.context))
-        if written and result.unchanged:
-            say(_nothing_to_prune(result.context, model))
-        if calib is None and not quiet and _removed_any(result.context):
-            click.echo(NO_CALIBRATION_WARNING, err=True)  # last but one: where it is read
-        say(f"wrote {out}" if written else "nothing written: the model already meets the target")
+        result = prune(model, options, log=None if quiet else _log_to_tty)
+        _print_result(result, model, out, report_path, html_path, quiet)
     except Exception as exc:  # one line, right exit code
         _fail(exc, debug)
+
+
+def _print_result(result, model: Path, out: Path, report_path: Path | None, html_path: Path | None,
+                  quiet: bool) -> None:
+    """Write the model and the reports, then say what was done: warnings, summary, what was written."""
+    from .report.summary import prune_summary
+
+    say = (lambda text: None) if quiet else click.echo
+    for warning in result.context.warnings:
+        if not quiet:
+            click.echo(f"warning: {warning}", err=True)
+    search = result.report.get("search")
+    written = not (search and search["status"] == "already_met")
+    if written:
+        _save_loadable(result, out, model, quiet)
+    if report_path is not None or html_path is not None:
+        _write_reports(result.context, report_path, html_path, model, out, written)
+    say(prune_summary(result.context))
+    if written and result.unchanged:
+        say(_nothing_to_prune(result.context, model))
+    if result.context.options.calibration is None and not quiet and _removed_any(result.context):
+        click.echo(NO_CALIBRATION_WARNING, err=True)  # last but one: where it is read
+    say(f"wrote {out}" if written else "nothing written: the model already meets the target")
 
 
 def _run_files(*models: Path, calib: Path | None = None, latency_table: Path | None = None):
@@ -377,43 +290,6 @@ NO_CALIBRATION_WARNING = (
 
 def _removed_any(ctx) -> bool:
     return ctx.selection is not None and any(kept < total for kept, total in ctx.selection.kept.values())
-
-
-def _image_preprocessing(calib: Path | None, size: str | None, layout: str | None, bgr: bool, scale: str | None,
-                         mean: str | None, std: str | None):
-    """``--calib`` as given, or an ImageFolder when a ``--calib-*`` image option is set."""
-    if size is None and layout is None and not bgr and scale is None and mean is None and std is None:
-        return calib
-    if calib is None:
-        raise BadInputError("--calib-size, --calib-layout, --calib-bgr, --calib-scale, --calib-mean and "
-                            "--calib-std describe a --calib folder of images: give --calib")
-    from .calibration.images import DEFAULT_SCALE, ImageFolder, image_files
-
-    if not calib.is_dir() or not image_files(calib) or any(calib.glob("*.npz")):
-        raise BadInputError(f"--calib {calib}: the --calib-* image options need a folder of images (no .npz)")
-    dims = _numbers(size, "--calib-size", int, "x", (1, 2))
-    return ImageFolder(calib, size=dims * (3 - len(dims)) if dims else None, layout=layout, bgr=bgr,  # 224: 224x224
-                       scale=DEFAULT_SCALE if scale is None else _numbers(scale, "--calib-scale", float, "/", (1, 2)),
-                       mean=_numbers(mean, "--calib-mean", float, ",", (1, 3)),
-                       std=_numbers(std, "--calib-std", float, ",", (1, 3)))
-
-
-def _numbers(text: str | None, flag: str, kind: type, sep: str, counts: tuple[int, int]):
-    """``224x320`` / ``0.5,0.5,0.5`` / ``1/255`` (a quotient) -> numbers; None stays None."""
-    if text is None:
-        return None
-    try:
-        values = [kind(v) for v in str(text).replace(" ", "").split(sep)]
-    except ValueError:
-        values = []
-    if not counts[0] <= len(values) <= counts[1] or (kind is int and min(values) < 1):
-        raise BadInputError(f"{flag} '{text}': expected {counts[0]} to {counts[1]} "
-                            f"{'positive integers' if kind is int else 'numbers'} separated by '{sep}'")
-    if sep == "/":
-        if len(values) == 2 and values[1] == 0:
-            raise BadInputError(f"{flag} '{text}': division by zero")
-        return values[0] / values[1] if len(values) == 2 else values[0]
-    return values if len(values) > 1 or kind is int else values[0]
 
 
 def _write_reports(ctx, json_path: Path | None, html_path: Path | None, model: Path, out: Path,
@@ -496,7 +372,7 @@ def bench_cmd(models: tuple[Path, ...], provider: str, threads: int | None, inpu
     try:
         from .bench import bench_models, format_bench
 
-        _check_threads(threads)
+        check_threads(threads)
         _run_files(*models).write("--json", json_path).check()
         result = bench_models(models, provider=provider, threads=threads, input_shapes=input_shapes,
                               max_rounds=rounds)
@@ -528,9 +404,8 @@ def profile_cmd(model: Path, output: Path, provider: str, threads: int | None, i
         from .runtime.session import parse_input_shapes
         from .search.latency_table import profile_model
 
-        _check_threads(threads)
-        if round_to < 1:
-            raise BadInputError(f"--round-to must be a positive integer, got {round_to}")
+        check_threads(threads)
+        check_round_to(round_to)
         _run_files(model).write("-o", output).check()
         table = profile_model(model, provider, threads, parse_input_shapes(input_shapes), round_to)  # a bar on a TTY
         atomic_write_text(output, table.to_json())

@@ -13,42 +13,14 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .analysis import Analysis
+from .options import PruneOptions
 from .selection import Selection
-
-
-@dataclass
-class PruneOptions:
-    """Settings shared by the CLI and the Python API (same names, same defaults)."""
-
-    ratio: float = 0.3
-    #: None: "l1" without calibration data, DEFAULT_CALIBRATED_CRITERION with it
-    criterion: str | None = None
-    round_to: int = 1
-    #: a .npz file, a folder of .npz files, a .py file defining load_data(), or an iterable of dicts
-    calibration: Any = None
-    calib_samples: int | None = None
-    #: None: "lstsq" with calibration data, "none" without; or "none", "bias", "lstsq"
-    reconstruct: str | None = None
-    #: None: chosen per layer on held-out calibration rows
-    ridge: float | None = None
-    #: a ``search.Target`` (latency, FLOPs or params) instead of ``ratio``
-    target: Any = None
-    #: where latency is measured: ONNX Runtime provider ("cpu" or "cuda") and intra-op threads
-    provider: str = "cpu"
-    threads: int | None = None
-    #: shapes for inputs with dynamic dimensions, {name: [dims]} (else a calibration batch's)
-    input_shapes: dict[str, list[int]] = field(default_factory=dict)
-    #: a latency table profiled on the target device (``onnxprune profile``) instead of measuring here
-    latency_table: Any = None
-    #: time the original and the pruned model side by side at the end (the benchmark pass)
-    benchmark: bool = False
-    #: which kinds of group to prune: "heads" (whole attention heads), "channels" (everything else)
-    prune: tuple[str, ...] = ("heads", "channels")
 
 
 @dataclass
 class PruningContext:
     model: onnx.ModelProto
+    #: the options given (frozen: ``PruneOptions`` cannot be changed), defaults resolved by the passes into copies
     options: PruneOptions = field(default_factory=PruneOptions)
     opset: int = 0
     graph: gs.Graph | None = None
@@ -60,9 +32,10 @@ class PruningContext:
     calibration: Any = None
     #: per-channel statistics of the activations entering each consuming layer
     stats: dict[str, Any] = field(default_factory=dict)
-    #: the normalized graph before the rewrite, kept for reconstruction
+    #: the normalized graph, for reconstruction (``graph`` itself: the rewrite works on a copy)
     original: gs.Graph | None = None
-    #: the pruned graph, which reconstruction refines
+    #: the pruned graph (a new one, ``graph`` stays the original), which reconstruction refines
     pruned_graph: gs.Graph | None = None
     report: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+

@@ -20,6 +20,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .analysis.state import shape
+from .ops import spec_for
 
 
 def static_shape(tensor) -> list[int] | None:
@@ -63,35 +64,33 @@ def _prod(dims) -> int:
 ShapeOf = Callable[[object], "list[int] | None"]
 
 
-def _conv_flops(node: gs.Node, shape_of: ShapeOf) -> int:
-    out, w = shape_of(node.outputs[0]), shape_of(node.inputs[1])
-    return 2 * _prod(out) * _prod(w[1:]) if out and w else 0
+@dataclass
+class _NodeShapes:
+    """The shapes a FLOP formula reads, of one node, asked of ``shape_of`` when read."""
 
+    node: gs.Node
+    shape_of: ShapeOf
 
-def _conv_transpose_flops(node: gs.Node, shape_of: ShapeOf) -> int:
-    inp, w = shape_of(node.inputs[0]), shape_of(node.inputs[1])
-    return 2 * _prod(inp) * _prod(w[1:]) if inp and w else 0
+    @property
+    def attrs(self) -> dict:
+        return self.node.attrs
 
+    def x(self) -> list[int] | None:
+        return self.shape_of(self.node.inputs[0])
 
-def _matmul_flops(node: gs.Node, shape_of: ShapeOf) -> int:
-    out, a = shape_of(node.outputs[0]), shape_of(node.inputs[0])
-    if not out or not a:
-        return 0
-    k = a[0] if node.op == "Gemm" and int(node.attrs.get("transA", 0)) else a[-1]
-    return 2 * _prod(out) * k
+    def w(self) -> list[int] | None:
+        return self.shape_of(self.node.inputs[1])
 
-
-#: FLOP counters per op type; ops not listed count 0.
-FLOP_COUNTERS = {"Conv": _conv_flops, "ConvTranspose": _conv_transpose_flops, "Gemm": _matmul_flops,
-                 "MatMul": _matmul_flops}
+    def y(self) -> list[int] | None:
+        return self.shape_of(self.node.outputs[0])
 
 
 def node_flops(node: gs.Node, shape_of: ShapeOf = static_shape) -> int:
     """FLOPs of one node for the shapes ``shape_of`` gives (default: the shapes its tensors carry;
-    0 if unknown or not counted)."""
-    counter = FLOP_COUNTERS.get(node.op)
+    0 if unknown or not counted): its op spec's formula (:mod:`onnxprune.ops`)."""
+    counter = spec_for(node).flops
     try:
-        return counter(node, shape_of) if counter else 0
+        return counter(_NodeShapes(node, shape_of)) if counter else 0
     except (TypeError, IndexError, AttributeError):
         return 0
 
@@ -134,7 +133,7 @@ def count_flops_at(graph: gs.Graph, input_shapes: dict[str, list[int]] | None = 
         guessed.clear()
         flops = node_flops(node, shape_of)
         total += flops
-        if node.op in FLOP_COUNTERS and (not flops or guessed):
+        if spec_for(node).flops is not None and (not flops or guessed):
             uncounted.append(node.name)
     return FlopCount(total, shapes, uncounted, sorted(defaulted))
 

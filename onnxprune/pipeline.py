@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import onnx
 
-from .context import PruneOptions, PruningContext
+from .context import PruningContext
 from .io import check_weights_only, copy_file, load_model, save_model
+from .options import PruneOptions, default_of
 from .passes.builtin import Pass, default_passes
 from .runtime.session import check_input_shapes, graph_input_dims
 
@@ -22,9 +24,10 @@ class Pipeline:
         self.passes = list(passes) if passes is not None else None
 
     def run(self, model: onnx.ModelProto | str | os.PathLike, options: PruneOptions | None = None) -> PruningContext:
+        options = (options or PruneOptions()).validate()  # the caller's object is not changed
         if not isinstance(model, onnx.ModelProto):
             model = load_model(model)
-        ctx = PruningContext(model=model, options=options or PruneOptions())
+        ctx = PruningContext(model=model, options=options)
         check_weights_only(model, ctx.options)
         check_input_shapes(graph_input_dims(model.graph), ctx.options.input_shapes or {})
         passes = self.passes if self.passes is not None else default_passes(ctx.options)
@@ -61,43 +64,44 @@ class PruneResult:
         return save_model(self.model, path, graph=self.context.pruned_graph)  # weights may wait in the graph
 
 
-def prune(model: onnx.ModelProto | str | os.PathLike, *, ratio: float | None = None,
-          target_latency: str | float | None = None, target_flops: str | float | None = None,
-          target_params: str | float | None = None, criterion: str | None = None, round_to: int = 1,
-          calibration=None, calib_samples: int | None = None, reconstruct: str | None = None,
-          provider: str = "cpu", threads: int | None = None, input_shapes: dict[str, list[int]] | None = None,
-          latency_table=None, log: Callable[[str], None] | None = None, benchmark: bool = False,
-          prune: tuple[str, ...] | str = ("heads", "channels")) -> PruneResult:
+def prune(model: onnx.ModelProto | str | os.PathLike, options: PruneOptions | None = None, *,
+          log: Callable[[str], None] | None = None, **values: Any) -> PruneResult:
     """Prune MODEL; the input is never modified.
 
-    Either ``ratio`` (default 0.3): that fraction of every prunable group's channels; or one
-    target: ``target_latency`` ("50ms", or a number of ms) measured on ``provider`` with
-    ``threads`` (or predicted from ``latency_table``, a profile of the target device),
-    ``target_flops`` / ``target_params`` (a fraction of the original such as 0.5, or a count
-    such as "2G"). A target search raises ``TargetUnreachable`` when even the most pruning it
-    allows misses; when the model already meets the target, ``report["search"]["status"]`` is
-    ``"already_met"`` and nothing is removed.
+    The keyword arguments are ``PruneOptions``' fields (the CLI's prune flags by their field
+    names; they override ``options``). Either ``ratio`` (default 0.3): that fraction of every
+    prunable group's channels; or one target: ``target_latency`` ("50ms", or a number of ms)
+    measured on ``provider`` with ``threads`` (or predicted from ``latency_table``, a profile of
+    the target device), ``target_flops`` / ``target_params`` (a fraction of the original such as
+    0.5, or a count such as "2G"). A target search raises ``TargetUnreachable`` when even the most
+    pruning it allows misses; when the model already meets the target,
+    ``report["search"]["status"]`` is ``"already_met"`` and nothing is removed.
 
-    ``calibration`` (a .npz path, a folder of .npz, a .py defining ``load_data()``, or an iterable
-    of input dicts) enables activation criteria (default ``obs``), reconstruction
+    ``calibration`` (a .npz path, a folder of .npz or images, a .py defining ``load_data()``, or an
+    iterable of input dicts) enables activation criteria (default ``obs``), reconstruction
     (default ``lstsq``; ``"bias"`` or ``"none"`` to change it) and the fidelity report.
     ``benchmark=True`` times the original and the pruned model side by side at the end
-    (``report["benchmark"]``).
+    (``report["benchmark"]``). ``log`` receives progress lines of a latency search.
     """
-    from .errors import BadInputError
-    from .search.targets import parse_target
-
-    target = parse_target(target_latency, target_flops, target_params)
-    if target is not None and ratio is not None:
-        raise BadInputError("give either a ratio or a target, not both")
-    if target is not None and target.kind != "latency" and latency_table is not None:
-        raise BadInputError("a latency table only serves a latency target")
-    options = PruneOptions(ratio=0.3 if ratio is None else ratio, criterion=criterion, round_to=round_to,
-                           calibration=calibration, calib_samples=calib_samples, reconstruct=reconstruct,
-                           target=target, provider=provider, threads=threads, input_shapes=dict(input_shapes or {}),
-                           latency_table=latency_table, benchmark=benchmark,
-                           prune=tuple(prune.split(",")) if isinstance(prune, str) else tuple(prune))
+    unknown = sorted(set(values) - {f.name for f in fields(PruneOptions)})
+    if unknown:
+        raise TypeError(f"prune() got an unexpected keyword argument '{unknown[0]}'")
+    options = replace(options, **values) if options is not None else PruneOptions(**values)
+    options = options.validate()
     from .passes.builtin import default_passes
 
     ctx = Pipeline(default_passes(options, log)).run(model, options)
     return PruneResult(ctx.pruned, ctx, None if isinstance(model, onnx.ModelProto) else model)
+
+
+def _signature() -> inspect.Signature:
+    """prune()'s signature as ``help()`` and editors show it: one keyword per option field."""
+    base = inspect.signature(prune)
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params = [p for p in base.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
+    params += [inspect.Parameter(f.name, keyword, default=default_of(f.name), annotation=f.type)
+               for f in fields(PruneOptions)]
+    return base.replace(parameters=params)
+
+
+prune.__signature__ = _signature()

@@ -24,6 +24,7 @@ import onnx_graphsurgeon as gs
 from .analysis.state import const, set_const_input
 from .calibration.data import runs_of
 from .calibration.stats import cross_product
+from .ops import linear_view_for
 from .runtime.capture import capture, capture_session
 
 #: Rows sampled per layer and calibration sample (conv patches can be many), on average over a
@@ -225,10 +226,6 @@ class MatrixView(LinearView):
                                    outputs=[out]))
 
 
-#: How each consuming op type is seen as a linear layer.
-LINEAR_VIEWS = {"Conv": ConvView, "Gemm": MatrixView, "MatMul": MatrixView}
-
-
 @dataclass
 class LayerReport:
     node: str
@@ -263,7 +260,7 @@ def reconstruct(original: gs.Graph, pruned: gs.Graph, consumers: list[tuple], ca
     reports, views = [], {}
     for name, kept, total, out_mask in consumers:
         node_p = next((n for n in pruned.nodes if n.name == name), None)
-        view_cls = LINEAR_VIEWS.get(node_p.op) if node_p is not None else None
+        view_cls = linear_view_for(node_p) if node_p is not None else None
         report = LayerReport(name, kept, total)
         reports.append(report)
         if view_cls is None:

@@ -517,7 +517,7 @@ def test_dims_lost_by_shape_inference_are_followed_through_a_deep_graph():
     ask, in topological order), with answers kept in the analysis' cache."""
     import onnx_graphsurgeon as gs
 
-    from onnxprune.analysis.dims import dim_of
+    from onnxprune.analysis.provenance import dim_of
 
     x = gs.Variable("x", dtype=np.float32, shape=["batch", 4])
     tensors, t = [], x

@@ -48,3 +48,38 @@ def test_summary_names_the_shapes_counted_at(tmp_path):
 
     result = onnxprune.prune(str(MODELS / "digits_cnn.onnx"), ratio=0.3, calibration=str(MODELS / "digits_calib.npz"))
     assert "FLOPs counted at input 1x1x8x8 (a calibration sample)" in prune_summary(result.context)
+
+
+def _layer(op: str, x: list[int], w: list[int], **attrs) -> gs.Graph:
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    init = numpy_helper.from_array(np.ones(w, np.float32), "w")
+    node = helper.make_node(op, ["x", "w"], ["y"], name="layer", **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [init])
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    return gs.import_onnx(model)
+
+
+@pytest.mark.parametrize("op, x, w, attrs", [
+    ("Conv", [2, 8, 9, 9], [6, 4, 3, 3], {"group": 2, "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ("ConvTranspose", [1, 4, 5, 5], [4, 3, 2, 2], {"strides": [2, 2]}),
+    ("Gemm", [3, 5], [7, 5], {"transB": 1}),
+    ("Gemm", [5, 3], [5, 7], {"transA": 1}),
+    ("MatMul", [2, 3, 5], [5, 7], {}),
+])
+def test_probes_and_metrics_count_a_layer_with_one_formula(op, x, w, attrs):
+    """The search's probe of a layer, as it is and resized, costs what the metrics count for it."""
+    from onnxprune.metrics import node_flops
+    from onnxprune.ops.probe import base_spec, resized
+
+    graph = _layer(op, x, w, **attrs)
+    node = graph.nodes[0]
+    y = [int(d) for d in node.outputs[0].shape]
+    spec = base_spec(node, x, y)
+    assert spec.flops == node_flops(node) > 0
+    smaller = list(w)
+    smaller[0] -= 2 if op == "Conv" else 1  # Conv: one whole conv group of outputs
+    narrow = resized(spec, smaller)
+    assert narrow.flops == node_flops(_layer(op, narrow.x_shape, smaller, **narrow.attrs).nodes[0]) < spec.flops

@@ -37,6 +37,16 @@ def test_activation_passes_channels(op):
     assert_oracle(b.model(), ratio=0.5)
 
 
+def test_contrib_activation_passes_channels():
+    """ONNX Runtime's QuickGelu (x * sigmoid(1.702 x), as its optimizer fuses CLIP's activation):
+    added as one entry of ops/elementwise.py, docs/architecture.md's example."""
+    b = GraphBuilder()
+    y = b.act(b.conv(b.input([1, 3, 6, 6]), 8), "QuickGelu", alpha=1.702)
+    b.nodes[-1].domain = "com.microsoft"
+    head(b, y)
+    assert_oracle(b.model(domains={"com.microsoft": 1}), ratio=0.5)
+
+
 @pytest.mark.parametrize("op", ["Add", "Mul", "Sub", "Div"])
 def test_per_channel_constant(op):
     b = GraphBuilder()

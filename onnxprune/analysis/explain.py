@@ -6,7 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .groups import Analysis
-from .rules import INTEGER_LAYERS, WEIGHT_LAYERS, quantized_weight, rule_key
+from ..ops import WEIGHT_LAYERS, integer_layer, quantized_weight
 
 
 def uncovered_weights(analysis: Analysis) -> list[str]:
@@ -49,17 +49,12 @@ def _subgraph_layers(graph: gs.Graph) -> tuple[list[str], int]:
         for attr in node.attrs.values():
             for sub in attr if isinstance(attr, list) else [attr]:
                 if isinstance(sub, gs.Graph):
-                    inner += sum(1 for n in sub.nodes if n.op in WEIGHT_LAYERS or _integer_layer(n)) \
+                    inner += sum(1 for n in sub.nodes if n.op in WEIGHT_LAYERS or integer_layer(n)) \
                         + _subgraph_layers(sub)[1]
         if inner:
             holders.append(f"{node.op} '{node.name}'")
             count += inner
     return holders, count
-
-
-def _integer_layer(node: gs.Node) -> bool:
-    """A layer computing on integer weights (ConvInteger, QLinearConv, MatMulInteger, ...)."""
-    return rule_key(node) in INTEGER_LAYERS
 
 
 def nothing_to_prune(analysis: Analysis) -> str:
@@ -72,7 +67,7 @@ def nothing_to_prune(analysis: Analysis) -> str:
     nodes = analysis.graph.nodes
     layers = [n for n in nodes if n.op in WEIGHT_LAYERS]
     quantized = [n for n in layers if quantized_weight(n)]
-    integer = [n for n in nodes if _integer_layer(n)]
+    integer = [n for n in nodes if integer_layer(n)]
     holders, inner = _subgraph_layers(analysis.graph)
     parts = []
     if quantized:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..errors import BadInputError
-from .rules import RULES, rule_key
+from ..ops import rule_for, spec_key as rule_key
 from .sharing import ConstantPlan, constant_plans
+from .plan import Plan, make_plan
 from .state import SliceSite, State, UnsupportedPattern
 
 
@@ -72,12 +74,14 @@ class Analysis:
     def prunable_groups(self) -> list[Group]:
         return [g for g in self.groups if g.prunable]
 
+    @cached_property
+    def plan(self) -> Plan:
+        """The frozen pruning plan (cuts and edits by node name) that ``passes.rewrite.apply`` applies."""
+        return make_plan(self.state.sites, self.state.edits, self.root)
+
     def keep_fn(self, removed_roots: set[int]):
         """The ``keep`` mask function for a set of removed classes."""
-        removed = np.zeros(len(self.root), dtype=bool)
-        if removed_roots:
-            removed[np.isin(self.root, np.fromiter(removed_roots, dtype=np.int64))] = True
-        return lambda atoms: ~removed[atoms]
+        return self.plan.keep_fn(removed_roots)
 
 
 def analyze_graph(graph: gs.Graph, opset: int) -> Analysis:
@@ -107,7 +111,7 @@ def _run_rule(node: gs.Node, state: State) -> None:
     for tr in implicit:
         if tr is not None:
             state.block(tr.atoms, f"used inside the subgraph of {node.op} '{node.name}'")
-    rule = RULES.get(rule_key(node))
+    rule = rule_for(node)
     if rule is None:
         for _, t in tracked_inputs:
             state.block(state.track(t).atoms, f"op {rule_key(node)} ('{node.name}') is not supported")

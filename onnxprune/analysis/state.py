@@ -52,10 +52,12 @@ class Edit:
     """A change, other than slicing a weight, that depends on which channels are kept.
 
     Examples: a depthwise Conv's ``group``, Split sizes, Slice bounds, a channel count in a
-    Reshape shape. Each op rule that needs one creates it; the rewrite applies them all.
+    Reshape shape. Each op rule that needs one creates it; the rewrite applies them all, to a
+    copy of the graph: an edit holds node names and atoms (it is part of the frozen plan), and
+    finds its nodes in ``nodes`` (by name) of the ``graph`` being rewritten.
     """
 
-    def apply(self, keep: KeepFn) -> None:  # pragma: no cover - interface
+    def apply(self, keep: KeepFn, graph: gs.Graph, nodes: dict[str, gs.Node]) -> None:  # pragma: no cover
         raise NotImplementedError
 
 
@@ -78,9 +80,9 @@ class State:
     heads: list[np.ndarray] = field(default_factory=list)
     #: the graph being analyzed (edits that add nodes need it)
     graph: gs.Graph | None = None
-    #: channel counts read at run time into shape vectors (rules.CountUse), checked by their users
+    #: channel counts read at run time into shape vectors (provenance.CountUse), checked by their users
     count_uses: list = field(default_factory=list)
-    #: dims and shape values worked out so far (analysis.dims), for this graph as it is
+    #: dims and shape values worked out so far (analysis.provenance), for this graph as it is
     dims_cache: dict = field(default_factory=dict)
 
     # --- atoms -------------------------------------------------------------------------

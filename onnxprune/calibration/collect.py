@@ -31,9 +31,9 @@ def sink_tensors(analysis: Analysis) -> dict[str, int]:
 def gram_view(site: SliceSite):
     """The consumer of ``site`` as a linear layer whose Gram matrix can be gathered, and None;
     or None and the reason it cannot."""
-    from ..reconstruct import LINEAR_VIEWS
+    from ..ops import linear_view_for
 
-    view_cls = LINEAR_VIEWS.get(site.node.op)
+    view_cls = linear_view_for(site.node)
     if view_cls is None:
         return None, f"{site.node.op} is not seen as a linear layer"
     view = view_cls(site.node)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..analysis import analyze_graph, restrict
 from ..context import PruningContext
 from ..errors import BadInputError
 from ..io import check_opset, is_deferred, uses_external_data
 from ..metrics import count_flops_at, count_params
-from ..scoring import CRITERIA, needs_activations, needs_grams, score_groups, sink_tensors
+from ..scoring import needs_activations, needs_grams, score_groups, sink_tensors
 from ..selection import select_by_ratio
 from .normalize import normalize
-from .rewrite import check_not_bigger, export_checked, export_unchanged, note_kept_whole, rewrite
+from .rewrite import apply, check_not_bigger, export_checked, export_unchanged, note_kept_whole
 
 
 class Pass:
@@ -52,26 +54,24 @@ class Analyze(Pass):
 #: the wrong question (on the digits CNN it then does worse), and ``fluctuation`` is used instead.
 DEFAULT_CALIBRATED_CRITERION = "obs"
 DEFAULT_UNREFIT_CRITERION = "fluctuation"
-RECONSTRUCT_MODES = ("none", "bias", "lstsq")
 
 
 def resolve_options(ctx: PruningContext) -> None:
-    """Fill the defaults that depend on whether calibration data was given."""
-    opts = ctx.options
-    if opts.criterion is None:
+    """Fill the defaults that depend on whether calibration data was given (a new frozen copy;
+    every value is checked by ``PruneOptions.validate``)."""
+    opts = ctx.options.validate()
+    criterion, reconstruct = opts.criterion, opts.reconstruct
+    if criterion is None:
         if opts.calibration is None:
-            opts.criterion = "l1"
+            criterion = "l1"
         else:
-            refit = opts.reconstruct != "none"
-            opts.criterion = DEFAULT_CALIBRATED_CRITERION if refit else DEFAULT_UNREFIT_CRITERION
-    if opts.criterion not in CRITERIA:
-        raise BadInputError(f"unknown criterion '{opts.criterion}' (choose from {', '.join(CRITERIA)})")
-    if opts.reconstruct is None:
-        opts.reconstruct = "lstsq" if opts.calibration is not None else "none"
-    if opts.reconstruct not in RECONSTRUCT_MODES:
-        raise BadInputError(f"unknown reconstruction '{opts.reconstruct}' (choose from {', '.join(RECONSTRUCT_MODES)})")
-    if opts.reconstruct != "none" and opts.calibration is None:
+            refit = reconstruct != "none"
+            criterion = DEFAULT_CALIBRATED_CRITERION if refit else DEFAULT_UNREFIT_CRITERION
+    if reconstruct is None:
+        reconstruct = "lstsq" if opts.calibration is not None else "none"
+    if reconstruct != "none" and opts.calibration is None:
         raise BadInputError("reconstruction needs calibration data (--calib)")
+    ctx.options = replace(opts, criterion=criterion, reconstruct=reconstruct)
 
 
 class Calibrate(Pass):
@@ -93,12 +93,10 @@ class Calibrate(Pass):
                                 "using random synthetic inputs (give --calib for meaningful scores)")
             source, description = _synthetic_batches(ctx.graph), "synthetic random inputs"
         else:
-            source, description = opts.calibration, None
+            source, description = opts.calibration_source(), None
         ctx.calibration = Calibration(source, input_specs(ctx.graph), opts.calib_samples, description)
         if opts.reconstruct != "none":
-            import onnx_graphsurgeon as gs
-
-            ctx.original = gs.import_onnx(gs.export_onnx(ctx.graph, do_type_check=False))  # rewrite edits in place
+            ctx.original = ctx.graph  # the rewrite works on a copy
         if not needs_activations(opts.criterion):
             return
         ctx.stats = collect_stats(ctx.analysis, ctx.graph, ctx.calibration, grams=needs_grams(opts.criterion))
@@ -145,11 +143,7 @@ class Select(Pass):
     name = "select"
 
     def run(self, ctx: PruningContext) -> None:
-        ratio = ctx.options.ratio
-        if not 0 <= ratio < 1:
-            raise BadInputError(f"ratio must be in [0, 1), got {ratio}")
-        if ctx.options.round_to < 1:
-            raise BadInputError(f"round-to must be a positive integer, got {ctx.options.round_to}")
+        ratio = ctx.options.ratio  # checked by PruneOptions.validate
         ctx.selection = select_by_ratio(ctx.analysis, ctx.scores, ratio, ctx.options.round_to)
 
 
@@ -161,7 +155,7 @@ class Rewrite(Pass):
     def run(self, ctx: PruningContext) -> None:
         note_kept_whole(ctx.analysis, ctx.selection)
         shapes = flop_shapes(ctx)
-        before = count_flops_at(ctx.graph, shapes)  # the graph is rewritten in place: count it first
+        before = count_flops_at(ctx.graph, shapes)
         ctx.report["before"]["flops"] = before.flops
         if not ctx.selection.removed:
             # Nothing to remove: the input is the output, never normalized or re-validated (its
@@ -172,7 +166,7 @@ class Rewrite(Pass):
             ctx.report["after"] = dict(ctx.report["before"])
             ctx.report["flops_at"] = _flops_at(ctx, before, before)
             return
-        graph = rewrite(ctx.analysis, ctx.selection.removed)
+        graph = apply(ctx.analysis.plan, ctx.selection.removed, ctx.graph)  # a new graph: ctx.graph stays the original
         ctx.pruned_graph = graph
         after = count_flops_at(graph, shapes)
         ctx.report["after"] = {"params": count_params(graph), "flops": after.flops}
@@ -214,19 +208,20 @@ class Reconstruct(Pass):
         mode = ctx.options.reconstruct
         if mode in (None, "none") or ctx.original is None or not ctx.selection.removed:
             return
-        keep = ctx.analysis.keep_fn(ctx.selection.removed)
+        plan = ctx.analysis.plan
+        keep = plan.keep_fn(ctx.selection.removed)
         inputs: dict[str, list[int]] = {}
         outputs = {}
-        for site in ctx.analysis.sites:
-            if site.role == "weight_in":
-                mask = keep(site.atoms)
+        for cut in plan.cuts:
+            if cut.role == "weight_in":
+                mask = keep(cut.atoms)
                 if not mask.all():
-                    inputs[site.node.name] = [int(mask.sum()), len(mask)]
-            elif site.role == "weight_out":
-                outputs[site.node.name] = keep(site.atoms)
+                    inputs[cut.node] = [int(mask.sum()), len(mask)]
+            elif cut.role == "weight_out":
+                outputs[cut.node] = keep(cut.atoms)
         layers = [(n.name, *inputs[n.name], outputs.get(n.name)) for n in ctx.original.nodes if n.name in inputs]
         layers = reconstruct(ctx.original, ctx.pruned_graph, layers, ctx.calibration, mode=mode,
-                             ridge=ctx.options.ridge)
+                             ridge=ctx.options.ridge, threads=ctx.options.threads)
         ctx.pruned_graph.cleanup(remove_unused_graph_inputs=False).toposort()
         before, after = ctx.report["before"]["params"], count_params(ctx.pruned_graph)
         if after > before and not is_deferred(ctx.pruned):
@@ -252,6 +247,7 @@ def default_passes(options=None, log=None) -> list[Pass]:
     from .search import Search
     from .verify import Verify
 
+    options = options.validate() if options is not None else None  # target_flops="50%" is a target too
     select = Search(log) if options is not None and options.target is not None else Select()
     passes = [Normalize(), Analyze(), Calibrate(), Score(), select, Rewrite(), Reconstruct(), Verify()]
     if options is not None and options.benchmark:

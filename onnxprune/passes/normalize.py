@@ -29,7 +29,7 @@ _NO_FOLD = {
 #: Never materialise a folded tensor larger than this; such nodes stay as they are.
 MAX_FOLD_BYTES = 1 << 30
 #: Folding may add at most this many bytes to what the model stores, over all folds of values
-#: that are neither layer parameters (``rules.PARAMETER_INPUTS``) nor vectors: a fold costs its
+#: that are neither layer parameters (``OpSpec.parameter_inputs``) nor vectors: a fold costs its
 #: output's bytes less the bytes of inputs only it reads. A small Expand or Tile of a constant
 #: is folded; one that would turn a few bytes into megabytes stays a computation, as in the input.
 FOLD_BUDGET_BYTES = 64 * 1024
@@ -294,13 +294,13 @@ def _foldable(node: gs.Node, graph: gs.Graph) -> bool:
 
 
 def _parameter_sources(graph: gs.Graph) -> set:
-    """Tensors whose values end up in a layer parameter (``rules.PARAMETER_INPUTS``), directly or
+    """Tensors whose values end up in a layer parameter (``OpSpec.parameter_inputs``), directly or
     through nodes that fold: the values the analysis reads and slices."""
-    from ..analysis.rules import PARAMETER_INPUTS, rule_key
+    from ..ops import parameter_inputs
 
     needed: set[int] = set()  # ids: graphsurgeon tensors are not hashable
     for node in graph.nodes:
-        for i in PARAMETER_INPUTS.get(rule_key(node), ()):
+        for i in parameter_inputs(node):
             if i < len(node.inputs) and isinstance(node.inputs[i], gs.Variable):
                 needed.add(id(node.inputs[i]))
     for node in reversed(graph.nodes):  # topological order: consumers first

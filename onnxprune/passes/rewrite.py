@@ -1,5 +1,7 @@
 """Rewrite: physically remove the selected channels and check the result.
 
+``apply`` works on a copy of the normalized graph, from the frozen plan alone: the analysed graph
+stays the original (reconstruction and the search read it), and a search trial is one ``apply``.
 Every weight site is sliced with the kept mask of its atoms, every edit (group attributes, split
 sizes, slice bounds, shape constants) is applied, shapes are re-inferred and the model must pass
 ``onnx.checker`` in full mode (in the mode the input passes, if it fails that); if it does
@@ -15,6 +17,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..analysis import Analysis
+from ..analysis.plan import Plan
 from ..analysis.sharing import readers
 from ..errors import RewriteError
 from ..io import (EXTERNAL_DATA_THRESHOLD, check_deferred, copy_model_fields, export_deferred, has_external_values,
@@ -22,27 +25,56 @@ from ..io import (EXTERNAL_DATA_THRESHOLD, check_deferred, copy_model_fields, ex
 from .normalize import infer_shapes
 
 
-def _slices_by_input(analysis: Analysis, keep) -> dict:
-    by_input: dict[tuple[int, int], tuple[gs.Node, int, list]] = {}
-    for site in analysis.sites:
-        mask = keep(site.atoms)
-        if mask.all():
-            continue
-        key = (id(site.node), site.input_index)
-        by_input.setdefault(key, (site.node, site.input_index, []))[2].append((site.axis, mask))
+def copy_graph(graph: gs.Graph) -> gs.Graph:
+    """A copy of ``graph`` that exports to the same bytes: onnx-graphsurgeon's ``copy`` (weights
+    shared, never written in place by the rewrite), plus what it leaves out: tensor types and
+    data locations, attributes set on tensors by ``normalize`` (fold records), producer fields,
+    and attributes set on the graph by ``io`` (the input's data files, which saving must not
+    overwrite)."""
+    new = graph.copy()
+    for name in set(vars(graph)) - set(vars(new)) | {"producer_name", "producer_version", "name_idx"}:
+        setattr(new, name, getattr(graph, name))
+    _copy_tensor_fields(graph, new)
+    return new
+
+
+def _copy_tensor_fields(graph: gs.Graph, new: gs.Graph) -> None:
+    copies = new.tensors()
+    for name, tensor in graph.tensors().items():
+        copy = copies[name]
+        if isinstance(tensor, gs.Constant):
+            copy.data_location = tensor.data_location
+        else:
+            copy.type = tensor.type
+        for attr in set(vars(tensor)) - set(vars(copy)):  # set by normalize (e.g. a fold's record)
+            setattr(copy, attr, getattr(tensor, attr))
+    for node, node_copy in zip(graph.nodes, new.nodes):
+        for attr, value in node.attrs.items():
+            if isinstance(value, gs.Graph):
+                _copy_tensor_fields(value, node_copy.attrs[attr])
+
+
+def _cuts_by_input(plan: Plan, keep) -> dict[tuple[str, int], list]:
+    by_input: dict[tuple[str, int], list] = {}
+    for cut in plan.cuts:
+        mask = keep(cut.atoms)
+        if not mask.all():
+            by_input.setdefault((cut.node, cut.input_index), []).append((cut.axis, mask))
     return by_input
 
 
-def _slice_constants(analysis: Analysis, keep) -> None:
+def _slice_constants(graph: gs.Graph, nodes: dict[str, gs.Node], by_input: dict[tuple[str, int], list]) -> None:
     """Slice every cut constant once per distinct cut: readers cut alike share one copy (as
-    ``analysis.sharing`` plans it), and a constant all its readers cut alike is changed in place."""
+    ``analysis.sharing`` plans it), and a constant all its readers cut alike is changed in place
+    (in ``graph``, a copy: the values are replaced, never written into)."""
     by_constant: dict[int, tuple[gs.Tensor, dict]] = {}
-    for node, index, cuts in _slices_by_input(analysis, keep).values():
+    for (name, index), cuts in by_input.items():
+        node = nodes[name]
         tensor = node.inputs[index]
         signature = tuple(sorted((axis, mask.tobytes()) for axis, mask in cuts))
         entry = by_constant.setdefault(id(tensor), (tensor, {}))
         entry[1].setdefault(signature, (cuts, []))[1].append((node, index))
-    outputs = {id(t) for t in analysis.graph.outputs}
+    outputs = {id(t) for t in graph.outputs}
     for tensor, by_signature in by_constant.values():
         cut_readers = sum(len(r) for _, r in by_signature.values())
         in_place = isinstance(tensor, gs.Constant) and len(by_signature) == 1 \
@@ -62,13 +94,15 @@ def _slice_constants(analysis: Analysis, keep) -> None:
                 node.inputs[index] = copy
 
 
-def rewrite(analysis: Analysis, removed: set[int]) -> gs.Graph:
-    """Apply the removal to ``analysis.graph`` in place and return it with shapes re-inferred."""
-    graph = analysis.graph
-    keep = analysis.keep_fn(removed)
-    _slice_constants(analysis, keep)
-    for edit in analysis.state.edits:
-        edit.apply(keep)
+def apply(plan: Plan, removed: set[int], graph: gs.Graph) -> gs.Graph:
+    """The graph with the classes ``removed`` taken out as ``plan`` says, shapes re-inferred: a
+    new graph; ``graph`` (the one the plan was made from, or a copy) is left as it is."""
+    graph = copy_graph(graph)
+    nodes = {node.name: node for node in graph.nodes}
+    keep = plan.keep_fn(removed)
+    _slice_constants(graph, nodes, _cuts_by_input(plan, keep))
+    for edit in plan.edits:
+        edit.apply(keep, graph, nodes)
     io = {id(t) for t in graph.inputs} | {id(t) for t in graph.outputs}
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Variable) and id(tensor) not in io:

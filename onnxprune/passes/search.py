@@ -36,12 +36,13 @@ class Search(Pass):
 
     def run(self, ctx: PruningContext) -> None:
         from ..search.latency_table import LatencyTable
-        from ..search.target_search import search_counted, search_latency
+        from ..search.target_search import SearchProblem, SearchSettings, search_counted, search_latency
 
         opts = ctx.options
         target = opts.target
         if target is None:
             raise BadInputError("the search pass needs a target (latency, FLOPs or params)")
+        problem = SearchProblem(ctx.analysis, ctx.graph, ctx.opset, ctx.model, ctx.scores, ctx.calibration)
         if target.kind == "latency":
             table = opts.latency_table
             if table is not None and not isinstance(table, LatencyTable):
@@ -49,12 +50,12 @@ class Search(Pass):
             feeds = None
             if not opts.input_shapes:
                 feeds = latency_feeds(ctx)
-            result = search_latency(ctx.analysis, ctx.graph, ctx.opset, ctx.model, ctx.scores, target,
-                                    model_fingerprint(ctx.model), opts.input_shapes, feeds, opts.provider,
-                                    opts.threads, opts.round_to, table, self.log, ctx.calibration)
+            settings = SearchSettings.from_options(opts, feeds=feeds, table=table,
+                                                   model_sha256=model_fingerprint(ctx.model), log=self.log)
+            result = search_latency(problem, target, settings)
         else:
-            result = search_counted(ctx.analysis, ctx.graph, ctx.opset, ctx.model, ctx.scores, target,
-                                    opts.round_to, ctx.calibration, opts.threads, flop_shapes(ctx))
+            settings = SearchSettings.from_options(opts, flop_shapes=flop_shapes(ctx))
+            result = search_counted(problem, target, settings)
         ctx.selection = result.selection
         ctx.report["search"] = result.as_report()
         ctx.warnings.extend(search_warnings(result))

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..analysis import Analysis
 from ..errors import BadInputError, OnnxPruneError
+from .settings import SearchSettings
 from .cost import CostModel, layer_variants
 from .probes import probe_model
 
@@ -145,11 +146,14 @@ def layer_shapes(graph, analysis: Analysis, feeds: dict[str, np.ndarray], thread
             for name, n in nodes.items()}
 
 
-def profile(graph, analysis: Analysis, opset: int, feeds: dict[str, np.ndarray], baseline_ms: float,
-            model_sha256: str, provider: str = "cpu", threads: int | None = None, round_to: int = 1,
+def profile(graph, analysis: Analysis, opset: int, baseline_ms: float, settings: SearchSettings,
             progress: Callable[[int, int], None] | None = None) -> LatencyTable:
-    """Time every modelled layer at every candidate width (see the module docstring)."""
+    """Time every modelled layer at every candidate width (see the module docstring), on
+    ``settings.feeds`` with ``settings.provider`` and ``threads``, widths of ``round_to``."""
     from ..runtime.session import onnxruntime
+
+    feeds, model_sha256 = settings.feeds, settings.model_sha256
+    provider, threads, round_to = settings.provider, settings.threads, settings.round_to
 
     shapes = layer_shapes(graph, analysis, feeds, threads)
     full, variants, _ = layer_variants(analysis, shapes, round_to)
@@ -228,5 +232,6 @@ def profile_model(path: str | os.PathLike, provider: str = "cpu", threads: int |
     analysis = analyze_graph(graph, opset)
     original = make_runner(model.SerializeToString(), provider, threads, input_shapes or {})
     baseline = interleaved([("original", original)], min_seconds=1.0, max_rounds=30)[0].percentile(50)
-    return profile(graph, analysis, opset, original.feeds, baseline, model_fingerprint(model), provider, threads,
-                   round_to, progress)
+    settings = SearchSettings(round_to=round_to, provider=provider, threads=threads, input_shapes=input_shapes,
+                              feeds=original.feeds, model_sha256=model_fingerprint(model))
+    return profile(graph, analysis, opset, baseline, settings, progress)

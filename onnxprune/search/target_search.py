@@ -27,13 +27,13 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..analysis import Analysis, analyze_graph
+from ..analysis import Analysis
 from ..errors import OnnxPruneError
-from ..io import copy_model_fields
 from ..metrics import count_flops, count_flops_at, count_params
 from ..selection import Selection, select_by_counts
 from .allocate import allocate, allocate_uniform, greedy_path, importance_curves
 from .cost import CostModel, channel_block, counted_model, latency_steps, static_layer_shapes, uniform_curve
+from .settings import SearchProblem, SearchSettings
 from .targets import Target
 
 #: end-to-end corrections of a counted (FLOPs, params) search before giving up
@@ -119,26 +119,18 @@ class Candidate:
 
 
 class Trials:
-    """Builds pruned variants of one normalized graph without touching it."""
+    """Builds pruned variants of one normalized graph without touching it: each trial is one
+    ``apply`` of the analysis' frozen plan to a copy, then serialized (no re-analysis)."""
 
     def __init__(self, graph: gs.Graph, analysis: Analysis, opset: int, template: onnx.ModelProto):
-        model = gs.export_onnx(graph, do_type_check=False)
-        copy_model_fields(template, model)
-        model.ir_version = max(template.ir_version, 4)
-        self._bytes = model.SerializeToString()
-        self._opset = opset
-        self._ir_version = model.ir_version
-        # all groups, prunable or not: --prune may have kept some whole in the caller's analysis
-        self._signature = [(g.id, g.classes) for g in analysis.groups]
+        self._graph = graph
+        self._plan = analysis.plan
+        self._ir_version = max(template.ir_version, 4)
 
     def build(self, selection: Selection) -> tuple[gs.Graph, bytes]:
-        from ..passes.rewrite import rewrite
+        from ..passes.rewrite import apply
 
-        graph = gs.import_onnx(onnx.load_from_string(self._bytes))
-        analysis = analyze_graph(graph, self._opset)
-        if [(g.id, g.classes) for g in analysis.groups] != self._signature:
-            raise OnnxPruneError("internal error: the analysis of a copy of the graph differs from the original's")
-        pruned = rewrite(analysis, selection.removed)
+        pruned = apply(self._plan, selection.removed, self._graph)
         model = gs.export_onnx(pruned, do_type_check=False)
         model.ir_version = self._ir_version
         return pruned, model.SerializeToString()
@@ -151,13 +143,14 @@ class Trials:
         return candidate.model_bytes
 
 
-def search_counted(analysis: Analysis, graph: gs.Graph, opset: int, template: onnx.ModelProto,
-                   scores: dict[int, np.ndarray], target: Target, round_to: int = 1, calibration=None,
-                   threads: int | None = None, flop_shapes: dict[str, list[int]] | None = None) -> SearchResult:
+def search_counted(problem: SearchProblem, target: Target, settings: SearchSettings) -> SearchResult:
     """FLOPs or params target: allocate on the counted model, count the rewritten model exactly
-    (and with ``calibration``, the accuracy guard of ``search.guard``). FLOPs are counted at
-    ``flop_shapes`` (:func:`count_flops_at`), as the summary counts them, so "met" is judged on
-    the figures the user sees."""
+    (and with calibration data, the accuracy guard of ``search.guard``). FLOPs are counted at
+    ``settings.flop_shapes`` (:func:`count_flops_at`), as the summary counts them, so "met" is
+    judged on the figures the user sees."""
+    analysis, graph, opset, template, scores = (problem.analysis, problem.graph, problem.opset, problem.template,
+                                                problem.scores)
+    round_to, calibration, flop_shapes = settings.round_to, problem.calibration, settings.flop_shapes
     start = time.perf_counter()
     count = (lambda g: count_flops_at(g, flop_shapes).flops) if target.kind == "flops" else count_params
     baseline = float(count(graph))
@@ -210,13 +203,15 @@ def _guard_counted(result: SearchResult, model: CostModel, trials: Trials, analy
         result.counts, result.selection = plan.counts, uniform
 
 
-def search_latency(analysis: Analysis, graph: gs.Graph, opset: int, template: onnx.ModelProto,
-                   scores: dict[int, np.ndarray], target: Target, model_sha256: str,
-                   input_shapes: dict[str, list[int]] | None = None, feeds: dict[str, np.ndarray] | None = None,
-                   provider: str = "cpu", threads: int | None = None, round_to: int = 1,
-                   table=None, log: Callable[[str], None] | None = None, calibration=None) -> SearchResult:
-    """Latency target, measured on ``provider`` (see the module docstring), or predicted by
-    ``table``. Inputs are ``feeds`` (e.g. a calibration batch) or random ones of ``input_shapes``."""
+def search_latency(problem: SearchProblem, target: Target, settings: SearchSettings) -> SearchResult:
+    """Latency target, measured on ``settings.provider`` (see the module docstring), or predicted
+    by ``settings.table``. Inputs are ``settings.feeds`` or random ones of ``input_shapes``."""
+    analysis, graph, opset, template, scores = (problem.analysis, problem.graph, problem.opset, problem.template,
+                                                problem.scores)
+    provider, threads, round_to, table, log = (settings.provider, settings.threads, settings.round_to,
+                                               settings.table, settings.log)
+    input_shapes, feeds, model_sha256, calibration = (settings.input_shapes, settings.feeds, settings.model_sha256,
+                                                      problem.calibration)
     from ..runtime.session import make_runner
     from ..runtime.timing import interleaved
 
@@ -429,4 +424,5 @@ def _human(n: float) -> str:
     return f"{n:.4g}"
 
 
-__all__ = ["CostModel", "SearchResult", "TargetUnreachable", "search_counted", "search_latency"]
+__all__ = ["CostModel", "SearchProblem", "SearchResult", "SearchSettings", "TargetUnreachable", "search_counted",
+           "search_latency"]

@@ -1,0 +1,161 @@
+"""Convolutions (Conv, ConvTranspose): weight layers whose weight creates output channels and
+consumes input channels; grouped ones lose whole conv groups."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..analysis.edits import SetAttrToKeptCount
+from ..analysis.state import State, UnsupportedPattern, const, has_input
+from .probe import LayerSpec, Probe
+from .registry import Shapes, register, rule
+
+
+@rule("Conv", channel_inputs=(0,))
+def conv(node: gs.Node, state: State) -> None:
+    tr = state.track(node.inputs[0])
+    weight = const(node.inputs[1])
+    if weight is None:
+        if tr is not None:
+            state.block(tr.atoms, "Conv with weights computed at run time")
+        return
+    c_out, c_in_per_group = weight.shape[0], weight.shape[1]
+    groups = int(node.attrs.get("group", 1))
+    out_rank = weight.ndim
+    if tr is not None and tr.axis != 1:
+        raise UnsupportedPattern("Conv input carries channels on a non-channel axis")
+    if tr is not None and len(tr.atoms) != c_in_per_group * groups:
+        raise UnsupportedPattern("Conv weight does not match its input's channels")
+    if groups == 1:
+        if tr is not None:
+            state.site(node, 1, 1, tr.atoms, "weight_in")
+        out = state.fresh(c_out, node)
+        state.site(node, 1, 0, out, "weight_out")
+    elif tr is not None and len(tr.atoms) == groups * c_in_per_group and c_out % groups == 0:
+        out = _whole_conv_groups(node, state, tr.atoms, groups, c_out // groups)
+        state.site(node, 1, 0, out, "weight_out")
+    else:
+        out = state.fresh(c_out, node)
+        state.block(out, f"grouped Conv (group={groups}) on a non-prunable input")
+        state.site(node, 1, 0, out, "weight_out")
+    bias_site(node, 2, out, state)
+    state.set_track(node.outputs[0], 1, out, out_rank)
+
+
+@rule("ConvTranspose", channel_inputs=(0,))
+def conv_transpose(node: gs.Node, state: State) -> None:
+    tr = state.track(node.inputs[0])
+    weight = const(node.inputs[1])  # (C_in, C_out / group, k...)
+    if weight is None:
+        if tr is not None:
+            state.block(tr.atoms, "ConvTranspose with weights computed at run time")
+        return
+    if tr is not None and tr.axis != 1:
+        raise UnsupportedPattern("ConvTranspose input carries channels on a non-channel axis")
+    groups = int(node.attrs.get("group", 1))
+    if groups == 1:
+        if tr is not None:
+            state.site(node, 1, 0, tr.atoms, "weight_in")
+        out = state.fresh(weight.shape[1], node)
+        state.site(node, 1, 1, out, "weight_out")
+    elif tr is not None and len(tr.atoms) == weight.shape[0] and weight.shape[0] % groups == 0:
+        out = _whole_conv_groups(node, state, tr.atoms, groups, weight.shape[1])
+        state.site(node, 1, 0, tr.atoms, "weight_out")
+    else:
+        out = state.fresh(weight.shape[1] * groups, node)
+        state.block(out, f"grouped ConvTranspose (group={groups}) on a non-prunable input")
+    bias_site(node, 2, out, state)
+    state.set_track(node.outputs[0], 1, out, weight.ndim)
+
+
+def _whole_conv_groups(node: gs.Node, state: State, in_atoms: np.ndarray, groups: int, per_group_out: int
+                       ) -> np.ndarray:
+    """Grouped and depthwise convs: a conv group's inputs and outputs go together.
+
+    Channels can only leave a grouped conv a whole conv group at a time (every group must keep
+    the same width), so the input channels of each conv group are tied into one channel and the
+    group's outputs repeat it. Depthwise is the case of one input channel per group. Returns
+    the output atoms; the ``group`` attribute becomes the number of conv groups kept.
+    """
+    blocks = in_atoms.reshape(groups, -1)
+    for j in range(1, blocks.shape[1]):
+        state.union(blocks[:, 0], blocks[:, j])
+    state.edit(SetAttrToKeptCount(node, "group", blocks[:, 0]))
+    return np.repeat(blocks[:, 0], per_group_out)
+
+
+def bias_site(node: gs.Node, index: int, out: np.ndarray, state: State) -> None:
+    if not has_input(node, index):
+        return
+    bias = const(node.inputs[index])
+    if bias is None:
+        state.block(out, f"{node.op} bias computed at run time")
+    elif bias.ndim >= 1 and bias.shape[-1] == len(out) and len(out) > 1:
+        state.site(node, index, bias.ndim - 1, out, "bias")
+    elif bias.size != 1:
+        state.block(out, f"{node.op} bias of unexpected shape {list(bias.shape)}")
+
+
+
+# --- cost, probe, linear view -------------------------------------------------------------------
+
+
+def _prod(dims) -> int:
+    return int(np.prod(dims, dtype=np.int64))
+
+
+def conv_flops(s: Shapes) -> int:
+    """A multiply-add per output element and weight element of one output channel."""
+    out, w = s.y(), s.w()
+    return 2 * _prod(out) * _prod(w[1:]) if out and w else 0
+
+
+def conv_transpose_flops(s: Shapes) -> int:
+    inp, w = s.x(), s.w()
+    return 2 * _prod(inp) * _prod(w[1:]) if inp and w else 0
+
+
+def _conv_groups(new_out: int, old: LayerSpec, old_out: int) -> int:
+    groups = int(old.attrs.get("group", 1))
+    if groups == 1:
+        return 1
+    # grouped convolutions lose whole conv groups (the analysis ties a group's channels)
+    return max(1, round(groups * new_out / old_out))
+
+
+def _conv_resize(spec: LayerSpec, old: LayerSpec) -> LayerSpec:
+    groups = _conv_groups(spec.w_shape[0], old, old.w_shape[0])
+    x = list(old.x_shape)
+    x[1] = spec.w_shape[1] * groups
+    return replace(spec, x_shape=x, attrs={**old.attrs, "group": groups})
+
+
+def _conv_out_shape(spec: LayerSpec) -> list[int]:
+    # output spatial size does not depend on channel counts: take it from the input's, scaled by strides
+    spatial = spec.y_spatial
+    if spatial is None:
+        strides = spec.attrs.get("strides") or [1] * (len(spec.x_shape) - 2)
+        spatial = [max(1, -(-d // s)) for d, s in zip(spec.x_shape[2:], strides)]
+    return [spec.x_shape[0], spec.w_shape[0], *spatial]
+
+
+def _conv_transpose_resize(spec: LayerSpec, old: LayerSpec) -> LayerSpec:
+    groups = _conv_groups(spec.w_shape[0], old, old.w_shape[0])
+    x = list(old.x_shape)
+    x[1] = spec.w_shape[0]
+    return replace(spec, x_shape=x, attrs={**old.attrs, "group": groups})
+
+
+def _conv_view() -> type:
+    from ..reconstruct import ConvView
+
+    return ConvView
+
+
+register("Conv", weight_layer=True, flops=conv_flops, linear_view=_conv_view, parameter_inputs=(1, 2),
+         probe=Probe(_conv_resize, lambda s: s.w_shape[0], _conv_out_shape, keeps_out_spatial=True))
+register("ConvTranspose", weight_layer=True, flops=conv_transpose_flops, parameter_inputs=(1, 2),
+         probe=Probe(_conv_transpose_resize, lambda s: s.w_shape[1] * int(s.attrs.get("group", 1))))

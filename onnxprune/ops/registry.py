@@ -1,0 +1,153 @@
+"""The registry of op specs: everything the pruner knows about one op type, in one record.
+
+An :class:`OpSpec` says how an op maps channels (its rule), how the dims of its output follow
+from its inputs (``dim``, ``value``: see :mod:`onnxprune.analysis.provenance`), what it costs
+(``flops``, one formula for the metrics and the search's probes), how to time it at other
+widths (``probe``) and how reconstruction sees it as a linear layer (``linear_view``). Each op
+family registers its specs in one module of :mod:`onnxprune.ops`; everything else asks
+:func:`spec_for`. An op without a spec blocks every channel it touches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import onnx_graphsurgeon as gs
+
+#: (node, state) -> None: reads the tracks of the node's inputs, sets its outputs' (see analysis.state)
+RuleFn = Callable[[gs.Node, Any], None]
+#: (walk, node, output axis, output rank, depth) -> the output's dim there (int, name) or None
+DimFn = Callable[[Any, gs.Node, int, int, int], "int | str | None"]
+#: (walk, node, output tensor, depth) -> the entries of a small integer vector the node computes, or None
+ValueFn = Callable[[Any, gs.Node, Any, int], "list | None"]
+
+
+class Shapes(Protocol):
+    """The shapes a FLOP formula reads (dynamic dims as 1); each accessor may answer None."""
+
+    attrs: dict
+
+    def x(self) -> list[int] | None: ...
+
+    def w(self) -> list[int] | None: ...
+
+    def y(self) -> list[int] | None: ...
+
+
+FlopFn = Callable[[Shapes], int]
+
+
+@dataclass(frozen=True)
+class Rule:
+    fn: RuleFn
+    #: input indices the rule handles when they carry channels; None means all of them.
+    channel_inputs: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """What the pruner knows about one op type; every part is optional."""
+
+    rule: Rule | None = None
+    #: its constant input 1 is a weight that creates channels and consumes them
+    weight_layer: bool = False
+    dim: DimFn | None = None
+    value: ValueFn | None = None
+    flops: FlopFn | None = None
+    #: a :class:`onnxprune.ops.probe.Probe`: the layer at other widths, as a one-node model
+    probe: Any = None
+    #: () -> the reconstruction's LinearView class for this op (imported when asked for)
+    linear_view: Callable[[], type] | None = None
+    #: inputs holding the layer's parameters (weights, biases, normalisation parameters):
+    #: constant folding materialises them even where that makes them larger than what computes them
+    parameter_inputs: tuple[int, ...] | None = None
+    #: it computes on integer (quantized) weights, which the analysis has no rule for
+    integer_layer: bool = False
+
+
+#: op specs by key: the op type, or ``"domain:Op"`` for non-default domains
+REGISTRY: dict[str, OpSpec] = {}
+
+
+def register(*op_types: str, **parts) -> None:
+    """Add parts to the specs of ``op_types`` (a family module may register rule and dims apart)."""
+    for op in op_types:
+        old = REGISTRY.get(op, OpSpec())
+        clash = [k for k, v in parts.items() if v is not None and getattr(old, k) not in (None, False)]
+        if clash:
+            raise ValueError(f"{op}: {', '.join(clash)} registered twice")
+        REGISTRY[op] = OpSpec(**{**old.__dict__, **{k: v for k, v in parts.items() if v is not None}})
+
+
+def rule(*op_types: str, channel_inputs: tuple[int, ...] | None = None) -> Callable[[RuleFn], RuleFn]:
+    """Decorator: ``fn`` is the channel rule of ``op_types``."""
+
+    def add(fn: RuleFn) -> RuleFn:
+        register(*op_types, rule=Rule(fn, channel_inputs))
+        return fn
+
+    return add
+
+
+def dims(*op_types: str) -> Callable[[DimFn], DimFn]:
+    """Decorator: ``fn`` derives an output dim of ``op_types`` from their inputs."""
+
+    def add(fn: DimFn) -> DimFn:
+        register(*op_types, dim=fn)
+        return fn
+
+    return add
+
+
+def values(*op_types: str) -> Callable[[ValueFn], ValueFn]:
+    """Decorator: ``fn`` computes the small integer vectors ``op_types`` output (shape arithmetic)."""
+
+    def add(fn: ValueFn) -> ValueFn:
+        register(*op_types, value=fn)
+        return fn
+
+    return add
+
+
+def spec_key(node: gs.Node) -> str:
+    return node.op if node.domain in (None, "", "ai.onnx") else f"{node.domain}:{node.op}"
+
+
+_EMPTY = OpSpec()
+
+
+def spec_for(node: gs.Node) -> OpSpec:
+    """The spec of ``node``'s op (an empty one for ops the pruner does not know)."""
+    return REGISTRY.get(spec_key(node), _EMPTY)
+
+
+def rule_for(node: gs.Node) -> Rule | None:
+    return spec_for(node).rule
+
+
+def weight_layer_types() -> tuple[str, ...]:
+    """Op types whose constant weight (input 1) creates and consumes channels, in registry order."""
+    return tuple(k for k, s in REGISTRY.items() if s.weight_layer)
+
+
+def quantized_weight(node: gs.Node) -> bool:
+    """A weight layer whose weight comes out of DequantizeLinear (QDQ): it is left as it is."""
+    return spec_for(node).weight_layer and len(node.inputs) > 1 and \
+        any(p.op == "DequantizeLinear" for p in node.inputs[1].inputs)
+
+
+def parameter_inputs(node: gs.Node) -> tuple[int, ...]:
+    """The inputs of ``node`` that hold its parameters (see :attr:`OpSpec.parameter_inputs`)."""
+    return spec_for(node).parameter_inputs or ()
+
+
+def integer_layer(node: gs.Node) -> bool:
+    """Whether ``node`` computes on integer (quantized) weights (see :attr:`OpSpec.integer_layer`)."""
+    return spec_for(node).integer_layer
+
+
+def linear_view_for(node: gs.Node) -> type | None:
+    """The reconstruction's view of ``node`` as a linear layer, or None when it has none."""
+    load = spec_for(node).linear_view
+    return None if load is None else load()
