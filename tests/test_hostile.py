@@ -164,3 +164,22 @@ def test_file_names_that_are_not_utf8_work_for_every_output(tmp_path: Path) -> N
     assert b"ONNX Runtime" not in res.stderr  # the written model was checked in ONNX Runtime, not skipped
     assert (tmp_path / os.fsdecode(b"caf\xe9.pruned.onnx")).is_file() and report.is_file()
     assert "caf\\udce9" in html.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("line,needle", [
+    ("calib-samples = true", "'calib-samples' must be an integer, got True"),
+    ("round-to = 8.5", "'round-to' must be an integer, got 8.5"),
+    ("ratio = true", "'ratio' must be a value, not true/false"),
+    ("calib-bgr = 1", "'calib-bgr' must be true or false, got 1"),
+])
+def test_config_value_of_the_wrong_toml_type_is_refused(tmp_path: Path, line: str, needle: str) -> None:
+    """A TOML value is typed: `true` for a count ran with 1, `8.5` for an integer ran with 8.
+    A value whose type does not fit its option is exit 2 naming the key; one string for an
+    option given several times (input-shape) is taken as a list of one."""
+    model = _conv(tmp_path, batch="N")
+    (tmp_path / "c.toml").write_text(line + "\n")
+    _refused(tmp_path, str(model), "--config", str(tmp_path / "c.toml"), "--calib", str(tmp_path / "c.npz"),
+             needle=needle)
+    (tmp_path / "c.toml").write_text('input-shape = "x:2x3x8x8"\nround-to = 2\n')
+    res = run_cli(str(model), "--config", str(tmp_path / "c.toml"), "-o", str(tmp_path / "out.onnx"))
+    assert res.returncode == 0 and "x 2x3x8x8" in res.stdout, res.stdout + res.stderr
