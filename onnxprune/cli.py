@@ -165,7 +165,12 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: Path | None)
             import tomllib
         except ModuleNotFoundError:  # Python 3.10
             import tomli as tomllib
+        from .paths import check_regular
+
+        check_regular("the --config file", Path(value))  # a FIFO would block the read forever
         data = tomllib.loads(Path(value).read_text())
+    except BadInputError as exc:
+        _fail(exc, False)
     except FileNotFoundError:
         _fail(BadInputError(f"--config {value}: file not found"), False)
     except RecursionError:
@@ -183,12 +188,25 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: Path | None)
         if key not in names:
             _fail(BadInputError(f"--config {value}: unknown option '{key}' (use the long flag names, e.g. "
                                 "target-latency)"), False)
+        param = next(p for p in ctx.command.params if p.name == names[key])
+        _check_config_type(value, key, item, param)
         if isinstance(item, list):  # a list for an option that takes one value: comma-separated (calib-mean)
-            multiple = any(p.name == names[key] and getattr(p, "multiple", False) for p in ctx.command.params)
-            item = [str(v) for v in item] if multiple else ",".join(str(v) for v in item)
+            item = [str(v) for v in item] if param.multiple else ",".join(str(v) for v in item)
+        elif param.multiple:  # one value for an option given several times (input-shape = "x:1x3x8x8")
+            item = [item]
         defaults[names[key]] = item
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
+
+
+def _check_config_type(config: Path, key: str, item, param: click.Parameter) -> None:
+    """TOML values are typed: click would take ``true`` as 1 and ``8.5`` as 8 for an integer
+    option, so a value whose type does not fit the option is refused, naming it."""
+    flag = getattr(param, "is_flag", False)
+    integer = isinstance(param.type, (click.types.IntParamType, click.IntRange))
+    if isinstance(item, bool) != flag or (integer and isinstance(item, float)):
+        wanted = "true or false" if flag else "an integer" if integer else "a value, not true/false"
+        _fail(BadInputError(f"--config {config}: '{key}' must be {wanted}, got {item!r}"), False)
 
 
 def _log_to_tty(message: str) -> None:

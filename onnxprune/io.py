@@ -471,6 +471,27 @@ def copy_model_fields(source: onnx.ModelProto, dest: onnx.ModelProto) -> None:
     dest.opset_import.extend(source.opset_import)
     del dest.functions[:]
     dest.functions.extend(source.functions)
+    _keep_initializer_inputs(source.graph, dest.graph)
+
+
+def _keep_initializer_inputs(source: onnx.GraphProto, dest: onnx.GraphProto) -> None:
+    """Initializers the input also lists as graph inputs (overridable defaults, and every weight
+    of an IR < 4 model) stay inputs, in the input's order: onnx-graphsurgeon drops them, which
+    would change the model's interface for a caller that feeds them."""
+    inits = {t.name: t for t in dest.initializer}
+    listed = {vi.name: vi for vi in dest.input}
+    if not any(vi.name in inits and vi.name not in listed for vi in source.input):
+        return
+    ordered = []
+    for vi in source.input:
+        if vi.name in listed:
+            ordered.append(listed.pop(vi.name))
+        elif vi.name in inits:
+            t = inits[vi.name]
+            ordered.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    ordered.extend(listed.values())
+    del dest.input[:]
+    dest.input.extend(ordered)
 
 
 #: Data offsets of tensors this large are page-aligned, so runtimes can map them directly.
@@ -597,7 +618,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with temp_beside(target) as (fd, tmp):
-            with os.fdopen(fd, "w") as fh:
+            # file names that are not UTF-8 (kept by Python as surrogates) are written escaped
+            with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as fh:
                 fh.write(text)
             os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, target)

@@ -123,6 +123,13 @@ def count_flops_at(graph: gs.Graph, input_shapes: dict[str, list[int]] | None = 
     return FlopCount(total, shapes, uncounted, sorted(defaulted))
 
 
+def static_shapes_at(graph: gs.Graph, input_shapes: dict[str, list[int]] | None) -> dict[str, list[int]]:
+    """{tensor name: dims} as :func:`count_flops_at` sees them (unknown dims as 1; tensors of
+    unknown rank left out), for cost models that must agree with its count."""
+    inferred = _inferred_shapes(graph, input_shapes or {})[0]
+    return {name: [1 if d is None else d for d in dims] for name, dims in inferred.items() if dims is not None}
+
+
 def _inferred_shapes(graph: gs.Graph, input_shapes: dict[str, list[int]]) -> tuple[dict, dict, set]:
     """({tensor name: dims, None for unknown}, {input name: the dims counted at}, {inputs with a
     dynamic dimension taken as 1}) from inference on

@@ -49,6 +49,7 @@ class RunFiles:
 
     def read(self, what: str, path: str | os.PathLike | None) -> RunFiles:
         if path is not None:
+            check_regular(what, Path(path))
             self.reads.append(_entry(what, Path(path)))
         return self
 
@@ -70,11 +71,13 @@ class RunFiles:
             with os.scandir(path) as entries:
                 for e in entries:
                     try:
-                        if e.is_file():
-                            resolved = Path(os.path.realpath(e.path)) if e.is_symlink() else folder / e.name
-                            self.reads.append(_entry(what, Path(e.path), resolved, e.stat()))
+                        st = e.stat()
                     except OSError:
                         continue
+                    _refuse_special(what, Path(e.path), st)
+                    if stat.S_ISREG(st.st_mode):
+                        resolved = Path(os.path.realpath(e.path)) if e.is_symlink() else folder / e.name
+                        self.reads.append(_entry(what, Path(e.path), resolved, st))
         return self
 
     def write(self, flag: str, path: str | os.PathLike | None) -> RunFiles:
@@ -105,6 +108,24 @@ class RunFiles:
         for w in self.writes:
             if not w.only_if_large:
                 _check_writable(w)
+
+
+def check_regular(what: str, path: Path) -> None:
+    """:class:`BadInputError` where ``path`` exists and is neither a file nor a folder (see below)."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return  # missing: the reader says so
+    _refuse_special(what, path, st)
+
+
+def _refuse_special(what: str, path: Path, st: os.stat_result) -> None:
+    """A FIFO, socket or device is not a file to read: opening a FIFO waits for a writer forever,
+    a device such as /dev/zero never ends."""
+    if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+        return
+    kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device"
+    raise BadInputError(f"{path}: {what} is {kind}, not a regular file")
 
 
 def _aka(a: _Entry, b: _Entry) -> str:

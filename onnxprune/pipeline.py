@@ -16,6 +16,7 @@ from .io import LAZY_LOAD_THRESHOLD, copy_file, load_model, save_model, uses_ext
 from .options import PruneOptions, default_of
 from .passes.base import PassLike, check_pipeline, run_pass
 from .passes.builtin import PROVIDERS, default_passes
+from .runtime.session import check_input_shapes, graph_input_dims
 from .scoring import needs_activations
 
 
@@ -37,6 +38,7 @@ class Pipeline:
             model = load_model(model)
         ctx = PruningContext(model=model, options=options)
         check_weights_only(model, ctx.options)
+        check_input_shapes(graph_input_dims(model.graph), ctx.options.input_shapes or {})
         for p in passes:
             run_pass(p, ctx)
         return ctx

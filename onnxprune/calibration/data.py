@@ -293,8 +293,19 @@ def _script_batches(path: Path) -> Iterator[dict]:
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # the user's code: its failure is bad input, whatever it raises
         raise BadInputError(f"calibration script {path}: failed to load ({type(exc).__name__}: {exc})") from exc
     if not callable(getattr(module, "load_data", None)):
         raise BadInputError(f"calibration script {path}: defines no load_data()")
-    yield from module.load_data()
+    try:
+        batches = iter(module.load_data())
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            yield batch
+    except (Exception, SystemExit) as exc:
+        if isinstance(exc, BadInputError):
+            raise
+        raise BadInputError(f"calibration script {path}: load_data() failed ({type(exc).__name__}: {exc})") from exc

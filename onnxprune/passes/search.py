@@ -11,6 +11,7 @@ from ..context import PruningContext
 from ..errors import BadInputError
 from ..io import model_fingerprint
 from .base import Pass
+from .builtin import flop_shapes
 
 
 def latency_feeds(ctx: PruningContext) -> dict[str, np.ndarray] | None:
@@ -56,7 +57,8 @@ class Search(Pass):
                                                    model_sha256=model_fingerprint(ctx.model), log=self.log)
             result = search_latency(problem, target, settings)
         else:
-            result = search_counted(problem, target, SearchSettings.from_options(opts))
+            settings = SearchSettings.from_options(opts, flop_shapes=flop_shapes(ctx))
+            result = search_counted(problem, target, settings)
         ctx.selection = result.selection
         ctx.report["search"] = result.as_report()
         ctx.warnings.extend(search_warnings(result))

@@ -31,7 +31,12 @@ def _load(path: Path, nbytes: int) -> str | None:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         opts.add_session_config_entry("session.disable_prepacking", "1")
     try:
-        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        try:
+            str(path).encode("utf-8")
+            source = str(path)
+        except UnicodeEncodeError:  # a name not in UTF-8: ONNX Runtime takes no such path, but the bytes
+            source = Path(path).read_bytes() if nbytes == os.path.getsize(path) else str(path)
+        ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's pybind errors (Fail, InvalidGraph, NotImplemented...)
         text = str(exc).strip()
         return (text.splitlines()[0] if text else type(exc).__name__)[:500]

@@ -37,8 +37,36 @@ def parse_input_shapes(specs: tuple[str, ...] | list[str]) -> dict[str, list[int
         m = re.fullmatch(r"(.+):(\d+(?:[x,]\d+)*)", spec.strip())
         if not m:
             raise BadInputError(f"--input-shape '{spec}': expected NAME:DIMS, e.g. input:1x3x224x224")
-        shapes[m.group(1)] = [int(d) for d in re.split(r"[x,]", m.group(2))]
+        dims = [int(d) for d in re.split(r"[x,]", m.group(2))]
+        if 0 in dims:
+            raise BadInputError(f"--input-shape '{spec}': dimensions must be positive")
+        shapes[m.group(1)] = dims
     return shapes
+
+
+def check_input_shapes(declared: dict[str, list], shapes: dict[str, list[int]]) -> None:
+    """Refuse an ``--input-shape`` that names no model input, has the wrong rank, or contradicts
+    a fixed dimension: ONNX Runtime would refuse such inputs, and counts at them would be wrong.
+    ``declared`` maps each model input to its dims (ints where fixed, anything else where dynamic)."""
+    unknown = set(shapes) - set(declared)
+    if unknown:
+        raise BadInputError(f"--input-shape names unknown input(s): {', '.join(sorted(unknown))} "
+                            f"(model inputs: {', '.join(declared)})")
+    for name, shape in shapes.items():
+        dims = declared[name]
+        if len(shape) != len(dims):
+            raise BadInputError(f"--input-shape {name}: rank {len(shape)}, model expects {len(dims)}")
+        fixed = [(i, d) for i, d in enumerate(dims) if isinstance(d, int) and d > 0 and shape[i] != d]
+        if fixed:
+            i, d = fixed[0]
+            raise BadInputError(f"--input-shape {name}: dimension {i} is {shape[i]}, the model fixes it at {d}")
+
+
+def graph_input_dims(graph) -> dict[str, list]:
+    """Each real input of an ONNX graph (not an initializer) with its dims: ints where fixed, else None."""
+    initializers = {t.name for t in graph.initializer}
+    return {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+            for vi in graph.input if vi.name not in initializers}
 
 
 @dataclass
@@ -111,16 +139,11 @@ def check_input_memory(inputs: dict[str, tuple[list[int], np.dtype]]) -> None:
 def make_feeds(session, shapes: dict[str, list[int]], seed: int = 0) -> dict:
     """Random inputs; dynamic dimensions come from ``shapes`` or are an error naming them."""
     rng = np.random.default_rng(seed)
-    unknown = set(shapes) - {i.name for i in session.get_inputs()}
-    if unknown:
-        raise BadInputError(f"--input-shape names unknown input(s): {', '.join(sorted(unknown))} "
-                            f"(model inputs: {', '.join(i.name for i in session.get_inputs())})")
+    check_input_shapes({i.name: list(i.shape) for i in session.get_inputs()}, shapes)
     planned = {}
     for inp in session.get_inputs():
         if inp.name in shapes:
             shape = shapes[inp.name]
-            if len(shape) != len(inp.shape):
-                raise BadInputError(f"--input-shape {inp.name}: rank {len(shape)}, model expects {len(inp.shape)}")
         else:
             if any(not isinstance(d, int) or d <= 0 for d in inp.shape):
                 raise BadInputError(f"input '{inp.name}' has dynamic shape {inp.shape}: "

@@ -211,14 +211,20 @@ def counted_model(analysis: Analysis, shapes: dict[str, tuple], kind: str, total
     return CostModel(kind, "", full_cost, curves, steps, 1.0, rest)
 
 
-def static_layer_shapes(analysis: Analysis) -> dict[str, tuple]:
+def static_layer_shapes(analysis: Analysis, input_shapes: dict[str, list[int]] | None = None) -> dict[str, tuple]:
     """Input and output shapes of the modelled layers from shape inference, dynamic dims as 1
-    (as FLOPs are counted in ``metrics``)."""
-    from ..metrics import static_shape
+    (as FLOPs are counted in ``metrics``); with ``input_shapes``, inferred afresh at those shapes
+    (as ``metrics.count_flops_at`` counts)."""
+    from ..metrics import static_shape, static_shapes_at
+
+    at = {} if input_shapes is None else static_shapes_at(analysis.graph, input_shapes)
+
+    def dims(tensor) -> list[int] | None:
+        return at.get(tensor.name) or static_shape(tensor)
 
     shapes = {}
     for name, node in layer_nodes(analysis).items():
-        x = static_shape(node.inputs[0])
+        x = dims(node.inputs[0])
         if x is not None:
-            shapes[name] = (x, static_shape(node.outputs[0]))
+            shapes[name] = (x, dims(node.outputs[0]))
     return shapes

@@ -44,6 +44,8 @@ class SearchSettings:
     table: Any = None
     model_sha256: str | None = None
     log: Callable[[str], None] | None = None
+    #: the input shapes a FLOPs target is counted at: the summary's (``--input-shape`` or a calibration sample's)
+    flop_shapes: dict[str, list[int]] | None = None
 
     @classmethod
     def from_options(cls, options: Any, **found: Any) -> SearchSettings:

@@ -29,7 +29,7 @@ import onnx_graphsurgeon as gs
 
 from ..analysis import Analysis
 from ..errors import OnnxPruneError
-from ..metrics import count_flops, count_params
+from ..metrics import count_flops, count_flops_at, count_params
 from ..selection import Selection, select_by_counts
 from .allocate import allocate, allocate_uniform, greedy_path, importance_curves
 from .cost import CostModel, channel_block, counted_model, latency_steps, static_layer_shapes, uniform_curve
@@ -145,18 +145,21 @@ class Trials:
 
 def search_counted(problem: SearchProblem, target: Target, settings: SearchSettings) -> SearchResult:
     """FLOPs or params target: allocate on the counted model, count the rewritten model exactly
-    (and with calibration data, the accuracy guard of ``search.guard``)."""
+    (and with calibration data, the accuracy guard of ``search.guard``). FLOPs are counted at
+    ``settings.flop_shapes`` (:func:`count_flops_at`), as the summary counts them, so "met" is
+    judged on the figures the user sees."""
     analysis, graph, opset, template, scores = (problem.analysis, problem.graph, problem.opset, problem.template,
                                                 problem.scores)
-    round_to, calibration = settings.round_to, problem.calibration
+    round_to, calibration, flop_shapes = settings.round_to, problem.calibration, settings.flop_shapes
     start = time.perf_counter()
-    count = count_flops if target.kind == "flops" else count_params
+    count = (lambda g: count_flops_at(g, flop_shapes).flops) if target.kind == "flops" else count_params
     baseline = float(count(graph))
     goal = target.absolute(baseline)
     result = SearchResult(target, "already_met", baseline, baseline)
     if baseline <= goal:
         return result
-    model = counted_model(analysis, static_layer_shapes(analysis), target.kind, baseline, round_to)
+    shapes = static_layer_shapes(analysis, flop_shapes if target.kind == "flops" else None)
+    model = counted_model(analysis, shapes, target.kind, baseline, round_to)
     result.curve = uniform_curve(model)
     trials = Trials(graph, analysis, opset, template)
     budget, best = goal, None
