@@ -268,10 +268,14 @@ def _print_result(result, model: Path, out: Path, report_path: Path | None, html
             click.echo(f"warning: {warning}", err=True)
     search = result.report.get("search")
     written = not (search and search["status"] == "already_met")
-    if written:
-        _save_loadable(result, out, model, quiet)
+    files = _save_loadable(result, out, model, quiet) if written else []
     if report_path is not None or html_path is not None:
-        _write_reports(result.context, report_path, html_path, model, out, written)
+        try:
+            _write_reports(result.context, report_path, html_path, model, out, written)
+        except BaseException:  # all or nothing: no model left behind without the reports asked for
+            for path in files:
+                path.unlink(missing_ok=True)
+            raise
     say(prune_summary(result.context))
     if written and result.unchanged:
         say(_nothing_to_prune(result.context, model))
@@ -292,8 +296,9 @@ def _run_files(*models: Path, calib: Path | None = None, latency_table: Path | N
     return files.read("the --config file", click.get_current_context().meta.get(_CONFIG_FILE))
 
 
-def _save_loadable(result, out: Path, model: Path, quiet: bool) -> None:
-    """Write the pruned model, then load it in ONNX Runtime; a model it refuses is removed."""
+def _save_loadable(result, out: Path, model: Path, quiet: bool) -> list[Path]:
+    """Write the pruned model, then load it in ONNX Runtime; a model it refuses is removed.
+    Returns the files written."""
     from .runtime.load_check import check_loads
 
     written = result.save(out)
@@ -307,6 +312,7 @@ def _save_loadable(result, out: Path, model: Path, quiet: bool) -> None:
         result.context.warnings.append(warning)  # in the report too
         if not quiet:
             click.echo(f"warning: {warning}", err=True)
+    return written
 
 
 NO_CALIBRATION_WARNING = (
@@ -327,10 +333,16 @@ def _write_reports(ctx, json_path: Path | None, html_path: Path | None, model: P
     from .report.json_report import build_report, to_json
 
     text = to_json(build_report(ctx, str(model), str(out), written))
+    page = render_html(json.loads(text)) if html_path is not None else None  # both made before either is written
     if json_path is not None:
         atomic_write_text(json_path, text)
     if html_path is not None:
-        atomic_write_text(html_path, render_html(json.loads(text)))
+        try:
+            atomic_write_text(html_path, page)
+        except BaseException:
+            if json_path is not None:
+                json_path.unlink(missing_ok=True)
+            raise
 
 
 @main.command("analyze")

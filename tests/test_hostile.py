@@ -183,3 +183,25 @@ def test_config_value_of_the_wrong_toml_type_is_refused(tmp_path: Path, line: st
     (tmp_path / "c.toml").write_text('input-shape = "x:2x3x8x8"\nround-to = 2\n')
     res = run_cli(str(model), "--config", str(tmp_path / "c.toml"), "-o", str(tmp_path / "out.onnx"))
     assert res.returncode == 0 and "x 2x3x8x8" in res.stdout, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("failing", ["report", "html"])
+def test_a_report_that_cannot_be_written_leaves_no_output_behind(tmp_path: Path, monkeypatch, failing: str) -> None:
+    """All or nothing: when a report fails to be written (after the paths were checked), the
+    model and any report already written are removed, and the run is an error."""
+    import onnxprune.io as io
+
+    real = io.atomic_write_text
+
+    def write(path, text):
+        if Path(path).suffix == (".json" if failing == "report" else ".html"):
+            raise io.BadInputError(f"{path}: cannot write here (disk full)")
+        real(path, text)
+
+    monkeypatch.setattr(io, "atomic_write_text", write)
+    model = tmp_path / "m.onnx"
+    model.write_bytes((ROOT / "models" / "digits_cnn.onnx").read_bytes())
+    res = run_cli(str(model), "-o", str(tmp_path / "out.onnx"), "--report", str(tmp_path / "r.json"),
+                  "--html", str(tmp_path / "r.html"), "-q")
+    assert res.returncode == 2 and "disk full" in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
