@@ -83,6 +83,6 @@ def collect_stats(analysis: Analysis, graph: gs.Graph, batches: Iterable[dict], 
             for name, view, rng in views:
                 x = captured[name]
                 pick = view.pick(x, rng, run.samples)
-                stats[name].grams[view.node.name].update(view.rows(x.astype(np.float32), pick))
+                stats[name].grams[view.node.name].update(view.rows(x, pick).astype(np.float32))
             bar.advance()
     return stats
