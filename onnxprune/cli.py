@@ -183,6 +183,8 @@ def _check_threads(threads: int | None) -> None:
 @click.option("--calib", type=click.Path(path_type=Path),
               help="Calibration data: .npz keyed by input names, a folder of .npz, or a .py defining load_data().")
 @click.option("--calib-samples", type=int, default=None, help="Use at most N calibration samples.")
+@click.option("--calib-rows", type=int, default=256, show_default=True,
+              help="Input rows per layer and sample for the refit's statistics (conv patches beyond it are subsampled).")
 @click.option("--reconstruct", "reconstruct", type=click.Choice(["lstsq", "bias"]), default=None,
               help="How to repair the layers that lost inputs [default with --calib: lstsq].")
 @click.option("--no-reconstruct", is_flag=True, help="Do not repair layers, even with --calib.")
@@ -201,7 +203,7 @@ def _check_threads(threads: int | None) -> None:
 def prune_cmd(model: Path, output: Path | None, ratio: float | None, target_latency: str | None,
               target_flops: str | None, target_params: str | None, latency_table: Path | None, provider: str,
               threads: int | None, input_shapes: tuple[str, ...], criterion: str | None, prune_kinds: str, round_to: int,
-              calib: Path | None, calib_samples: int | None, reconstruct: str | None, no_reconstruct: bool,
+              calib: Path | None, calib_samples: int | None, calib_rows: int, reconstruct: str | None, no_reconstruct: bool,
               force: bool, benchmark: bool, report_path: Path | None, html_path: Path | None, quiet: bool,
               debug: bool) -> None:
     """Prune MODEL and write the smaller model: a ratio of every group, or to a latency/FLOPs/params target."""
@@ -232,7 +234,7 @@ def prune_cmd(model: Path, output: Path | None, ratio: float | None, target_late
             .write("--report", report_path).write("--html", html_path).check()
         result = prune(model, ratio=ratio, target_latency=target_latency, target_flops=target_flops,
                        target_params=target_params, criterion=criterion, round_to=round_to, calibration=calib,
-                       calib_samples=calib_samples, reconstruct="none" if no_reconstruct else reconstruct,
+                       calib_samples=calib_samples, calib_rows=calib_rows, reconstruct="none" if no_reconstruct else reconstruct,
                        provider=provider, threads=threads, input_shapes=parse_input_shapes(input_shapes),
                        latency_table=latency_table, log=None if quiet else _log_to_tty, benchmark=benchmark,
                        prune=_prune_kinds(prune_kinds))

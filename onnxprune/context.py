@@ -27,6 +27,8 @@ class PruneOptions:
     #: a .npz file, a folder of .npz files, a .py file defining load_data(), or an iterable of dicts
     calibration: Any = None
     calib_samples: int | None = None
+    #: input rows per layer and calibration sample for Gram matrices (conv patches are subsampled)
+    calib_rows: int = 256
     #: None: "lstsq" with calibration data, "none" without; or "none", "bias", "lstsq"
     reconstruct: str | None = None
     #: None: chosen per layer on held-out calibration rows

@@ -49,7 +49,7 @@ class PruneResult:
 def prune(model: onnx.ModelProto | str | os.PathLike, *, ratio: float | None = None,
           target_latency: str | float | None = None, target_flops: str | float | None = None,
           target_params: str | float | None = None, criterion: str | None = None, round_to: int = 1,
-          calibration=None, calib_samples: int | None = None, reconstruct: str | None = None,
+          calibration=None, calib_samples: int | None = None, calib_rows: int = 256, reconstruct: str | None = None,
           provider: str = "cpu", threads: int | None = None, input_shapes: dict[str, list[int]] | None = None,
           latency_table=None, log: Callable[[str], None] | None = None, benchmark: bool = False,
           prune: tuple[str, ...] | str = ("heads", "channels")) -> PruneResult:
@@ -65,7 +65,8 @@ def prune(model: onnx.ModelProto | str | os.PathLike, *, ratio: float | None = N
 
     ``calibration`` (a .npz path, a folder of .npz, a .py defining ``load_data()``, or an iterable
     of input dicts) enables activation criteria (default ``obs``), reconstruction
-    (default ``lstsq``; ``"bias"`` or ``"none"`` to change it) and the fidelity report.
+    (default ``lstsq``; ``"bias"`` or ``"none"`` to change it) and the fidelity report;
+    ``calib_rows`` bounds the input rows per layer and sample that their Gram matrices use.
     ``benchmark=True`` times the original and the pruned model side by side at the end
     (``report["benchmark"]``).
     """
@@ -78,7 +79,7 @@ def prune(model: onnx.ModelProto | str | os.PathLike, *, ratio: float | None = N
     if target is not None and target.kind != "latency" and latency_table is not None:
         raise BadInputError("a latency table only serves a latency target")
     options = PruneOptions(ratio=0.3 if ratio is None else ratio, criterion=criterion, round_to=round_to,
-                           calibration=calibration, calib_samples=calib_samples, reconstruct=reconstruct,
+                           calibration=calibration, calib_samples=calib_samples, calib_rows=calib_rows, reconstruct=reconstruct,
                            target=target, provider=provider, threads=threads, input_shapes=dict(input_shapes or {}),
                            latency_table=latency_table, benchmark=benchmark,
                            prune=tuple(prune.split(",")) if isinstance(prune, str) else tuple(prune))

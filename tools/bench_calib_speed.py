@@ -169,7 +169,8 @@ def run_once(tree: Path, model: Path, data: Path, out_dir: Path, tag: str, threa
     if threads:
         cmd += ["--threads", str(threads)]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    # in the tree's folder: ``python -m`` puts the working directory first on the path
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tree)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         return {"seconds": seconds, "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]}
@@ -195,7 +196,7 @@ def main(argv=None) -> int:
     trees = [tuple(t.split("=", 1)) for t in args.tree]
     args.model = {spec.split("=", 1)[0]: (spec.split("=", 1)[1].rsplit(":", 1)[0], int(spec.rsplit(":", 1)[1]))
                   for spec in args.model}
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_calib_"))
+    work = (args.workdir or Path(tempfile.mkdtemp(prefix="bench_calib_"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()[0]
     rows = []

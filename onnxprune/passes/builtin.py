@@ -93,6 +93,8 @@ class Calibrate(Pass):
             source, description = _synthetic_batches(ctx.graph), "synthetic random inputs"
         else:
             source, description = opts.calibration, None
+        if opts.calib_rows < 1:
+            raise BadInputError(f"--calib-rows must be positive, got {opts.calib_rows}")
         ctx.calibration = Calibration(source, input_specs(ctx.graph), opts.calib_samples, description)
         if opts.reconstruct != "none":
             import onnx_graphsurgeon as gs
@@ -100,7 +102,8 @@ class Calibrate(Pass):
             ctx.original = gs.import_onnx(gs.export_onnx(ctx.graph, do_type_check=False))  # rewrite edits in place
         if not needs_activations(opts.criterion):
             return
-        ctx.stats = collect_stats(ctx.analysis, ctx.graph, ctx.calibration, grams=needs_grams(opts.criterion))
+        ctx.stats = collect_stats(ctx.analysis, ctx.graph, ctx.calibration, grams=needs_grams(opts.criterion),
+                                  rows_per_sample=opts.calib_rows)
 
 
 def _synthetic_batches(graph) -> list[dict]:
@@ -187,7 +190,7 @@ class Reconstruct(Pass):
                 outputs[site.node.name] = keep(site.atoms)
         layers = [(n.name, *inputs[n.name], outputs.get(n.name)) for n in ctx.original.nodes if n.name in inputs]
         layers = reconstruct(ctx.original, ctx.pruned_graph, layers, ctx.calibration, mode=mode,
-                             ridge=ctx.options.ridge)
+                             ridge=ctx.options.ridge, rows_per_sample=ctx.options.calib_rows)
         ctx.pruned_graph.cleanup(remove_unused_graph_inputs=False).toposort()
         ctx.pruned = export_checked(ctx.pruned_graph, ctx.model)
         ctx.report["reconstruction"] = {"mode": mode, "layers": [vars(r) for r in layers]}

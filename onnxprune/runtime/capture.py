@@ -87,8 +87,10 @@ class StagedCapture:
     layers downstream of its own inputs). Past ``max_bytes`` of kept tensors the cut is dropped
     and the next stage runs from the model's inputs."""
 
-    def __init__(self, graph: gs.Graph, threads: int | None = None, max_bytes: int = MAX_CACHE_BYTES):
-        self.graph, self.threads, self.max_bytes = graph, threads, max_bytes
+    def __init__(self, graph: gs.Graph, threads: int | None = None, max_bytes: int | None = None):
+        self.graph, self.threads = graph, threads
+        self.max_bytes = MAX_CACHE_BYTES if max_bytes is None else max_bytes
+        self.nodes_run = 0  # nodes the current stage runs (all stages together: about the graph once)
         self.ran: set[str] = set()  # tensors computed by earlier stages (and the graph inputs)
         self.kept: list[dict[str, np.ndarray]] = []  # per run: the cut tensors
         self._session = None
@@ -104,6 +106,7 @@ class StagedCapture:
             self.kept, self.ran = [], set()  # a wanted tensor left the cut: run from the inputs
         known = set(self.kept[0]) if self.kept else inputs
         nodes = _needed_nodes(g, set(wanted), known)
+        self.nodes_run = len(nodes)
         produced = {t for n in nodes for t in n.output if t}
         ran_after = (self.ran if self.kept else inputs) | produced
         # the new cut: tensors run so far that a node not yet run still reads
@@ -171,7 +174,8 @@ def _cut_session(model, nodes: list, outputs: list[str], known: set[str], dtypes
     graph_inputs = {i.name: i for i in g.input}
     sources = [graph_inputs[n] if n in graph_inputs else helper.make_tensor_value_info(n, types.get(n, 0), None)
                for n in sorted((reads - produced - {t.name for t in inits}) & known)]
-    outs = [helper.make_tensor_value_info(n, types.get(n, 0), None) for n in outputs]
+    outs = [helper.make_tensor_value_info(n, types[n], None) if types.get(n) else helper.make_empty_tensor_value_info(n)
+            for n in outputs]
     sub = helper.make_graph(nodes, g.name, sources, outs, inits)
     cut = helper.make_model(sub, opset_imports=model.opset_import, ir_version=max(model.ir_version, 4))
     cut.functions.extend(model.functions)
