@@ -171,13 +171,21 @@ def run_once(tree: Path, model: Path, data: Path, out_dir: Path, tag: str, threa
     start = time.perf_counter()
     # in the tree's folder: ``python -m`` puts the working directory first on the path
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tree)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, _children_cpu() - cpu
     if proc.returncode != 0:
-        return {"seconds": seconds, "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]}
+        return {"seconds": seconds, "cpu": cpu, "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]}
     fidelity = json.loads(report.read_text()).get("fidelity") or {}
     cosines = [v["mean_cosine"] for v in fidelity.get("outputs", fidelity).values()
                if isinstance(v, dict) and "mean_cosine" in v]
-    return {"seconds": seconds, "cosine": min(cosines) if cosines else None}
+    return {"seconds": seconds, "cpu": cpu, "cosine": min(cosines) if cosines else None}
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of finished child processes (less sensitive to load than wall time)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main(argv=None) -> int:
@@ -210,16 +218,16 @@ def main(argv=None) -> int:
                 print(f"{name} {label}: {results[label][-1]}", file=sys.stderr, flush=True)
         rows.append((name, results))
     print(f"\nload average at start: {load:.2f} on {os.cpu_count()} CPUs (after: {os.getloadavg()[0]:.2f})\n")
-    print("| model | " + " | ".join(f"{label} s | {label} cosine" for label, _ in trees) + " |")
-    print("|---|" + "---:|---:|" * len(trees))
+    print("| model | " + " | ".join(f"{label} wall s | {label} CPU s | {label} cosine" for label, _ in trees) + " |")
+    print("|---|" + "---:|---:|---:|" * len(trees))
     for name, results in rows:
         cells = []
         for label, _ in trees:
             runs = results[label]
             if any("error" in r for r in runs):
-                cells += ["error: " + " ".join(next(r for r in runs if "error" in r)["error"]), ""]
+                cells += ["error: " + " ".join(next(r for r in runs if "error" in r)["error"]), "", ""]
                 continue
-            cells += [f"{min(r['seconds'] for r in runs):.1f}",
+            cells += [f"{min(r['seconds'] for r in runs):.1f}", f"{min(r['cpu'] for r in runs):.1f}",
                       "n/a" if runs[0]["cosine"] is None else f"{runs[0]['cosine']:.4f}"]
         print(f"| {name} | " + " | ".join(cells) + " |")
     return 0
