@@ -10,7 +10,9 @@ and its product with the original layer's output ``T = X W + b``. Then:
 - ``lstsq``: refit weights and bias by ridge-regularised least squares from those matrices.
 
 Layers are processed in waves in topological order, each wave on the inputs produced by the
-already-reconstructed pruned model, so errors do not compound.
+already-reconstructed pruned model, so errors do not compound. A wave runs only the part of each
+network beyond the tensors the previous wave kept (``runtime.capture.StagedCapture``), so all
+waves together cost about one forward pass of each network.
 """
 
 from __future__ import annotations
@@ -297,23 +299,9 @@ def reconstruct(original: gs.Graph, pruned: gs.Graph, consumers: list[tuple], ca
         # each network runs only what the wave needs beyond the cut the previous wave kept
         reads = [net.start(sorted(names)) for net, names in zip(networks, wanted)]
         source = runs_of(calibration) if any(reads) or not runs else iter(runs)
-        acc: dict[str, list[_Accumulator]] = {}
-        seen = []
         with Progress(f"reconstructing: wave {number}/{len(waves)}", len(runs) or None) as bar:
-            for index, run in enumerate(source):
-                outs_o, outs_p = (net.capture(index, run.feeds if read else None)
-                                  for net, read in zip(networks, reads))
-                for name in wave:
-                    vo, vp, _ = views[name]
-                    r = residual.get(name)
-                    with np.errstate(all="ignore"):  # non-finite sums make the layer skip (``_solve``)
-                        _accumulate(acc, name, run, vo, vp, outs_o[vo.node.inputs[0].name],
-                                    outs_p[vp.node.inputs[0].name], None if r is None else (outs_o[r], outs_p[r]),
-                                    rows_per_sample)
-                seen.append(CalibrationBatch(run.chunk, run.samples, {}))
-                del outs_o, outs_p
-                bar.advance()
-        runs = seen
+            acc, runs = _gather(networks, reads, source, [(views[n], residual.get(n)) for n in wave],
+                                rows_per_sample, bar)
         for net in networks:
             net.finish()
         done |= set(wave)
@@ -321,6 +309,25 @@ def reconstruct(original: gs.Graph, pruned: gs.Graph, consumers: list[tuple], ca
             vo, vp, report = views[name]
             _solve(acc[name], vp, report, pruned, mode, ridge)
     return reports
+
+
+def _gather(networks: tuple[StagedCapture, StagedCapture], reads: list[bool], source: Iterable[CalibrationBatch],
+            layers: list[tuple], rows_per_sample: int, bar: Progress) -> tuple[dict, list[CalibrationBatch]]:
+    """One wave's Gram statistics over all runs, from both networks' captures (a run's tensors
+    are dropped as soon as its layers are done); also the runs' chunks and sizes, for the next wave."""
+    acc: dict[str, list[_Accumulator]] = {}
+    seen = []
+    for index, run in enumerate(source):
+        outs_o, outs_p = (net.capture(index, run.feeds if read else None) for net, read in zip(networks, reads))
+        for (vo, vp, _), r in layers:
+            with np.errstate(all="ignore"):  # non-finite sums make the layer skip (``_solve``)
+                _accumulate(acc, vo.node.name, run, vo, vp, outs_o[vo.node.inputs[0].name],
+                            outs_p[vp.node.inputs[0].name], None if r is None else (outs_o[r], outs_p[r]),
+                            rows_per_sample)
+        seen.append(CalibrationBatch(run.chunk, run.samples, {}))
+        del outs_o, outs_p
+        bar.advance()
+    return acc, seen
 
 
 def _residual(vo: LinearView) -> str | None:
