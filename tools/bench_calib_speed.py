@@ -168,7 +168,7 @@ def run_once(tree: Path, model: Path, data: Path, out_dir: Path, tag: str, threa
            "--report", str(report), "-q"]
     if threads:
         cmd += ["--threads", str(threads)]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _children_cpu()
     # in the tree's folder: ``python -m`` puts the working directory first on the path
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tree)
     seconds, cpu = time.perf_counter() - start, _children_cpu() - cpu
