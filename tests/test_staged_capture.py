@@ -106,3 +106,22 @@ def test_calib_rows_bounds_the_rows_of_each_gram_matrix(tmp_path):
                           "--calib", str(tmp_path / "c.npz"), "--calib-rows", "0"], capture_output=True, text=True)
     assert res.returncode == 2 and "--calib-rows must be positive" in res.stderr
     assert "Traceback" not in res.stderr and not (tmp_path / "o.onnx").exists()
+
+
+def test_a_bias_added_by_one_wave_is_run_by_the_next():
+    """A MatMul without a bias gets one (an Add appended to the graph) when refit; the next
+    wave's inputs are computed through it."""
+    from graphs import GraphBuilder
+
+    b = GraphBuilder(3)
+    x = b.input(["batch", 16], name="x")
+    h = b.act(b.node("MatMul", [x, b.weight(16, 24)], ["batch", 24]))
+    h = b.act(b.node("MatMul", [h, b.weight(24, 24)], ["batch", 24]))  # no bias: one is added
+    h = b.act(b.node("MatMul", [h, b.weight(24, 24)], ["batch", 24]))
+    b.output(b.node("MatMul", [h, b.weight(24, 8)], ["batch", 8]))
+    model = b.model()
+    calib = [{"x": np.random.default_rng(i).standard_normal((64, 16)).astype(np.float32)} for i in range(4)]
+    result = prune(model, ratio=0.5, criterion="fluctuation", calibration=calib)
+    layers = result.report["reconstruction"]["layers"]
+    assert len(layers) >= 2 and all(l["skipped"] is None for l in layers)
+    assert sum(n.op_type == "Add" for n in result.model.graph.node) >= 2

@@ -99,6 +99,7 @@ class StagedCapture:
     def start(self, wanted: list[str]) -> bool:
         """Prepare the stage that captures ``wanted`` (tensor names); True where it reads the
         calibration data (the first stage, or after the cut was dropped)."""
+        self.graph.toposort()  # a refit may have appended a bias Add that earlier nodes read
         model = gs.export_onnx(self.graph, do_type_check=False)
         g = model.graph
         inputs = {i.name for i in g.input}
