@@ -116,6 +116,10 @@ class PruneOptions:
         "load_data().")
     calib_samples: int | None = _opt(flag="--calib-samples", group=CALIBRATION, kind="int",
                                      help="Use at most N calibration samples.")
+    #: input rows per layer and calibration sample for Gram matrices (conv patches beyond it are subsampled)
+    calib_rows: int = _opt(
+        256, flag="--calib-rows", group=CALIBRATION, kind="int", show_default=True,
+        help="Input rows per layer and sample for the refit's statistics (conv patches beyond it are subsampled).")
     #: for a folder of images: (height, width), layout, channel order, scale, mean, std
     calib_size: tuple[int, int] | None = _opt(
         flag="--calib-size", group=CALIBRATION, metavar="HxW",
@@ -249,6 +253,12 @@ def _check_calib_samples(n: Any) -> int | None:
     return n
 
 
+def _check_calib_rows(n: Any) -> int:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise BadInputError(f"--calib-rows must be positive, got {n}")
+    return n
+
+
 def _check_ridge(ridge: Any) -> float | None:
     if ridge is not None and (not _is_number(ridge) or not 0 < ridge < math.inf):
         raise BadInputError(f"--ridge must be a positive number, got {ridge}")
@@ -343,6 +353,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "criterion": _check_choice("criterion", "criterion", _criteria),
     "round_to": check_round_to,
     "calib_samples": _check_calib_samples,
+    "calib_rows": _check_calib_rows,
     "calib_size": _check_size,
     "calib_layout": _check_layout,
     "calib_bgr": bool,

@@ -10,7 +10,9 @@ and its product with the original layer's output ``T = X W + b``. Then:
 - ``lstsq``: refit weights and bias by ridge-regularised least squares from those matrices.
 
 Layers are processed in waves in topological order, each wave on the inputs produced by the
-already-reconstructed pruned model, so errors do not compound.
+already-reconstructed pruned model, so errors do not compound. A wave runs only the part of each
+network beyond the tensors the previous wave kept (``runtime.capture.StagedCapture``), so all
+waves together cost about one forward pass of each network.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .analysis.state import const, set_const_input
-from .calibration.data import runs_of
+from .calibration.data import CalibrationBatch, runs_of
 from .calibration.stats import cross_product
 from .ops import linear_view_for
-from .runtime.capture import capture, capture_session
+from .report.progress import Progress
+from .runtime.capture import StagedCapture
 
 #: Rows sampled per layer and calibration sample (conv patches can be many), on average over a
 #: batch: keeps memory and time bounded, and the same whatever batch the samples came in.
@@ -54,11 +57,12 @@ class LinearView:
     def rows(self, x: np.ndarray, pick: np.ndarray | None) -> np.ndarray:
         raise NotImplementedError
 
-    def pick(self, x: np.ndarray, rng: np.random.Generator, samples: int) -> np.ndarray | None:
+    def pick(self, x: np.ndarray, rng: np.random.Generator, samples: int,
+             rows_per_sample: int = MAX_ROWS_PER_SAMPLE) -> np.ndarray | None:
         """Row indices to use from one batch of ``samples`` samples: all of them (None), or
-        ``MAX_ROWS_PER_SAMPLE`` per sample drawn from the whole batch, so statistics over conv
-        patches stay bounded in time and memory."""
-        n_rows, limit = self.n_rows(x), MAX_ROWS_PER_SAMPLE * max(int(samples), 1)
+        ``rows_per_sample`` per sample drawn from the whole batch, so statistics over conv
+        patches stay bounded in time and memory (a 736x1952 map has 1.4 M rows per image)."""
+        n_rows, limit = self.n_rows(x), int(rows_per_sample) * max(int(samples), 1)
         return None if n_rows <= limit else np.sort(rng.choice(n_rows, limit, replace=False))
 
     def rows_per_input(self) -> int:
@@ -124,16 +128,20 @@ class ConvView(LinearView):
         return x.shape[0] * h * w
 
     def rows(self, x: np.ndarray, pick: np.ndarray | None) -> np.ndarray:
+        """The picked patches, gathered from ``x`` itself (padding as zeros, no padded copy of
+        a whole feature map per layer)."""
         kh, kw, pads, (sh, sw), (dh, dw) = self._geometry()
         ho, wo = self._out_hw(x)
-        xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
         idx = np.arange(x.shape[0] * ho * wo) if pick is None else pick
         n, rest = np.divmod(idx, ho * wo)
         oy, ox = np.divmod(rest, wo)
-        ys = oy[:, None] * sh + np.arange(kh)[None, :] * dh
-        xs = ox[:, None] * sw + np.arange(kw)[None, :] * dw
+        ys = oy[:, None] * sh - pads[0] + np.arange(kh)[None, :] * dh
+        xs = ox[:, None] * sw - pads[1] + np.arange(kw)[None, :] * dw
+        inside = ((ys >= 0) & (ys < x.shape[2]))[:, :, None] & ((xs >= 0) & (xs < x.shape[3]))[:, None, :]
+        ys, xs = np.clip(ys, 0, x.shape[2] - 1), np.clip(xs, 0, x.shape[3] - 1)
         c = np.arange(x.shape[1])
-        patches = xp[n[:, None, None, None], c[None, :, None, None], ys[:, None, :, None], xs[:, None, None, :]]
+        patches = x[n[:, None, None, None], c[None, :, None, None], ys[:, None, :, None], xs[:, None, None, :]]
+        patches = np.where(inside[:, None, :, :], patches, np.zeros((), x.dtype))
         return patches.reshape(len(idx), -1)
 
     def weight(self) -> np.ndarray:
@@ -250,8 +258,10 @@ class _Accumulator:
 
 
 def reconstruct(original: gs.Graph, pruned: gs.Graph, consumers: list[tuple], calibration: Iterable[dict],
-                mode: str = "lstsq", ridge: float | None = None, threads: int | None = None) -> list[LayerReport]:
-    """Refit ``consumers`` of ``pruned`` in place.
+                mode: str = "lstsq", ridge: float | None = None, threads: int | None = None,
+                rows_per_sample: int = MAX_ROWS_PER_SAMPLE) -> list[LayerReport]:
+    """Refit ``consumers`` of ``pruned`` in place, ``rows_per_sample`` input rows per layer and
+    calibration sample at most (see :meth:`LinearView.pick`).
 
     Each consumer is (node name, kept inputs, total inputs, kept-output mask or None): a layer
     may also have lost output channels, and its target is then the original's kept outputs.
@@ -276,30 +286,45 @@ def reconstruct(original: gs.Graph, pruned: gs.Graph, consumers: list[tuple], ca
         return reports
     upstream = _upstream(pruned, list(views))
     done: set[str] = set()
-    from .report.progress import track
-
-    for wave in track(_waves(pruned, list(views)), "reconstructing", len(views), unit="layer", size=len):
+    networks = StagedCapture(original, threads), StagedCapture(pruned, threads)
+    waves = _waves(pruned, list(views))
+    runs: list[CalibrationBatch] = []  # the runs' chunks and sizes, once read
+    for number, wave in enumerate(waves, 1):
         # the residual a layer's output is added to, where it is already final in the pruned model
         residual = {n: r for n in wave if (r := _residual(views[n][0])) and upstream.get(r, set()) <= done}
-        wanted_o = {views[n][0].node.inputs[0].name for n in wave} | set(residual.values())
-        wanted_p = {views[n][1].node.inputs[0].name for n in wave} | set(residual.values())
-        # per wave, so that ONNX Runtime drops everything downstream of the wave's inputs
-        orig_session = capture_session(original, sorted(wanted_o), threads)
-        pruned_session = capture_session(pruned, sorted(wanted_p), threads)
-        acc: dict[str, list[_Accumulator]] = {}
-        for run in runs_of(calibration):
-            outs_o, outs_p = capture(orig_session, run.feeds), capture(pruned_session, run.feeds)
-            for name in wave:
-                vo, vp, _ = views[name]
-                r = residual.get(name)
-                with np.errstate(all="ignore"):  # non-finite sums make the layer skip (``_solve``)
-                        _accumulate(acc, name, run, vo, vp, outs_o[vo.node.inputs[0].name],
-                                outs_p[vp.node.inputs[0].name], None if r is None else (outs_o[r], outs_p[r]))
+        wanted = [{views[n][side].node.inputs[0].name for n in wave} | set(residual.values()) for side in (0, 1)]
+        # each network runs only what the wave needs beyond the cut the previous wave kept
+        reads = [net.start(sorted(names)) for net, names in zip(networks, wanted)]
+        source = runs_of(calibration) if any(reads) or not runs else iter(runs)
+        with Progress(f"reconstructing: wave {number}/{len(waves)}", len(runs) or None) as bar:
+            acc, runs = _gather(networks, reads, source, [(views[n], residual.get(n)) for n in wave],
+                                rows_per_sample, bar)
+        for net in networks:
+            net.finish()
         done |= set(wave)
         for name in wave:
             vo, vp, report = views[name]
             _solve(acc[name], vp, report, pruned, mode, ridge)
     return reports
+
+
+def _gather(networks: tuple[StagedCapture, StagedCapture], reads: list[bool], source: Iterable[CalibrationBatch],
+            layers: list[tuple], rows_per_sample: int, bar: Progress) -> tuple[dict, list[CalibrationBatch]]:
+    """One wave's Gram statistics over all runs, from both networks' captures (a run's tensors
+    are dropped as soon as its layers are done); also the runs' chunks and sizes, for the next wave."""
+    acc: dict[str, list[_Accumulator]] = {}
+    seen = []
+    for index, run in enumerate(source):
+        outs_o, outs_p = (net.capture(index, run.feeds if read else None) for net, read in zip(networks, reads))
+        for (vo, vp, _), r in layers:
+            with np.errstate(all="ignore"):  # non-finite sums make the layer skip (``_solve``)
+                _accumulate(acc, vo.node.name, run, vo, vp, outs_o[vo.node.inputs[0].name],
+                            outs_p[vp.node.inputs[0].name], None if r is None else (outs_o[r], outs_p[r]),
+                            rows_per_sample)
+        seen.append(CalibrationBatch(run.chunk, run.samples, {}))
+        del outs_o, outs_p
+        bar.advance()
+    return acc, seen
 
 
 def _residual(vo: LinearView) -> str | None:
@@ -321,7 +346,8 @@ def _residual(vo: LinearView) -> str | None:
 
 
 def _accumulate(acc: dict, name: str, run, vo: LinearView, vp: LinearView, x_o: np.ndarray,
-                x_p: np.ndarray, residual: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+                x_p: np.ndarray, residual: tuple[np.ndarray, np.ndarray] | None = None,
+                rows_per_sample: int = MAX_ROWS_PER_SAMPLE) -> None:
     """Add one batch to one of two folds (alternate chunks of samples, so the split follows the
     samples, not the files they came in): one fits, the other validates.
 
@@ -334,14 +360,14 @@ def _accumulate(acc: dict, name: str, run, vo: LinearView, vp: LinearView, x_o: 
         folds = acc[name] = [_Accumulator(np.zeros((k, k)), np.zeros((k, w_o.shape[1])), np.zeros(w_o.shape[1]))
                              for _ in range(2)]
     a = folds[run.chunk % 2]
-    pick = vp.pick(x_p, a.rng, run.samples)
+    pick = vp.pick(x_p, a.rng, run.samples, rows_per_sample)
     # float32 products per batch, float64 sums across batches: half the time, ample precision
-    target = vo.rows(x_o.astype(np.float32), pick) @ w_o.astype(np.float32) + b_o.astype(np.float32)
+    target = vo.rows(x_o, pick).astype(np.float32) @ w_o.astype(np.float32) + b_o.astype(np.float32)
     if residual is not None and residual[0].shape == residual[1].shape:
         drift = vo.out_rows(residual[0], pick) - vo.out_rows(residual[1], pick)
         if drift.shape == target.shape:
             target += drift
-    rows = vp.rows(x_p.astype(np.float32), pick)
+    rows = vp.rows(x_p, pick).astype(np.float32)
     rows = np.hstack([rows, np.ones((rows.shape[0], 1), np.float32)])
     a.g += cross_product(rows, rows)
     a.b += cross_product(rows, target)

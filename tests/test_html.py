@@ -49,7 +49,9 @@ def test_html_is_self_contained_with_three_plots(tmp_path):
 
 @pytest.mark.skipif(BROWSER is None, reason="no headless Chromium on this machine (apt-get install chromium)")
 def test_html_renders_in_headless_chromium(tmp_path):
-    page, _ = _page(tmp_path, MODELS / "resnet_small.onnx", "--target-flops", "0.5")
+    # with calibration data: all three plots (without it the sensitivity section says it was not measured)
+    page, _ = _page(tmp_path, MODELS / "digits_cnn.onnx", "--target-flops", "0.5", "--calib",
+                    MODELS / "digits_calib.npz", "--calib-samples", "64")
     base = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
             f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([*base, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120, check=False)

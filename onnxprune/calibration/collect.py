@@ -53,9 +53,10 @@ def gram_sites(analysis: Analysis) -> list[SliceSite]:
             and not prunable.isdisjoint(analysis.root[s.atoms].tolist())]
 
 
-def collect_stats(analysis: Analysis, graph: gs.Graph, batches: Iterable[dict], grams: bool = False
-                  ) -> dict[str, ChannelStats]:
-    """Per sink tensor, its :class:`ChannelStats` (with ``grams`` filled when asked)."""
+def collect_stats(analysis: Analysis, graph: gs.Graph, batches: Iterable[dict], grams: bool = False,
+                  rows_per_sample: int = 256) -> dict[str, ChannelStats]:
+    """Per sink tensor, its :class:`ChannelStats` (with ``grams`` filled when asked, from at
+    most ``rows_per_sample`` input rows per layer and sample)."""
     from ..runtime.capture import capture, capture_session
     from .data import runs_of
 
@@ -82,7 +83,7 @@ def collect_stats(analysis: Analysis, graph: gs.Graph, batches: Iterable[dict], 
                 stats[name].update(value)
             for name, view, rng in views:
                 x = captured[name]
-                pick = view.pick(x, rng, run.samples)
-                stats[name].grams[view.node.name].update(view.rows(x.astype(np.float32), pick))
+                pick = view.pick(x, rng, run.samples, rows_per_sample)
+                stats[name].grams[view.node.name].update(view.rows(x, pick).astype(np.float32))
             bar.advance()
     return stats

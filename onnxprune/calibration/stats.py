@@ -19,17 +19,22 @@ class ChannelStats:
         self.grams: dict[str, GramStats] = {}
 
     def update(self, x: np.ndarray) -> None:
-        flat = np.moveaxis(np.asarray(x), self.axis, -1)
-        flat = flat.reshape(-1, flat.shape[-1]).astype(np.float64)
+        """Add a batch: reduced over every axis but the channel's, in float64 totals, without
+        a float64 copy of the whole tensor (a detector's maps are hundreds of MB)."""
+        x = np.asarray(x)
+        axis = self.axis % x.ndim if x.ndim else 0
+        others = tuple(i for i in range(x.ndim) if i != axis)
         if self.sum is None:
-            c = flat.shape[1]
+            c = x.shape[axis] if x.ndim else 1
             self.sum, self.sumsq, self.sumabs, self.zeros = (np.zeros(c) for _ in range(4))
-        self.count += flat.shape[0]
-        self.non_finite += int(flat.size - np.count_nonzero(np.isfinite(flat)))
-        self.sum += flat.sum(axis=0)
-        self.sumsq += (flat * flat).sum(axis=0)
-        self.sumabs += np.abs(flat).sum(axis=0)
-        self.zeros += (flat == 0).sum(axis=0)
+        x = x.reshape(1) if not x.ndim else x
+        self.count += x.size // max(x.shape[axis], 1)
+        self.non_finite += int(x.size - np.count_nonzero(np.isfinite(x)))
+        self.sum += x.sum(axis=others, dtype=np.float64)
+        self.sumsq += np.square(x, dtype=np.float64).sum(axis=others) if x.dtype != np.float32 \
+            else np.einsum(_einsum_spec(x.ndim, axis), x, x, dtype=np.float64)
+        self.sumabs += np.abs(x).sum(axis=others, dtype=np.float64)
+        self.zeros += np.count_nonzero(x == 0, axis=others) if others else (x == 0)
 
     @property
     def mean(self) -> np.ndarray:
@@ -50,6 +55,12 @@ class ChannelStats:
     @property
     def l2(self) -> np.ndarray:
         return np.sqrt(self.sumsq)
+
+
+def _einsum_spec(ndim: int, axis: int) -> str:
+    """``x * x`` summed over all axes but ``axis``, e.g. "abcd,abcd->b"."""
+    letters = "abcdefghijklmnopqrstuvwxyz"[:ndim]
+    return f"{letters},{letters}->{letters[axis]}"
 
 
 class GramStats:

@@ -94,7 +94,8 @@ class Calibrate(Pass):
             ctx.original = ctx.graph  # the rewrite works on a copy
         if not needs_activations(opts.criterion):
             return
-        ctx.stats = collect_stats(ctx.analysis, ctx.graph, ctx.calibration, grams=needs_grams(opts.criterion))
+        ctx.stats = collect_stats(ctx.analysis, ctx.graph, ctx.calibration, grams=needs_grams(opts.criterion),
+                                  rows_per_sample=opts.calib_rows)
 
 
 def _synthetic_batches(graph) -> list[dict]:
@@ -224,7 +225,8 @@ class Reconstruct(Pass):
                 outputs[cut.node] = keep(cut.atoms)
         layers = [(n.name, *inputs[n.name], outputs.get(n.name)) for n in ctx.original.nodes if n.name in inputs]
         layers = reconstruct(ctx.original, ctx.pruned_graph, layers, ctx.calibration, mode=mode,
-                             ridge=ctx.options.ridge, threads=ctx.options.threads)
+                             ridge=ctx.options.ridge, threads=ctx.options.threads,
+                             rows_per_sample=ctx.options.calib_rows)
         ctx.pruned_graph.cleanup(remove_unused_graph_inputs=False).toposort()
         before, after = ctx.report["before"]["params"], count_params(ctx.pruned_graph)
         if after > before and not is_deferred(ctx.pruned):

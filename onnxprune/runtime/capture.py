@@ -71,3 +71,118 @@ def _subgraph_names(node) -> set[str]:
                 names.update(inner.input)
                 names.update(_subgraph_names(inner))
     return names
+
+
+#: Bytes of cut tensors kept per network between reconstruction waves; above this the next wave
+#: runs from the model's inputs again (the result is the same, only slower).
+MAX_CACHE_BYTES = 1536 << 20
+
+
+class StagedCapture:
+    """Captures tensors of one graph in stages (reconstruction waves), each stage running only
+    the nodes not run before: the tensors at the cut between what has run and what has not are
+    kept per calibration run, so all stages together cost about one forward pass.
+
+    Correct as long as nothing upstream of the cut changes between stages (a wave refits only
+    layers downstream of its own inputs). Past ``max_bytes`` of kept tensors the cut is dropped
+    and the next stage runs from the model's inputs."""
+
+    def __init__(self, graph: gs.Graph, threads: int | None = None, max_bytes: int | None = None):
+        self.graph, self.threads = graph, threads
+        self.max_bytes = MAX_CACHE_BYTES if max_bytes is None else max_bytes
+        self.nodes_run = 0  # nodes the current stage runs (all stages together: about the graph once)
+        self.ran: set[str] = set()  # tensors computed by earlier stages (and the graph inputs)
+        self.kept: list[dict[str, np.ndarray]] = []  # per run: the cut tensors
+        self._session = None
+        self._plan: tuple[list[str], list[str]] = ([], [])
+
+    def start(self, wanted: list[str]) -> bool:
+        """Prepare the stage that captures ``wanted`` (tensor names); True where it reads the
+        calibration data (the first stage, or after the cut was dropped)."""
+        self.graph.toposort()  # a refit may have appended a bias Add that earlier nodes read
+        model = gs.export_onnx(self.graph, do_type_check=False)
+        g = model.graph
+        inputs = {i.name for i in g.input}
+        if self.kept and set(wanted) & self.ran - set(self.kept[0]):
+            self.kept, self.ran = [], set()  # a wanted tensor left the cut: run from the inputs
+        known = set(self.kept[0]) if self.kept else inputs
+        nodes = _needed_nodes(g, set(wanted), known)
+        self.nodes_run = len(nodes)
+        produced = {t for n in nodes for t in n.output if t}
+        ran_after = (self.ran if self.kept else inputs) | produced
+        # the new cut: tensors run so far that a node not yet run still reads
+        later = {t for n in g.node if not set(n.output) <= ran_after for t in list(n.input) + list(_subgraph_names(n))}
+        cut = sorted(t for t in ran_after & later if t)
+        outputs = sorted((set(wanted) | set(cut)) & produced)
+        self._plan, self._ran_after = (outputs, cut), ran_after
+        dtypes = {k: v.dtype for k, v in self.kept[0].items()} if self.kept else {}
+        self._session = _cut_session(model, nodes, outputs, known, dtypes, self.threads) if outputs else None
+        self._new_kept: list[dict[str, np.ndarray]] | None = []
+        self._bytes = 0
+        return not self.kept
+
+    def capture(self, index: int, feeds: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+        """The stage's tensors (and the wanted ones) for run ``index``; ``feeds`` may be None
+        when :attr:`needs_feeds` was False at :meth:`start`."""
+        have = dict(self.kept[index]) if self.kept else dict(feeds)
+        if self.kept:
+            self.kept[index] = {}  # its tensors now live in ``have``: free them as soon as done
+        if self._session is not None:
+            have.update(capture(self._session, have))
+        outputs, cut = self._plan
+        if self._new_kept is not None:
+            kept = {t: have[t] for t in cut if t in have}
+            self._bytes += sum(v.nbytes for v in kept.values())
+            if self._bytes > self.max_bytes or len(kept) < len(cut):
+                self._new_kept = None  # too big to keep: the next stage starts from the inputs
+            else:
+                self._new_kept.append(kept)
+        return have
+
+    def finish(self) -> None:
+        """End the stage: the next one continues from its cut (or from the inputs)."""
+        self._session = None
+        if self._new_kept:
+            self.kept, self.ran = self._new_kept, self._ran_after
+        else:
+            self.kept, self.ran = [], set()
+
+
+def _needed_nodes(graph, wanted: set[str], known: set[str]) -> list:
+    """The nodes (in graph order) needed to compute ``wanted`` from the ``known`` tensors."""
+    needed = set(wanted) - known
+    kept = []
+    for node in reversed(graph.node):
+        if needed.intersection(node.output):
+            kept.append(node)
+            needed.update(t for t in list(node.input) + list(_subgraph_names(node)) if t not in known)
+    kept.reverse()
+    return kept
+
+
+def _cut_session(model, nodes: list, outputs: list[str], known: set[str], dtypes: dict[str, np.dtype],
+                 threads: int | None):
+    """A session running ``nodes`` from the ``known`` tensors (graph inputs or kept ones) to
+    ``outputs``. Shapes are left to ONNX Runtime (a pruned graph's stored ones may be stale)."""
+    from onnx import helper
+
+    g = model.graph
+    reads = {t for n in nodes for t in list(n.input) + list(_subgraph_names(n)) if t}
+    produced = {t for n in nodes for t in n.output}
+    inits = [t for t in g.initializer if t.name in reads]
+    types = {v.name: v.type.tensor_type.elem_type for v in list(g.input) + list(g.value_info) + list(g.output)}
+    types.update({n: helper.np_dtype_to_tensor_dtype(d) for n, d in dtypes.items()})
+    graph_inputs = {i.name: i for i in g.input}
+    sources = [graph_inputs[n] if n in graph_inputs else helper.make_tensor_value_info(n, types.get(n, 0), None)
+               for n in sorted((reads - produced - {t.name for t in inits}) & known)]
+    outs = [helper.make_tensor_value_info(n, types[n], None) if types.get(n) else helper.make_empty_tensor_value_info(n)
+            for n in outputs]
+    sub = helper.make_graph(nodes, g.name, sources, outs, inits)
+    cut = helper.make_model(sub, opset_imports=model.opset_import, ir_version=max(model.ir_version, 4))
+    cut.functions.extend(model.functions)
+    ort = onnxruntime()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(cut.SerializeToString(), opts, providers=["CPUExecutionProvider"])
