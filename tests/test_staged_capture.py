@@ -16,7 +16,8 @@ from conftest import session
 
 import onnxprune.runtime.capture as capture_module
 from onnxprune import prune
-from onnxprune.reconstruct import ConvView, _waves
+from onnxprune.ops.conv import ConvView
+from onnxprune.reconstruct import _waves
 from onnxprune.runtime.capture import StagedCapture, capture, capture_session
 
 MODELS = Path(__file__).resolve().parents[1] / "models"

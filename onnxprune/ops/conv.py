@@ -9,7 +9,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..analysis.edits import SetAttrToKeptCount
-from ..analysis.state import State, UnsupportedPattern, const, has_input
+from ..analysis.state import State, UnsupportedPattern, const, has_input, set_const_input
+from .linear_view import LinearView
 from .probe import LayerSpec, Probe
 from .registry import Shapes, register, rule
 
@@ -149,9 +150,81 @@ def _conv_transpose_resize(spec: LayerSpec, old: LayerSpec) -> LayerSpec:
     return replace(spec, x_shape=x, attrs={**old.attrs, "group": groups})
 
 
-def _conv_view() -> type:
-    from ..reconstruct import ConvView
+class ConvView(LinearView):
+    def supported(self) -> str | None:
+        w = const(self.node.inputs[1])
+        if w is None or w.ndim != 4:
+            return "only 2-D convolutions are refit"
+        if int(self.node.attrs.get("group", 1)) != 1:
+            return "grouped convolution"
+        if self.node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+            return "auto_pad"
+        return None
 
+    def _geometry(self):
+        w = const(self.node.inputs[1])
+        kh, kw = w.shape[2:]
+        pads = list(self.node.attrs.get("pads", [0, 0, 0, 0]))
+        strides = list(self.node.attrs.get("strides", [1, 1]))
+        dil = list(self.node.attrs.get("dilations", [1, 1]))
+        return kh, kw, pads, strides, dil
+
+    def _out_hw(self, x: np.ndarray) -> tuple[int, int]:
+        kh, kw, pads, (sh, sw), (dh, dw) = self._geometry()
+        h = (x.shape[2] + pads[0] + pads[2] - dh * (kh - 1) - 1) // sh + 1
+        w = (x.shape[3] + pads[1] + pads[3] - dw * (kw - 1) - 1) // sw + 1
+        return h, w
+
+    def rows_per_input(self) -> int:
+        kh, kw = const(self.node.inputs[1]).shape[2:]
+        return int(kh * kw)
+
+    def out_rows(self, y: np.ndarray, pick: np.ndarray | None) -> np.ndarray:
+        return super().out_rows(np.moveaxis(y, 1, -1), pick)
+
+    def n_rows(self, x: np.ndarray) -> int:
+        h, w = self._out_hw(x)
+        return x.shape[0] * h * w
+
+    def rows(self, x: np.ndarray, pick: np.ndarray | None) -> np.ndarray:
+        """The picked patches, gathered from ``x`` itself (padding as zeros, no padded copy of
+        a whole feature map per layer)."""
+        kh, kw, pads, (sh, sw), (dh, dw) = self._geometry()
+        ho, wo = self._out_hw(x)
+        idx = np.arange(x.shape[0] * ho * wo) if pick is None else pick
+        n, rest = np.divmod(idx, ho * wo)
+        oy, ox = np.divmod(rest, wo)
+        ys = oy[:, None] * sh - pads[0] + np.arange(kh)[None, :] * dh
+        xs = ox[:, None] * sw - pads[1] + np.arange(kw)[None, :] * dw
+        inside = ((ys >= 0) & (ys < x.shape[2]))[:, :, None] & ((xs >= 0) & (xs < x.shape[3]))[:, None, :]
+        ys, xs = np.clip(ys, 0, x.shape[2] - 1), np.clip(xs, 0, x.shape[3] - 1)
+        c = np.arange(x.shape[1])
+        patches = x[n[:, None, None, None], c[None, :, None, None], ys[:, None, :, None], xs[:, None, None, :]]
+        patches = np.where(inside[:, None, :, :], patches, np.zeros((), x.dtype))
+        return patches.reshape(len(idx), -1)
+
+    def weight(self) -> np.ndarray:
+        w = const(self.node.inputs[1])
+        return w.reshape(w.shape[0], -1).T
+
+    def set_weight(self, w: np.ndarray) -> None:
+        old = const(self.node.inputs[1])
+        set_const_input(self.node, 1, w.T.reshape(old.shape).astype(old.dtype))
+
+    def bias(self) -> np.ndarray:
+        n = const(self.node.inputs[1]).shape[0]
+        b = const(self.node.inputs[2]) if len(self.node.inputs) > 2 and self.node.inputs[2].name else None
+        return np.zeros(n) if b is None else np.broadcast_to(b, (n,)).astype(np.float64)
+
+    def set_bias(self, b: np.ndarray, graph: gs.Graph) -> None:
+        dtype = const(self.node.inputs[1]).dtype
+        if len(self.node.inputs) > 2 and self.node.inputs[2].name:
+            set_const_input(self.node, 2, b.astype(dtype))
+        else:
+            self.node.inputs.append(gs.Constant(f"{self.node.name}__input2", b.astype(dtype)))
+
+
+def _conv_view() -> type:
     return ConvView
 
 

@@ -9,8 +9,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..analysis.provenance import aligned, broadcast, dim_of, rank_of
-from ..analysis.state import State, UnsupportedPattern, const, rank
+from ..analysis.state import State, UnsupportedPattern, const, rank, set_const_input
 from .conv import bias_site
+from .linear_view import LinearView
 from .probe import LayerSpec, Probe
 from .registry import Shapes, dims, register, rule
 
@@ -172,9 +173,76 @@ def _matmul_resize(spec: LayerSpec, old: LayerSpec) -> LayerSpec:
     return replace(spec, x_shape=x, attrs={})
 
 
-def _matrix_view() -> type:
-    from ..reconstruct import MatrixView
+class MatrixView(LinearView):
+    """Gemm (transA=0, alpha=beta=1) and MatMul with a 2-D constant weight; bias via Gemm C or
+    the Add that follows the MatMul (one is inserted where there is none)."""
 
+    def supported(self) -> str | None:
+        if self.node.op == "Gemm":
+            if int(self.node.attrs.get("transA", 0)) or float(self.node.attrs.get("alpha", 1.0)) != 1.0 \
+                    or float(self.node.attrs.get("beta", 1.0)) != 1.0:
+                return "Gemm with transA, alpha or beta"
+        return None
+
+    def n_rows(self, x: np.ndarray) -> int:
+        return int(np.prod(x.shape[:-1]))
+
+    def rows(self, x: np.ndarray, pick: np.ndarray | None) -> np.ndarray:
+        flat = x.reshape(-1, x.shape[-1])
+        return flat if pick is None else flat[pick]
+
+    def weight(self) -> np.ndarray:
+        w = const(self.node.inputs[1])
+        return w.T if self.node.op == "Gemm" and int(self.node.attrs.get("transB", 0)) else w
+
+    def set_weight(self, w: np.ndarray) -> None:
+        old = const(self.node.inputs[1])
+        new = w.T if self.node.op == "Gemm" and int(self.node.attrs.get("transB", 0)) else w
+        set_const_input(self.node, 1, np.ascontiguousarray(new).astype(old.dtype))
+
+    def _bias_add(self) -> gs.Node | None:
+        out = self.node.outputs[0]
+        if len(out.outputs) == 1 and out.outputs[0].op == "Add":
+            add = out.outputs[0]
+            other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+            b = const(other)
+            if b is not None and b.size == self.weight().shape[1] and b.shape[-1] == b.size:
+                return add
+        return None
+
+    def bias(self) -> np.ndarray:
+        n = self.weight().shape[1]
+        if self.node.op == "Gemm":
+            c = const(self.node.inputs[2]) if len(self.node.inputs) > 2 and self.node.inputs[2].name else None
+            return np.zeros(n) if c is None else np.broadcast_to(c, (1, n))[0].astype(np.float64)
+        add = self._bias_add()
+        if add is None:
+            return np.zeros(n)
+        other = add.inputs[1] if add.inputs[0] is self.node.outputs[0] else add.inputs[0]
+        return const(other).reshape(-1).astype(np.float64)
+
+    def set_bias(self, b: np.ndarray, graph: gs.Graph) -> None:
+        dtype = const(self.node.inputs[1]).dtype
+        b = b.astype(dtype)
+        if self.node.op == "Gemm":
+            if len(self.node.inputs) > 2 and self.node.inputs[2].name:
+                set_const_input(self.node, 2, b)
+            else:
+                self.node.inputs.append(gs.Constant(f"{self.node.name}__input2", b))
+            return
+        add = self._bias_add()
+        if add is not None:
+            i = 1 if add.inputs[0] is self.node.outputs[0] else 0
+            set_const_input(add, i, b.reshape(const(add.inputs[i]).shape))
+            return
+        out = self.node.outputs[0]
+        raw = gs.Variable(f"{out.name}__unbiased", dtype=out.dtype)
+        self.node.outputs[0] = raw
+        graph.nodes.append(gs.Node("Add", f"{self.node.name}__bias", inputs=[raw, gs.Constant(f"{self.node.name}__bias", b)],
+                                   outputs=[out]))
+
+
+def _matrix_view() -> type:
     return MatrixView
 
 

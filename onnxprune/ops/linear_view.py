@@ -1,0 +1,68 @@
+"""A weight layer as ``rows @ W + b``: the view reconstruction refits. Each weight layer's op spec
+names its subclass (``OpSpec.linear_view``): ``ConvView`` in ``ops/conv.py``, ``MatrixView`` in
+``ops/matmul.py``."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+#: Rows sampled per layer and calibration sample (conv patches can be many), on average over a
+#: batch: keeps memory and time bounded, and the same whatever batch the samples came in.
+MAX_ROWS_PER_SAMPLE = 256
+
+
+class LinearView:
+    """A consuming layer as ``rows @ W + b``; subclasses know one op type."""
+
+    def __init__(self, node: gs.Node, out_mask: np.ndarray | None = None):
+        self.node = node
+        #: on the original layer: the outputs the pruned layer still has
+        self.out_mask = out_mask
+
+    def target_weight(self) -> tuple[np.ndarray, np.ndarray]:
+        """Weight and bias restricted to the kept outputs (the refit's target)."""
+        w, b = self.weight(), self.bias()
+        if self.out_mask is not None:
+            w, b = w[:, self.out_mask], b[self.out_mask]
+        return w.astype(np.float64), b
+
+    def supported(self) -> str | None:
+        """None if the layer can be refit, else why not."""
+        return None
+
+    def rows(self, x: np.ndarray, pick: np.ndarray | None) -> np.ndarray:
+        raise NotImplementedError
+
+    def pick(self, x: np.ndarray, rng: np.random.Generator, samples: int,
+             rows_per_sample: int = MAX_ROWS_PER_SAMPLE) -> np.ndarray | None:
+        """Row indices to use from one batch of ``samples`` samples: all of them (None), or
+        ``rows_per_sample`` per sample drawn from the whole batch, so statistics over conv
+        patches stay bounded in time and memory (a 736x1952 map has 1.4 M rows per image)."""
+        n_rows, limit = self.n_rows(x), int(rows_per_sample) * max(int(samples), 1)
+        return None if n_rows <= limit else np.sort(rng.choice(n_rows, limit, replace=False))
+
+    def rows_per_input(self) -> int:
+        """Rows of ``weight()`` per index of the layer's input channel axis (a conv's kernel
+        area; 1 for a matrix): input channel ``c`` owns rows ``c*k .. c*k+k-1``."""
+        return 1
+
+    def n_rows(self, x: np.ndarray) -> int:
+        raise NotImplementedError
+
+    def out_rows(self, y: np.ndarray, pick: np.ndarray | None) -> np.ndarray:
+        """A tensor shaped like the layer's output, as rows aligned with ``rows``."""
+        flat = y.reshape(-1, y.shape[-1])
+        return flat if pick is None else flat[pick]
+
+    def weight(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def set_weight(self, w: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def bias(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def set_bias(self, b: np.ndarray, graph: gs.Graph) -> None:
+        raise NotImplementedError
