@@ -638,3 +638,35 @@ def model_fingerprint(model: onnx.ModelProto) -> str:
         digest.update(init.name.encode())
         digest.update(onnx.numpy_helper.to_array(init).tobytes() if not init.raw_data else init.raw_data)
     return digest.hexdigest()
+
+
+def is_bulky(t: gs.Constant) -> bool:
+    """A float constant of more than 64 values: a weight, whose bytes shape inference never needs."""
+    from .dtypes import is_floating
+
+    try:
+        return is_floating(t.dtype) and int(np.prod(t.shape)) > 64
+    except TypeError:
+        return False
+
+
+def export_skeleton(graph: gs.Graph) -> onnx.ModelProto:
+    """``graph`` exported with each bulky constant input (:func:`is_bulky`) replaced by a typed
+    graph input of its shape: everything shape inference reads, without serializing the weights.
+    The model's inputs are the graph's own, then one per bulky constant; ``graph`` is left as it was."""
+    swaps, placeholders = [], {}
+    for node in graph.nodes:
+        for i, t in enumerate(node.inputs):
+            if isinstance(t, gs.Constant) and is_bulky(t):
+                if t.name not in placeholders:
+                    placeholders[t.name] = gs.Variable(t.name, dtype=t.dtype, shape=list(t.shape))
+                swaps.append((node, i, t))
+                node.inputs[i] = placeholders[t.name]
+    real_inputs = list(graph.inputs)
+    graph.inputs = real_inputs + list(placeholders.values())
+    try:
+        return gs.export_onnx(graph, do_type_check=False)
+    finally:
+        graph.inputs = real_inputs
+        for node, i, t in swaps:
+            node.inputs[i] = t

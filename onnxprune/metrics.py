@@ -20,6 +20,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .analysis.state import shape
+from .io import export_skeleton
 from .ops import spec_for
 from .dtypes import is_floating  # noqa: F401  (callers import it from here too)
 
@@ -40,10 +41,6 @@ def count_params(graph: gs.Graph) -> int:
                 if is_floating(t.dtype):
                     total += int(np.prod(t.shape, dtype=np.int64))
     return total
-
-
-def _prod(dims) -> int:
-    return int(np.prod(dims, dtype=np.int64))
 
 
 ShapeOf = Callable[[object], "list[int] | None"]
@@ -136,24 +133,10 @@ def _inferred_shapes(graph: gs.Graph, input_shapes: dict[str, list[int]]) -> tup
     a skeleton: float constants become inputs (never serialized), inputs get fixed dims, and the
     file's value_info is dropped so nothing but the graph (and its declared outputs, which pruning
     never changes) decides."""
-    swaps, placeholders = [], {}
-    for node in graph.nodes:
-        for i, t in enumerate(node.inputs):
-            if isinstance(t, gs.Constant) and is_floating(t.dtype) and _prod(t.shape) > 64:
-                if t.name not in placeholders:
-                    placeholders[t.name] = gs.Variable(t.name, dtype=t.dtype, shape=list(t.shape))
-                swaps.append((node, i, t))
-                node.inputs[i] = placeholders[t.name]
-    real_inputs = list(graph.inputs)
-    graph.inputs = real_inputs + list(placeholders.values())
-    try:
-        model = gs.export_onnx(graph, do_type_check=False)
-    finally:
-        graph.inputs = real_inputs
-        for node, i, t in swaps:
-            node.inputs[i] = t
+    model = export_skeleton(graph)
+    n_inputs = len(graph.inputs)
     del model.graph.value_info[:]
-    counted_at, inputs, defaulted = {}, model.graph.input[:len(real_inputs)], set()
+    counted_at, inputs, defaulted = {}, model.graph.input[:n_inputs], set()
     named = {}  # a dimension named in a given shape ("sequence") takes that size in every input
     for vi in inputs:
         given = input_shapes.get(vi.name)

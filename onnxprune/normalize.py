@@ -16,7 +16,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 
-from .io import lazy_external_values, read_values
+from .io import export_skeleton, is_bulky, lazy_external_values, read_values
 
 log = logging.getLogger(__name__)
 
@@ -81,22 +81,7 @@ def infer_shapes(graph: gs.Graph) -> gs.Graph:
     best-effort: where it fails, tensors keep unknown shapes and the rules that need a shape
     block their groups instead of guessing.
     """
-    swaps, placeholders = [], {}
-    for node in graph.nodes:
-        for i, t in enumerate(node.inputs):
-            if isinstance(t, gs.Constant) and _is_bulky(t):
-                if t.name not in placeholders:
-                    placeholders[t.name] = gs.Variable(t.name, dtype=t.dtype, shape=list(t.shape))
-                swaps.append((node, i, t))
-                node.inputs[i] = placeholders[t.name]
-    real_inputs = list(graph.inputs)
-    graph.inputs = real_inputs + list(placeholders.values())
-    try:
-        model = gs.export_onnx(graph, do_type_check=False)
-    finally:
-        graph.inputs = real_inputs
-        for node, i, t in swaps:
-            node.inputs[i] = t
+    model = export_skeleton(graph)
     # IR < 4 requires every initializer to be a graph input; inference silently gives up
     # otherwise. IR 4 lifts that rule and changes nothing else the rewrite relies on.
     model.ir_version = max(model.ir_version, 4)
@@ -115,15 +100,6 @@ def infer_shapes(graph: gs.Graph) -> gs.Graph:
             if tensor.shape is None and tt.HasField("shape"):
                 tensor.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
     return graph
-
-
-def _is_bulky(t: gs.Constant) -> bool:
-    from .dtypes import is_floating
-
-    try:
-        return is_floating(t.dtype) and int(np.prod(t.shape)) > 64
-    except TypeError:
-        return False
 
 
 def _constant_nodes_to_initializers(graph: gs.Graph) -> None:
@@ -348,7 +324,7 @@ def _predicted_outputs(node: gs.Node, opsets: list, ir_version: int) -> list[tup
                 continue
             name = f"in{i}"
             inputs.append(name)
-            if _nbytes(t) <= 4096 or not _is_bulky(t):
+            if _nbytes(t) <= 4096 or not is_bulky(t):
                 inits.append(numpy_helper.from_array(np.asarray(read_values(t)), name))
             else:
                 dtype = t.dtype
