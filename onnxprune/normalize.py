@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -315,25 +316,9 @@ def _np_dtype(dtype):
 def _predicted_outputs(node: gs.Node, opsets: list, ir_version: int) -> list[tuple[int, tuple]] | None:
     """(bytes, dims) of the node's outputs as shape inference sees them, without evaluating it:
     bulky inputs stand in as typed graph inputs, small ones (shapes, repeats) are given as values."""
-    inputs, inits, graph_inputs = [], [], []
-    outputs = [f"out{i}" if o.name else "" for i, o in enumerate(node.outputs)]
     try:
-        for i, t in enumerate(node.inputs):
-            if _is_empty(t):
-                inputs.append("")
-                continue
-            name = f"in{i}"
-            inputs.append(name)
-            if _nbytes(t) <= 4096 or not is_bulky(t):
-                inits.append(numpy_helper.from_array(np.asarray(read_values(t)), name))
-            else:
-                dtype = t.dtype
-                numbered = isinstance(dtype, (int, np.integer))
-                elem = int(dtype) if numbered else helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-                graph_inputs.append(helper.make_tensor_value_info(name, elem, list(t.shape)))
-        onnx_node = helper.make_node(node.op, inputs, outputs, **_onnx_attrs(node))
-        g = helper.make_graph([onnx_node], "predict", graph_inputs, [], initializer=inits)
-        m = helper.make_model(g, opset_imports=opsets, ir_version=max(ir_version, 4))
+        m, outputs = _node_model(node, opsets, max(ir_version, 4), lambda t: _nbytes(t) <= 4096 or not is_bulky(t),
+                                 declare_outputs=False)
         inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
     except Exception:
         return None
@@ -376,18 +361,29 @@ _FAST_FOLDS = {"ConstantOfShape": _constant_of_shape}
 def _evaluate(node: gs.Node, opsets: list, ir_version: int, evaluator_cls) -> list:
     if node.op in _FAST_FOLDS:
         return _FAST_FOLDS[node.op](node)
-    inputs, inits = [], []
+    m, _ = _node_model(node, opsets, ir_version, lambda t: True, declare_outputs=True)
+    return list(evaluator_cls(m).run(None, {}))
+
+
+def _node_model(node: gs.Node, opsets: list, ir_version: int, by_value: Callable[[gs.Tensor], bool],
+                declare_outputs: bool) -> tuple[onnx.ModelProto, list[str]]:
+    """``node`` alone as a model, for evaluating it or inferring its output shapes: each input an
+    initializer where ``by_value`` says so, else a typed graph input; outputs named ``out<i>``."""
+    inputs, inits, graph_inputs = [], [], []
     for i, t in enumerate(node.inputs):
         if _is_empty(t):
             inputs.append("")
             continue
         name = f"in{i}"
         inputs.append(name)
-        inits.append(numpy_helper.from_array(np.asarray(read_values(t)), name))
+        if by_value(t):
+            inits.append(numpy_helper.from_array(np.asarray(read_values(t)), name))
+        else:
+            numbered = isinstance(t.dtype, (int, np.integer))
+            elem = int(t.dtype) if numbered else helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype))
+            graph_inputs.append(helper.make_tensor_value_info(name, elem, list(t.shape)))
     outputs = [f"out{i}" if o.name else "" for i, o in enumerate(node.outputs)]
-    onnx_node = helper.make_node(node.op, inputs, outputs, **_onnx_attrs(node))
-    g = helper.make_graph([onnx_node], "fold", [], [helper.make_value_info(o, onnx.TypeProto()) for o in outputs if o],
-                          initializer=inits)
-    m = helper.make_model(g, opset_imports=opsets, ir_version=ir_version)
-    res = evaluator_cls(m).run(None, {})
-    return list(res)
+    declared = [helper.make_value_info(o, onnx.TypeProto()) for o in outputs if o] if declare_outputs else []
+    g = helper.make_graph([helper.make_node(node.op, inputs, outputs, **_onnx_attrs(node))], node.op or "node",
+                          graph_inputs, declared, initializer=inits)
+    return helper.make_model(g, opset_imports=opsets, ir_version=ir_version), outputs
