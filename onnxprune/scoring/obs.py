@@ -35,6 +35,11 @@ MAX_EXACT_COST = 5e9
 #: channels are dead or collinear).
 DAMP = 1e-2
 
+#: Compact ``H⁻¹`` once the live share of its blocks falls to this: each removal updates the
+#: whole held matrix, so dropping dead rows early saves more than the copy costs (at 0.5 about
+#: 0.57 N³ multiply-adds to remove N channels one at a time, at 0.8 about 0.41 N³).
+COMPACT_AT = 0.8
+
 
 @dataclass
 class _Consumer:
@@ -75,15 +80,15 @@ class _Consumer:
             col = self.hinv[:, p].copy()
             col_scaled = col / col[p]
             self.w -= np.outer(col_scaled, self.w[p])
-            self.hinv -= np.outer(col, col_scaled)
+            _subtract_in_blocks(self.hinv, col[:, None], col_scaled[None, :])
         else:
             rows = (np.asarray(ps)[:, None] * self.k + np.arange(self.k)).ravel()
             col = self.hinv[:, rows]
             col_scaled = col @ np.linalg.inv(col[rows])
             self.w -= col_scaled @ self.w[rows]
-            self.hinv -= col_scaled @ col.T  # H⁻¹ is symmetric: its row block is col.T
+            _subtract_in_blocks(self.hinv, col_scaled, col.T)  # H⁻¹ is symmetric: its row block is col.T
         self.alive[ps] = False
-        if self.alive.sum() * 2 <= len(self.alive) and self.alive.any():
+        if self.alive.sum() <= COMPACT_AT * len(self.alive) and self.alive.any():
             self._compact()
 
     def cost(self) -> float:
@@ -129,6 +134,19 @@ def _consumer(site, stats: dict[str, ChannelStats], analysis: Analysis, group: G
     except np.linalg.LinAlgError:
         return f"{site.node.name}: its dampened Gram matrix is singular"
     return _Consumer(hinv[np.ix_(rows, rows)], w[rows], np.arange(len(group.classes)), k, energy)
+
+
+#: Rows of ``H⁻¹`` updated at a time: the product's temporary stays in cache instead of a
+#: second full-size matrix going through memory (about twice as fast for rank-1 updates).
+UPDATE_ROWS = 128
+
+
+def _subtract_in_blocks(target: np.ndarray, left: np.ndarray, right: np.ndarray) -> None:
+    """``target -= left @ right``, in place, a block of rows at a time (rank 1: an outer product)."""
+    rank_one = left.shape[1] == 1
+    for start in range(0, target.shape[0], UPDATE_ROWS):
+        block = left[start:start + UPDATE_ROWS]
+        target[start:start + UPDATE_ROWS] -= block * right if rank_one else block @ right
 
 
 def _step_size(consumers: list[_Consumer], n: int) -> int:
