@@ -7,6 +7,7 @@ import platform
 from pathlib import Path
 
 from .io import load_model
+from .ops.registry import runtime_extensions
 from .runtime.session import make_runner, onnxruntime, parse_input_shapes
 from .runtime.timing import interleaved, ratios
 
@@ -18,7 +19,7 @@ def bench_models(paths: list[Path] | tuple[Path, ...], provider: str = "cpu", th
     shapes = parse_input_shapes(input_shapes)
     runners = []
     for path in paths:
-        model = load_model(path)  # validates the file, one-line errors
+        model = load_model(path, runtime_extensions())  # validates the file, one-line errors
         runners.append((str(path), make_runner(model.SerializeToString(), provider, threads, shapes)))
     timings = interleaved(runners, max_rounds=max_rounds, min_seconds=min_seconds)
     ort = onnxruntime()

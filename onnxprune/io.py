@@ -13,7 +13,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Collection, Iterator
 
 import numpy as np
 import onnx
@@ -28,7 +28,7 @@ from .validate import check_structure
 
 #: Opsets of the default domain we have rules and tests for.
 MIN_OPSET = 9
-MAX_OPSET = 21
+MAX_OPSET = 23
 #: Protobuf cannot serialise a message over 2 GiB; above this we write external data.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 #: A model whose external data reaches this many bytes is not loaded whole: its weights stay in
@@ -43,8 +43,11 @@ EXTERNAL_TENSOR_MIN_BYTES = 1024
 DEFERRED_LOCATION = "onnxprune-deferred-weights.data"
 
 
-def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+def load_model(path: str | os.PathLike, extension_ops: Collection[str] = ()) -> onnx.ModelProto:
     """Read an ONNX file and check it is something we can prune.
+
+    ``extension_ops`` are default-domain op types that ONNX Runtime implements beyond ONNX's
+    opsets (:func:`onnxprune.ops.registry.runtime_extensions`): accepted where ONNX has no schema.
 
     External data is checked (its file exists, inside the model's folder, and holds as many
     bytes as each tensor's shape needs) and loaded, except for models too large for one protobuf
@@ -65,8 +68,8 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     if not model.graph.node and not model.graph.output:
         raise BadInputError(f"{p}: not a valid ONNX model (no graph)")
     check_opset(model, str(p))
-    check_domains(model, str(p))
-    check_structure(model, str(p))
+    check_domains(model, str(p), extension_ops)
+    check_structure(model, str(p), extension_ops)
     _attach_external_data(model, p)
     return model
 
@@ -183,13 +186,14 @@ def _canonical_domain(domain: str) -> str:
     return "" if domain in ("", "ai.onnx") else domain
 
 
-def check_domains(model: onnx.ModelProto, where: str = "model") -> None:
+def check_domains(model: onnx.ModelProto, where: str = "model", extension_ops: Collection[str] = ()) -> None:
     """Refuse what cannot be processed at all: a node of a domain the model does not import, an
     imported version of an ONNX domain (``ai.onnx.ml``...) that ONNX does not define, or an
     operator that the imported version of an ONNX domain does not have.
 
-    Domains ONNX does not define (``com.microsoft`` fused ops, custom ops) are accepted: the
-    analysis blocks the channels their nodes touch, with a reason.
+    Domains ONNX does not define (``com.microsoft`` fused ops, custom ops), and the default-domain
+    ``extension_ops`` ONNX Runtime implements, are accepted: the analysis blocks the channels their
+    nodes touch unless an op spec knows them.
     """
     known = onnx.defs.C.schema_version_map()
     imported = {_canonical_domain(imp.domain): imp.version for imp in model.opset_import}
@@ -209,6 +213,8 @@ def check_domains(model: onnx.ModelProto, where: str = "model") -> None:
             try:
                 onnx.defs.get_schema(node.op_type, imported[domain], domain)
             except onnx.defs.SchemaError as exc:
+                if domain == "" and node.op_type in extension_ops:
+                    continue
                 raise BadInputError(f"{where}: node '{node.name or node.op_type}': {domain or 'ai.onnx'} opset "
                                     f"{imported[domain]} has no operator {node.op_type}") from exc
     for function in model.functions:

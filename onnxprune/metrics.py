@@ -22,6 +22,7 @@ import onnx_graphsurgeon as gs
 from .analysis.state import shape
 from .io import export_skeleton
 from .ops import spec_for
+from .ops.inference import infer_shapes
 from .dtypes import is_floating  # noqa: F401  (callers import it from here too)
 
 
@@ -158,7 +159,7 @@ def _inferred_shapes(graph: gs.Graph, input_shapes: dict[str, list[int]]) -> tup
         counted_at[vi.name] = fixed
     model.ir_version = max(model.ir_version, 4)
     try:
-        model = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+        model = infer_shapes(model)
     except Exception:  # inference errors on exotic graphs: their layers stay uncounted
         return dict(counted_at), counted_at, defaulted
     inferred = {name: list(dims) for name, dims in counted_at.items()}

@@ -18,6 +18,7 @@ import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 
 from .io import export_skeleton, is_bulky, lazy_external_values, read_values
+from .ops.inference import infer_shapes as extended_infer_shapes
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +82,15 @@ def infer_shapes(graph: gs.Graph) -> gs.Graph:
     integer constants stay, because data propagation reads shape vectors. Inference is
     best-effort: where it fails, tensors keep unknown shapes and the rules that need a shape
     block their groups instead of guessing.
+
+    ONNX Runtime's fused ops get their shapes from their op specs (:mod:`onnxprune.ops.inference`).
     """
     model = export_skeleton(graph)
     # IR < 4 requires every initializer to be a graph input; inference silently gives up
     # otherwise. IR 4 lifts that rule and changes nothing else the rewrite relies on.
     model.ir_version = max(model.ir_version, 4)
     try:
-        model = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+        model = extended_infer_shapes(model)
     except Exception as exc:  # inference errors on exotic graphs must not stop us
         log.warning("shape inference failed: %s", exc)
         return graph

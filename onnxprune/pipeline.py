@@ -13,6 +13,7 @@ import onnx
 from .context import PruningContext
 from .errors import BadInputError
 from .io import LAZY_LOAD_THRESHOLD, copy_file, load_model, save_model, uses_external_data
+from .ops.registry import runtime_extensions
 from .options import PruneOptions, default_of
 from .passes.base import PassLike, check_pipeline, run_pass
 from .passes.builtin import PROVIDERS, default_passes
@@ -35,7 +36,7 @@ class Pipeline:
         passes = self.passes if self.passes is not None else default_passes(options)
         check_pipeline(passes, PROVIDERS)  # again: a pass may have been added to ``self.passes`` since
         if not isinstance(model, onnx.ModelProto):
-            model = load_model(model)
+            model = load_model(model, runtime_extensions())
         ctx = PruningContext(model=model, options=options)
         check_weights_only(model, ctx.options)
         check_input_shapes(graph_input_dims(model.graph), ctx.options.input_shapes or {})

@@ -10,7 +10,7 @@ functions that call themselves, a node that breaks its operator's schema.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Collection, Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -26,8 +26,9 @@ _PACKED = {getattr(TensorProto, n): per for n, per in (("INT4", 2), ("UINT4", 2)
 _UNCHECKED_RAW = frozenset(getattr(TensorProto, n) for n in ("FLOAT6E2M3", "FLOAT6E3M2") if hasattr(TensorProto, n))
 
 
-def check_structure(model: onnx.ModelProto, where: str = "model") -> None:
-    """Raise :class:`BadInputError` naming the first structural fault (see the module's doc)."""
+def check_structure(model: onnx.ModelProto, where: str = "model", extension_ops: Collection[str] = ()) -> None:
+    """Raise :class:`BadInputError` naming the first structural fault (see the module's doc).
+    ``extension_ops``: default-domain op types ONNX Runtime defines beyond ONNX (no schema to check)."""
     _check_opset_imports(model.opset_import, where)
     for function in model.functions:
         _check_opset_imports(function.opset_import, f"{where}: function '{function.name}'")
@@ -41,7 +42,7 @@ def check_structure(model: onnx.ModelProto, where: str = "model") -> None:
     _check_value_types(model.graph, where)
     _check_dag(model.graph, where)
     _check_functions_not_recursive(model, where)
-    _check_nodes(model, where)
+    _check_nodes(model, where, extension_ops)
     _check_types(model, where)
 
 
@@ -169,7 +170,7 @@ def _check_dag(graph: onnx.GraphProto, where: str, outer: frozenset[str] = froze
         _check_dag(sub, where, frozenset(scope))
 
 
-def _check_nodes(model: onnx.ModelProto, where: str) -> None:
+def _check_nodes(model: onnx.ModelProto, where: str, extension_ops: Collection[str] = ()) -> None:
     """Each node of an ONNX domain against its operator's schema (attributes and their types,
     input and output counts), as ONNX Runtime checks it. Nodes holding subgraphs are left to
     the nodes inside them; custom domains and model-local functions have no schema here."""
@@ -188,11 +189,21 @@ def _check_nodes(model: onnx.ModelProto, where: str) -> None:
         domain = "" if node.domain == "ai.onnx" else node.domain
         if (domain and domain not in known) or (node.domain, node.op_type) in local:
             continue
+        if not domain and node.op_type in extension_ops and not _has_schema(node.op_type, ctx.opset_imports[""]):
+            continue
         try:
             onnx.checker.check_node(node, ctx)
         except onnx.checker.ValidationError as exc:
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
             raise BadInputError(f"{where}: node '{_node_name(node)}' ({node.op_type}): {text}") from exc
+
+
+def _has_schema(op_type: str, version: int) -> bool:
+    try:
+        onnx.defs.get_schema(op_type, version, "")
+    except onnx.defs.SchemaError:
+        return False
+    return True
 
 
 def _node_reads(node: onnx.NodeProto) -> Iterator[str]:

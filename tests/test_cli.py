@@ -221,7 +221,7 @@ BAD_INPUTS = {
     # name: (how to call, needle in the message)
     "model is a directory": (lambda m, t: [str(t)], "is a directory"),
     "opset 7": (lambda m, t: [str(_with_opset(t, 7))], "opset 7 is not supported"),
-    "opset 22": (lambda m, t: [str(_with_opset(t, 22))], "opset 22 is not supported"),
+    "opset 24": (lambda m, t: [str(_with_opset(t, 24))], "opset 24 is not supported"),
     "ratio not a number": (lambda m, t: [str(m), "--ratio", "abc"], "'abc' is not a valid float"),
     "ratio nan": (lambda m, t: [str(m), "--ratio", "nan"], "--ratio must be in [0, 1)"),
     "ratio 1": (lambda m, t: [str(m), "--ratio", "1"], "--ratio must be in [0, 1)"),

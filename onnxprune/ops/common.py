@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -38,3 +40,12 @@ def pass_through(node: gs.Node, state: State, out_index: int = 0) -> None:
 def same_dim(w, node: gs.Node, axis: int, r: int, d: int):
     """Dims of ops whose output has their input 0's shape."""
     return w.dim(node.inputs[0], axis, d)
+
+
+def shape_of_input(index: int = 0, outputs: tuple[int, ...] = (0,)) -> Callable:
+    """A shape function (:attr:`OpSpec.infer`): the listed outputs have input ``index``'s shape."""
+
+    def infer(attrs: dict, shapes: list, n_outputs: int) -> list:
+        return [shapes[index] if i in outputs and index < len(shapes) else None for i in range(n_outputs)]
+
+    return infer

@@ -6,7 +6,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from ..analysis.state import State, UnsupportedPattern, const
-from .common import norm_axis, output_used, pass_through, same_dim
+from .common import norm_axis, output_used, pass_through, same_dim, shape_of_input
 from .registry import dims, register, rule
 
 
@@ -89,4 +89,7 @@ dims("LayerNormalization", "Softmax", "LogSoftmax", "BatchNormalization", "Insta
 
 
 register("BatchNormalization", parameter_inputs=(1, 2, 3, 4))
+# ONNX Runtime's own default-domain schemas: RMS normalisation (written by its GenAI model builder)
+# and the LayerNormalization it defined before ONNX did (opset 17). No channel rule yet: they block.
+register("SimplifiedLayerNormalization", "LayerNormalization", runtime_extension=True, infer=shape_of_input(0))
 register("InstanceNormalization", "LayerNormalization", "GroupNormalization", parameter_inputs=(1, 2))

@@ -36,6 +36,9 @@ class Shapes(Protocol):
 
 
 FlopFn = Callable[[Shapes], int]
+#: (attributes, input shapes (None where unknown), output count) -> each output's shape (None where
+#: it cannot tell); dims are ints, names or None
+ShapeFn = Callable[[dict, list, int], list]
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,13 @@ class OpSpec:
     parameter_inputs: tuple[int, ...] | None = None
     #: it computes on integer (quantized) weights, which the analysis has no rule for
     integer_layer: bool = False
+    #: ONNX Runtime implements it in the default (ai.onnx) domain, which ONNX itself does not
+    #: define (the GenAI model builder writes such nodes): loading accepts it instead of refusing
+    #: an operator the imported opset lacks
+    runtime_extension: bool = False
+    #: output shapes of an op ONNX's shape inference does not know (ONNX Runtime's fused ops):
+    #: without them every tensor after the op has an unknown shape and its layers cannot be pruned
+    infer: ShapeFn | None = None
 
 
 #: op specs by key: the op type, or ``"domain:Op"`` for non-default domains
@@ -145,6 +155,11 @@ def parameter_inputs(node: gs.Node) -> tuple[int, ...]:
 def integer_layer(node: gs.Node) -> bool:
     """Whether ``node`` computes on integer (quantized) weights (see :attr:`OpSpec.integer_layer`)."""
     return spec_for(node).integer_layer
+
+
+def runtime_extensions() -> frozenset[str]:
+    """Default-domain op types that ONNX Runtime implements beyond ONNX (see :attr:`OpSpec.runtime_extension`)."""
+    return frozenset(k for k, s in REGISTRY.items() if s.runtime_extension)
 
 
 def linear_view_for(node: gs.Node) -> type | None:

@@ -222,11 +222,12 @@ def profile_model(path: str | os.PathLike, provider: str = "cpu", threads: int |
     """``onnxprune profile``: load, analyze, measure the baseline, time every layer's widths."""
     from ..analysis import analyze_graph
     from ..io import check_opset, load_model, model_fingerprint
+    from ..ops.registry import runtime_extensions
     from ..normalize import normalize
     from ..runtime.session import make_runner
     from ..runtime.timing import interleaved
 
-    model = load_model(path)
+    model = load_model(path, runtime_extensions())
     opset = check_opset(model)
     graph = normalize(model)
     analysis = analyze_graph(graph, opset)

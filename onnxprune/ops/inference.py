@@ -1,0 +1,60 @@
+"""ONNX shape inference, extended by the op specs that know ops ONNX does not.
+
+ONNX's inference stops at ONNX Runtime's fused ops (SkipLayerNormalization, GroupQueryAttention,
+the GenAI builder's SimplifiedLayerNormalization...): every tensor after one has an unknown
+shape, and the layers there could be neither counted nor pruned. Where an op's spec says how
+(:attr:`OpSpec.infer`), its outputs' shapes are added to the model's value_info and inference
+runs again from there, until nothing new is learnt.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from .registry import REGISTRY
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with inferred value_info (ONNX's inference, ``strict_mode`` off, data propagation
+    on, plus the specs' shape functions). Raises what ONNX's inference raises."""
+    known = [n for n in model.graph.node if _infer_fn(n) is not None]
+    for _ in range(1 + len(known)):
+        model = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+        if not known or not _add_unknown_op_shapes(model, known):
+            break
+    return model
+
+
+def _infer_fn(node: onnx.NodeProto):
+    domain = "" if node.domain in ("", "ai.onnx") else node.domain
+    spec = REGISTRY.get(f"{domain}:{node.op_type}" if domain else node.op_type)
+    return None if spec is None else spec.infer
+
+
+def _add_unknown_op_shapes(model: onnx.ModelProto, known: list[onnx.NodeProto]) -> bool:
+    graph = model.graph
+    types = {vi.name: vi.type.tensor_type for vi in list(graph.input) + list(graph.value_info) + list(graph.output)
+             if vi.type.HasField("tensor_type")}
+    for t in graph.initializer:
+        types.setdefault(t.name, onnx.helper.make_tensor_type_proto(t.data_type, list(t.dims)).tensor_type)
+    learnt = False
+    for node in known:
+        missing = [o for o in node.output if o and (o not in types or not types[o].HasField("shape"))]
+        if not missing:
+            continue
+        shapes = [_dims(types.get(i)) for i in node.input]
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        elem = types[node.input[0]].elem_type if node.input and node.input[0] in types else 0
+        for out, shape in zip(node.output, _infer_fn(node)(attrs, shapes, len(node.output))):
+            if out in missing and shape is not None:
+                vi = onnx.helper.make_tensor_value_info(out, elem, list(shape))
+                graph.value_info.append(vi)
+                types[out] = vi.type.tensor_type
+                learnt = True
+    return learnt
+
+
+def _dims(tt) -> list | None:
+    if tt is None or not tt.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
