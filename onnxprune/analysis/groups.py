@@ -18,7 +18,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..errors import BadInputError
-from ..ops import rule_for, spec_key as rule_key
+from ..ops import rule_for, spec_for, spec_key as rule_key
 from .sharing import ConstantPlan, constant_plans
 from .plan import Plan, make_plan
 from .state import SliceSite, State, UnsupportedPattern
@@ -236,7 +236,9 @@ def _attach_costs(state: State, root: np.ndarray, groups: list[Group]) -> None:
     for site in state.sites:
         values = site.node.inputs[site.input_index]
         dims = values.shape
-        per_index = int(np.prod(dims, dtype=np.int64)) // max(dims[site.axis], 1)
+        packed = spec_for(site.node).packed_params  # packed integer weights: the parameters they hold
+        size = packed(site.node).get(site.input_index) if packed is not None else None
+        per_index = int(np.prod(dims, dtype=np.int64) if size is None else size) // max(dims[site.axis], 1)
         flops = 0
         if site.role in ("weight_out", "weight_in"):
             if site.node.name not in flops_cache:

@@ -41,11 +41,19 @@ class SliceSite:
     atoms: np.ndarray
     #: weight_out / weight_in / bias / bn_scale / bn_shift / bn_stat / channel_const
     role: str
+    #: consecutive channels of the node's input each index of ``axis`` covers (a quantization
+    #: block of MatMulNBits' packed weight); 1 for every unpacked weight
+    unit: int = 1
 
     @property
     def values(self) -> np.ndarray:
-        """The weight's current values (read on demand, not kept, for external data)."""
-        return np.asarray(read_values(self.node.inputs[self.input_index]))
+        """The weight's current values (read on demand, not kept, for external data); for a
+        packed (quantized) weight, the float values it stands for (``OpSpec.weight_values``)."""
+        from ..ops.registry import spec_for
+
+        unpack = spec_for(self.node).weight_values
+        values = unpack(self.node, self.input_index) if unpack is not None else None
+        return np.asarray(read_values(self.node.inputs[self.input_index]) if values is None else values)
 
 
 class Edit:
@@ -133,8 +141,8 @@ class State:
             return
         self.tracks[tensor.name] = Track(axis, atoms, rank)
 
-    def site(self, node: gs.Node, input_index: int, axis: int, atoms: np.ndarray, role: str) -> None:
-        self.sites.append(SliceSite(node, input_index, axis, atoms, role))
+    def site(self, node: gs.Node, input_index: int, axis: int, atoms: np.ndarray, role: str, unit: int = 1) -> None:
+        self.sites.append(SliceSite(node, input_index, axis, atoms, role, unit))
 
     def edit(self, edit: Edit) -> None:
         self.edits.append(edit)

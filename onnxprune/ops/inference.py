@@ -13,6 +13,10 @@ import onnx
 
 from .registry import REGISTRY
 
+#: the shape a shape function (:attr:`OpSpec.infer`) is given for an optional input left out
+#: (an empty name), as opposed to None for an input whose shape is unknown
+ABSENT = ()
+
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with inferred value_info (ONNX's inference, ``strict_mode`` off, data propagation
@@ -42,7 +46,7 @@ def _add_unknown_op_shapes(model: onnx.ModelProto, known: list[onnx.NodeProto]) 
         missing = [o for o in node.output if o and (o not in types or not types[o].HasField("shape"))]
         if not missing:
             continue
-        shapes = [_dims(types.get(i)) for i in node.input]
+        shapes = [_dims(types.get(i)) if i else ABSENT for i in node.input]
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         elem = types[node.input[0]].elem_type if node.input and node.input[0] in types else 0
         for out, shape in zip(node.output, _infer_fn(node)(attrs, shapes, len(node.output))):
