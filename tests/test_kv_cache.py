@@ -241,3 +241,64 @@ def test_pruned_decoder_decodes_16_tokens(fmt):
                                      "attention_mask": np.ones((1, n), np.int64),
                                      "position_ids": np.arange(n, dtype=np.int64)[None], **empty})[0]
         np.testing.assert_allclose(logits[step], full[0, -1], rtol=1e-4, atol=1e-4)
+
+
+def decoder_calibration(model: onnx.ModelProto, samples: int = 16) -> list[dict]:
+    """Calibration batches for one decoding step (3 new tokens after 4 cached, unpadded)."""
+    return [decoder_feeds(model, seed, batch=8) for seed in range(samples // 8)]
+
+
+@pytest.mark.parametrize("fmt", sorted(DECODERS))
+def test_calibrated_prune_of_a_cache_decoder(fmt):
+    """Calibration, OBS scoring, reconstruction and the fidelity report run on the pruned model
+    with its cache inputs cut to the kept heads; the presents are compared on those heads."""
+    from onnxprune import prune
+
+    model = onnx.load(DECODERS[fmt])
+    result = prune(model, ratio=0.25, calibration=decoder_calibration(model))
+    report = result.report
+    assert report["reconstruction"]["layers"]
+    fidelity = report["fidelity"]["outputs"]
+    assert {"logits", "present.0.key", "present.1.value"} <= set(fidelity)
+    # layer 0's keys only depend on the embeddings and the first norm: its kept heads are exact
+    assert fidelity["present.0.key"]["mean_cosine"] > 0.9999
+    names = {c["name"] for c in report["io_shapes"]}
+    assert len(names) == 8
+    tokens, _ = greedy_decode(result.model)
+    assert len(tokens) == 16
+
+
+def test_cli_lists_resized_cache_io(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out, rep, page = tmp_path / "p.onnx", tmp_path / "r.json", tmp_path / "r.html"
+    res = subprocess.run([sys.executable, "-m", "onnxprune", str(DECODERS["dynamo"]), "-o", str(out), "--ratio", "0.5",
+                          "--report", str(rep), "--html", str(page)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "graph inputs/outputs resized: 8 (KV cache; --keep-io-shapes keeps them)" in res.stdout
+    assert ("inputs [batch, 4, past_seq, 8] -> [batch, 2, past_seq, 8]: past_key_values.0.key, "
+            "past_key_values.0.value, past_key_values.1.key, past_key_values.1.value") in res.stdout
+    changes = json.loads(rep.read_text())["io_shapes"]
+    assert [c["name"] for c in changes] == [f"{p}.{i}.{k}" for p in ("past_key_values", "present")
+                                            for i in range(2) for k in ("key", "value")]
+    assert changes[0] == {"name": "past_key_values.0.key", "kind": "input", "before": ["batch", 4, "past_seq", 8],
+                          "after": ["batch", 2, "past_seq", 8]}
+    html = page.read_text()
+    assert "Graph inputs and outputs resized" in html and html.count("present.1.value") == 1
+    assert cache_dims(onnx.load(out))["present.1.value"][1] == 2
+
+
+
+def test_keep_io_shapes_option_keeps_cache_shapes():
+    from onnxprune import prune
+
+    model = onnx.load(DECODERS["dynamo"])
+    result = prune(model, ratio=0.5, keep_io_shapes=True)
+    assert result.report["io_shapes"] == []
+    assert cache_dims(result.model) == cache_dims(model)
+    heads = [g for g in result.context.analysis.groups if g.kind == "heads"]
+    assert heads and not any(g.prunable for g in heads)
+    assert any("keeps its shape (--keep-io-shapes)" in r for g in result.context.analysis.groups for r in g.reasons)
+    assert any(g.prunable for g in result.context.analysis.groups)  # the MLP units still go
