@@ -152,7 +152,9 @@ def _inferred_shapes(graph: gs.Graph, input_shapes: dict[str, list[int]]) -> tup
         dims = vi.type.tensor_type.shape.dim
         given = input_shapes.get(vi.name)
         if given is not None and len(given) == len(dims):
-            fixed = [int(d) for d in given]
+            # a dim the graph fixes wins: a pruned graph's cache inputs have fewer heads than the
+            # original's shapes say (for the original, --input-shape must agree with them anyway)
+            fixed = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else int(v) for d, v in zip(dims, given)]
         else:
             fixed = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else named.get(d.dim_param, 0)
                      for d in dims]

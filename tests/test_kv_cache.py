@@ -4,6 +4,8 @@ checked against the zeroed-channel oracle with non-zero past values."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -14,7 +16,7 @@ from onnxprune.analysis.cache_io import CacheName, parse
 from onnxprune.analysis.state import State, UnsupportedPattern
 from onnxprune.normalize import normalize
 
-from conftest import assert_cache_oracle, prune_with_oracle
+from conftest import assert_cache_oracle, prune_with_oracle, session
 
 HIDDEN, HEADS, KV, D, SEQ, PAST = 16, 4, 2, 4, 3, 5
 
@@ -159,3 +161,144 @@ def test_cache_names():
     assert parse("past_key_12") == CacheName("past", 12, "key")
     assert parse("present_value_1") == CacheName("present", 1, "value")
     assert parse("past_key_values") is None and parse("present.0.keys") is None and parse("x") is None
+
+
+# --- exported decoders (tools/export_llama_cache.py) -------------------------------------------
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+DECODERS = {"dynamo": MODELS / "llama_cache_dynamo.onnx", "optimum": MODELS / "llama_optimum" / "model.onnx"}
+
+
+def decoder_feeds(model: onnx.ModelProto, seed: int, batch: int = 2, seq: int = 3, past: int = 4) -> dict:
+    """Inputs of one decoding step: ``seq`` new tokens after ``past`` cached ones (non-zero)."""
+    rng = np.random.default_rng(seed)
+    feeds = {"input_ids": rng.integers(0, 128, (batch, seq)).astype(np.int64),
+             "attention_mask": np.ones((batch, past + seq), np.int64),
+             "position_ids": np.tile(np.arange(past, past + seq, dtype=np.int64), (batch, 1))}
+    for t in model.graph.input:
+        if t.name.startswith("past_key_values"):
+            heads, d = (t.type.tensor_type.shape.dim[i].dim_value for i in (1, 3))
+            feeds[t.name] = rng.standard_normal((batch, heads, past, d)).astype(np.float32)
+    return feeds
+
+
+def cache_dims(model: onnx.ModelProto) -> dict[str, list]:
+    return {t.name: [d.dim_value or d.dim_param for d in t.type.tensor_type.shape.dim]
+            for t in list(model.graph.input) + list(model.graph.output) if parse(t.name)}
+
+
+@pytest.mark.parametrize("fmt", sorted(DECODERS))
+def test_exported_decoder_heads_oracle(fmt):
+    """Half the K/V heads (with their query heads) and half the MLP units of every layer go; the
+    pruned step equals the zeroed original's, fed non-zero past keys and values."""
+    model = onnx.load(DECODERS[fmt])
+    ctx = assert_cache_oracle(model, ratio=0.5, feeds=lambda seed: decoder_feeds(model, seed), rtol=1e-4, atol=1e-4)
+    kinds = {g.kind for g in ctx.analysis.groups if g.prunable}
+    assert kinds == {"heads", "channels"}
+    before, after = cache_dims(model), cache_dims(ctx.pruned)
+    assert set(before) == set(after) and len(before) == 8
+    for name, dims in before.items():
+        assert dims[1] == 4 and after[name][1] == 2, (name, after[name])
+        assert dims[:1] + dims[2:] == after[name][:1] + after[name][2:]
+
+
+def greedy_decode(model: onnx.ModelProto, steps: int = 16, prompt=(5, 17, 42, 99)):
+    """Greedy decoding with the cache: each step feeds the previous step's present outputs back
+    as past. Returns the tokens and each step's last-position logits."""
+    sess = session(model)
+    outs = [o.name for o in sess.get_outputs()]
+    past = {i.name: np.zeros([1, i.shape[1], 0, i.shape[3]], np.float32)
+            for i in sess.get_inputs() if parse(i.name)}
+    ids, done, tokens, logits = np.array([prompt], np.int64), 0, [], []
+    for _ in range(steps):
+        seq = ids.shape[1]
+        res = dict(zip(outs, sess.run(None, {
+            "input_ids": ids, "attention_mask": np.ones((1, done + seq), np.int64),
+            "position_ids": np.arange(done, done + seq, dtype=np.int64)[None], **past})))
+        done += seq
+        logits.append(res["logits"][0, -1])
+        tokens.append(int(logits[-1].argmax()))
+        ids = np.array([[tokens[-1]]], np.int64)
+        past = {n: res[n.replace("past_key_values", "present")] for n in past}
+    return tokens, logits
+
+
+@pytest.mark.parametrize("fmt", sorted(DECODERS))
+def test_pruned_decoder_decodes_16_tokens(fmt):
+    """The pruned decoder runs 16 steps of KV-cache decoding, and each step's logits equal a
+    recomputation of the whole sequence with an empty past: the smaller cache it writes is the
+    one it reads."""
+    ctx, _ = prune_with_oracle(onnx.load(DECODERS[fmt]), ratio=0.5)
+    pruned = ctx.pruned
+    tokens, logits = greedy_decode(pruned)
+    assert len(tokens) == 16
+    sess = session(pruned)
+    empty = {i.name: np.zeros([1, i.shape[1], 0, i.shape[3]], np.float32) for i in sess.get_inputs() if parse(i.name)}
+    sequence = [5, 17, 42, 99] + tokens
+    for step in (0, 7, 15):
+        n = 4 + step
+        full = sess.run(["logits"], {"input_ids": np.array([sequence[:n]], np.int64),
+                                     "attention_mask": np.ones((1, n), np.int64),
+                                     "position_ids": np.arange(n, dtype=np.int64)[None], **empty})[0]
+        np.testing.assert_allclose(logits[step], full[0, -1], rtol=1e-4, atol=1e-4)
+
+
+def decoder_calibration(model: onnx.ModelProto, samples: int = 16) -> list[dict]:
+    """Calibration batches for one decoding step (3 new tokens after 4 cached, unpadded)."""
+    return [decoder_feeds(model, seed, batch=8) for seed in range(samples // 8)]
+
+
+@pytest.mark.parametrize("fmt", sorted(DECODERS))
+def test_calibrated_prune_of_a_cache_decoder(fmt):
+    """Calibration, OBS scoring, reconstruction and the fidelity report run on the pruned model
+    with its cache inputs cut to the kept heads; the presents are compared on those heads."""
+    from onnxprune import prune
+
+    model = onnx.load(DECODERS[fmt])
+    result = prune(model, ratio=0.25, calibration=decoder_calibration(model))
+    report = result.report
+    assert report["reconstruction"]["layers"]
+    fidelity = report["fidelity"]["outputs"]
+    assert {"logits", "present.0.key", "present.1.value"} <= set(fidelity)
+    # layer 0's keys only depend on the embeddings and the first norm: its kept heads are exact
+    assert fidelity["present.0.key"]["mean_cosine"] > 0.9999
+    names = {c["name"] for c in report["io_shapes"]}
+    assert len(names) == 8
+    tokens, _ = greedy_decode(result.model)
+    assert len(tokens) == 16
+
+
+def test_cli_lists_resized_cache_io(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out, rep, page = tmp_path / "p.onnx", tmp_path / "r.json", tmp_path / "r.html"
+    res = subprocess.run([sys.executable, "-m", "onnxprune", str(DECODERS["dynamo"]), "-o", str(out), "--ratio", "0.5",
+                          "--report", str(rep), "--html", str(page)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "graph inputs/outputs resized: 8 (KV cache; --keep-io-shapes keeps them)" in res.stdout
+    assert ("inputs [batch, 4, past_seq, 8] -> [batch, 2, past_seq, 8]: past_key_values.0.key, "
+            "past_key_values.0.value, past_key_values.1.key, past_key_values.1.value") in res.stdout
+    changes = json.loads(rep.read_text())["io_shapes"]
+    assert [c["name"] for c in changes] == [f"{p}.{i}.{k}" for p in ("past_key_values", "present")
+                                            for i in range(2) for k in ("key", "value")]
+    assert changes[0] == {"name": "past_key_values.0.key", "kind": "input", "before": ["batch", 4, "past_seq", 8],
+                          "after": ["batch", 2, "past_seq", 8]}
+    html = page.read_text()
+    assert "Graph inputs and outputs resized" in html and html.count("present.1.value") == 1
+    assert cache_dims(onnx.load(out))["present.1.value"][1] == 2
+
+
+
+def test_keep_io_shapes_option_keeps_cache_shapes():
+    from onnxprune import prune
+
+    model = onnx.load(DECODERS["dynamo"])
+    result = prune(model, ratio=0.5, keep_io_shapes=True)
+    assert result.report["io_shapes"] == []
+    assert cache_dims(result.model) == cache_dims(model)
+    heads = [g for g in result.context.analysis.groups if g.kind == "heads"]
+    assert heads and not any(g.prunable for g in heads)
+    assert any("keeps its shape (--keep-io-shapes)" in r for g in result.context.analysis.groups for r in g.reasons)
+    assert any(g.prunable for g in result.context.analysis.groups)  # the MLP units still go

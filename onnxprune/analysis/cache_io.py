@@ -26,6 +26,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 #: (regex, role): group "layer" is the layer index, group "kind" is key or value
 PATTERNS: tuple[tuple[re.Pattern, str], ...] = tuple(
     (re.compile(p), role) for p, role in (
@@ -58,3 +60,10 @@ def parse(name: str) -> CacheName | None:
         if m:
             return CacheName(role, int(m.group("layer")), m.group("kind"))
     return None
+
+
+def cut_feeds(arrays: dict, cuts: dict[str, tuple[int, np.ndarray]]) -> dict:
+    """The original model's inputs (or outputs) as the pruned model's: each array named in
+    ``cuts`` (``Plan.io_cuts``) keeps only the kept indices of its axis; the others are as given."""
+    return {name: np.compress(cuts[name][1], value, axis=cuts[name][0]) if name in cuts else value
+            for name, value in arrays.items()}

@@ -10,7 +10,7 @@ from ..errors import BadInputError
 from ..io import check_opset, is_deferred, uses_external_data
 from ..metrics import count_flops_at, count_params
 from ..normalize import normalize
-from ..rewrite import apply, check_not_bigger, export_checked, export_unchanged, note_kept_whole
+from ..rewrite import apply, check_not_bigger, export_checked, export_unchanged, io_shape_changes, note_kept_whole
 from ..scoring import needs_activations, needs_grams, score_groups, sink_tensors
 from ..selection import select_by_ratio
 from .base import Pass
@@ -173,6 +173,7 @@ class Rewrite(Pass):
         after = count_flops_at(graph, shapes)
         ctx.report["after"] = {"params": count_params(graph), "flops": after.flops}
         ctx.report["flops_at"] = _flops_at(ctx, before, after)
+        ctx.report["io_shapes"] = io_shape_changes(ctx.graph, graph)
         check_not_bigger(ctx.report["before"]["params"], ctx.report["after"]["params"])
         ctx.pruned = export_checked(graph, ctx.model)
 
@@ -226,7 +227,7 @@ class Reconstruct(Pass):
         layers = [(n.name, *inputs[n.name], outputs.get(n.name)) for n in ctx.original.nodes if n.name in inputs]
         layers = reconstruct(ctx.original, ctx.pruned_graph, layers, ctx.calibration, mode=mode,
                              ridge=ctx.options.ridge, threads=ctx.options.threads,
-                             rows_per_sample=ctx.options.calib_rows)
+                             rows_per_sample=ctx.options.calib_rows, io_cuts=plan.io_cuts(ctx.selection.removed))
         ctx.pruned_graph.cleanup(remove_unused_graph_inputs=False).toposort()
         before, after = ctx.report["before"]["params"], count_params(ctx.pruned_graph)
         if after > before and not is_deferred(ctx.pruned):
