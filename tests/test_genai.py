@@ -66,6 +66,9 @@ def test_genai_heads_and_mlp_oracle(fmt):
     assert gqa_attrs(ctx.pruned) == [(4, 2), (4, 2)]  # (num_heads, kv_num_heads): whole K/V groups
     kinds = {g.kind for g in ctx.analysis.prunable_groups if set(g.classes) & ctx.selection.removed}
     assert kinds == {"heads", "channels"}
+    residual = [g for g in ctx.analysis.groups if any("o_proj" in s or "down_proj" in s for s in g.sources)]
+    assert len(residual) == 4 and all(not g.prunable and "residual stream stays whole" in " ".join(g.reasons)
+                                      for g in residual)
     assert ctx.report["after"]["params"] < ctx.report["before"]["params"]
     for t in ctx.pruned.graph.input:
         if t.name.startswith("past_key_values."):

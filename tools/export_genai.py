@@ -103,17 +103,9 @@ def build(hf_dir: str, precision: str, out: str) -> None:
 
 
 def check_generation(folder: str, tokens: int = 16) -> list[int]:
-    import onnxruntime_genai as og
-    config = og.Config(folder)
-    config.clear_providers()  # ONNX Runtime's CPU kernels, whatever provider the folder names
-    model = og.Model(config)
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=tokens + 4, do_sample=False)
-    gen = og.Generator(model, params)
-    gen.append_tokens([[0, 5, 6, 7]])
-    while not gen.is_done():
-        gen.generate_next_token()
-    return list(gen.get_sequence(0))
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from genai_generate import generate
+    return generate(folder, tokens)
 
 
 def main(argv=None) -> int:
