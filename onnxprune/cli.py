@@ -301,7 +301,11 @@ def _save_loadable(result, out: Path, model: Path, quiet: bool) -> list[Path]:
     Returns the files written."""
     from .runtime.load_check import check_loads
 
+    known = len(result.context.warnings)
     written = result.save(out)
+    for warning in result.context.warnings[known:]:  # what saving found (a config file left alone)
+        if not quiet:
+            click.echo(f"warning: {warning}", err=True)
     try:
         warning = check_loads(written, model)
     except BaseException:

@@ -80,6 +80,9 @@ class Analysis:
     root: np.ndarray
     #: every floating-point constant a site slices, with its readers (what the rewrite will store)
     plans: list[ConstantPlan] = field(default_factory=list)
+    #: groups that must keep one count (group ids), e.g. every layer's heads where a config file
+    #: beside the model fixes it (``model_config.tie_groups``); the selection enforces it
+    ties: list[tuple[int, ...]] = field(default_factory=list)
 
     @property
     def sites(self) -> list[SliceSite]:

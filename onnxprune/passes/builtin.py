@@ -10,6 +10,7 @@ from ..errors import BadInputError
 from ..io import check_opset, is_deferred, uses_external_data
 from ..metrics import count_flops_at, count_params
 from ..normalize import normalize
+from ..model_config import find_configs, pruned_counts, tie_groups
 from ..rewrite import apply, check_not_bigger, export_checked, export_unchanged, io_shape_changes, note_kept_whole
 from ..scoring import needs_activations, needs_grams, score_groups, sink_tensors
 from ..selection import select_by_ratio
@@ -40,6 +41,8 @@ class Analyze(Pass):
     def run(self, ctx: PruningContext) -> None:
         ctx.analysis = analyze_graph(ctx.graph, ctx.opset, cache_io=not ctx.options.keep_io_shapes)
         restrict(ctx.analysis, ctx.options.prune)
+        ctx.model_configs = find_configs(ctx.source)
+        tie_groups(ctx.analysis, ctx.model_configs)
 
 
 #: The criterion used when calibration data is given and none is named: structured OBS, which
@@ -156,6 +159,9 @@ class Rewrite(Pass):
 
     def run(self, ctx: PruningContext) -> None:
         note_kept_whole(ctx.analysis, ctx.selection)
+        pruned_counts(ctx.analysis, ctx.model_configs, ctx.selection.kept)
+        ctx.warnings.extend(note for c in ctx.model_configs for note in c.notes())
+        ctx.report["model_configs"] = [{"file": c.file_name, "changes": c.changes()} for c in ctx.model_configs]
         shapes = flop_shapes(ctx)
         before = count_flops_at(ctx.graph, shapes)
         ctx.report["before"]["flops"] = before.flops

@@ -70,6 +70,7 @@ def build_report(ctx: PruningContext, input_path: str | None = None, output_path
         "settings": _settings(ctx),
         "before": report.get("before"), "after": report.get("after"), "flops_at": report.get("flops_at"),
         "io_shapes": list(report.get("io_shapes") or []),
+        "model_configs": list(report.get("model_configs") or []),
         "groups": _groups(ctx),
         "search": report.get("search"),
         "reconstruction": report.get("reconstruction"),

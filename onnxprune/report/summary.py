@@ -66,6 +66,7 @@ def prune_summary(ctx: PruningContext) -> str:
     if ctx.report.get("flops_at"):
         rows.append(flops_at_line(ctx.report["flops_at"]))
     rows.extend(io_shape_lines(ctx.report.get("io_shapes") or []))
+    rows.extend(config_lines(ctx.report.get("model_configs") or []))
     rows.insert(1, f"criterion {ctx.options.criterion}" + (
         f", calibration {ctx.calibration.description}" if ctx.calibration is not None else
         " (from the weights alone: no calibration data)"))
@@ -99,6 +100,16 @@ def io_shape_lines(changes: list[dict]) -> list[str]:
     rows = [f"graph inputs/outputs resized: {len(changes)} (KV cache; --keep-io-shapes keeps them)"]
     for (kind, before, after), names in by_change.items():
         rows.append(f"  {kind}s {before} -> {after}: {', '.join(names)}")
+    return rows
+
+
+def config_lines(configs: list[dict]) -> list[str]:
+    """The config files beside the model, updated for the output's folder (model_config)."""
+    rows = []
+    for c in configs:
+        changes = ", ".join(f"{k} {b} -> {a}" if b is not None else f"{k} {a} (added)"
+                            for k, (b, a) in c["changes"].items()) or "unchanged"
+        rows.append(f"{c['file']} beside the model (one count for every layer), for the output's folder: {changes}")
     return rows
 
 

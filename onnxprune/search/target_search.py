@@ -410,12 +410,12 @@ def fidelity_guard(template: onnx.ModelProto, chosen: bytes, alternative: bytes 
     from .guard import candidate_fidelity, collapses
 
     original = template.SerializeToString()
-    fid = candidate_fidelity(original, chosen, calibration, threads, io_cuts[0])
+    fid = candidate_fidelity(original, chosen, calibration, threads, io_cuts=io_cuts[0])
     check = {"chosen": {"kind": "importance", "cosine": fid["cosine"]}, "alternative": None, "collapsed": False,
              "switched": False}
     if alternative is None:
         return check
-    alt = candidate_fidelity(original, alternative, calibration, threads, io_cuts[1])
+    alt = candidate_fidelity(original, alternative, calibration, threads, io_cuts=io_cuts[1])
     check["alternative"] = {"kind": "uniform", "cosine": alt["cosine"]}
     check["collapsed"] = collapses(fid["cosine"], alt["cosine"])
     check["switched"] = check["collapsed"] and acceptable(check)
