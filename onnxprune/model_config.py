@@ -17,6 +17,11 @@ file sits beside the input model, pruning must keep it true:
 - **the updated file**: written beside the output with the new counts (``head_dim`` kept, and
   written where the file only implied it; ``hidden_size`` unchanged).
 
+- **the folder**: a kind whose file names the model (GenAI's ``model.decoder.filename``) gets
+  that name updated to the output's, and its companion files (tokenizer files) are copied
+  beside the output; such a folder may be given as MODEL (:func:`model_in_folder`), the output
+  then being a folder too (:func:`folder_output`).
+
 One :class:`ConfigKind` per file kind reads the counts (:meth:`ConfigKind.counts`) and writes
 them back (:meth:`ConfigKind.update`); :data:`KINDS` lists them by file name. Adding a kind is a
 subclass and one entry.
@@ -57,9 +62,12 @@ class ModelConfig:
     pruned: LayerCounts | None = None
     #: the name of the file it is written to beside the output
     file_name: str = field(default="")
+    #: the output model's file name, where the file names the model (set by :func:`config_outputs`)
+    model_file: str | None = None
 
     def updated(self) -> dict:
-        return self.kind.update(self.data, self.counts, self.pruned or self.counts)
+        data = self.kind.update(self.data, self.counts, self.pruned or self.counts)
+        return data if self.model_file is None else self.kind.with_model_file(data, self.model_file)
 
     def notes(self) -> list[str]:
         """What the reader of this kind of file should know about the update (warnings)."""
@@ -75,6 +83,16 @@ class ConfigKind:
     """How one kind of config file holds the per-layer counts."""
 
     file_name = ""
+    #: files beside it that the folder's runtime also reads (tokenizer files), copied unchanged
+    companions: tuple[str, ...] = ()
+
+    def model_file(self, data: dict) -> str | None:
+        """The model file the config names (None: it names none)."""
+        return None
+
+    def with_model_file(self, data: dict, name: str) -> dict:
+        """``data`` naming ``name`` as its model file (unchanged for a kind that names none)."""
+        return data
 
     def counts(self, data: dict) -> LayerCounts | None:  # pragma: no cover
         raise NotImplementedError
@@ -128,8 +146,78 @@ class TransformersConfig(ConfigKind):
                 "(ONNX Runtime and transformers go by head_dim; --prune channels keeps the heads)"]
 
 
+class GenAIConfig(ConfigKind):
+    """ONNX Runtime GenAI ``genai_config.json`` (the GenAI model builder's):
+    ``model.decoder.num_hidden_layers``, ``num_attention_heads``, ``num_key_value_heads``,
+    ``head_size``; it fixes no MLP width. GenAI sizes the KV cache of every layer from it, and
+    loads ``model.decoder.filename`` from the folder with the tokenizer files beside it."""
+
+    file_name = "genai_config.json"
+    companions = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                  "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
+
+    @staticmethod
+    def _decoder(data: dict) -> dict:
+        model = data.get("model")
+        decoder = model.get("decoder") if isinstance(model, dict) else None
+        return decoder if isinstance(decoder, dict) else {}
+
+    def counts(self, data: dict) -> LayerCounts | None:
+        d = self._decoder(data)
+        layers, heads = d.get("num_hidden_layers"), d.get("num_attention_heads")
+        if not _positive(layers) or not _positive(heads):
+            return None
+        kv = d.get("num_key_value_heads") or heads
+        head = d.get("head_size")
+        return LayerCounts(layers, heads, kv if _positive(kv) else None, head if _positive(head) else None, None)
+
+    def update(self, data: dict, before: LayerCounts, after: LayerCounts) -> dict:
+        out = json.loads(json.dumps(data))  # a deep copy
+        d = self._decoder(out)
+        if after.heads != before.heads or after.kv_heads != before.kv_heads:
+            d["num_attention_heads"], d["num_key_value_heads"] = after.heads, after.kv_heads
+        return out
+
+    def model_file(self, data: dict) -> str | None:
+        name = self._decoder(data).get("filename")
+        return name if isinstance(name, str) and name else None
+
+    def with_model_file(self, data: dict, name: str) -> dict:
+        if self.model_file(data) is None or self.model_file(data) == name:
+            return data
+        out = json.loads(json.dumps(data))
+        self._decoder(out)["filename"] = name
+        return out
+
+
 #: the config kinds by file name
-KINDS: dict[str, ConfigKind] = {k.file_name: k for k in (TransformersConfig(),)}
+KINDS: dict[str, ConfigKind] = {k.file_name: k for k in (TransformersConfig(), GenAIConfig())}
+
+
+def model_in_folder(path: str | os.PathLike) -> Path | None:
+    """The model a model folder given as MODEL holds: the file its config names
+    (``genai_config.json``'s ``model.decoder.filename``, as ``og.Model(folder)`` loads it); None
+    for a path that is not such a folder (a plain directory stays an error of its own). A config
+    naming a file that is not in the folder is bad input."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    for config in find_configs(folder / "model.onnx"):
+        name = config.kind.model_file(config.data)
+        if name is None:
+            continue
+        if Path(name).name != name or not (folder / name).is_file():
+            raise BadInputError(f"{config.path}: names model file '{name}', which is not in {folder}")
+        return folder / name
+    return None
+
+
+def folder_output(model_folder: str | os.PathLike, model_file: Path, output: str | os.PathLike | None) -> Path:
+    """Where the pruned model of a folder given as MODEL goes: under its own file name in the
+    output folder (``output``, default ``MODEL.pruned`` beside the input folder)."""
+    folder = Path(model_folder)
+    out_folder = Path(output) if output is not None else folder.with_name(folder.name + ".pruned")
+    return out_folder / model_file.name
 
 
 def find_configs(model_path: str | os.PathLike | None) -> list[ModelConfig]:
@@ -204,6 +292,9 @@ def pruned_counts(analysis: Analysis, configs: list[ModelConfig], kept: dict[int
 def config_outputs(configs: list[ModelConfig], model_out: str | os.PathLike) -> list[tuple[ModelConfig, Path]]:
     """Where each config goes beside the output (its own file name in the output's folder)."""
     folder = Path(model_out).parent
+    for c in configs:
+        if c.kind.model_file(c.data) is not None:
+            c.model_file = Path(model_out).name
     return [(c, folder / c.file_name) for c in configs]
 
 
@@ -214,10 +305,24 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def write_config(config: ModelConfig, path: Path) -> None:
-    from .io import atomic_write_text
+def write_config(config: ModelConfig, path: Path) -> list[Path]:
+    """Write the updated config to ``path`` and copy its companion files (tokenizer files) beside
+    it, unchanged; returns what was written (removed again if a copy fails)."""
+    from .io import atomic_write_text, copy_file
 
     atomic_write_text(path, json.dumps(config.updated(), indent=2) + "\n")
+    written = [path]
+    try:
+        for name in config.kind.companions:
+            src, dst = config.path.parent / name, path.parent / name
+            if src.is_file() and not same_file(src, dst):
+                copy_file(src, dst)
+                written.append(dst)
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    return written
 
 
 def _positive(value: Any) -> bool:

@@ -37,6 +37,9 @@ class Pipeline:
         check_pipeline(passes, PROVIDERS)  # again: a pass may have been added to ``self.passes`` since
         source = None
         if not isinstance(model, onnx.ModelProto):
+            from .model_config import model_in_folder
+
+            model = model_in_folder(model) or model  # a model folder (genai_config.json names the model)
             source, model = model, load_model(model, runtime_extensions())
         ctx = PruningContext(model=model, options=options, source=source)
         check_weights_only(model, ctx.options)
@@ -107,12 +110,11 @@ class PruneResult:
                                              f"write the model to another folder (-o) to get its updated {config.file_name}")
                 continue
             try:
-                write_config(config, target)
+                written.extend(write_config(config, target))  # with its companions (tokenizer files)
             except BaseException:
                 for p in written:
                     p.unlink(missing_ok=True)
                 raise
-            written.append(target)
         return written
 
 

@@ -134,3 +134,30 @@ def test_pruned_genai_folder_generates(fmt, tmp_path):
     assert gen.returncode == 0, gen.stderr
     result = json.loads(gen.stdout.strip().splitlines()[-1])
     assert result["new"] == 16
+
+
+def test_model_file_in_a_genai_folder_writes_the_config_beside_the_output(tmp_path):
+    """Given the .onnx inside a GenAI folder, genai_config.json (naming the output's file) and the
+    tokenizer files go beside the output; a search target keeps one K/V-head count for all layers."""
+    out = tmp_path / "out" / "small.onnx"
+    out.parent.mkdir()
+    run = _cli(folder("fp32") / "model.onnx", "--target-params", "0.88", "--prune", "heads", "-o", out, "-q")
+    assert run.returncode == 0, run.stderr
+    pruned = onnx.load(out)
+    counts = set(gqa_attrs(pruned))
+    assert len(counts) == 1 and counts != {(8, 4)}  # pruned, and alike in both layers
+    decoder = json.loads((out.parent / "genai_config.json").read_text())["model"]["decoder"]
+    assert decoder["filename"] == "small.onnx"
+    assert {(decoder["num_attention_heads"], decoder["num_key_value_heads"])} == counts
+    assert (out.parent / "tokenizer.json").is_file()
+
+
+def test_genai_folder_naming_a_missing_model_is_bad_input(tmp_path):
+    src = tmp_path / "in"
+    shutil.copytree(folder("fp32"), src)
+    config = json.loads((src / "genai_config.json").read_text())
+    config["model"]["decoder"]["filename"] = "absent.onnx"
+    (src / "genai_config.json").write_text(json.dumps(config))
+    run = _cli(src, "-o", tmp_path / "out")
+    assert run.returncode == 2 and "absent.onnx" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "out").exists()
