@@ -14,7 +14,7 @@ from onnxprune.ops.quantized import NBits, dequantized, pack
 from onnxprune.passes.builtin import Analyze, Normalize
 from onnxprune.pipeline import Pipeline
 
-from conftest import assert_cache_oracle, assert_oracle, session
+from conftest import assert_cache_oracle, assert_oracle, prune_with_oracle, random_feeds, session
 
 F = TensorProto.FLOAT
 
@@ -174,3 +174,24 @@ def test_group_query_attention_with_attention_bias_is_refused():
     ctx = Pipeline([Normalize(), Analyze()]).run(g.model({"y": [1, seq, hidden]}), PruneOptions())
     group = next(gr for gr in ctx.analysis.groups if "n_qkv" in gr.sources)
     assert not group.prunable and any("attention bias" in r for r in group.reasons)
+
+
+def test_rms_norms_keep_the_residual_stream_whole():
+    """SimplifiedLayerNormalization (default domain) and SkipSimplifiedLayerNormalization
+    normalise over the channel axis: the channels reaching them stay; those after them prune."""
+    g = Graph([1, 4, 16])
+    a = g.node("MatMul", ["x", g.w("w1", 16, 16)], "a")
+    n = g.node("SimplifiedLayerNormalization", [a, g.const("g1", np.ones(16, np.float32))], "n", axis=-1)
+    h = g.node("Relu", [g.node("MatMul", [n, g.w("w2", 16, 32)], "h")], "hr")
+    b = g.node("MatMul", [h, g.w("w3", 32, 16)], "b")
+    g.node("SkipSimplifiedLayerNormalization", ["x", b, g.const("g2", np.ones(16, np.float32))], "y",
+           domain="com.microsoft")
+    ctx, zeroed = prune_with_oracle(g.model({"y": [1, 4, 16]}), 0.5)  # (ONNX's checker refuses ORT's op)
+    feeds = random_feeds(session(ctx.model))
+    np.testing.assert_allclose(session(ctx.pruned).run(None, feeds)[0], session(zeroed).run(None, feeds)[0],
+                               rtol=1e-4, atol=1e-5)
+    assert ctx.selection.removed
+    by_source = {gr.sources[0]: gr for gr in ctx.analysis.groups}
+    assert "normalizes over the channel axis" in " ".join(by_source["n_a"].reasons)
+    assert "residual stream stays whole" in " ".join(by_source["n_b"].reasons)
+    assert by_source["n_h"].prunable
