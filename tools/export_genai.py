@@ -110,8 +110,11 @@ def check_generation(folder: str, tokens: int = 16) -> list[int]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("precisions", nargs="*", default=list(PRECISIONS), choices=PRECISIONS)
+    ap.add_argument("precisions", nargs="*", help=f"some of {', '.join(PRECISIONS)} (default: all)")
     args = ap.parse_args(argv)
+    if set(args.precisions) - set(PRECISIONS):
+        ap.error(f"precisions are {', '.join(PRECISIONS)}")
+    args.precisions = args.precisions or list(PRECISIONS)
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir = os.path.join(tmp, "hf")
         make_checkpoint(hf_dir)
