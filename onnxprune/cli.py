@@ -222,9 +222,10 @@ _input_shape_option = field_option("input_shapes")
 
 
 @main.command("prune", cls=GroupedHelp, sections=PRUNE_HELP_SECTIONS)
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Output path [default: MODEL.pruned.onnx beside the input].")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Output path [default: MODEL.pruned.onnx beside the input]; for a model folder (an ONNX Runtime "
+              "GenAI folder), the output folder [default: MODEL.pruned].")
 @prune_options
 @click.option("--force", is_flag=True, hidden=True,
               help="Accepted for old scripts: an earlier output is replaced anyway, and an input never is.")
@@ -248,13 +249,37 @@ def prune_cmd(model: Path, output: Path | None, force: bool, report_path: Path |
         from .pipeline import prune
 
         options = options_from_cli(values).validate()
-        out = output or model.with_name(model.stem + ".pruned.onnx")
-        _run_files(model, calib=options.calibration, latency_table=options.latency_table).write_model(out) \
-            .write("--report", report_path).write("--html", html_path).check()
-        result = prune(model, options, log=None if quiet else _log_to_tty)
-        _print_result(result, model, out, report_path, html_path, quiet)
+        model, out, made = _model_and_output(model, output)
+        try:
+            _run_files(model, calib=options.calibration, latency_table=options.latency_table).write_model(out) \
+                .write("--report", report_path).write("--html", html_path).check()
+            result = prune(model, options, log=None if quiet else _log_to_tty)
+            _print_result(result, model, out, report_path, html_path, quiet)
+        except BaseException:
+            if made is not None and not any(made.iterdir()):  # the output folder this run made, left empty
+                made.rmdir()
+            raise
     except Exception as exc:  # one line, right exit code
         _fail(exc, debug)
+
+
+def _model_and_output(model: Path, output: Path | None) -> tuple[Path, Path, Path | None]:
+    """(the model file, the output file, the output folder this run made or None). MODEL may be
+    a model folder (``model_config.model_in_folder``): the output is then a folder, holding the
+    pruned model under its own name and the folder's updated config and tokenizer files."""
+    from .model_config import folder_output, model_in_folder
+
+    inner = model_in_folder(model)
+    if inner is None:
+        return model, output or model.with_name(model.stem + ".pruned.onnx"), None
+    out = folder_output(model, inner, output)
+    made = None
+    if out.parent.exists() and not out.parent.is_dir():
+        raise BadInputError(f"output {out.parent}: is not a directory (MODEL is a folder: -o names a folder)")
+    if not out.parent.exists() and out.parent.parent.is_dir():
+        out.parent.mkdir()
+        made = out.parent
+    return inner, out, made
 
 
 def _print_result(result, model: Path, out: Path, report_path: Path | None, html_path: Path | None,
@@ -301,7 +326,11 @@ def _save_loadable(result, out: Path, model: Path, quiet: bool) -> list[Path]:
     Returns the files written."""
     from .runtime.load_check import check_loads
 
+    known = len(result.context.warnings)
     written = result.save(out)
+    for warning in result.context.warnings[known:]:  # what saving found (a config file left alone)
+        if not quiet:
+            click.echo(f"warning: {warning}", err=True)
     try:
         warning = check_loads(written, model)
     except BaseException:
@@ -346,7 +375,7 @@ def _write_reports(ctx, json_path: Path | None, html_path: Path | None, model: P
 
 
 @main.command("analyze")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @click.option("-v", "--verbose", is_flag=True, help="Do not shorten node lists and reasons.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def analyze_cmd(model: Path, verbose: bool, debug: bool) -> None:

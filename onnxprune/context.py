@@ -38,4 +38,8 @@ class PruningContext:
     pruned_graph: gs.Graph | None = None
     report: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: the file the model was read from (None for a proto): config files beside it are read
+    source: Any = None
+    #: the config files beside the model that fix per-layer counts (``model_config.ModelConfig``)
+    model_configs: list = field(default_factory=list)
 

@@ -55,8 +55,13 @@ class _OutputTally:
 
 
 def output_fidelity(original: bytes, pruned: bytes, batches: Iterable[dict[str, np.ndarray]],
-                    max_samples: int = MAX_SAMPLES, threads: int | None = None) -> dict:
-    """Run both models on the batches; per output: mean cosine, minimum cosine, relative L2 error."""
+                    max_samples: int = MAX_SAMPLES, threads: int | None = None, io_cuts: dict | None = None) -> dict:
+    """Run both models on the batches; per output: mean cosine, minimum cosine, relative L2 error.
+    ``io_cuts`` (``Plan.io_cuts``): graph inputs/outputs the pruning resized (a KV cache): the
+    pruned model gets those inputs cut, and its outputs are compared with the original's cut."""
+    from .analysis.cache_io import cut_feeds
+
+    io_cuts = io_cuts or {}
     from .runtime.session import onnxruntime
 
     ort = onnxruntime()
@@ -73,7 +78,9 @@ def output_fidelity(original: bytes, pruned: bytes, batches: Iterable[dict[str, 
         if samples >= max_samples:
             break
         feeds = {k: v for k, v in run.feeds.items() if k in wanted}
-        a, b = (s.run(None, feeds) for s in sessions)
+        a = sessions[0].run(None, feeds)
+        b = sessions[1].run(None, cut_feeds(feeds, io_cuts))
+        a = list(cut_feeds(dict(zip(names, a)), io_cuts).values())
         for name, x, y in zip(names, a, b):
             x, y = np.asarray(x), np.asarray(y)
             if x.shape != y.shape or not np.issubdtype(x.dtype, np.floating):

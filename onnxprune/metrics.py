@@ -33,13 +33,18 @@ def static_shape(tensor) -> list[int] | None:
 
 
 def count_params(graph: gs.Graph) -> int:
-    """Elements of all floating-point constants (weights, biases, BN parameters)."""
+    """Elements of all floating-point constants (weights, biases, BN parameters), and the
+    parameters packed integer weights hold (``OpSpec.packed_params``: MatMulNBits' K x N)."""
     seen, total = set(), 0
     for node in graph.nodes:
-        for t in node.inputs:
+        packed_fn = spec_for(node).packed_params
+        packed = packed_fn(node) if packed_fn is not None else {}
+        for i, t in enumerate(node.inputs):
             if isinstance(t, gs.Constant) and t.name not in seen:
                 seen.add(t.name)
-                if is_floating(t.dtype):
+                if i in packed:
+                    total += int(packed[i])
+                elif is_floating(t.dtype):
                     total += int(np.prod(t.shape, dtype=np.int64))
     return total
 
@@ -147,7 +152,9 @@ def _inferred_shapes(graph: gs.Graph, input_shapes: dict[str, list[int]]) -> tup
         dims = vi.type.tensor_type.shape.dim
         given = input_shapes.get(vi.name)
         if given is not None and len(given) == len(dims):
-            fixed = [int(d) for d in given]
+            # a dim the graph fixes wins: a pruned graph's cache inputs have fewer heads than the
+            # original's shapes say (for the original, --input-shape must agree with them anyway)
+            fixed = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else int(v) for d, v in zip(dims, given)]
         else:
             fixed = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else named.get(d.dim_param, 0)
                      for d in dims]

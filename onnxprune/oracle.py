@@ -13,6 +13,15 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .analysis import Analysis
+from .io import read_values
+from .ops import spec_for
+
+
+def _zeroed_input(site) -> tuple[int, int]:
+    """The input and axis whose indices zero the site's weights: the weight itself, or for a
+    packed weight the input its spec names (MatMulNBits: the scales; a zero scale zeroes a block)."""
+    through = spec_for(site.node).zero_through
+    return through(site.input_index, site.axis) if through is not None else (site.input_index, site.axis)
 
 
 def zeroed_model(analysis: Analysis, removed: set[int]) -> onnx.ModelProto:
@@ -26,21 +35,24 @@ def zeroed_model(analysis: Analysis, removed: set[int]) -> onnx.ModelProto:
         mask = keep(site.atoms)
         if mask.all():
             continue
-        key = (id(site.node), site.input_index)
+        index_in, axis = _zeroed_input(site)
+        key = (id(site.node), index_in)
         if key not in zeroed:
-            zeroed[key] = np.array(site.values, copy=True)
+            zeroed[key] = np.array(read_values(site.node.inputs[index_in]) if index_in != site.input_index
+                                   else site.values, copy=True)
         index = [slice(None)] * zeroed[key].ndim
-        index[site.axis] = np.flatnonzero(~mask)
+        index[axis] = np.flatnonzero(~mask)
         zeroed[key][tuple(index)] = 0
     try:
         for site in analysis.sites:
-            key = (id(site.node), site.input_index)
-            if site.role == "weight_in" and key in zeroed:
-                original = site.node.inputs[site.input_index]
+            index_in = _zeroed_input(site)[0] if site.role == "weight_in" else None
+            key = (id(site.node), index_in)
+            if key in zeroed:
+                original = site.node.inputs[index_in]
                 if isinstance(original, gs.Constant) and original.name.endswith("__zeroed"):
                     continue
-                swaps.append((site.node, site.input_index, original))
-                site.node.inputs[site.input_index] = gs.Constant(f"{site.node.name}__input{site.input_index}__zeroed", zeroed.pop(key))
+                swaps.append((site.node, index_in, original))
+                site.node.inputs[index_in] = gs.Constant(f"{site.node.name}__input{index_in}__zeroed", zeroed.pop(key))
         return gs.export_onnx(analysis.graph, do_type_check=False)
     finally:
         for node, index, original in reversed(swaps):

@@ -35,9 +35,13 @@ class Pipeline:
         options = (options or PruneOptions()).validate()  # the caller's object is not changed
         passes = self.passes if self.passes is not None else default_passes(options)
         check_pipeline(passes, PROVIDERS)  # again: a pass may have been added to ``self.passes`` since
+        source = None
         if not isinstance(model, onnx.ModelProto):
-            model = load_model(model, runtime_extensions())
-        ctx = PruningContext(model=model, options=options)
+            from .model_config import model_in_folder
+
+            model = model_in_folder(model) or model  # a model folder (genai_config.json names the model)
+            source, model = model, load_model(model, runtime_extensions())
+        ctx = PruningContext(model=model, options=options, source=source)
         check_weights_only(model, ctx.options)
         check_input_shapes(graph_input_dims(model.graph), ctx.options.input_shapes or {})
         for p in passes:
@@ -84,8 +88,34 @@ class PruneResult:
         written as a byte copy of that file. Returns the files written (the model, and its data file if any)."""
         if self.model is self.context.model and self.source is not None:
             copy_file(self.source, path)
-            return [Path(path)]
-        return save_model(self.model, path, graph=self.context.pruned_graph)  # weights may wait in the graph
+            written = [Path(path)]
+        else:
+            written = save_model(self.model, path, graph=self.context.pruned_graph)  # weights may wait in the graph
+        try:
+            return written + self._save_configs(path)
+        except BaseException:
+            for p in written:
+                p.unlink(missing_ok=True)
+            raise
+
+    def _save_configs(self, path: str | os.PathLike) -> list[Path]:
+        """The config files beside the input (``model_config``), updated, beside the output; not
+        where that is the input's own file (a warning says so)."""
+        from .model_config import config_outputs, same_file, write_config
+
+        written: list[Path] = []
+        for config, target in config_outputs(self.context.model_configs, path):
+            if same_file(target, config.path):
+                self.context.warnings.append(f"{config.file_name} not updated: the output is in the input's folder; "
+                                             f"write the model to another folder (-o) to get its updated {config.file_name}")
+                continue
+            try:
+                written.extend(write_config(config, target))  # with its companions (tokenizer files)
+            except BaseException:
+                for p in written:
+                    p.unlink(missing_ok=True)
+                raise
+        return written
 
 
 def prune(model: onnx.ModelProto | str | os.PathLike, options: PruneOptions | None = None, *,

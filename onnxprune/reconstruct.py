@@ -23,6 +23,7 @@ from typing import Iterable
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from .analysis.cache_io import cut_feeds
 from .analysis.state import const, set_const_input
 from .calibration.data import CalibrationBatch, runs_of
 from .calibration.stats import cross_product
@@ -56,9 +57,10 @@ class _Accumulator:
 
 def reconstruct(original: gs.Graph, pruned: gs.Graph, consumers: list[tuple], calibration: Iterable[dict],
                 mode: str = "lstsq", ridge: float | None = None, threads: int | None = None,
-                rows_per_sample: int = MAX_ROWS_PER_SAMPLE) -> list[LayerReport]:
+                rows_per_sample: int = MAX_ROWS_PER_SAMPLE, io_cuts: dict | None = None) -> list[LayerReport]:
     """Refit ``consumers`` of ``pruned`` in place, ``rows_per_sample`` input rows per layer and
-    calibration sample at most (see :meth:`LinearView.pick`).
+    calibration sample at most (see :meth:`LinearView.pick`). ``io_cuts`` (``Plan.io_cuts``): the
+    graph inputs the pruning resized (a KV cache), cut from the calibration feeds for ``pruned``.
 
     Each consumer is (node name, kept inputs, total inputs, kept-output mask or None): a layer
     may also have lost output channels, and its target is then the original's kept outputs.
@@ -95,7 +97,7 @@ def reconstruct(original: gs.Graph, pruned: gs.Graph, consumers: list[tuple], ca
         source = runs_of(calibration) if any(reads) or not runs else iter(runs)
         with Progress(f"reconstructing: wave {number}/{len(waves)}", len(runs) or None) as bar:
             acc, runs = _gather(networks, reads, source, [(views[n], residual.get(n)) for n in wave],
-                                rows_per_sample, bar)
+                                rows_per_sample, bar, io_cuts or {})
         for net in networks:
             net.finish()
         done |= set(wave)
@@ -106,13 +108,15 @@ def reconstruct(original: gs.Graph, pruned: gs.Graph, consumers: list[tuple], ca
 
 
 def _gather(networks: tuple[StagedCapture, StagedCapture], reads: list[bool], source: Iterable[CalibrationBatch],
-            layers: list[tuple], rows_per_sample: int, bar: Progress) -> tuple[dict, list[CalibrationBatch]]:
+            layers: list[tuple], rows_per_sample: int, bar: Progress,
+            io_cuts: dict) -> tuple[dict, list[CalibrationBatch]]:
     """One wave's Gram statistics over all runs, from both networks' captures (a run's tensors
     are dropped as soon as its layers are done); also the runs' chunks and sizes, for the next wave."""
     acc: dict[str, list[_Accumulator]] = {}
     seen = []
     for index, run in enumerate(source):
-        outs_o, outs_p = (net.capture(index, run.feeds if read else None) for net, read in zip(networks, reads))
+        outs_o = networks[0].capture(index, run.feeds if reads[0] else None)
+        outs_p = networks[1].capture(index, cut_feeds(run.feeds, io_cuts) if reads[1] else None)
         for (vo, vp, _), r in layers:
             with np.errstate(all="ignore"):  # non-finite sums make the layer skip (``_solve``)
                 _accumulate(acc, vo.node.name, run, vo, vp, outs_o[vo.node.inputs[0].name],

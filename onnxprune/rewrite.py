@@ -111,6 +111,22 @@ def apply(plan: Plan, removed: set[int], graph: gs.Graph) -> gs.Graph:
     return infer_shapes(graph)
 
 
+def io_shape_changes(original: gs.Graph, pruned: gs.Graph) -> list[dict]:
+    """Every graph input and output whose declared shape differs between the two graphs (the
+    KV-cache I/O pruned heads resize): ``{"name", "kind": "input"|"output", "before", "after"}``,
+    dims as ints or names, in graph order."""
+    def dims(tensor) -> list | None:
+        return None if tensor.shape is None else [d if isinstance(d, str) else int(d) for d in tensor.shape]
+
+    changes = []
+    for kind, old, new in (("input", original.inputs, pruned.inputs), ("output", original.outputs, pruned.outputs)):
+        after = {t.name: t for t in new}
+        for t in old:
+            if t.name in after and not isinstance(t, gs.Constant) and dims(t) != dims(after[t.name]):
+                changes.append({"name": t.name, "kind": kind, "before": dims(t), "after": dims(after[t.name])})
+    return changes
+
+
 def note_kept_whole(analysis: Analysis, selection) -> None:
     """Groups the size guard kept whole become blocked groups with its reason (for the reports)."""
     for group in analysis.groups:

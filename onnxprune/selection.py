@@ -48,7 +48,10 @@ def kept_count(total: int, ratio: float, round_to: int = 1) -> int:
 
 def select_by_counts(analysis: Analysis, scores: dict[int, np.ndarray], counts: dict[int, int]) -> Selection:
     """Keep the ``counts[g]`` best-scored channels of each prunable group ``g`` (all of a group
-    not in ``counts``); ties: later channels go first."""
+    not in ``counts``); ties: later channels go first. Groups tied to one count
+    (``Analysis.ties``: a config file beside the model fixes it for all layers) all keep the
+    smallest count any of them gets, each its own best channels; one kept whole keeps them whole."""
+    counts = _tied_counts(analysis, counts)
     selection = Selection()
     for group in analysis.prunable_groups:
         total = group.channels
@@ -60,7 +63,41 @@ def select_by_counts(analysis: Analysis, scores: dict[int, np.ndarray], counts: 
         for index in order[keep:]:
             selection.removed.add(group.classes[int(index)])
     keep_whole_where_growing(analysis, selection)
+    _keep_ties_whole(analysis, selection)
     return selection
+
+
+def _tied_counts(analysis: Analysis, counts: dict[int, int]) -> dict[int, int]:
+    if not analysis.ties:
+        return counts
+    size = {g.id: g.channels for g in analysis.groups}
+    prunable = {g.id for g in analysis.prunable_groups}
+    counts = dict(counts)
+    for tie in analysis.ties:
+        if not all(gid in prunable for gid in tie):  # one of them is kept whole: all are
+            for gid in tie:
+                counts[gid] = size[gid]
+            continue
+        width = min(min(counts.get(gid, size[gid]), size[gid]) for gid in tie)
+        for gid in tie:
+            counts[gid] = width
+    return counts
+
+
+def _keep_ties_whole(analysis: Analysis, selection: Selection) -> None:
+    """A tied group the size guard kept whole keeps the others of its tie whole too."""
+    classes = {g.id: set(g.classes) for g in analysis.groups}
+    for tie in analysis.ties:
+        whole = [gid for gid in tie if gid in selection.kept_whole]
+        if not whole:
+            continue
+        for gid in tie:
+            if gid in selection.kept_whole or not classes[gid] & selection.removed:
+                continue
+            selection.removed -= classes[gid]
+            selection.kept[gid] = (len(classes[gid]), len(classes[gid]))
+            selection.kept_whole[gid] = (f"kept whole with group {whole[0]}: one count for all layers "
+                                         "(a config file beside the model)")
 
 
 def keep_whole_where_growing(analysis: Analysis, selection: Selection) -> None:

@@ -317,7 +317,7 @@ def test_a_collapsed_fidelity_gives_way_to_a_nearly_as_fast_candidate(fake_clock
     model = onnx.load(str(MODELS / "digits_cnn.onnx"))
     uniform = {}
 
-    def fidelity(original, candidate, calibration, threads=None):  # the uniform allocation keeps it
+    def fidelity(original, candidate, calibration, threads=None, io_cuts=None):  # the uniform allocation keeps it
         return {"batches": 1, "outputs": {}, "cosine": 0.99 if candidate == uniform.get("bytes") else 0.6}
 
     real_build = _FakeRunner.__init__

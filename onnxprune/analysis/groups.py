@@ -18,7 +18,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..errors import BadInputError
-from ..ops import rule_for, spec_key as rule_key
+from ..ops import rule_for, spec_for, spec_key as rule_key
 from .sharing import ConstantPlan, constant_plans
 from .plan import Plan, make_plan
 from .state import SliceSite, State, UnsupportedPattern
@@ -80,6 +80,9 @@ class Analysis:
     root: np.ndarray
     #: every floating-point constant a site slices, with its readers (what the rewrite will store)
     plans: list[ConstantPlan] = field(default_factory=list)
+    #: groups that must keep one count (group ids), e.g. every layer's heads where a config file
+    #: beside the model fixes it (``model_config.tie_groups``); the selection enforces it
+    ties: list[tuple[int, ...]] = field(default_factory=list)
 
     @property
     def sites(self) -> list[SliceSite]:
@@ -99,9 +102,10 @@ class Analysis:
         return self.plan.keep_fn(removed_roots)
 
 
-def analyze_graph(graph: gs.Graph, opset: int) -> Analysis:
-    """Propagate channels through ``graph`` (normalized: constants folded, shapes inferred)."""
-    state = State(opset=opset, graph=graph)
+def analyze_graph(graph: gs.Graph, opset: int, cache_io: bool = True) -> Analysis:
+    """Propagate channels through ``graph`` (normalized: constants folded, shapes inferred).
+    ``cache_io``: KV-cache graph inputs/outputs may change shape (``analysis.cache_io``)."""
+    state = State(opset=opset, graph=graph, cache_io_allowed=cache_io)
     graph.toposort()
     for node in graph.nodes:
         _run_rule(node, state)
@@ -111,8 +115,16 @@ def analyze_graph(graph: gs.Graph, opset: int) -> Analysis:
                                    f"'{use.node.name}', which does not carry these channels")
     for out in graph.outputs:
         tr = state.track(out)
-        if tr is not None:
+        if tr is None:
+            continue
+        if not state.is_cache_name(out):
             state.block(tr.atoms, f"reaches graph output '{out.name}'")
+            continue
+        try:  # a KV-cache output may change shape (analysis.cache_io)
+            state.cache_io(out, tr.axis, tr.atoms)
+        except UnsupportedPattern as exc:
+            state.block(tr.atoms, f"reaches graph output '{out.name}': {exc}")
+    state.finish_cache_io()
     root = state.roots(np.arange(len(state.parent), dtype=np.int64)) if state.parent else np.zeros(0, np.int64)
     groups = _build_groups(state, root)
     _attach_costs(state, root, groups)
@@ -227,7 +239,9 @@ def _attach_costs(state: State, root: np.ndarray, groups: list[Group]) -> None:
     for site in state.sites:
         values = site.node.inputs[site.input_index]
         dims = values.shape
-        per_index = int(np.prod(dims, dtype=np.int64)) // max(dims[site.axis], 1)
+        packed = spec_for(site.node).packed_params  # packed integer weights: the parameters they hold
+        size = packed(site.node).get(site.input_index) if packed is not None else None
+        per_index = int(np.prod(dims, dtype=np.int64) if size is None else size) // max(dims[site.axis], 1)
         flops = 0
         if site.role in ("weight_out", "weight_in"):
             if site.node.name not in flops_cache:

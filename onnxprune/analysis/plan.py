@@ -54,6 +54,21 @@ class Plan:
             removed[np.isin(self.root, np.fromiter(removed_roots, dtype=np.int64))] = True
         return lambda atoms: ~removed[atoms]
 
+    def io_cuts(self, removed_roots: set[int]) -> dict[str, tuple[int, np.ndarray]]:
+        """Graph inputs and outputs whose shape the removal changes (KV-cache I/O, see
+        ``analysis.cache_io``): name -> (axis, kept mask). ``cache_io.cut_feeds`` turns the
+        original's inputs (or outputs) into the pruned model's."""
+        from .edits import SetIOShape
+
+        keep = self.keep_fn(removed_roots)
+        cuts = {}
+        for edit in self.edits:
+            if isinstance(edit, SetIOShape):
+                mask = keep(edit.atoms)
+                if not mask.all():
+                    cuts[edit.tensor] = (edit.axis, mask)
+        return cuts
+
 
 def make_plan(sites, edits, root: np.ndarray) -> Plan:
     """Freeze the sites (``SliceSite``, holding nodes) and edits an analysis collected."""

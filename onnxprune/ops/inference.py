@@ -13,6 +13,10 @@ import onnx
 
 from .registry import REGISTRY
 
+#: the shape a shape function (:attr:`OpSpec.infer`) is given for an optional input left out
+#: (an empty name), as opposed to None for an input whose shape is unknown
+ABSENT = ()
+
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with inferred value_info (ONNX's inference, ``strict_mode`` off, data propagation
@@ -38,14 +42,18 @@ def _add_unknown_op_shapes(model: onnx.ModelProto, known: list[onnx.NodeProto]) 
     for t in graph.initializer:
         types.setdefault(t.name, onnx.helper.make_tensor_type_proto(t.data_type, list(t.dims)).tensor_type)
     learnt = False
+    outputs = {vi.name: vi.type.tensor_type for vi in graph.output if vi.type.HasField("tensor_type")}
     for node in known:
         missing = [o for o in node.output if o and (o not in types or not types[o].HasField("shape"))]
-        if not missing:
+        open_outputs = [o for o in node.output if o in outputs and _open_dims(outputs[o])]
+        if not missing and not open_outputs:
             continue
-        shapes = [_dims(types.get(i)) for i in node.input]
+        shapes = [_dims(types.get(i)) if i else ABSENT for i in node.input]
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         elem = types[node.input[0]].elem_type if node.input and node.input[0] in types else 0
         for out, shape in zip(node.output, _infer_fn(node)(attrs, shapes, len(node.output))):
+            if out in open_outputs and shape is not None:
+                learnt |= _fill_open_dims(outputs[out], shape)
             if out in missing and shape is not None:
                 vi = onnx.helper.make_tensor_value_info(out, elem, list(shape))
                 graph.value_info.append(vi)
@@ -58,3 +66,22 @@ def _dims(tt) -> list | None:
     if tt is None or not tt.HasField("shape"):
         return None
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+
+
+def _open_dims(tt) -> bool:
+    """A declared graph output with a dim that has no fixed size (ONNX's own inference fills in
+    such dims for the ops it knows, e.g. at the fixed input shapes the FLOP count uses)."""
+    return tt.HasField("shape") and any(not d.HasField("dim_value") for d in tt.shape.dim)
+
+
+def _fill_open_dims(tt, shape: list) -> bool:
+    dims = tt.shape.dim
+    if len(dims) != len(shape):
+        return False
+    filled = False
+    for d, v in zip(dims, shape):
+        if not d.HasField("dim_value") and isinstance(v, int) and v > 0:
+            d.Clear()
+            d.dim_value = v
+            filled = True
+    return filled

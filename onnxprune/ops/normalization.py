@@ -61,6 +61,26 @@ def layer_norm(node: gs.Node, state: State) -> None:
     _block_if_normalized(node, state, list(range(start, tr.rank)), "normalizes over")
 
 
+@rule("SimplifiedLayerNormalization", channel_inputs=(0,))
+def simplified_layer_norm(node: gs.Node, state: State) -> None:
+    """RMS normalisation (ONNX Runtime's default-domain op, as the GenAI builder writes it): over
+    the axes from ``axis`` on, like LayerNormalization; the residual stream it reads stays whole,
+    the layers after it prune."""
+    layer_norm(node, state)
+
+
+@rule("com.microsoft:SkipSimplifiedLayerNormalization", channel_inputs=(0, 1))
+def skip_simplified_layer_norm(node: gs.Node, state: State) -> None:
+    """``input + skip`` (+ bias), RMS-normalised over the last axis; output 3 is the sum (the
+    residual stream). Channels reaching it on the last axis are refused (the stream stays whole);
+    the layers that read its output create channels of their own."""
+    for tr in (state.track(node.inputs[i]) for i in (0, 1)):
+        if tr is not None and tr.axis == tr.rank - 1:
+            raise UnsupportedPattern(f"{node.op} normalizes over the channel axis (the residual stream stays whole)")
+        if tr is not None:
+            raise UnsupportedPattern(f"{node.op} with channels on an axis it does not normalize (not supported)")
+
+
 @rule("GroupNormalization", "LRN", channel_inputs=(0,))
 def normalize_over_channels(node: gs.Node, state: State) -> None:
     _block_if_normalized(node, state, [1], "normalizes over")
@@ -85,11 +105,13 @@ def softmax(node: gs.Node, state: State) -> None:
 
 
 
-dims("LayerNormalization", "Softmax", "LogSoftmax", "BatchNormalization", "InstanceNormalization")(same_dim)
+dims("LayerNormalization", "SimplifiedLayerNormalization", "com.microsoft:SkipSimplifiedLayerNormalization", "Softmax",
+     "LogSoftmax", "BatchNormalization", "InstanceNormalization")(same_dim)
 
 
 register("BatchNormalization", parameter_inputs=(1, 2, 3, 4))
 # ONNX Runtime's own default-domain schemas: RMS normalisation (written by its GenAI model builder)
-# and the LayerNormalization it defined before ONNX did (opset 17). No channel rule yet: they block.
+# and the LayerNormalization it defined before ONNX did (opset 17).
 register("SimplifiedLayerNormalization", "LayerNormalization", runtime_extension=True, infer=shape_of_input(0))
+register("com.microsoft:SkipSimplifiedLayerNormalization", infer=shape_of_input(0, outputs=(0, 3)))
 register("InstanceNormalization", "LayerNormalization", "GroupNormalization", parameter_inputs=(1, 2))

@@ -36,8 +36,8 @@ class Shapes(Protocol):
 
 
 FlopFn = Callable[[Shapes], int]
-#: (attributes, input shapes (None where unknown), output count) -> each output's shape (None where
-#: it cannot tell); dims are ints, names or None
+#: (attributes, input shapes (None where unknown, ``inference.ABSENT`` for an optional input left
+#: out), output count) -> each output's shape (None where it cannot tell); dims are ints, names or None
 ShapeFn = Callable[[dict, list, int], list]
 
 
@@ -74,6 +74,16 @@ class OpSpec:
     #: output shapes of an op ONNX's shape inference does not know (ONNX Runtime's fused ops):
     #: without them every tensor after the op has an unknown shape and its layers cannot be pruned
     infer: ShapeFn | None = None
+    #: (node, input index) -> the float values a packed (quantized) parameter input stands for, in
+    #: that input's layout with the packing axis replaced by the values (MatMulNBits' dequantized
+    #: weight), or None: what scores read instead of the packed integers
+    weight_values: Callable[[gs.Node, int], Any] | None = None
+    #: (node) -> {input index: parameters it holds} for packed integer inputs, which the parameter
+    #: count (floating-point constants' elements) would otherwise leave out
+    packed_params: Callable[[gs.Node], dict] | None = None
+    #: (input index, axis) of a packed weight -> the (input index, axis) whose entries set to zero
+    #: zero its weights there (MatMulNBits: the scales), for the oracle's zeroed model
+    zero_through: Callable[[int, int], tuple] | None = None
 
 
 #: op specs by key: the op type, or ``"domain:Op"`` for non-default domains

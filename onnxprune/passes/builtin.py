@@ -10,7 +10,8 @@ from ..errors import BadInputError
 from ..io import check_opset, is_deferred, uses_external_data
 from ..metrics import count_flops_at, count_params
 from ..normalize import normalize
-from ..rewrite import apply, check_not_bigger, export_checked, export_unchanged, note_kept_whole
+from ..model_config import find_configs, pruned_counts, tie_groups
+from ..rewrite import apply, check_not_bigger, export_checked, export_unchanged, io_shape_changes, note_kept_whole
 from ..scoring import needs_activations, needs_grams, score_groups, sink_tensors
 from ..selection import select_by_ratio
 from .base import Pass
@@ -38,8 +39,10 @@ class Analyze(Pass):
     provides = ("analysis",)
 
     def run(self, ctx: PruningContext) -> None:
-        ctx.analysis = analyze_graph(ctx.graph, ctx.opset)
+        ctx.analysis = analyze_graph(ctx.graph, ctx.opset, cache_io=not ctx.options.keep_io_shapes)
         restrict(ctx.analysis, ctx.options.prune)
+        ctx.model_configs = find_configs(ctx.source)
+        tie_groups(ctx.analysis, ctx.model_configs)
 
 
 #: The criterion used when calibration data is given and none is named: structured OBS, which
@@ -156,6 +159,9 @@ class Rewrite(Pass):
 
     def run(self, ctx: PruningContext) -> None:
         note_kept_whole(ctx.analysis, ctx.selection)
+        pruned_counts(ctx.analysis, ctx.model_configs, ctx.selection.kept)
+        ctx.warnings.extend(note for c in ctx.model_configs for note in c.notes())
+        ctx.report["model_configs"] = [{"file": c.file_name, "changes": c.changes()} for c in ctx.model_configs]
         shapes = flop_shapes(ctx)
         before = count_flops_at(ctx.graph, shapes)
         ctx.report["before"]["flops"] = before.flops
@@ -173,6 +179,7 @@ class Rewrite(Pass):
         after = count_flops_at(graph, shapes)
         ctx.report["after"] = {"params": count_params(graph), "flops": after.flops}
         ctx.report["flops_at"] = _flops_at(ctx, before, after)
+        ctx.report["io_shapes"] = io_shape_changes(ctx.graph, graph)
         check_not_bigger(ctx.report["before"]["params"], ctx.report["after"]["params"])
         ctx.pruned = export_checked(graph, ctx.model)
 
@@ -226,7 +233,7 @@ class Reconstruct(Pass):
         layers = [(n.name, *inputs[n.name], outputs.get(n.name)) for n in ctx.original.nodes if n.name in inputs]
         layers = reconstruct(ctx.original, ctx.pruned_graph, layers, ctx.calibration, mode=mode,
                              ridge=ctx.options.ridge, threads=ctx.options.threads,
-                             rows_per_sample=ctx.options.calib_rows)
+                             rows_per_sample=ctx.options.calib_rows, io_cuts=plan.io_cuts(ctx.selection.removed))
         ctx.pruned_graph.cleanup(remove_unused_graph_inputs=False).toposort()
         before, after = ctx.report["before"]["params"], count_params(ctx.pruned_graph)
         if after > before and not is_deferred(ctx.pruned):

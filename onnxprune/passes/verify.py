@@ -19,7 +19,8 @@ class Verify(Pass):
         if ctx.calibration is None or ctx.pruned is None or not ctx.selection.removed:
             return
         ctx.report["fidelity"] = {**output_fidelity(ctx.model.SerializeToString(), ctx.pruned.SerializeToString(),
-                                                    ctx.calibration, threads=ctx.options.threads),
+                                                    ctx.calibration, threads=ctx.options.threads,
+                                                    io_cuts=ctx.analysis.plan.io_cuts(ctx.selection.removed)),
                                   "data": ctx.calibration.description}
         for name, counts in ctx.report["fidelity"].get("non_finite", {}).items():
             ctx.warnings.append(f"fidelity of output '{name}': {counts['original']} sample(s) with a non-finite "

@@ -115,6 +115,21 @@ def _setting(value: Any) -> str:
     return str(value)
 
 
+def _io_shapes(report: dict) -> str:
+    """The table of graph inputs/outputs whose shape changed (KV-cache I/O), or nothing."""
+    def text(dims) -> str:
+        return "unknown" if dims is None else "[" + ", ".join(map(str, dims)) + "]"
+
+    rows = "".join(f'<tr><td class="l">{_e(c["name"])}</td><td class="l">{_e(c["kind"])}</td>'
+                   f'<td>{_e(text(c["before"]))}</td><td>{_e(text(c["after"]))}</td></tr>'
+                   for c in report.get("io_shapes") or [])
+    if not rows:
+        return ""
+    return ('<h2>Graph inputs and outputs resized</h2><p class="muted">KV-cache inputs/outputs carry the pruned '
+            'K/V heads (--keep-io-shapes keeps them).</p><table><tr><th class="l">name</th><th class="l">kind</th>'
+            f'<th>before</th><th>after</th></tr>{rows}</table>')
+
+
 def render_html(report: dict) -> str:
     """The page for one JSON report."""
     before, after = report.get("before") or {}, report.get("after") or {}
@@ -164,6 +179,7 @@ def render_html(report: dict) -> str:
 <h2>Summary</h2>
 <table><tr><th class="l"></th><th>before</th><th>after</th><th>change</th></tr>{summary}</table>
 {f'<p class="muted">{_e(flops_at_line(report["flops_at"]))}</p>' if report.get("flops_at") else ""}
+{_io_shapes(report)}
 {f'<h2>Fidelity on calibration data ({fidelity.get("batches")} batches)</h2><table><tr><th class="l">output</th><th>mean cosine</th><th>min cosine</th><th>relative error</th></tr>{fid_rows}</table>' if fid_rows else ''}
 <h2>Kept channels per group</h2>{kept_plot}
 <h2>Per-layer sensitivity</h2><p class="muted">{_e(sens_title)}</p>{sens_plot if sens_rows else ""}

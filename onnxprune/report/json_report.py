@@ -69,6 +69,8 @@ def build_report(ctx: PruningContext, input_path: str | None = None, output_path
         "input": input_path, "output": output_path if written else None, "written": written,
         "settings": _settings(ctx),
         "before": report.get("before"), "after": report.get("after"), "flops_at": report.get("flops_at"),
+        "io_shapes": list(report.get("io_shapes") or []),
+        "model_configs": list(report.get("model_configs") or []),
         "groups": _groups(ctx),
         "search": report.get("search"),
         "reconstruction": report.get("reconstruction"),

@@ -65,6 +65,8 @@ def prune_summary(ctx: PruningContext) -> str:
         rows.append(f"{label:8}{human(b):>12}{human(a):>12}{change:>10}")
     if ctx.report.get("flops_at"):
         rows.append(flops_at_line(ctx.report["flops_at"]))
+    rows.extend(io_shape_lines(ctx.report.get("io_shapes") or []))
+    rows.extend(config_lines(ctx.report.get("model_configs") or []))
     rows.insert(1, f"criterion {ctx.options.criterion}" + (
         f", calibration {ctx.calibration.description}" if ctx.calibration is not None else
         " (from the weights alone: no calibration data)"))
@@ -81,6 +83,34 @@ def prune_summary(ctx: PruningContext) -> str:
         if skipped:
             rows.append(f"  not refit: {len(skipped)} layers ({skipped[0]['node']}: {skipped[0]['skipped']}, ...)")
     return "\n".join(rows)
+
+
+def io_shape_lines(changes: list[dict]) -> list[str]:
+    """The graph inputs/outputs whose shape changed (KV-cache I/O), every name listed, one line
+    per distinct change."""
+    if not changes:
+        return []
+
+    def text(dims) -> str:
+        return "unknown" if dims is None else "[" + ", ".join(map(str, dims)) + "]"
+
+    by_change: dict[tuple[str, str, str], list[str]] = {}
+    for c in changes:
+        by_change.setdefault((c["kind"], text(c["before"]), text(c["after"])), []).append(c["name"])
+    rows = [f"graph inputs/outputs resized: {len(changes)} (KV cache; --keep-io-shapes keeps them)"]
+    for (kind, before, after), names in by_change.items():
+        rows.append(f"  {kind}s {before} -> {after}: {', '.join(names)}")
+    return rows
+
+
+def config_lines(configs: list[dict]) -> list[str]:
+    """The config files beside the model, updated for the output's folder (model_config)."""
+    rows = []
+    for c in configs:
+        changes = ", ".join(f"{k} {b} -> {a}" if b is not None else f"{k} {a} (added)"
+                            for k, (b, a) in c["changes"].items()) or "unchanged"
+        rows.append(f"{c['file']} beside the model (one count for every layer), for the output's folder: {changes}")
+    return rows
 
 
 def timed_here(search: dict) -> bool:

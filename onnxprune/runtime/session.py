@@ -107,7 +107,7 @@ def make_runner(model_bytes: bytes, provider: str = "cpu", threads: int | None =
     if feeds is None:
         feeds = make_feeds(session, shapes or {}, seed)
     else:
-        feeds = {i.name: feeds[i.name] for i in session.get_inputs()}
+        feeds = {i.name: _fit_static(feeds[i.name], i.shape) for i in session.get_inputs()}
     binding = None
     if provider == "cuda":
         binding = session.io_binding()
@@ -116,6 +116,18 @@ def make_runner(model_bytes: bytes, provider: str = "cpu", threads: int | None =
         for out in session.get_outputs():
             binding.bind_output(out.name, "cuda")
     return Runner(session, provider, feeds, binding)
+
+
+def _fit_static(value: np.ndarray, dims: list) -> np.ndarray:
+    """The original's timing input for a pruned model: where the model fixes a dim smaller than
+    the array's (a KV-cache input that lost heads), its leading indices (the values do not
+    matter for timing)."""
+    if not hasattr(value, "ndim") or value.ndim != len(dims):
+        return value
+    for axis, d in enumerate(dims):
+        if isinstance(d, int) and 0 < d < value.shape[axis]:
+            value = np.take(value, np.arange(d), axis=axis)
+    return value
 
 
 #: Inputs onnxprune makes up (random inputs for timing, synthetic calibration batches) stay

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import numpy as np
+
 from ..analysis import Analysis
 from ..calibration.collect import sink_tensors  # noqa: F401  (re-exported)
 from ..calibration.stats import ChannelStats
@@ -28,20 +30,38 @@ def _accumulate(analysis: Analysis, stats: dict[str, ChannelStats], per_site) ->
     return scores
 
 
+def _pooled(site, per_channel: np.ndarray, how) -> np.ndarray:
+    """Per-channel statistics pooled over the channels each index of ``site`` covers (a
+    quantization block, ``SliceSite.unit``); unchanged where an index is one channel."""
+    if site.unit == 1:
+        return per_channel
+    return how(per_channel, np.arange(0, len(per_channel), site.unit))
+
+
+def _mean(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    return np.add.reduceat(x, starts) / np.diff(np.append(starts, len(x)))
+
+
+def _root_sum_square(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.add.reduceat(x * x, starts))
+
+
 def activation(analysis: Analysis, stats: dict[str, ChannelStats]) -> dict[int, float]:
-    return _accumulate(analysis, stats, lambda site, s: s.mean_abs)
+    return _accumulate(analysis, stats, lambda site, s: _pooled(site, s.mean_abs, _mean))
 
 
 def apoz(analysis: Analysis, stats: dict[str, ChannelStats]) -> dict[int, float]:
-    return _accumulate(analysis, stats, lambda site, s: 1.0 - s.zero_fraction)
+    return _accumulate(analysis, stats, lambda site, s: 1.0 - _pooled(site, s.zero_fraction, _mean))
 
 
 def wanda(analysis: Analysis, stats: dict[str, ChannelStats]) -> dict[int, float]:
-    return _accumulate(analysis, stats, lambda site, s: _per_index_norm(site.values, site.axis, 1) * s.l2)
+    return _accumulate(analysis, stats, lambda site, s: _per_index_norm(site.values, site.axis, 1)
+                       * _pooled(site, s.l2, _root_sum_square))
 
 
 def fluctuation(analysis: Analysis, stats: dict[str, ChannelStats]) -> dict[int, float]:
-    return _accumulate(analysis, stats, lambda site, s: s.var * _per_index_norm(site.values, site.axis, 2) ** 2)
+    return _accumulate(analysis, stats, lambda site, s: _pooled(site, s.var, np.add.reduceat)
+                       * _per_index_norm(site.values, site.axis, 2) ** 2)
 
 
 ACTIVATION_CRITERIA = {"activation": activation, "apoz": apoz, "wanda": wanda, "fluctuation": fluctuation}

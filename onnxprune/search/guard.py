@@ -31,11 +31,13 @@ NEARLY_AS_FAST = 1.05
 
 
 def candidate_fidelity(original: bytes, candidate: bytes, calibration: Iterable[dict[str, np.ndarray]],
-                       threads: int | None = None) -> dict:
-    """``output_fidelity`` on the first batches, plus ``cosine``: the worst output's mean cosine."""
+                       threads: int | None = None, io_cuts: dict | None = None) -> dict:
+    """``output_fidelity`` on the first batches, plus ``cosine``: the worst output's mean cosine
+    (``io_cuts``: the candidate's resized KV-cache I/O, ``Plan.io_cuts``)."""
     from ..fidelity import output_fidelity
 
-    result = output_fidelity(original, candidate, calibration, max_samples=FIDELITY_SAMPLES, threads=threads)
+    result = output_fidelity(original, candidate, calibration, max_samples=FIDELITY_SAMPLES, threads=threads,
+                             io_cuts=io_cuts)
     cosines = [v["mean_cosine"] for v in result["outputs"].values()]
     result["cosine"] = float(min(cosines)) if cosines else None
     return result

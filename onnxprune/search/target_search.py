@@ -135,6 +135,10 @@ class Trials:
         model.ir_version = self._ir_version
         return pruned, model.SerializeToString()
 
+    def io_cuts(self, selection: Selection | None) -> dict:
+        """The graph inputs/outputs the selection resizes (``Plan.io_cuts``: KV-cache I/O)."""
+        return {} if selection is None else self._plan.io_cuts(selection.removed)
+
     def build_bytes(self, candidate: Candidate, analysis: Analysis, scores: dict[int, np.ndarray]) -> bytes:
         """The candidate's pruned model (its selection is kept on it)."""
         if candidate.model_bytes is None:
@@ -197,7 +201,7 @@ def _guard_counted(result: SearchResult, model: CostModel, trials: Trials, analy
         return check["alternative"]["achieved"] <= goal
 
     result.fidelity_check = fidelity_guard(template, chosen, built[1] if built else None, calibration, None,
-                                           acceptable)
+                                           acceptable, (trials.io_cuts(result.selection), trials.io_cuts(uniform)))
     if result.fidelity_check["switched"]:
         result.achieved = result.fidelity_check["alternative"]["achieved"]
         result.counts, result.selection = plan.counts, uniform
@@ -393,24 +397,25 @@ def _guard_latency(chosen: Candidate, flops_model: CostModel, trials: Trials, an
 
     check = fidelity_guard(template, trials.build_bytes(chosen, analysis, scores),
                            trials.build_bytes(uniform, analysis, scores) if differs else None,
-                           calibration, threads, acceptable)
+                           calibration, threads, acceptable,
+                           (trials.io_cuts(chosen.selection), trials.io_cuts(uniform.selection if differs else None)))
     return (uniform if check["switched"] else chosen), check
 
 
 def fidelity_guard(template: onnx.ModelProto, chosen: bytes, alternative: bytes | None, calibration,
-                   threads: int | None, acceptable: Callable[[dict], bool]) -> dict:
+                   threads: int | None, acceptable: Callable[[dict], bool], io_cuts: tuple = ({}, {})) -> dict:
     """Both candidates' fidelity before reconstruction; ``switched`` when the chosen one's
     collapsed against the alternative's (``search.guard.collapses``) and ``acceptable`` (whether
     the alternative meets the target, nearly as fast) says yes."""
     from .guard import candidate_fidelity, collapses
 
     original = template.SerializeToString()
-    fid = candidate_fidelity(original, chosen, calibration, threads)
+    fid = candidate_fidelity(original, chosen, calibration, threads, io_cuts=io_cuts[0])
     check = {"chosen": {"kind": "importance", "cosine": fid["cosine"]}, "alternative": None, "collapsed": False,
              "switched": False}
     if alternative is None:
         return check
-    alt = candidate_fidelity(original, alternative, calibration, threads)
+    alt = candidate_fidelity(original, alternative, calibration, threads, io_cuts=io_cuts[1])
     check["alternative"] = {"kind": "uniform", "cosine": alt["cosine"]}
     check["collapsed"] = collapses(fid["cosine"], alt["cosine"])
     check["switched"] = check["collapsed"] and acceptable(check)
