@@ -109,6 +109,12 @@ class PruneOptions:
     round_to: int = _opt(
         1, flag="--round-to", group=WHAT, kind="int", show_default=True,
         help="Keep channel counts multiples of N (groups narrower than N are left whole).")
+    #: KV-cache graph inputs/outputs (past_key_values.N.key -> present.N.key, see analysis.cache_io)
+    #: keep their shapes: the heads they carry are then not pruned
+    keep_io_shapes: bool = _opt(
+        False, flag="--keep-io-shapes", group=WHAT, kind="flag",
+        help="Keep the shapes of KV-cache inputs/outputs (past_key_values.*, present.*): their K/V heads are "
+        "then kept [default: heads are pruned and the cache shapes change with them].")
     #: a .npz file, a folder of .npz files or images, a .py file defining load_data(), or an iterable of dicts
     calibration: Any = _opt(
         flag="--calib", group=CALIBRATION, kind="path",

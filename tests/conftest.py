@@ -74,3 +74,37 @@ def assert_oracle(model, ratio: float = 0.3, criterion: str = "l1", round_to: in
         assert ctx.selection.removed, "nothing was pruned"
         assert ctx.report["after"]["params"] < ctx.report["before"]["params"]
     return ctx
+
+
+def assert_cache_oracle(model, ratio: float = 0.5, criterion: str = "l1", feeds=None, seeds=(0, 1),
+                        rtol: float = 1e-4, atol: float = 1e-5):
+    """The oracle for a decoder with KV-cache graph inputs/outputs (``analysis.cache_io``).
+
+    The zeroed original is fed the full past (non-zero values on every head, removed ones
+    included); the pruned model the same past with the removed heads' slices taken out. Other
+    outputs must match; each present output must match the zeroed original's on the kept heads.
+    ``feeds(seed)`` gives the original's inputs (default: random, dynamic dims as 1).
+    Returns the context; asserts that some cache input changed shape.
+    """
+    ctx, zeroed = prune_with_oracle(model, ratio, criterion)
+    pruned = ctx.pruned
+    onnx.checker.check_model(pruned, full_check=True)
+    keep = ctx.analysis.keep_fn(ctx.selection.removed)
+    ties = ctx.analysis.state.cache_ties
+    zs, ps = session(zeroed), session(pruned)
+    names = [o.name for o in zs.get_outputs()]
+    assert names == [o.name for o in ps.get_outputs()]
+    for seed in seeds:
+        full = feeds(seed) if feeds is not None else random_feeds(zs, seed)
+        cut = {n: np.compress(keep(ties[n][1]), v, axis=ties[n][0]) if n in ties else v for n, v in full.items()}
+        expected = dict(zip(names, zs.run(None, full)))
+        got = dict(zip(names, ps.run(None, cut)))
+        for name in names:
+            want = expected[name]
+            if name in ties:
+                want = np.compress(keep(ties[name][1]), want, axis=ties[name][0])
+            assert got[name].shape == want.shape, name
+            np.testing.assert_allclose(got[name], want, rtol=rtol, atol=atol, err_msg=name)
+    shrunk = [n for n in ties if n in full and not keep(ties[n][1]).all()]
+    assert shrunk, "no cache input changed shape"
+    return ctx

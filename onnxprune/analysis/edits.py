@@ -183,3 +183,24 @@ class SetAttrToKeptSizes(Edit):
 
     def apply(self, keep: KeepFn, graph: gs.Graph, nodes: dict[str, gs.Node]) -> None:
         nodes[self.node].attrs[self.attr] = [int(keep(p).sum()) for p in self.pieces]
+
+
+@dataclass(frozen=True, eq=False)
+class SetIOShape(Edit):
+    """A graph input's or output's dim on the channel axis becomes the kept count (KV-cache I/O,
+    see ``State.cache_io``)."""
+
+    tensor: str
+    is_input: bool
+    axis: int
+    atoms: np.ndarray
+
+    def __post_init__(self) -> None:
+        _freeze(self, atoms=("atoms",))
+
+    def apply(self, keep: KeepFn, graph: gs.Graph, nodes: dict[str, gs.Node]) -> None:
+        for t in graph.inputs if self.is_input else graph.outputs:
+            if t.name == self.tensor and t.shape is not None:
+                dims = list(t.shape)
+                dims[self.axis] = int(keep(self.atoms).sum())
+                t.shape = dims

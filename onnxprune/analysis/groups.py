@@ -99,9 +99,10 @@ class Analysis:
         return self.plan.keep_fn(removed_roots)
 
 
-def analyze_graph(graph: gs.Graph, opset: int) -> Analysis:
-    """Propagate channels through ``graph`` (normalized: constants folded, shapes inferred)."""
-    state = State(opset=opset, graph=graph)
+def analyze_graph(graph: gs.Graph, opset: int, cache_io: bool = True) -> Analysis:
+    """Propagate channels through ``graph`` (normalized: constants folded, shapes inferred).
+    ``cache_io``: KV-cache graph inputs/outputs may change shape (``analysis.cache_io``)."""
+    state = State(opset=opset, graph=graph, cache_io_allowed=cache_io)
     graph.toposort()
     for node in graph.nodes:
         _run_rule(node, state)
@@ -111,8 +112,16 @@ def analyze_graph(graph: gs.Graph, opset: int) -> Analysis:
                                    f"'{use.node.name}', which does not carry these channels")
     for out in graph.outputs:
         tr = state.track(out)
-        if tr is not None:
+        if tr is None:
+            continue
+        if not state.is_cache_name(out):
             state.block(tr.atoms, f"reaches graph output '{out.name}'")
+            continue
+        try:  # a KV-cache output may change shape (analysis.cache_io)
+            state.cache_io(out, tr.axis, tr.atoms)
+        except UnsupportedPattern as exc:
+            state.block(tr.atoms, f"reaches graph output '{out.name}': {exc}")
+    state.finish_cache_io()
     root = state.roots(np.arange(len(state.parent), dtype=np.int64)) if state.parent else np.zeros(0, np.int64)
     groups = _build_groups(state, root)
     _attach_costs(state, root, groups)

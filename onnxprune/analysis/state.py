@@ -84,6 +84,10 @@ class State:
     count_uses: list = field(default_factory=list)
     #: dims and shape values worked out so far (analysis.provenance), for this graph as it is
     dims_cache: dict = field(default_factory=dict)
+    #: whether KV-cache graph inputs/outputs may change shape (``PruneOptions.keep_io_shapes`` off)
+    cache_io_allowed: bool = True
+    #: cache graph inputs/outputs tied to channels so far: name -> (axis, atoms)
+    cache_ties: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)
 
     # --- atoms -------------------------------------------------------------------------
     def fresh(self, count: int, source: gs.Node) -> np.ndarray:
@@ -134,6 +138,97 @@ class State:
 
     def edit(self, edit: Edit) -> None:
         self.edits.append(edit)
+
+    # --- KV-cache graph inputs and outputs -----------------------------------------------
+    def cache_io(self, tensor, axis: int, atoms: np.ndarray) -> None:
+        """Tie ``axis`` of a KV-cache graph input or output to ``atoms``, so that pruning them
+        changes its shape; raise :class:`UnsupportedPattern` with the reason where that is not
+        allowed (the caller's node is then refused, as for any other refusal).
+
+        What counts as a cache (name, place in the graph, static dim on ``axis`` equal to
+        ``len(atoms)``) is documented in :mod:`analysis.cache_io`. A rule calls it where a cache
+        tensor meets tracked channels, with the axis and atoms they have there, e.g.
+
+        - a Concat appending new keys (tracked, heads on axis 1) to ``past_key_values.0.key``
+          (a graph input): ``state.cache_io(past, 1, key_atoms)``, then the Concat goes on as if
+          the past were tracked (this sets its track);
+        - an attention op reading ``past_key`` and writing ``present_key`` (both ``[batch,
+          kv_heads, seq, head_size]``): ``state.cache_io(node.inputs[i], 1, kv_atoms)`` and
+          ``state.cache_io(node.outputs[j], 1, kv_atoms)`` (it sets the output's track).
+
+        The analysis calls it for every tracked graph output (instead of blocking it), and at the
+        end ties each layer's past and present together (:meth:`finish_cache_io`). Calling it
+        twice for one tensor unions the atoms. The rewrite changes the graph input's or output's
+        dim on ``axis`` to the kept count (``edits.SetIOShape``).
+        """
+        from . import cache_io
+        from .edits import SetIOShape
+
+        name = getattr(tensor, "name", "")
+        parsed = cache_io.parse(name)
+        is_input, is_output = self._graph_io(tensor)
+        if parsed is None or not (is_input or is_output):
+            where = "graph input" if is_input else "graph output" if is_output else "tensor"
+            raise UnsupportedPattern(f"{where} '{name}' is not prunable (not a KV-cache input or output)")
+        if (parsed.role == "past") != is_input:
+            raise UnsupportedPattern(f"cache tensor '{name}' is a graph {'input' if is_input else 'output'}, "
+                                     f"but its name says {parsed.role}")
+        if not self.cache_io_allowed:
+            raise UnsupportedPattern(f"cache {'input' if is_input else 'output'} '{name}' keeps its shape "
+                                     f"(--keep-io-shapes)")
+        dims = shape(tensor)
+        dtype = getattr(tensor, "dtype", None)
+        if dtype is not None and not np.issubdtype(np.dtype(dtype), np.floating):
+            raise UnsupportedPattern(f"cache tensor '{name}' is not floating-point")
+        if dims is None or not 0 <= axis < len(dims) or dims[axis] != len(atoms):
+            got = "unknown" if dims is None or not 0 <= axis < len(dims) or dims[axis] is None else dims[axis]
+            raise UnsupportedPattern(f"cache tensor '{name}' has no static dim {axis} of {len(atoms)} "
+                                     f"(the head count it would carry; it has {got})")
+        known = self.cache_ties.get(name)
+        if known is not None:
+            if known[0] != axis:
+                raise UnsupportedPattern(f"cache tensor '{name}' is tied to channels on two axes")
+            self.union(known[1], atoms)
+            return
+        self.cache_ties[name] = (axis, np.asarray(atoms))
+        self.edit(SetIOShape(name, is_input, axis, atoms))
+        if self.track(tensor) is None:
+            self.set_track(tensor, axis, np.asarray(atoms), len(dims))
+
+    def finish_cache_io(self) -> None:
+        """Tie every layer's past and present of one kind together; where the graph has both
+        but only one is tied to heads, block it (the decoding loop feeds one into the other)."""
+        from . import cache_io
+
+        names = {t.name for t in self.graph.inputs} | {t.name for t in self.graph.outputs}
+        for name, (axis, atoms) in list(self.cache_ties.items()):
+            parsed = cache_io.parse(name)
+            partner = next((n for n in names if cache_io.parse(n) == cache_io.CacheName(
+                parsed.partner_role, parsed.layer, parsed.kind)), None)
+            if partner is None:
+                continue
+            tied = self.cache_ties.get(partner)
+            if tied is None:
+                self.block(atoms, f"cache {parsed.role} '{name}' would change shape but its {parsed.partner_role} "
+                                  f"'{partner}' would not")
+            elif tied[0] != axis or len(tied[1]) != len(atoms):
+                self.block(np.concatenate([atoms, tied[1]]),
+                           f"cache tensors '{name}' and '{partner}' carry heads on different axes or counts")
+            else:
+                self.union(atoms, tied[1])
+
+    def is_cache_name(self, tensor) -> bool:
+        """Whether ``tensor``'s name is a KV cache's (see :mod:`analysis.cache_io`): a rule that
+        meets an untracked tensor asks this before calling :meth:`cache_io`, to keep its own
+        reason for any other tensor."""
+        from . import cache_io
+
+        return cache_io.parse(getattr(tensor, "name", "")) is not None
+
+    def _graph_io(self, tensor) -> tuple[bool, bool]:
+        if self.graph is None or tensor is None or isinstance(tensor, gs.Constant):
+            return False, False
+        return (any(t is tensor for t in self.graph.inputs), any(t is tensor for t in self.graph.outputs))
 
 
 # --- helpers shared by the rules ---------------------------------------------------------

@@ -39,6 +39,9 @@ def concat(node: gs.Node, state: State) -> None:
         state.set_track(node.outputs[0], axis, np.concatenate(pieces), r)
         return
     for t, tr in zip(node.inputs, tracks):
+        if tr is None and state.is_cache_name(t):  # past keys/values, a graph input (analysis.cache_io)
+            state.cache_io(t, first.axis, first.atoms)
+            tr = state.track(t)
         if tr is None:
             raise UnsupportedPattern(f"Concat merges channels with non-prunable tensor '{t.name}'")
         if tr.axis != first.axis or len(tr.atoms) != len(first.atoms):

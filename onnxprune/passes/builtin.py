@@ -38,7 +38,7 @@ class Analyze(Pass):
     provides = ("analysis",)
 
     def run(self, ctx: PruningContext) -> None:
-        ctx.analysis = analyze_graph(ctx.graph, ctx.opset)
+        ctx.analysis = analyze_graph(ctx.graph, ctx.opset, cache_io=not ctx.options.keep_io_shapes)
         restrict(ctx.analysis, ctx.options.prune)
 
 
