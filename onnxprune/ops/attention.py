@@ -1,5 +1,5 @@
-"""Fused attention: ONNX Runtime's com.microsoft Attention and MultiHeadAttention, as
-onnxruntime.transformers writes them. A head is the unit that is removed."""
+"""Attention ops: ai.onnx Attention (opset 23), and ONNX Runtime's com.microsoft Attention and
+MultiHeadAttention as onnxruntime.transformers writes them. A head is the unit that is removed."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..analysis.edits import SetAttrToKeptCount, SetAttrToKeptSizes
+from ..analysis.provenance import dim_of
 from ..analysis.state import State, UnsupportedPattern, const, has_input, rank
 from .common import output_used
-from .registry import rule
+from .registry import register, rule
 
 
 @rule("com.microsoft:Attention", channel_inputs=(0,))
@@ -88,3 +89,126 @@ def ort_multi_head_attention(node: gs.Node, state: State) -> None:
     state.heads.append(per_head[0])
     state.set_track(node.outputs[0], 2, tracks[2].atoms, 3)
 
+
+
+# --- ai.onnx Attention (opset 23) ---------------------------------------------------------------
+
+def _heads_of(node: gs.Node, tr, attr: str, r: int, state: State) -> np.ndarray:
+    """One atom per head of Q, K or V: 4-D (batch, heads, length, size) carries them on axis 1;
+    3-D (batch, length, heads x size) carries channels, whose blocks of ``size`` are tied."""
+    count = int(node.attrs.get(attr, 0))
+    if r == 4:
+        if tr.axis != 1:
+            raise UnsupportedPattern("Attention input carries channels on an axis other than its heads")
+        if count and count != len(tr.atoms):
+            raise UnsupportedPattern(f"Attention {attr} does not match its input's heads")
+        return tr.atoms
+    if tr.axis != 2:
+        raise UnsupportedPattern("Attention input carries channels on an axis other than its features")
+    if count < 1 or len(tr.atoms) % count:
+        raise UnsupportedPattern(f"Attention 3-D input without {attr} dividing its features")
+    blocks = tr.atoms.reshape(count, -1)
+    for j in range(1, blocks.shape[1]):
+        state.union(blocks[:, 0], blocks[:, j])
+    return blocks[:, 0]
+
+
+def _mask_follows_heads(node: gs.Node, q_heads: np.ndarray, state: State) -> None:
+    """The mask broadcasts to (batch, q heads, q length, kv length): a head dim of 1 (or none)
+    passes, a constant one per head is sliced with the heads."""
+    if not has_input(node, 3):
+        return
+    mask = node.inputs[3]
+    if state.track(mask) is not None:
+        raise UnsupportedPattern("Attention mask carries channels")
+    r = rank(state, mask)
+    if r is None:
+        raise UnsupportedPattern("Attention mask of unknown rank")
+    if r < 3:
+        return
+    axis = r - 3
+    dim = dim_of(mask, axis, state.dims_cache)
+    if dim == 1:
+        return
+    if dim == len(q_heads) and const(mask) is not None:
+        state.site(node, 3, axis, q_heads, "channel_const")
+        return
+    raise UnsupportedPattern("Attention mask has a head axis that does not follow the heads")
+
+
+def _cache(node: gs.Node, past: int, present: int, atoms: np.ndarray, state: State) -> None:
+    """past_key/past_value (batch, kv heads, past length, size) in, present_* out: tied to the K/V heads."""
+    if has_input(node, past):
+        tensor = node.inputs[past]
+        tr = state.track(tensor)
+        if tr is None:
+            if not state.is_cache_name(tensor):
+                raise UnsupportedPattern(f"Attention past key/value '{tensor.name}' does not carry the heads")
+            state.cache_io(tensor, 1, atoms)  # a KV-cache graph input (analysis.cache_io)
+        elif tr.rank != 4 or tr.axis != 1 or len(tr.atoms) != len(atoms):
+            raise UnsupportedPattern("Attention past key/value carries channels other than its heads")
+        else:
+            state.union(tr.atoms, atoms)
+    if len(node.outputs) > present and node.outputs[present].name:
+        state.set_track(node.outputs[present], 1, atoms, 4)
+
+
+@rule("Attention", channel_inputs=(0, 1, 2, 4, 5))
+def onnx_attention(node: gs.Node, state: State) -> None:
+    """ai.onnx Attention (opset 23): Q with ``q_num_heads`` heads, K and V with ``kv_num_heads``
+    (grouped-query attention: each K/V head serves ``q/kv`` consecutive query heads, so heads go
+    in whole K/V groups). Inputs are 4-D (batch, heads, length, size) or 3-D (batch, length,
+    heads x size, the counts in the attributes); the output has Q's layout with V's head size.
+    A head is one unit (its Q, K, V channels); the head counts become the kept ones."""
+    tracks = [state.track(node.inputs[i]) if has_input(node, i) else None for i in range(3)]
+    if all(t is None for t in tracks):
+        return
+    if any(t is None for t in tracks):
+        raise UnsupportedPattern("Attention with a query, key or value that does not carry the heads")
+    if has_input(node, 6):
+        raise UnsupportedPattern("Attention with nonpad_kv_seqlen")
+    r = tracks[0].rank
+    if r not in (3, 4) or any(t.rank != r for t in tracks):
+        raise UnsupportedPattern("Attention inputs are not all 3-D or all 4-D")
+    q = _heads_of(node, tracks[0], "q_num_heads", r, state)
+    k = _heads_of(node, tracks[1], "kv_num_heads", r, state)
+    v = _heads_of(node, tracks[2], "kv_num_heads", r, state)
+    if len(k) != len(v) or len(q) % len(k):
+        raise UnsupportedPattern("Attention query heads are not whole groups of its key/value heads")
+    group = len(q) // len(k)
+    state.union(q, np.repeat(k, group))
+    state.union(k, v)
+    _mask_follows_heads(node, q, state)
+    _cache(node, 4, 1, k, state)
+    _cache(node, 5, 2, v, state)
+    if len(node.outputs) > 3 and node.outputs[3].name:  # the QK products, (batch, q heads, q len, kv len)
+        state.set_track(node.outputs[3], 1, q, 4)
+    for attr, atoms in (("q_num_heads", q), ("kv_num_heads", k)):
+        if attr in node.attrs:
+            state.edit(SetAttrToKeptCount(node, attr, atoms))
+    state.heads.append(q)
+    if r == 4:
+        state.set_track(node.outputs[0], 1, q, 4)
+    else:  # each query head's output holds its K/V group's value channels
+        values = tracks[2].atoms.reshape(len(v), -1)
+        state.set_track(node.outputs[0], 2, np.repeat(values, group, axis=0).ravel(), 3)
+
+
+def attention_flops(s) -> int:
+    """QKᵀ and the weighted sum of V: 2·B·Hq·S·T·(D + Dv) (the keys' length T from K; a cache's
+    past length is not counted)."""
+    q, k, y = s.x(), s.w(), s.y()
+    if not q or not k or not y or len(q) != len(k):
+        return 0
+    if len(q) == 4:
+        b, hq, seq, d = q
+        length, dv = k[2], y[3]
+    else:
+        hq = int(s.attrs.get("q_num_heads", 0))
+        if hq < 1:
+            return 0
+        b, seq, d, length, dv = q[0], q[1], q[2] // hq, k[1], y[2] // hq
+    return 2 * b * hq * seq * length * (d + dv)
+
+
+register("Attention", flops=attention_flops)
