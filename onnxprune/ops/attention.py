@@ -56,7 +56,7 @@ def ort_attention(node: gs.Node, state: State) -> None:
     state.set_track(node.outputs[0], r - 1, pieces[-1], r)
 
 
-@rule("com.microsoft:MultiHeadAttention", channel_inputs=(0, 1, 2))
+@rule("com.microsoft:MultiHeadAttention", channel_inputs=(0, 1, 2, 6, 7))
 def ort_multi_head_attention(node: gs.Node, state: State) -> None:
     """Attention on projected query, key and value (B, S, heads x head size): the channels of
     each head are tied across Q, K and V, the output carries the heads on V's channels, and
@@ -67,9 +67,10 @@ def ort_multi_head_attention(node: gs.Node, state: State) -> None:
         return
     if heads < 1 or any(t is None for t in tracks):
         raise UnsupportedPattern("MultiHeadAttention with packed or non-prunable query, key or value")
-    extra = [i for i in range(4, len(node.inputs)) if has_input(node, i) and i != 4]
-    if extra or any(output_used(node, i) for i in range(1, len(node.outputs))):
-        raise UnsupportedPattern("MultiHeadAttention with an attention bias or a key/value cache")
+    if has_input(node, 5):
+        raise UnsupportedPattern("MultiHeadAttention with an attention bias")
+    if any(has_input(node, i) for i in range(8, len(node.inputs))):
+        raise UnsupportedPattern("MultiHeadAttention with a past sequence length or cache indirection")
     per_head = []
     for tr in tracks:
         if tr.rank != 3 or tr.axis != 2 or len(tr.atoms) % heads:
@@ -85,6 +86,8 @@ def ort_multi_head_attention(node: gs.Node, state: State) -> None:
         if bias is None or bias.ndim != 1 or len(bias) != sum(len(t.atoms) for t in tracks):
             raise UnsupportedPattern("MultiHeadAttention bias computed at run time or of unexpected shape")
         state.site(node, 3, 0, np.concatenate([t.atoms for t in tracks]), "channel_const")
+    _cache(node, 6, 1, per_head[0], state, "MultiHeadAttention")
+    _cache(node, 7, 2, per_head[0], state, "MultiHeadAttention")
     state.edit(SetAttrToKeptCount(node, "num_heads", per_head[0]))
     state.heads.append(per_head[0])
     state.set_track(node.outputs[0], 2, tracks[2].atoms, 3)
@@ -136,17 +139,19 @@ def _mask_follows_heads(node: gs.Node, q_heads: np.ndarray, state: State) -> Non
     raise UnsupportedPattern("Attention mask has a head axis that does not follow the heads")
 
 
-def _cache(node: gs.Node, past: int, present: int, atoms: np.ndarray, state: State) -> None:
-    """past_key/past_value (batch, kv heads, past length, size) in, present_* out: tied to the K/V heads."""
+def _cache(node: gs.Node, past: int, present: int, atoms: np.ndarray, state: State, op: str = "Attention") -> None:
+    """past_key/past_value (batch, kv heads, past length, size) in, present_* out: tied to the K/V
+    heads. A past that is a graph input must be a KV cache (analysis.cache_io: its shape then
+    changes with the heads); a present that is a graph output is checked the same way."""
     if has_input(node, past):
         tensor = node.inputs[past]
         tr = state.track(tensor)
         if tr is None:
             if not state.is_cache_name(tensor):
-                raise UnsupportedPattern(f"Attention past key/value '{tensor.name}' does not carry the heads")
+                raise UnsupportedPattern(f"{op} past key/value '{tensor.name}' does not carry the heads")
             state.cache_io(tensor, 1, atoms)  # a KV-cache graph input (analysis.cache_io)
         elif tr.rank != 4 or tr.axis != 1 or len(tr.atoms) != len(atoms):
-            raise UnsupportedPattern("Attention past key/value carries channels other than its heads")
+            raise UnsupportedPattern(f"{op} past key/value carries channels other than its heads")
         else:
             state.union(tr.atoms, atoms)
     if len(node.outputs) > present and node.outputs[present].name:
@@ -212,3 +217,54 @@ def attention_flops(s) -> int:
 
 
 register("Attention", flops=attention_flops)
+
+
+# --- shapes and costs of ONNX Runtime's fused attention (ONNX's shape inference does not know them)
+
+def _ort_attention_shapes(attrs: dict, shapes: list, n_outputs: int) -> list:
+    """Attention: (batch, length, hidden) in, (batch, length, V width) out (present: not needed)."""
+    x, w = shapes[0], shapes[1] if len(shapes) > 1 else None
+    sizes = attrs.get("qkv_hidden_sizes")
+    width = int(sizes[2]) if sizes is not None and len(sizes) == 3 else \
+        (w[1] // 3 if w is not None and len(w) == 2 and isinstance(w[1], int) else None)
+    if x is None or len(x) != 3 or width is None:
+        return [None] * n_outputs
+    return [[x[0], x[1], width]] + [None] * (n_outputs - 1)
+
+
+def _mha_shapes(attrs: dict, shapes: list, n_outputs: int) -> list:
+    """MultiHeadAttention: query (batch, length, hidden), value 3-D (batch, kv length, V width)
+    or 4-D (batch, heads, kv length, head size) -> (batch, length, V width); packed forms: unknown."""
+    q, v = shapes[0], shapes[2] if len(shapes) > 2 else None
+    if q is None or len(q) != 3 or v is None:
+        return [None] * n_outputs
+    if len(v) == 3:
+        width = v[2]
+    elif len(v) == 4 and isinstance(v[1], int) and isinstance(v[3], int):
+        width = v[1] * v[3]
+    else:
+        width = None
+    return [None if width is None else [q[0], q[1], width]] + [None] * (n_outputs - 1)
+
+
+def _ort_attention_flops(s) -> int:
+    """The packed QKV projection, 2·B·S·C·(Q+K+V), and the attention core, 2·B·S²·(Q+V)."""
+    x, w = s.x(), s.w()
+    if not x or not w or len(x) != 3 or len(w) != 2:
+        return 0
+    sizes = s.attrs.get("qkv_hidden_sizes")
+    q, _, v = [int(t) for t in sizes] if sizes is not None else [w[1] // 3] * 3
+    b, seq, c = x
+    return 2 * b * seq * c * w[1] + 2 * b * seq * seq * (q + v)
+
+
+def _mha_flops(s) -> int:
+    """The attention core, 2·B·S·L·(Q+V), from 3-D query and key/value (other layouts: not counted)."""
+    q, k, y = s.x(), s.w(), s.y()
+    if not q or not k or not y or len(q) != 3 or len(k) != 3 or len(y) != 3:
+        return 0
+    return 2 * q[0] * q[1] * k[1] * (q[2] + y[2])
+
+
+register("com.microsoft:Attention", infer=_ort_attention_shapes, flops=_ort_attention_flops, parameter_inputs=(1, 2))
+register("com.microsoft:MultiHeadAttention", infer=_mha_shapes, flops=_mha_flops, parameter_inputs=(3,))
