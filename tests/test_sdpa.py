@@ -129,3 +129,20 @@ def test_bert_with_sdpa_attention_prunes_heads_and_mlp():
         [g.reasons for g in ctx.analysis.groups]
     widths = {i.name: list(i.dims) for i in ctx.pruned.graph.initializer}
     assert widths["model.encoder.layer.1.attention.self.key.bias"] == [16]  # 2 of 4 heads of 8
+
+
+def test_a_head_count_read_with_the_batch_into_another_tensors_shape_is_refused():
+    """Shape(k)[:2] (batch and heads) used to reshape a tensor that does not carry the heads."""
+    b = GraphBuilder(seed=8, opset=18)
+    x = b.input(["batch", "seq", C])
+    s0 = b.node("Shape", [x], [1], start=0, end=1)
+    s1 = b.node("Shape", [x], [1], start=1, end=2)
+    split = b.node("Concat", [s0, s1, b.const(i64(H, D))], [4], axis=0)
+    k = b.transpose(b.node("Reshape", [b.matmul(x, H * D), split], ["batch", "seq", H, D]), [0, 2, 1, 3])
+    front = b.node("Slice", [b.node("Shape", [k], [4]), b.const(i64(0)), b.const(i64(2))], [2])
+    other = b.node("Reshape", [x, b.node("Concat", [front, b.const(i64(-1))], [3], axis=0)], ["batch", H, "n"])
+    b.output(b.node("ReduceSum", [k, b.const(i64(1, 3))], ["batch", 1, "seq", 1], keepdims=1))
+    b.output(other)
+    analysis = Pipeline([Normalize(), Analyze()]).run(b.model()).analysis
+    reasons = [r for g in analysis.groups for r in g.reasons]
+    assert any("read by Shape into the shape of Reshape" in r for r in reasons), reasons
