@@ -116,7 +116,7 @@ def io_shape_changes(original: gs.Graph, pruned: gs.Graph) -> list[dict]:
     KV-cache I/O pruned heads resize): ``{"name", "kind": "input"|"output", "before", "after"}``,
     dims as ints or names, in graph order."""
     def dims(tensor) -> list | None:
-        return None if tensor.shape is None else [d if isinstance(d, str) else int(d) for d in tensor.shape]
+        return None if tensor.shape is None else [d if d is None or isinstance(d, str) else int(d) for d in tensor.shape]
 
     changes = []
     for kind, old, new in (("input", original.inputs, pruned.inputs), ("output", original.outputs, pruned.outputs)):

@@ -168,13 +168,14 @@ class CountUse:
     checked: bool = False
 
 
-def count_read(value, atoms: np.ndarray, state: State) -> bool:
-    """Follow a channel count read at run time (a scalar or one-entry vector) to the shape
-    vectors it lands in, through the ops exporters write around it: Unsqueeze, Cast, Mul by a
-    constant, Concat into a vector, a -1 Reshape of that vector, and the Equal/Where pair that
-    swaps -1 entries for 1 (a count is never -1). Anything else: False (refused)."""
+def count_read(value, atoms: np.ndarray, state: State, entry: int = 0) -> bool:
+    """Follow a channel count read at run time (a scalar or one-entry vector, or entry ``entry``
+    of a vector of dims, ``x.shape[:2]``) to the shape vectors it lands in, through the ops
+    exporters write around it: Unsqueeze, Cast, Mul by a constant, Concat into a vector, a -1
+    Reshape of that vector, and the Equal/Where pair that swaps -1 entries for 1 (a count is
+    never -1). Anything else: False (refused)."""
     uses: list[CountUse] = []
-    if not _walk_count(value, 0, 1, 0, atoms, uses, state):
+    if not _walk_count(value, entry, 1, 0, atoms, uses, state):
         return False
     state.count_uses.extend(uses)
     return True

@@ -7,7 +7,7 @@ this package registers every family; see docs/architecture.md for how to add an 
 
 from .registry import REGISTRY, OpSpec, Rule, integer_layer, linear_view_for, parameter_inputs, quantized_weight, \
     rule_for, spec_for, spec_key, weight_layer_types
-from . import attention, conv, elementwise, matmul, normalization, pooling, quantized, reduce, reshape, shape  # noqa: F401,E402,I001
+from . import attention, conv, grouped_attention, elementwise, matmul, normalization, pooling, quantized, reduce, reshape, shape  # noqa: F401,E402,I001
 
 #: op types whose constant weight (input 1) creates channels and consumes them
 WEIGHT_LAYERS = weight_layer_types()

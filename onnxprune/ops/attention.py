@@ -1,7 +1,5 @@
-"""Fused attention: ONNX Runtime's com.microsoft Attention and MultiHeadAttention, as
-onnxruntime.transformers writes them, and GroupQueryAttention and RotaryEmbedding, as the ONNX
-Runtime GenAI model builder writes them. A head (a K/V group for grouped-query attention) is
-the unit that is removed."""
+"""Attention ops: ai.onnx Attention (opset 23), and ONNX Runtime's com.microsoft Attention and
+MultiHeadAttention as onnxruntime.transformers writes them. A head is the unit that is removed."""
 
 from __future__ import annotations
 
@@ -9,10 +7,10 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..analysis.edits import SetAttrToKeptCount, SetAttrToKeptSizes
+from ..analysis.provenance import dim_of
 from ..analysis.state import State, UnsupportedPattern, const, has_input, rank
-from .common import output_used, pass_through, same_dim, shape_of_input
-from .inference import ABSENT
-from .registry import Shapes, dims, register, rule
+from .common import output_used
+from .registry import register, rule
 
 
 @rule("com.microsoft:Attention", channel_inputs=(0,))
@@ -58,7 +56,7 @@ def ort_attention(node: gs.Node, state: State) -> None:
     state.set_track(node.outputs[0], r - 1, pieces[-1], r)
 
 
-@rule("com.microsoft:MultiHeadAttention", channel_inputs=(0, 1, 2))
+@rule("com.microsoft:MultiHeadAttention", channel_inputs=(0, 1, 2, 6, 7))
 def ort_multi_head_attention(node: gs.Node, state: State) -> None:
     """Attention on projected query, key and value (B, S, heads x head size): the channels of
     each head are tied across Q, K and V, the output carries the heads on V's channels, and
@@ -69,9 +67,10 @@ def ort_multi_head_attention(node: gs.Node, state: State) -> None:
         return
     if heads < 1 or any(t is None for t in tracks):
         raise UnsupportedPattern("MultiHeadAttention with packed or non-prunable query, key or value")
-    extra = [i for i in range(4, len(node.inputs)) if has_input(node, i) and i != 4]
-    if extra or any(output_used(node, i) for i in range(1, len(node.outputs))):
-        raise UnsupportedPattern("MultiHeadAttention with an attention bias or a key/value cache")
+    if has_input(node, 5):
+        raise UnsupportedPattern("MultiHeadAttention with an attention bias")
+    if any(has_input(node, i) for i in range(8, len(node.inputs))):
+        raise UnsupportedPattern("MultiHeadAttention with a past sequence length or cache indirection")
     per_head = []
     for tr in tracks:
         if tr.rank != 3 or tr.axis != 2 or len(tr.atoms) % heads:
@@ -87,153 +86,185 @@ def ort_multi_head_attention(node: gs.Node, state: State) -> None:
         if bias is None or bias.ndim != 1 or len(bias) != sum(len(t.atoms) for t in tracks):
             raise UnsupportedPattern("MultiHeadAttention bias computed at run time or of unexpected shape")
         state.site(node, 3, 0, np.concatenate([t.atoms for t in tracks]), "channel_const")
+    _cache(node, 6, 1, per_head[0], state, "MultiHeadAttention")
+    _cache(node, 7, 2, per_head[0], state, "MultiHeadAttention")
     state.edit(SetAttrToKeptCount(node, "num_heads", per_head[0]))
     state.heads.append(per_head[0])
     state.set_track(node.outputs[0], 2, tracks[2].atoms, 3)
 
 
 
-# --- ONNX Runtime GenAI: GroupQueryAttention, RotaryEmbedding ------------------------------------
+# --- ai.onnx Attention (opset 23) ---------------------------------------------------------------
 
-#: GroupQueryAttention inputs: 0 query (or packed QKV), 1 key, 2 value, 3 past_key, 4 past_value,
-#: 5 seqlens_k, 6 total_sequence_length, 7 cos_cache, 8 sin_cache, 9 position_ids,
-#: 10 attention_bias, 11 head_sink; outputs: 0 output, 1 present_key, 2 present_value, 3 output_qk
-_GQA_PAST, _GQA_HEAD_INPUTS = (3, 4), (10, 11)
-
-
-def _head_blocks(state: State, atoms: np.ndarray, heads: int, what: str) -> np.ndarray:
-    """Tie the channels of each of ``heads`` equal blocks of ``atoms``; one atom per head."""
-    if heads < 1 or len(atoms) % heads:
-        raise UnsupportedPattern(f"{what} of {len(atoms)} channels does not split into {heads} heads")
-    blocks = atoms.reshape(heads, -1)
+def _heads_of(node: gs.Node, tr, attr: str, r: int, state: State) -> np.ndarray:
+    """One atom per head of Q, K or V: 4-D (batch, heads, length, size) carries them on axis 1;
+    3-D (batch, length, heads x size) carries channels, whose blocks of ``size`` are tied."""
+    count = int(node.attrs.get(attr, 0))
+    if r == 4:
+        if tr.axis != 1:
+            raise UnsupportedPattern("Attention input carries channels on an axis other than its heads")
+        if count and count != len(tr.atoms):
+            raise UnsupportedPattern(f"Attention {attr} does not match its input's heads")
+        return tr.atoms
+    if tr.axis != 2:
+        raise UnsupportedPattern("Attention input carries channels on an axis other than its features")
+    if count < 1 or len(tr.atoms) % count:
+        raise UnsupportedPattern(f"Attention 3-D input without {attr} dividing its features")
+    blocks = tr.atoms.reshape(count, -1)
     for j in range(1, blocks.shape[1]):
         state.union(blocks[:, 0], blocks[:, j])
     return blocks[:, 0]
 
 
-def _gqa_qkv(node: gs.Node, state: State, heads: int, kv_heads: int):
-    """The Q, K, V channel atoms of a GroupQueryAttention node's (packed or separate) inputs, or
-    None where none carries channels."""
+def _mask_follows_heads(node: gs.Node, q_heads: np.ndarray, state: State) -> None:
+    """The mask broadcasts to (batch, q heads, q length, kv length): a head dim of 1 (or none)
+    passes, a constant one per head is sliced with the heads."""
+    if not has_input(node, 3):
+        return
+    mask = node.inputs[3]
+    if state.track(mask) is not None:
+        raise UnsupportedPattern("Attention mask carries channels")
+    r = rank(state, mask)
+    if r is None:
+        raise UnsupportedPattern("Attention mask of unknown rank")
+    if r < 3:
+        return
+    axis = r - 3
+    dim = dim_of(mask, axis, state.dims_cache)
+    if dim == 1:
+        return
+    if dim == len(q_heads) and const(mask) is not None:
+        state.site(node, 3, axis, q_heads, "channel_const")
+        return
+    raise UnsupportedPattern("Attention mask has a head axis that does not follow the heads")
+
+
+def _cache(node: gs.Node, past: int, present: int, atoms: np.ndarray, state: State, op: str = "Attention") -> None:
+    """past_key/past_value (batch, kv heads, past length, size) in, present_* out: tied to the K/V
+    heads. A past that is a graph input must be a KV cache (analysis.cache_io: its shape then
+    changes with the heads); a present that is a graph output is checked the same way."""
+    if has_input(node, past):
+        tensor = node.inputs[past]
+        tr = state.track(tensor)
+        if tr is None:
+            if not state.is_cache_name(tensor):
+                raise UnsupportedPattern(f"{op} past key/value '{tensor.name}' does not carry the heads")
+            state.cache_io(tensor, 1, atoms)  # a KV-cache graph input (analysis.cache_io)
+        elif tr.rank != 4 or tr.axis != 1 or len(tr.atoms) != len(atoms):
+            raise UnsupportedPattern(f"{op} past key/value carries channels other than its heads")
+        else:
+            state.union(tr.atoms, atoms)
+    if len(node.outputs) > present and node.outputs[present].name:
+        state.set_track(node.outputs[present], 1, atoms, 4)
+
+
+@rule("Attention", channel_inputs=(0, 1, 2, 4, 5))
+def onnx_attention(node: gs.Node, state: State) -> None:
+    """ai.onnx Attention (opset 23): Q with ``q_num_heads`` heads, K and V with ``kv_num_heads``
+    (grouped-query attention: each K/V head serves ``q/kv`` consecutive query heads, so heads go
+    in whole K/V groups). Inputs are 4-D (batch, heads, length, size) or 3-D (batch, length,
+    heads x size, the counts in the attributes); the output has Q's layout with V's head size.
+    A head is one unit (its Q, K, V channels); the head counts become the kept ones."""
     tracks = [state.track(node.inputs[i]) if has_input(node, i) else None for i in range(3)]
     if all(t is None for t in tracks):
-        return None
-    q = tracks[0]
-    if q is None or q.rank != 3 or q.axis != 2:
-        raise UnsupportedPattern("GroupQueryAttention query not shaped (batch, length, heads x size) or not prunable")
-    if not has_input(node, 1) and not has_input(node, 2):  # packed QKV: [Q | K | V] columns
-        if len(q.atoms) % (heads + 2 * kv_heads):
-            raise UnsupportedPattern("GroupQueryAttention packed QKV does not split into its heads")
-        size = len(q.atoms) // (heads + 2 * kv_heads)
-        return q.atoms[:heads * size], q.atoms[heads * size:(heads + kv_heads) * size], \
-            q.atoms[(heads + kv_heads) * size:]
-    if any(t is None or t.rank != 3 or t.axis != 2 for t in tracks[1:]):
-        raise UnsupportedPattern("GroupQueryAttention key or value not prunable with the query")
-    return q.atoms, tracks[1].atoms, tracks[2].atoms
-
-
-@rule("com.microsoft:GroupQueryAttention", channel_inputs=(0, 1, 2, 3, 4))
-def group_query_attention(node: gs.Node, state: State) -> None:
-    """ONNX Runtime's grouped-query attention (the GenAI builder's), packed QKV or separate.
-
-    Query head ``h`` attends with K/V head ``h // (num_heads / kv_num_heads)``, so a unit is one
-    K/V group: its K and V heads and the query heads that share them (the kernel needs the ratio
-    to stay whole). ``num_heads`` and ``kv_num_heads`` become the kept counts; the head size never
-    changes (ONNX Runtime's CPU kernel needs it a multiple of 8), nor do the rotary cos/sin caches
-    (per position and rotary channel), ``seqlens_k`` or ``total_sequence_length``. The past
-    key/value inputs and present outputs, (batch, kv_num_heads, length, head size), are KV-cache
-    graph I/O whose head axis changes with the kept K/V heads (``analysis.cache_io``).
-    """
-    heads, kv_heads = int(node.attrs.get("num_heads", 0)), int(node.attrs.get("kv_num_heads", 0))
-    past = [state.track(node.inputs[i]) for i in _GQA_PAST if has_input(node, i)]
-    qkv = _gqa_qkv(node, state, heads, kv_heads)
-    if qkv is None:
-        if any(t is not None for t in past):
-            raise UnsupportedPattern("GroupQueryAttention past key/value carry channels its query does not")
         return
-    if heads < 1 or kv_heads < 1 or heads % kv_heads:
-        raise UnsupportedPattern("GroupQueryAttention num_heads is not a multiple of kv_num_heads")
-    q, k, v = qkv
-    if len(q) % heads or len(k) != len(q) // heads * kv_heads or len(v) != len(k):
-        raise UnsupportedPattern("GroupQueryAttention query, key and value head sizes differ")
-    for i in _GQA_HEAD_INPUTS:
-        if has_input(node, i):
-            raise UnsupportedPattern("GroupQueryAttention with an attention bias or head sinks (per-head inputs)")
-    if output_used(node, 3):
-        raise UnsupportedPattern("GroupQueryAttention output_qk is used")
-    q_heads = _head_blocks(state, q, heads, "GroupQueryAttention query")
-    kv = _head_blocks(state, k, kv_heads, "GroupQueryAttention key")
-    state.union(kv, _head_blocks(state, v, kv_heads, "GroupQueryAttention value"))
-    group = heads // kv_heads
-    for j in range(group):
-        state.union(q_heads.reshape(kv_heads, group)[:, j], kv)
-    for i in _GQA_PAST:
-        if not has_input(node, i):
-            continue
-        tr = state.track(node.inputs[i])
-        if tr is None:  # a KV-cache graph input (analysis.cache_io) or refused with the reason
-            state.cache_io(node.inputs[i], 1, kv)
-        elif tr.rank != 4 or tr.axis != 1 or len(tr.atoms) != kv_heads:
-            raise UnsupportedPattern("GroupQueryAttention past key/value carry channels off the K/V-head axis")
-        else:
-            state.union(tr.atoms, kv)
-    for out in (1, 2):  # present key/value; a graph output is checked as KV-cache I/O at the end
-        if len(node.outputs) > out and node.outputs[out].name:
-            state.set_track(node.outputs[out], 1, kv, 4)
-    state.edit(SetAttrToKeptCount(node, "num_heads", q_heads))
-    state.edit(SetAttrToKeptCount(node, "kv_num_heads", kv))
-    state.heads.append(kv)
-    state.set_track(node.outputs[0], 2, q, 3)
+    if any(t is None for t in tracks):
+        raise UnsupportedPattern("Attention with a query, key or value that does not carry the heads")
+    if has_input(node, 6):
+        raise UnsupportedPattern("Attention with nonpad_kv_seqlen")
+    r = tracks[0].rank
+    if r not in (3, 4) or any(t.rank != r for t in tracks):
+        raise UnsupportedPattern("Attention inputs are not all 3-D or all 4-D")
+    q = _heads_of(node, tracks[0], "q_num_heads", r, state)
+    k = _heads_of(node, tracks[1], "kv_num_heads", r, state)
+    v = _heads_of(node, tracks[2], "kv_num_heads", r, state)
+    if len(k) != len(v) or len(q) % len(k):
+        raise UnsupportedPattern("Attention query heads are not whole groups of its key/value heads")
+    group = len(q) // len(k)
+    state.union(q, np.repeat(k, group))
+    state.union(k, v)
+    _mask_follows_heads(node, q, state)
+    _cache(node, 4, 1, k, state)
+    _cache(node, 5, 2, v, state)
+    if len(node.outputs) > 3 and node.outputs[3].name:  # the QK products, (batch, q heads, q len, kv len)
+        state.set_track(node.outputs[3], 1, q, 4)
+    for attr, atoms in (("q_num_heads", q), ("kv_num_heads", k)):
+        if attr in node.attrs:
+            state.edit(SetAttrToKeptCount(node, attr, atoms))
+    state.heads.append(q)
+    if r == 4:
+        state.set_track(node.outputs[0], 1, q, 4)
+    else:  # each query head's output holds its K/V group's value channels
+        values = tracks[2].atoms.reshape(len(v), -1)
+        state.set_track(node.outputs[0], 2, np.repeat(values, group, axis=0).ravel(), 3)
 
 
-def _gqa_shapes(attrs: dict, shapes: list, n_outputs: int) -> list:
-    """Output (batch, length, num_heads x head size); present: (batch, kv_num_heads, ?, head size)."""
-    heads, kv_heads = int(attrs.get("num_heads", 0)), int(attrs.get("kv_num_heads", 0))
-    q = shapes[0] if shapes else None
-    out = [None] * n_outputs
-    if not q or len(q) != 3 or heads < 1:
-        return out
-    packed = len(shapes) < 3 or (shapes[1] == ABSENT and shapes[2] == ABSENT)
-    if isinstance(q[2], int):
-        size = q[2] // (heads + 2 * kv_heads) if packed else q[2] // heads
-        out[0] = [q[0], q[1], heads * size]
-        for i in (1, 2):
-            if i < n_outputs:
-                out[i] = [q[0], kv_heads, None, size]
-    return out
+def attention_flops(s) -> int:
+    """QKᵀ and the weighted sum of V: 2·B·Hq·S·T·(D + Dv) (the keys' length T from K; a cache's
+    past length is not counted)."""
+    q, k, y = s.x(), s.w(), s.y()
+    if not q or not k or not y or len(q) != len(k):
+        return 0
+    if len(q) == 4:
+        b, hq, seq, d = q
+        length, dv = k[2], y[3]
+    else:
+        hq = int(s.attrs.get("q_num_heads", 0))
+        if hq < 1:
+            return 0
+        b, seq, d, length, dv = q[0], q[1], q[2] // hq, k[1], y[2] // hq
+    return 2 * b * hq * seq * length * (d + dv)
 
 
-def _gqa_flops(s: Shapes) -> int:
-    """q·kᵀ and probs·v, with the keys counted as the new tokens only (a past length is unknown)."""
-    y = s.y()
-    return 4 * int(np.prod(y, dtype=np.int64)) * y[1] if y and len(y) == 3 else 0
+register("Attention", flops=attention_flops)
 
 
-register("com.microsoft:GroupQueryAttention", infer=_gqa_shapes, flops=_gqa_flops)
+# --- shapes and costs of ONNX Runtime's fused attention (ONNX's shape inference does not know them)
+
+def _ort_attention_shapes(attrs: dict, shapes: list, n_outputs: int) -> list:
+    """Attention: (batch, length, hidden) in, (batch, length, V width) out (present: not needed)."""
+    x, w = shapes[0], shapes[1] if len(shapes) > 1 else None
+    sizes = attrs.get("qkv_hidden_sizes")
+    width = int(sizes[2]) if sizes is not None and len(sizes) == 3 else \
+        (w[1] // 3 if w is not None and len(w) == 2 and isinstance(w[1], int) else None)
+    if x is None or len(x) != 3 or width is None:
+        return [None] * n_outputs
+    return [[x[0], x[1], width]] + [None] * (n_outputs - 1)
 
 
-@rule("com.microsoft:RotaryEmbedding", "RotaryEmbedding", channel_inputs=(0,))
-def rotary_embedding(node: gs.Node, state: State) -> None:
-    """Rotary position embedding, per head: the rotated channel pairs lie inside a head and the
-    angles depend on the position only, so whole heads pass. On (batch, length, hidden) input the
-    channels of each of ``num_heads`` heads are tied (``num_heads`` becomes the kept count); on
-    (batch, heads, length, head size) input (ONNX's opset-23 op, and ONNX Runtime's 4-D form)
-    heads pass on axis 1 and channels inside a head are refused."""
-    tr = state.track(node.inputs[0])
-    if tr is None:
-        return
-    heads = int(node.attrs.get("num_heads", 0))
-    if tr.rank == 4 and tr.axis == 1:
-        pass_through(node, state)
-        return
-    if tr.rank != 3 or tr.axis != 2:
-        raise UnsupportedPattern("RotaryEmbedding rotates channel pairs inside a head")
-    if heads < 1:
-        raise UnsupportedPattern("RotaryEmbedding on (batch, length, hidden) without num_heads")
-    per_head = _head_blocks(state, tr.atoms, heads, "RotaryEmbedding input")
-    state.edit(SetAttrToKeptCount(node, "num_heads", per_head))
-    state.heads.append(per_head)
-    pass_through(node, state)
+def _mha_shapes(attrs: dict, shapes: list, n_outputs: int) -> list:
+    """MultiHeadAttention: query (batch, length, hidden), value 3-D (batch, kv length, V width)
+    or 4-D (batch, heads, kv length, head size) -> (batch, length, V width); packed forms: unknown."""
+    q, v = shapes[0], shapes[2] if len(shapes) > 2 else None
+    if q is None or len(q) != 3 or v is None:
+        return [None] * n_outputs
+    if len(v) == 3:
+        width = v[2]
+    elif len(v) == 4 and isinstance(v[1], int) and isinstance(v[3], int):
+        width = v[1] * v[3]
+    else:
+        width = None
+    return [None if width is None else [q[0], q[1], width]] + [None] * (n_outputs - 1)
 
 
-dims("com.microsoft:RotaryEmbedding", "RotaryEmbedding")(same_dim)
-register("com.microsoft:RotaryEmbedding", infer=shape_of_input(0))
+def _ort_attention_flops(s) -> int:
+    """The packed QKV projection, 2·B·S·C·(Q+K+V), and the attention core, 2·B·S²·(Q+V)."""
+    x, w = s.x(), s.w()
+    if not x or not w or len(x) != 3 or len(w) != 2:
+        return 0
+    sizes = s.attrs.get("qkv_hidden_sizes")
+    q, _, v = [int(t) for t in sizes] if sizes is not None else [w[1] // 3] * 3
+    b, seq, c = x
+    return 2 * b * seq * c * w[1] + 2 * b * seq * seq * (q + v)
+
+
+def _mha_flops(s) -> int:
+    """The attention core, 2·B·S·L·(Q+V), from 3-D query and key/value (other layouts: not counted)."""
+    q, k, y = s.x(), s.w(), s.y()
+    if not q or not k or not y or len(q) != 3 or len(k) != 3 or len(y) != 3:
+        return 0
+    return 2 * q[0] * q[1] * k[1] * (q[2] + y[2])
+
+
+register("com.microsoft:Attention", infer=_ort_attention_shapes, flops=_ort_attention_flops, parameter_inputs=(1, 2))
+register("com.microsoft:MultiHeadAttention", infer=_mha_shapes, flops=_mha_flops, parameter_inputs=(3,))

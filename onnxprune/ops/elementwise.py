@@ -6,8 +6,8 @@ import onnx_graphsurgeon as gs
 
 from ..analysis.provenance import aligned, broadcast, dim_of
 from ..analysis.state import State, UnsupportedPattern, const, rank
-from .common import same_dim
-from .registry import dims, register, rule, values
+from .common import same_dim, shape_of_input
+from .registry import Rule, dims, register, rule, values
 
 #: element-wise on one tensor; extra inputs are scalars (Clip bounds, Dropout ratio)
 UNARY = ("Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf",
@@ -107,3 +107,29 @@ def arithmetic_value(w, node: gs.Node, tensor, d: int) -> list | None:
 
 
 register("PRelu", parameter_inputs=(1,))  # its slope
+
+
+# --- ONNX Runtime's fused activations (com.microsoft) ---------------------------------------------
+
+@rule("com.microsoft:BiasGelu", "com.microsoft:FastGelu", channel_inputs=(0,))
+def bias_activation(node: gs.Node, state: State) -> None:
+    """Gelu(x + bias), bias (optional for FastGelu) over the last axis: element-wise per channel;
+    the bias is sliced with channels on that axis."""
+    tr = state.track(node.inputs[0])
+    if tr is None:
+        return
+    if len(node.inputs) > 1 and node.inputs[1].name:
+        bias = const(node.inputs[1])
+        if bias is None or bias.ndim != 1:
+            raise UnsupportedPattern(f"{node.op} bias computed at run time or not a vector")
+        if tr.axis == tr.rank - 1:
+            if len(bias) != len(tr.atoms):
+                raise UnsupportedPattern(f"{node.op} bias does not match the channels")
+            state.site(node, 1, 0, tr.atoms, "channel_const")
+    state.set_track(node.outputs[0], tr.axis, tr.atoms, tr.rank)
+
+
+register("com.microsoft:Gelu", rule=Rule(unary, (0,)))
+register("com.microsoft:BiasGelu", "com.microsoft:FastGelu", "com.microsoft:Gelu", dim=same_dim,
+         infer=shape_of_input(0))
+register("com.microsoft:BiasGelu", "com.microsoft:FastGelu", parameter_inputs=(1,))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import onnx
 
-from .registry import REGISTRY
+from .registry import REGISTRY, Typed
 
 #: the shape a shape function (:attr:`OpSpec.infer`) is given for an optional input left out
 #: (an empty name), as opposed to None for an input whose shape is unknown
@@ -50,12 +50,14 @@ def _add_unknown_op_shapes(model: onnx.ModelProto, known: list[onnx.NodeProto]) 
             continue
         shapes = [_dims(types.get(i)) if i else ABSENT for i in node.input]
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        elem = types[node.input[0]].elem_type if node.input and node.input[0] in types else 0
         for out, shape in zip(node.output, _infer_fn(node)(attrs, shapes, len(node.output))):
             if out in open_outputs and shape is not None:
                 learnt |= _fill_open_dims(outputs[out], shape)
             if out in missing and shape is not None:
-                vi = onnx.helper.make_tensor_value_info(out, elem, list(shape))
+                typed = shape if isinstance(shape, Typed) else Typed(shape)
+                like = node.input[typed.like] if typed.like < len(node.input) else ""
+                elem = typed.elem if typed.elem is not None else types[like].elem_type if like in types else 0
+                vi = onnx.helper.make_tensor_value_info(out, elem, list(typed.dims))
                 graph.value_info.append(vi)
                 types[out] = vi.type.tensor_type
                 learnt = True

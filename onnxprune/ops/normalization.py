@@ -1,13 +1,15 @@
 """Normalisation: per-channel parameters (BatchNormalization, InstanceNormalization) are sliced;
-ops that normalise over the channel axis (LayerNormalization, Softmax...) refuse it."""
+ops that normalise over the channel axis (LayerNormalization, Softmax, ONNX Runtime's
+SkipLayerNormalization...) refuse it."""
 
 from __future__ import annotations
 
+import onnx
 import onnx_graphsurgeon as gs
 
-from ..analysis.state import State, UnsupportedPattern, const
+from ..analysis.state import State, UnsupportedPattern, const, has_input
 from .common import norm_axis, output_used, pass_through, same_dim, shape_of_input
-from .registry import dims, register, rule
+from .registry import Typed, dims, register, rule
 
 
 @rule("BatchNormalization", channel_inputs=(0,))
@@ -115,3 +117,47 @@ register("BatchNormalization", parameter_inputs=(1, 2, 3, 4))
 register("SimplifiedLayerNormalization", "LayerNormalization", runtime_extension=True, infer=shape_of_input(0))
 register("com.microsoft:SkipSimplifiedLayerNormalization", infer=shape_of_input(0, outputs=(0, 3)))
 register("InstanceNormalization", "LayerNormalization", "GroupNormalization", parameter_inputs=(1, 2))
+
+
+# --- ONNX Runtime's fused normalisations (com.microsoft), as onnxruntime.transformers writes them --
+
+@rule("com.microsoft:SkipLayerNormalization", channel_inputs=(0, 1))
+def skip_layer_norm(node: gs.Node, state: State) -> None:
+    """LayerNorm(input + skip + bias) over the last axis: the residual stream it normalises stays
+    whole (its channels are refused here), and the layers writing into it and reading from it
+    (an MLP's output projection, the next block's Q/K/V) prune on their other side."""
+    for i in (0, 1):
+        tr = state.track(node.inputs[i]) if has_input(node, i) else None
+        if tr is None:
+            continue
+        if tr.axis == tr.rank - 1:
+            raise UnsupportedPattern("SkipLayerNormalization normalizes over the channel axis (the residual stream)")
+        raise UnsupportedPattern("SkipLayerNormalization input carries channels on an axis it does not normalize")
+
+
+@rule("com.microsoft:EmbedLayerNormalization")
+def embed_layer_norm(node: gs.Node, state: State) -> None:
+    """Embedding lookups summed and normalised: it starts the residual stream (no prunable
+    channels come out); its inputs are token ids, segment ids and a mask, never channels."""
+    if any(state.track(t) is not None for t in node.inputs):
+        raise UnsupportedPattern("EmbedLayerNormalization input carries channels")
+
+
+def _skip_layer_norm_shapes(attrs: dict, shapes: list, n_outputs: int) -> list:
+    """output and input_skip_bias_sum have the input's shape (mean and inv_std_var: not needed)."""
+    x = shapes[0] if shapes else None
+    return [x if i in (0, 3) else None for i in range(n_outputs)]
+
+
+def _embed_layer_norm_shapes(attrs: dict, shapes: list, n_outputs: int) -> list:
+    """(batch, length) ids -> output and embedding_sum (batch, length, hidden) in the word
+    embedding's type; mask_index (batch,), int32."""
+    ids, words = shapes[0], shapes[2] if len(shapes) > 2 else None
+    if ids is None or len(ids) != 2 or words is None or len(words) != 2:
+        return [None] * n_outputs
+    out = Typed(list(ids) + [words[1]], like=2)
+    return [out, Typed([ids[0]], elem=onnx.TensorProto.INT32), out][:n_outputs]
+
+
+register("com.microsoft:SkipLayerNormalization", infer=_skip_layer_norm_shapes, parameter_inputs=(2, 3, 4))
+register("com.microsoft:EmbedLayerNormalization", infer=_embed_layer_norm_shapes, parameter_inputs=(2, 3, 4, 5, 6))

@@ -37,8 +37,19 @@ class Shapes(Protocol):
 
 FlopFn = Callable[[Shapes], int]
 #: (attributes, input shapes (None where unknown, ``inference.ABSENT`` for an optional input left
-#: out), output count) -> each output's shape (None where it cannot tell); dims are ints, names or None
+#: out), output count) -> each output's shape (None where it cannot tell); dims are ints, names or
+#: None. An output whose element type is not input 0's is given as ``Typed(dims, like=i)`` (input
+#: i's type) or ``Typed(dims, elem=onnx.TensorProto.INT32)``.
 ShapeFn = Callable[[dict, list, int], list]
+
+
+@dataclass(frozen=True)
+class Typed:
+    """An inferred output shape with its element type: input ``like``'s, or ``elem`` (a TensorProto type)."""
+
+    dims: list
+    like: int = 0
+    elem: int | None = None
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,8 @@ def reshape(node: gs.Node, state: State) -> None:
                 out_dims[last] = features
     mapped = _map_reshape(in_dims, tr.axis, out_dims)
     if mapped is None:
-        _split_into_heads(node, state, in_dims, out_dims, entries)
+        if not _heads_through_batch(node, state, in_dims, entries):
+            _split_into_heads(node, state, in_dims, out_dims, entries)
         return
     out_axis, m = mapped
     out_atoms = np.repeat(tr.atoms, m)
@@ -218,6 +219,46 @@ def _split_into_heads(node: gs.Node, state: State, in_dims: list, out_dims: list
         count_entry(node, 1, out_axis, atoms, state, expect=heads)
     state.heads.append(atoms)
     state.set_track(node.outputs[0], out_axis, atoms, len(out_dims))
+
+
+def _heads_through_batch(node: gs.Node, state: State, in_dims: list, entries: list | None) -> bool:
+    """torch's SDPA decomposition transposes K's last two axes through 3-D tensors: the heads
+    are merged into the batch, ``reshape(-1, T, D)``, ``transpose(0, 2, 1)``, then split back,
+    ``reshape(B, H, D, T)`` with B and H read by Shape from the same K. The chain is one
+    transpose of the 4-D tensor: the heads land on the same axis of the last Reshape's output,
+    and the track goes there (the tensors in between carry heads merged with the batch, which
+    nothing else may read). The -1 and the head count read at run time follow by themselves; a
+    constant head count becomes the kept one. Returns False where the Reshape is not the start
+    of that chain (its refusal is then the caller's)."""
+    tr = state.track(node.inputs[0])
+    a = tr.axis
+    rest = in_dims[a + 1:]
+    if entries is None or a < 1 or entries != [-1] + rest or any(not isinstance(d, (int, str)) for d in in_dims):
+        return False
+    merged = node.outputs[0]
+    transpose = _only_user(merged, state)
+    if transpose is None or transpose.op != "Transpose":
+        return False
+    perm = [int(p) for p in transpose.attrs.get("perm", range(len(rest), -1, -1))]
+    back = _only_user(transpose.outputs[0], state)
+    if perm[0] != 0 or back is None or back.op != "Reshape" or back.inputs[0] is not transpose.outputs[0]:
+        return False
+    target = value_of(back.inputs[1], state.dims_cache)
+    if target is None or target[:a] != in_dims[:a] or target[a + 1:] != [rest[p - 1] for p in perm[1:]]:
+        return False
+    if not count_use(back, state, a, tr.atoms):
+        if target[a] != len(tr.atoms):
+            return False
+        count_entry(back, 1, a, tr.atoms, state, expect=len(tr.atoms))
+    state.set_track(back.outputs[0], a, tr.atoms, len(in_dims))
+    return True
+
+
+def _only_user(tensor, state: State) -> gs.Node | None:
+    """The one node reading ``tensor`` (None where several do, or it is a graph output)."""
+    if len(tensor.outputs) != 1 or state.graph is not None and any(t is tensor for t in state.graph.outputs):
+        return None
+    return tensor.outputs[0]
 
 
 def _resolve_target(in_dims: list, axis: int, out_dims: list, entries: list, node: gs.Node) -> list:

@@ -211,8 +211,8 @@ def shape_op(node: gs.Node, state: State) -> None:
             kept = slice_of_shape(consumer, end - start)
             if kept is not None and position not in kept:
                 continue
-            if kept is not None and list(kept) == [position] and count_read(consumer.outputs[0], tr.atoms, state):
-                continue  # x.shape[-1:] as a one-entry vector
+            if kept is not None and count_read(consumer.outputs[0], tr.atoms, state, entry=list(kept).index(position)):
+                continue  # x.shape[-1:] as a one-entry vector, or x.shape[:2] with the count in it
             raise UnsupportedPattern("the channel count is read by Shape")
         indices = const(consumer.inputs[1]) if consumer.op == "Gather" and len(consumer.inputs) > 1 else None
         if indices is None or int(consumer.attrs.get("axis", 0)) != 0:
