@@ -32,14 +32,18 @@ def static_shape(tensor) -> list[int] | None:
 
 
 def count_params(graph: gs.Graph) -> int:
-    """Elements of all floating-point constants (weights, biases, BN parameters)."""
+    """Elements of all floating-point constants (weights, biases, BN parameters), and of the
+    integer weights and biases of quantized layers (``OpSpec.integer_layer``), each counted as
+    one weight: the float-equivalent parameter count (a QDQ weight is read as its float value)."""
+    from .ops import integer_layer, parameter_inputs
+
     seen, total = set(), 0
     for node in graph.nodes:
-        for t in node.inputs:
-            if isinstance(t, gs.Constant) and t.name not in seen:
+        counted = parameter_inputs(node) if integer_layer(node) else ()
+        for i, t in enumerate(node.inputs):
+            if isinstance(t, gs.Constant) and t.name not in seen and (is_floating(t.dtype) or i in counted):
                 seen.add(t.name)
-                if is_floating(t.dtype):
-                    total += int(np.prod(t.shape, dtype=np.int64))
+                total += int(np.prod(t.shape, dtype=np.int64))
     return total
 
 

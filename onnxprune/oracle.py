@@ -28,7 +28,10 @@ def zeroed_model(analysis: Analysis, removed: set[int]) -> onnx.ModelProto:
             continue
         key = (id(site.node), site.input_index)
         if key not in zeroed:
-            zeroed[key] = np.array(site.values, copy=True)
+            zeroed[key] = np.array(site.raw_values, copy=True)
+        if site.decode is not None:  # an integer weight: zero is its zero point
+            zeroed[key] = site.decode.zeroed(zeroed[key], site.axis, np.flatnonzero(~mask))
+            continue
         index = [slice(None)] * zeroed[key].ndim
         index[site.axis] = np.flatnonzero(~mask)
         zeroed[key][tuple(index)] = 0

@@ -41,11 +41,20 @@ class SliceSite:
     atoms: np.ndarray
     #: weight_out / weight_in / bias / bn_scale / bn_shift / bn_stat / channel_const
     role: str
+    #: an integer weight's dequantization (``dequantize(raw)``, ``zeroed(raw, axis, index)``:
+    #: ops/quantized.py's IntegerWeight), None for float weights
+    decode: object = None
+
+    @property
+    def raw_values(self) -> np.ndarray:
+        """The constant's stored values (read on demand, not kept, for external data)."""
+        return np.asarray(read_values(self.node.inputs[self.input_index]))
 
     @property
     def values(self) -> np.ndarray:
-        """The weight's current values (read on demand, not kept, for external data)."""
-        return np.asarray(read_values(self.node.inputs[self.input_index]))
+        """The weight's current values, dequantized where it is stored as integers."""
+        raw = self.raw_values
+        return raw if self.decode is None else self.decode.dequantize(raw)
 
 
 class Edit:
@@ -129,8 +138,15 @@ class State:
             return
         self.tracks[tensor.name] = Track(axis, atoms, rank)
 
-    def site(self, node: gs.Node, input_index: int, axis: int, atoms: np.ndarray, role: str) -> None:
-        self.sites.append(SliceSite(node, input_index, axis, atoms, role))
+    def site(self, node: gs.Node, input_index: int, axis: int, atoms: np.ndarray, role: str,
+             decode: object = None) -> None:
+        site = SliceSite(node, input_index, axis, atoms, role, decode)
+        self.sites.append(site)
+        # a constant stored in another form (a folded DequantizeLinear's codec) may constrain
+        # which channels can go together (whole quantization blocks)
+        constrain = getattr(getattr(node.inputs[input_index], "codec", None), "constrain", None)
+        if constrain is not None:
+            constrain(self, site)
 
     def edit(self, edit: Edit) -> None:
         self.edits.append(edit)

@@ -1,10 +1,420 @@
-"""Layers that compute on integer (quantized) weights: ONNX's QOperator ops and ONNX Runtime's
-quantized contrib ops. The analysis has no channel rule for them yet, so they block the channels
-they touch; marking them lets ``analyze`` say that a model has nothing prunable because its
-weights are quantized."""
+"""Quantized graphs: QDQ (QuantizeLinear / DequantizeLinear) and the QOperator layers of ONNX
+Runtime's quantizer.
 
-from .registry import register
+**QDQ weights.** A DequantizeLinear whose inputs are all constants computes a float weight (or
+bias). ``normalize`` folds it into that float constant (:func:`decode_dequantize`, this op's
+``decode`` part) and attaches a :class:`Dequantized` codec to it: the analysis, the scores, the
+calibration and reconstruction's views all read the dequantized values; the rewrite slices the
+codec with the values (the integer weight, and per-channel scales and zero points along the
+pruned axis; per-tensor ones stay), and the export writes the DequantizeLinear back, with the
+original integer tensors where nothing changed. A blocked-quantized weight (``block_size``) loses
+entries along its block axis only in whole blocks (:meth:`Dequantized.constrain` ties each
+block's channels into one), else the channels are refused. A weight that reconstruction refits
+is requantized on its own scales and zero points (:meth:`Dequantized.snap`), or the layer is
+not refit when a refit value falls outside their range.
 
-register("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "com.microsoft:QGemm",
-         "com.microsoft:QAttention", "com.microsoft:DynamicQuantizeMatMul", "com.microsoft:MatMulNBits",
-         "com.microsoft:MatMulIntegerToFloat", "com.microsoft:QOrderedMatMul", integer_layer=True)
+**QDQ activations.** QuantizeLinear / DequantizeLinear on an activation pass its channels;
+per-channel scales and zero points along the channel axis are sliced with them.
+
+**QOperator layers** (:data:`QLAYERS`): ConvInteger, MatMulInteger, QLinearConv, QLinearMatMul
+and ONNX Runtime's QGemm, MatMulIntegerToFloat, DynamicQuantizeMatMul create and consume
+channels like Conv and MatMul: their integer weight, per-channel weight scale and zero point, and
+bias are sliced; DynamicQuantizeLinear passes its input's channels (its scale is computed from
+the tensor at run time, so the kept channels' quantization grid may change with pruning). Scores
+read their weights dequantized (:class:`IntegerWeight`); they are not refit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..analysis.state import State, UnsupportedPattern, const, has_input, rank, static_shape
+from .common import norm_axis, pass_through, same_dim
+from .conv import bias_site
+from .registry import dims, register, rule, spec_key
+
+#: integer types a folded DequantizeLinear may hold (int4, float8... stay unfolded: not pruned)
+_CODED = (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32)
+_DQ = ("DequantizeLinear", "com.microsoft:DequantizeLinear")
+_Q = ("QuantizeLinear", "com.microsoft:QuantizeLinear")
+
+
+# --- QDQ weights: the codec a folded DequantizeLinear leaves on its float constant --------------
+
+@dataclass(eq=False)
+class Dequantized:
+    """How a float constant is stored: ``(q - zero_point) * scale``, per tensor, per axis or per
+    block, as the DequantizeLinear ``node`` computed it. ``originals`` are that node's input
+    constants, written back as they are while their part is unchanged."""
+
+    node: str
+    output: str
+    domain: str
+    attrs: dict
+    q: np.ndarray
+    scale: np.ndarray
+    zero: np.ndarray | None
+    #: the float values ``q`` decodes to (what the constant held when this codec was made)
+    values: np.ndarray
+    originals: tuple
+    #: which of q, scale, zero point still equal the originals
+    same: tuple = (True, True, True)
+
+    @property
+    def block(self) -> int:
+        return int(self.attrs.get("block_size", 0) or 0)
+
+    @property
+    def axis(self) -> int | None:
+        """The quantization axis (per axis or per block), None per tensor."""
+        if not self.block and self.scale.size == 1:
+            return None
+        return norm_axis(int(self.attrs.get("axis", 1)), self.q.ndim)
+
+    def _expand(self, part: np.ndarray) -> np.ndarray:
+        """A scale or zero point broadcast to the shape of ``q``."""
+        axis = self.axis
+        if axis is None:
+            return part.reshape(())
+        if not self.block:
+            shape = [1] * self.q.ndim
+            shape[axis] = -1
+            return part.reshape(shape)
+        return np.repeat(part, self.block, axis=axis).take(np.arange(self.q.shape[axis]), axis=axis)
+
+    def decode(self, q: np.ndarray) -> np.ndarray:
+        zero = 0 if self.zero is None else self._expand(self.zero).astype(np.int64)
+        scale = self._expand(self.scale)
+        return ((q.astype(np.int64) - zero).astype(scale.dtype) * scale).astype(self.values.dtype)
+
+    def constrain(self, state: State, site) -> None:
+        """A weight site on this constant: along the block axis of a blocked quantization,
+        channels go in whole blocks (each block's channels are tied into one), or not at all."""
+        if not self.block or site.axis != self.axis:
+            return
+        n = self.q.shape[site.axis]
+        if n % self.block or len(site.atoms) != n:
+            state.block(site.atoms, f"'{self.output}' is quantized in blocks of {self.block} along axis "
+                                    f"{site.axis}, which do not divide its {n} entries")
+            return
+        blocks = site.atoms.reshape(-1, self.block)
+        for j in range(1, self.block):
+            state.union(blocks[:, 0], blocks[:, j])
+
+    def sliced(self, cuts: list[tuple[int, np.ndarray]], values: np.ndarray) -> "Dequantized":
+        """This codec after the rewrite kept ``mask`` along ``axis`` for each cut; ``values``: the
+        sliced float constant."""
+        q, scale, zero = self.q, self.scale, self.zero
+        same = list(self.same)
+        for axis, mask in cuts:
+            q, same[0] = np.compress(mask, q, axis=axis), False
+            part_mask, part_axis = self._part_cut(axis, mask)
+            if part_mask is not None:
+                scale, same[1] = np.compress(part_mask, scale, axis=part_axis), False
+                if zero is not None and zero.ndim:
+                    zero, same[2] = np.compress(part_mask, zero, axis=part_axis), False
+        return replace(self, q=q, scale=scale, zero=zero, values=values, same=tuple(same))
+
+    def _part_cut(self, axis: int, mask: np.ndarray) -> tuple[np.ndarray | None, int]:
+        """How a cut of ``q`` along ``axis`` cuts the scale and zero point (None: they stay)."""
+        qaxis = self.axis
+        if qaxis is None:
+            return None, 0
+        if not self.block:
+            return (mask, 0) if axis == qaxis else (None, 0)
+        if axis != qaxis:
+            return mask, axis
+        rows = mask.reshape(-1, self.block)
+        if not (rows == rows[:, :1]).all():  # the analysis ties blocks: this is a bug, not a model
+            raise ValueError(f"'{self.output}' cut inside a quantization block")
+        return rows[:, 0], axis
+
+    def _range(self) -> tuple[int, int]:
+        info = np.iinfo(self.q.dtype)
+        return int(info.min), int(info.max)
+
+    def _quantize(self, values: np.ndarray) -> np.ndarray:
+        zero = 0 if self.zero is None else self._expand(self.zero).astype(np.float64)
+        return np.rint(values.astype(np.float64) / self._expand(self.scale).astype(np.float64)) + zero
+
+    def snap(self, values: np.ndarray) -> tuple[np.ndarray | None, "Dequantized | None", str | None]:
+        """New (refit) float values on this codec's scales and zero points: the values rounded
+        to the grid and the codec storing them, or a reason they cannot be stored."""
+        q = self._quantize(values)
+        lo, hi = self._range()
+        if not np.isfinite(q).all() or q.min() < lo or q.max() > hi:
+            return None, None, (f"the refit weights fall outside the {np.dtype(self.q.dtype).name} range of "
+                                f"'{self.output}''s quantization scales")
+        q = q.astype(self.q.dtype)
+        snapped = self.decode(q)
+        return snapped, replace(self, q=q, values=snapped, same=(False, *self.same[1:])), None
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        """The integer tensor storing ``values`` (they must be on this codec's grid)."""
+        if values is self.values or np.array_equal(values, self.values):
+            return self.q
+        q = self._quantize(values)
+        lo, hi = self._range()
+        if q.min() < lo or q.max() > hi:
+            raise ValueError(f"'{self.output}' changed outside its quantization range")
+        return q.astype(self.q.dtype)
+
+    def computation(self, tensor: gs.Constant) -> tuple[gs.Node, gs.Variable]:
+        """The DequantizeLinear computing ``tensor``, with its integer input and parameters."""
+        name = tensor.name
+        q = self.encode(np.asarray(tensor.values))
+        parts = []
+        for i, (values, tag) in enumerate(((q, "quantized"), (self.scale, "scale"), (self.zero, "zero_point"))):
+            if values is None:
+                continue
+            unchanged = self.same[i] and (i or q is self.q) and self.originals[i] is not None
+            parts.append(self.originals[i] if unchanged else gs.Constant(f"{name}_{tag}", np.array(values, order="C")))
+        node_name = self.node if name == self.output else f"{name}_DequantizeLinear"
+        out = gs.Variable(name, dtype=tensor.dtype, shape=list(tensor.shape))
+        return gs.Node("DequantizeLinear", node_name, dict(self.attrs), parts, [out], domain=self.domain), out
+
+
+def decode_dequantize(node: gs.Node):
+    """A DequantizeLinear of constants as (float values, :class:`Dequantized`), or None where it
+    stays a computation (types other than 8-32-bit integers, parameters computed at run time)."""
+    x, scale = node.inputs[0], node.inputs[1] if len(node.inputs) > 1 else None
+    zero = node.inputs[2] if has_input(node, 2) else None
+    if not isinstance(x, gs.Constant) or not isinstance(scale, gs.Constant) or \
+            (zero is not None and not isinstance(zero, gs.Constant)):
+        return None
+    q, s = const(x), const(scale)
+    z = None if zero is None else const(zero)
+    if q.dtype.type not in _CODED or s.dtype.kind != "f" or (z is not None and z.dtype != q.dtype):
+        return None
+    if node.attrs.get("output_dtype") not in (None, 0):
+        return None
+    codec = Dequantized(node.name, node.outputs[0].name, node.domain or "", dict(node.attrs), q, s, z,
+                        np.zeros(0, s.dtype), (x, scale, zero))
+    if codec.block and (codec.axis is None or s.ndim != q.ndim):
+        return None
+    if codec.axis is not None and not codec.block and (s.ndim != 1 or s.shape[0] != q.shape[codec.axis]):
+        return None
+    values = codec.decode(q)
+    codec.values = values
+    return values, codec
+
+
+register(*_DQ, decode=decode_dequantize)
+
+
+# --- QDQ activations ----------------------------------------------------------------------------
+
+@rule(*_Q, *_DQ, channel_inputs=(0,))
+def quantize_activation(node: gs.Node, state: State) -> None:
+    """Q/DQ on an activation: channels pass; per-channel parameters along them are sliced."""
+    tr = state.track(node.inputs[0])
+    if tr is None:
+        return
+    if int(node.attrs.get("block_size", 0) or 0):
+        raise UnsupportedPattern(f"{node.op} quantizes an activation in blocks")
+    parts = [(i, const(node.inputs[i])) for i in (1, 2) if has_input(node, i)]
+    if any(v is None for _, v in parts):
+        raise UnsupportedPattern(f"{node.op} scale or zero point computed at run time")
+    scale = parts[0][1]
+    if scale.ndim == 1 and scale.size > 1 or scale.ndim == 1 and len(tr.atoms) == 1:
+        axis = norm_axis(int(node.attrs.get("axis", 1)), tr.rank)
+        if axis == tr.axis:
+            for i, values in parts:
+                if values.ndim != 1 or len(values) != len(tr.atoms):
+                    raise UnsupportedPattern(f"{node.op} per-channel parameters do not match the channels")
+                state.site(node, i, 0, tr.atoms, "channel_const")
+    elif scale.size != 1:
+        raise UnsupportedPattern(f"{node.op} scale of shape {list(scale.shape)}")
+    pass_through(node, state)
+
+
+@rule("DynamicQuantizeLinear", channel_inputs=(0,))
+def dynamic_quantize(node: gs.Node, state: State) -> None:
+    """Channels pass to the quantized output; the scale and zero point are one per tensor,
+    computed from all of it at run time (pruning may move the kept channels' grid a little)."""
+    pass_through(node, state)
+
+
+dims(*_Q, *_DQ, "DynamicQuantizeLinear")(same_dim)
+
+
+# --- QOperator layers ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class QLayer:
+    """Where a quantized layer keeps what the rewrite slices (input indices)."""
+
+    #: "conv" (weight O x I x k...), "matmul" (K x N), "gemm" (N x K with transB, else K x N)
+    kind: str
+    weight: int
+    scale: int | None
+    zero: int | None
+    bias: int | None
+    #: inputs that must be one value per tensor (activation scales and zero points)
+    per_tensor: tuple[int, ...] = ()
+    #: the float output is rescaled by Mul(activation scale, weight scale) (dynamic quantization)
+    rescaled: bool = False
+
+
+QLAYERS = {
+    "ConvInteger": QLayer("conv", 1, None, 3, None, per_tensor=(2,), rescaled=True),
+    "QLinearConv": QLayer("conv", 3, 4, 5, 8, per_tensor=(1, 2, 6, 7)),
+    "MatMulInteger": QLayer("matmul", 1, None, 3, None, per_tensor=(2,), rescaled=True),
+    "QLinearMatMul": QLayer("matmul", 3, 4, 5, None, per_tensor=(1, 2, 6, 7)),
+    "com.microsoft:QGemm": QLayer("gemm", 3, 4, 5, 6, per_tensor=(1, 2, 7, 8)),
+    "com.microsoft:MatMulIntegerToFloat": QLayer("matmul", 1, 3, 5, 6, per_tensor=(2, 4)),
+    "com.microsoft:DynamicQuantizeMatMul": QLayer("matmul", 1, 2, 3, 4),
+}
+
+
+@dataclass(frozen=True, eq=False)
+class IntegerWeight:
+    """A QOperator layer's integer weight as the scores see it, ``(w - zero) * scale`` (per
+    output channel along ``out_axis``), and how the oracle zeroes part of it (to the zero point)."""
+
+    out_axis: int
+    zero: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+
+    def _along(self, part, ndim: int):
+        part = np.asarray(part, dtype=np.float64)
+        if part.size <= 1:
+            return part.reshape(())
+        shape = [1] * ndim
+        shape[self.out_axis] = -1
+        return part.reshape(shape)
+
+    def dequantize(self, raw: np.ndarray) -> np.ndarray:
+        values = raw.astype(np.float64)
+        if self.zero is not None:
+            values = values - self._along(self.zero, raw.ndim)
+        return values if self.scale is None else values * self._along(self.scale, raw.ndim)
+
+    def zeroed(self, raw: np.ndarray, axis: int, index: np.ndarray) -> np.ndarray:
+        zero = np.broadcast_to(self._along(0 if self.zero is None else self.zero, raw.ndim), raw.shape)
+        out = np.array(raw, copy=True)
+        where = [slice(None)] * raw.ndim
+        where[axis] = index
+        out[tuple(where)] = zero[tuple(where)].astype(raw.dtype)
+        return out
+
+
+def _layout(layer: QLayer, node: gs.Node, weight: np.ndarray, state: State) -> tuple[int, int, int, int]:
+    """(weight's input axis, output axis, output's channel axis, output rank)."""
+    x = node.inputs[0]
+    if layer.kind == "conv":
+        if int(node.attrs.get("group", 1)) != 1:
+            raise UnsupportedPattern(f"grouped {node.op} (group={node.attrs.get('group')})")
+        return 1, 0, 1, weight.ndim
+    if layer.kind == "gemm":
+        if int(node.attrs.get("transA", 0)):
+            raise UnsupportedPattern(f"{node.op} with a transposed activation input")
+        trans_b = int(node.attrs.get("transB", 0))
+        return (1, 0, 1, 2) if trans_b else (0, 1, 1, 2)
+    r = rank(state, x)
+    if r is None:
+        raise UnsupportedPattern(f"{node.op} input of unknown rank")
+    return 0, 1, r - 1, r
+
+
+def _channel_parts(node: gs.Node, layer: QLayer, n_out: int) -> dict:
+    """The weight scale and zero point (each one per tensor, or one per output channel), by
+    kind and input index; refuses anything else, and activation parameters not one per tensor."""
+    found = {}
+    for kind, index in (("scale", layer.scale), ("zero", layer.zero)):
+        if index is None or not has_input(node, index):
+            continue
+        values = const(node.inputs[index])
+        if values is None:
+            raise UnsupportedPattern(f"{node.op} weight {kind} computed at run time")
+        if values.size != 1 and (values.ndim != 1 or len(values) != n_out):
+            raise UnsupportedPattern(f"{node.op} weight {kind} of shape {list(values.shape)}")
+        found[kind] = (index, values)
+    for index in layer.per_tensor:
+        if has_input(node, index) and static_shape(node.inputs[index]) is None or \
+                has_input(node, index) and int(np.prod(static_shape(node.inputs[index]))) != 1:
+            raise UnsupportedPattern(f"{node.op} input {index} is not one value per tensor")
+    return found
+
+
+def _rescale(node: gs.Node, out: np.ndarray, state: State) -> np.ndarray | None:
+    """ONNX Runtime's dynamic quantization rescales the integer output by ``Cast`` then ``Mul``
+    with ``Mul(activation scale, weight scale)``: a per-channel weight scale there is sliced with
+    the channels, and that product carries them. Returns the weight scale (None: not found)."""
+    users = node.outputs[0].outputs
+    if len(users) != 1 or users[0].op != "Cast" or len(users[0].outputs[0].outputs) != 1:
+        return None
+    mul = users[0].outputs[0].outputs[0]
+    if mul.op != "Mul":
+        return None
+    other = next((t for t in mul.inputs if t is not users[0].outputs[0]), None)
+    if other is None or len(other.inputs) != 1 or other.inputs[0].op != "Mul" or len(other.outputs) != 1:
+        return None
+    product = other.inputs[0]
+    for i, t in enumerate(product.inputs):
+        values = const(t)
+        if values is None:
+            continue
+        if values.ndim == 1 and len(values) == len(out) and len(out) > 1:
+            state.site(product, i, 0, out, "channel_const")
+            state.set_track(other, 0, out, 1)
+        return values if values.size in (1, len(out)) else None
+    return None
+
+
+def quantized_layer(node: gs.Node, state: State) -> None:
+    """A QOperator layer (see :data:`QLAYERS`): sites on its integer weight, per-channel weight
+    scale and zero point, and bias; the output carries one new channel per output unit."""
+    layer = QLAYERS[spec_key(node)]
+    tr = state.track(node.inputs[0])
+    weight = const(node.inputs[layer.weight])
+    if weight is None or weight.ndim < 2 or weight.dtype.kind not in "iu":
+        if tr is not None:
+            state.block(tr.atoms, f"{node.op} with weights computed at run time")
+        return
+    in_axis, out_axis, y_axis, y_rank = _layout(layer, node, weight, state)
+    if layer.kind == "matmul" and weight.ndim != 2:
+        raise UnsupportedPattern(f"{node.op} with a batched weight")
+    if tr is not None:
+        if tr.axis != (1 if layer.kind != "matmul" else y_axis):
+            raise UnsupportedPattern(f"{node.op} input carries channels on a non-channel axis")
+        if len(tr.atoms) != weight.shape[in_axis]:
+            raise UnsupportedPattern(f"{node.op} weight does not match its input's channels")
+    parts = _channel_parts(node, layer, weight.shape[out_axis])
+    out = state.fresh(weight.shape[out_axis], node)
+    for index, values in parts.values():
+        if values.size > 1:
+            state.site(node, index, 0, out, "channel_const")
+    scale = parts["scale"][1] if "scale" in parts else None
+    if layer.rescaled:
+        scale = _rescale(node, out, state)
+    decode = IntegerWeight(out_axis, parts["zero"][1] if "zero" in parts else None, scale)
+    if tr is not None:
+        state.site(node, layer.weight, in_axis, tr.atoms, "weight_in", decode=decode)
+    state.site(node, layer.weight, out_axis, out, "weight_out", decode=decode)
+    if layer.bias is not None:
+        bias_site(node, layer.bias, out, state)
+    state.set_track(node.outputs[0], y_axis, out, y_rank)
+
+
+for _key, _layer in QLAYERS.items():
+    rule(_key, channel_inputs=(0,))(quantized_layer)
+    register(_key, integer_layer=True,
+             parameter_inputs=tuple(i for i in (_layer.weight, _layer.bias) if i is not None))
+
+#: quantized layers with no rule: they block the channels they touch (MatMulNBits: 4-bit weights)
+register("com.microsoft:QAttention", "com.microsoft:MatMulNBits", "com.microsoft:QOrderedMatMul", integer_layer=True)
+
+
+def _matrix_dim(w, node: gs.Node, axis: int, r: int, d: int):
+    """A quantized matrix product's dims: the input's leading ones, the weight's columns last."""
+    if axis == r - 1:
+        return w.dim(node.inputs[QLAYERS[spec_key(node)].weight], 1, d)
+    return w.dim(node.inputs[0], axis, d)
+
+
+dims(*(k for k, v in QLAYERS.items() if v.kind == "matmul"))(_matrix_dim)

@@ -62,8 +62,12 @@ class OpSpec:
     #: inputs holding the layer's parameters (weights, biases, normalisation parameters):
     #: constant folding materialises them even where that makes them larger than what computes them
     parameter_inputs: tuple[int, ...] | None = None
-    #: it computes on integer (quantized) weights, which the analysis has no rule for
+    #: it computes on integer (quantized) weights
     integer_layer: bool = False
+    #: (node) -> (float values, codec) for a node of constants that stores a float constant in
+    #: another form (DequantizeLinear), or None: normalize folds it into the float constant with
+    #: the codec attached (``codec.sliced``, ``codec.snap``, ``codec.computation``: see ops/quantized.py)
+    decode: Callable[[gs.Node], Any] | None = None
 
 
 #: op specs by key: the op type, or ``"domain:Op"`` for non-default domains
@@ -132,7 +136,8 @@ def weight_layer_types() -> tuple[str, ...]:
 
 
 def quantized_weight(node: gs.Node) -> bool:
-    """A weight layer whose weight comes out of DequantizeLinear (QDQ): it is left as it is."""
+    """A weight layer whose weight still comes out of DequantizeLinear after normalize (a form it
+    does not fold: int4, float8, parameters computed at run time): it is left as it is."""
     return spec_for(node).weight_layer and len(node.inputs) > 1 and \
         any(p.op == "DequantizeLinear" for p in node.inputs[1].inputs)
 
@@ -145,6 +150,11 @@ def parameter_inputs(node: gs.Node) -> tuple[int, ...]:
 def integer_layer(node: gs.Node) -> bool:
     """Whether ``node`` computes on integer (quantized) weights (see :attr:`OpSpec.integer_layer`)."""
     return spec_for(node).integer_layer
+
+
+def decoder(node: gs.Node) -> Callable[[gs.Node], Any] | None:
+    """How to fold ``node`` (all inputs constant) into the float constant it stores (see :attr:`OpSpec.decode`)."""
+    return spec_for(node).decode
 
 
 def linear_view_for(node: gs.Node) -> type | None:
