@@ -62,6 +62,8 @@ class Dequantized:
     originals: tuple
     #: which of q, scale, zero point still equal the originals
     same: tuple = (True, True, True)
+    #: after :meth:`snap` widened the scales for a refit: new scale / old (per tensor or per axis)
+    factor: object = None
 
     @property
     def block(self) -> int:
@@ -140,17 +142,58 @@ class Dequantized:
         zero = 0 if self.zero is None else self._expand(self.zero).astype(np.float64)
         return np.rint(values.astype(np.float64) / self._expand(self.scale).astype(np.float64)) + zero
 
-    def snap(self, values: np.ndarray) -> tuple[np.ndarray | None, "Dequantized | None", str | None]:
-        """New (refit) float values on this codec's scales and zero points: the values rounded
-        to the grid and the codec storing them, or a reason they cannot be stored."""
-        q = self._quantize(values)
-        lo, hi = self._range()
+    def snap(self, values: np.ndarray, widen_axis: int | None = None, factor=None
+             ) -> tuple[np.ndarray | None, "Dequantized | None", str | None]:
+        """New (refit) float values stored on this codec: the values rounded to its grid and the
+        codec storing them, or a reason they cannot be stored. Values outside the range of the
+        scales widen them (per tensor, or per channel along ``widen_axis``; the new codec's
+        ``factor`` says by how much); ``factor`` given (a bias following its weight's scales,
+        as ONNX Runtime's quantizer makes them: bias scale = input scale x weight scale)
+        multiplies the scales first."""
+        codec = self
+        if factor is not None:
+            codec = self._rescaled(factor)
+            if codec is None:
+                return None, None, f"'{self.output}''s quantization cannot follow its weight's new scales"
+        lo, hi = codec._range()
+        q = codec._quantize(values)
+        grown = None
         if not np.isfinite(q).all() or q.min() < lo or q.max() > hi:
-            return None, None, (f"the refit weights fall outside the {np.dtype(self.q.dtype).name} range of "
-                                f"'{self.output}''s quantization scales")
-        q = q.astype(self.q.dtype)
-        snapped = self.decode(q)
-        return snapped, replace(self, q=q, values=snapped, same=(False, *self.same[1:])), None
+            codec, grown = codec._widened(values, widen_axis) if widen_axis is not None else (None, None)
+            if codec is None:
+                return None, None, (f"the refit values fall outside the {np.dtype(self.q.dtype).name} range of "
+                                    f"'{self.output}''s quantization scales, which cannot be widened")
+            q = codec._quantize(values)
+        q = np.clip(q, lo, hi).astype(self.q.dtype)
+        snapped = codec.decode(q)
+        same = (False, codec.same[1] and grown is None and factor is None, codec.same[2])
+        return snapped, replace(codec, q=q, values=snapped, same=same, factor=grown), None
+
+    def _widened(self, values: np.ndarray, axis: int) -> tuple["Dequantized | None", object]:
+        """This codec with scales just wide enough for ``values`` (never narrower), and the factor."""
+        if self.block or self.axis not in (None, axis):
+            return None, None
+        lo, hi = self._range()
+        zero = 0.0 if self.zero is None else self._expand(self.zero).astype(np.float64)
+        v = values.astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            need = np.where(v > 0, v / (hi - zero), np.where(v < 0, v / (lo - zero), 0.0))
+        if not np.isfinite(need).all():
+            return None, None
+        if self.axis is None:
+            need = np.asarray(need.max())
+        else:
+            need = np.moveaxis(need, self.axis, 0).reshape(need.shape[self.axis], -1).max(axis=1)
+        old = self.scale.astype(np.float64).reshape(need.shape)
+        scale = np.maximum(old, need * (1 + 1e-6)).astype(self.scale.dtype).reshape(self.scale.shape)
+        return replace(self, scale=scale), scale.astype(np.float64).reshape(need.shape) / old
+
+    def _rescaled(self, factor) -> "Dequantized | None":
+        """This (1-D bias) codec with its scales multiplied by ``factor`` (one, or one per entry)."""
+        factor = np.asarray(factor, dtype=np.float64)
+        if factor.size > 1 and (self.block or self.axis is None or self.scale.shape != factor.shape):
+            return None
+        return replace(self, scale=(self.scale.astype(np.float64) * factor).astype(self.scale.dtype))
 
     def encode(self, values: np.ndarray) -> np.ndarray:
         """The integer tensor storing ``values`` (they must be on this codec's grid)."""
