@@ -210,14 +210,16 @@ def _encoded_written_back(graph: gs.Graph):
     """While exporting, every constant stored in another form (a quantized weight: its ``codec``,
     attached by ``normalize``) is the computation that decodes it again, e.g. a DequantizeLinear
     of its integer values; then the graph is as it was."""
-    swaps, added, made = [], [], {}
+    swaps, added, made, existing = [], [], {}, None
     for node in list(graph.nodes):
         for i, tensor in enumerate(node.inputs):
             codec = getattr(tensor, "codec", None)
             if not isinstance(tensor, gs.Constant) or codec is None:
                 continue
+            if existing is None:
+                existing = {t.name: t for n in graph.nodes for t in n.inputs if isinstance(t, gs.Constant)}
             if id(tensor) not in made:
-                decoder, made[id(tensor)] = codec.computation(tensor)
+                decoder, made[id(tensor)] = codec.computation(tensor, existing)
                 added.append(decoder)
             swaps.append((node, i, tensor))
     for node, i, tensor in swaps:

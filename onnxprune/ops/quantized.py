@@ -34,6 +34,7 @@ import onnx_graphsurgeon as gs
 from ..analysis.state import State, UnsupportedPattern, const, has_input, rank, static_shape
 from .common import norm_axis, pass_through, same_dim
 from .conv import bias_site
+from .elementwise import broadcast_dim, elementwise
 from .registry import dims, register, rule, spec_key
 
 #: integer types a folded DequantizeLinear may hold (int4, float8... stay unfolded: not pruned)
@@ -205,8 +206,10 @@ class Dequantized:
             raise ValueError(f"'{self.output}' changed outside its quantization range")
         return q.astype(self.q.dtype)
 
-    def computation(self, tensor: gs.Constant) -> tuple[gs.Node, gs.Variable]:
-        """The DequantizeLinear computing ``tensor``, with its integer input and parameters."""
+    def computation(self, tensor: gs.Constant, existing: dict) -> tuple[gs.Node, gs.Variable]:
+        """The DequantizeLinear computing ``tensor``, with its integer input and parameters;
+        ``existing``: the graph's tensors by name (an unchanged parameter that other nodes also
+        read, such as a scale an activation's QuantizeLinear shares, is that same tensor)."""
         name = tensor.name
         q = self.encode(np.asarray(tensor.values))
         parts = []
@@ -214,7 +217,10 @@ class Dequantized:
             if values is None:
                 continue
             unchanged = self.same[i] and (i or q is self.q) and self.originals[i] is not None
-            parts.append(self.originals[i] if unchanged else gs.Constant(f"{name}_{tag}", np.array(values, order="C")))
+            if unchanged:
+                parts.append(existing.get(self.originals[i].name, self.originals[i]))
+            else:
+                parts.append(gs.Constant(f"{name}_{tag}", np.array(values, order="C")))
         node_name = self.node if name == self.output else f"{name}_DequantizeLinear"
         out = gs.Variable(name, dtype=tensor.dtype, shape=list(tensor.shape))
         return gs.Node("DequantizeLinear", node_name, dict(self.attrs), parts, [out], domain=self.domain), out
@@ -461,3 +467,30 @@ def _matrix_dim(w, node: gs.Node, axis: int, r: int, d: int):
 
 
 dims(*(k for k, v in QLAYERS.items() if v.kind == "matmul"))(_matrix_dim)
+
+
+# --- ONNX Runtime's other QOperator ops on activations (scales and zero points one per tensor) ---
+
+#: element-wise on one quantized tensor, or pooling over its spatial axes (NCHW)
+QLINEAR_CHANNELWISE = ("com.microsoft:QLinearSigmoid", "com.microsoft:QLinearLeakyRelu",
+                       "com.microsoft:QLinearGlobalAveragePool", "com.microsoft:QLinearAveragePool")
+#: broadcasting A (input 0) with B (input 3), each with its scale and zero point
+QLINEAR_BROADCASTING = ("com.microsoft:QLinearAdd", "com.microsoft:QLinearMul")
+
+
+@rule(*QLINEAR_CHANNELWISE, channel_inputs=(0,))
+def qlinear_channelwise(node: gs.Node, state: State) -> None:
+    tr = state.track(node.inputs[0])
+    if tr is None:
+        return
+    if int(node.attrs.get("channels_last", 0)) or ("Pool" in node.op and tr.axis != 1):
+        raise UnsupportedPattern(f"{node.op} pools over the channel axis")
+    if any(has_input(node, i) and (static_shape(node.inputs[i]) or [1]) != [1] and
+           int(np.prod(static_shape(node.inputs[i]) or [2])) != 1 for i in range(1, len(node.inputs))):
+        raise UnsupportedPattern(f"{node.op} with parameters that are not one per tensor")
+    pass_through(node, state)
+
+
+rule(*QLINEAR_BROADCASTING)(elementwise)  # its scales and zero points are scalars: they take no part
+dims(*QLINEAR_BROADCASTING)(broadcast_dim)
+dims(*QLINEAR_CHANNELWISE[:2])(same_dim)
