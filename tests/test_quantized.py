@@ -427,3 +427,51 @@ def test_qdq_digits_with_calibration_keeps_its_accuracy(tmp_path: Path):
         logits = session(m).run(None, {"input": data["input"]})[0]
         accuracy[name] = float((logits.argmax(axis=1) == data["label"]).mean())
     assert accuracy["pruned"] >= accuracy["quantized"] - 0.05, accuracy
+
+
+def _ort_qdq_conv(b: Q, x: str, x_scale: float, w: np.ndarray, y_scale: float, relu: bool) -> str:
+    """A conv as ONNX Runtime's QDQ quantizer writes it: per-channel int8 weight, int32 bias on
+    scale input x weight, and the output quantized again."""
+    q, scale, zero = b.quantized(w, 0)
+    bias_scale = (np.float32(x_scale) * scale).astype(np.float32)
+    bias = np.rint(b.rng.standard_normal(w.shape[0]) / bias_scale).astype(np.int32)
+    bias_dq = b.node("DequantizeLinear", [b.const(bias, "bq"), b.const(bias_scale, "bs"),
+                                          b.const(np.zeros(w.shape[0], np.int32), "bz")], axis=0)
+    y = b.node("Conv", [x, b.dq_weight(w, 0), bias_dq], pads=[1, 1, 1, 1])
+    return b.qdq(b.node("Relu", [y]) if relu else y, y_scale)
+
+
+def test_reconstruction_requantizes_and_fused_kernels_agree():
+    """Least-squares refits of QDQ convs are stored quantized (scales widened where the refit
+    needs it, the int32 bias's scales following them, so bias scale = input scale x weight scale
+    still holds, as ONNX Runtime's quantizer writes it); ONNX Runtime's fused QLinearConv then
+    computes what the unfused graph does, to within one step of the output's quantization."""
+    import onnxruntime as ort
+    import onnxprune
+
+    b = Q(13, seed=3)
+    x = b.qdq("x", 0.02)
+    h = _ort_qdq_conv(b, x, 0.02, b.w(8, 3, 3, 3), 0.05, relu=True)
+    y = _ort_qdq_conv(b, h, 0.05, b.w(4, 8, 3, 3) * 0.3, 0.04, relu=False)
+    model = b.model([_x([1, 3, 6, 6])], [_y(y, [1, 4, 6, 6])])
+    rng = np.random.default_rng(0)
+    calib = [{"x": (rng.standard_normal((1, 3, 6, 6)) * 0.5).astype(np.float32)} for _ in range(32)]
+    result = onnxprune.prune(model, ratio=0.5, calibration=calib, reconstruct="lstsq")
+    layers = result.report["reconstruction"]["layers"]
+    assert [r["choice"] for r in layers if r["choice"] not in (None, "current")], layers
+    pruned = result.model
+    _still_quantized(pruned)
+    scales = {n: a for n, a in _inits(pruned).items() if a.dtype == np.float32 and a.shape == (4,)}
+    original = {n: a for n, a in _inits(model).items() if a.dtype == np.float32 and a.shape == (4,)}
+    assert any(not any(np.array_equal(a, o) for o in original.values()) for a in scales.values())
+    inits, producer = _inits(pruned), {o: n for n in pruned.graph.node for o in n.output}
+    for conv in (n for n in pruned.graph.node if n.op_type == "Conv"):
+        x_scale, w_scale, b_scale = (inits[producer[t].input[1]] for t in conv.input)
+        np.testing.assert_allclose(b_scale, x_scale * w_scale, rtol=1e-5)
+    outs = []
+    for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = level
+        sess = ort.InferenceSession(pruned.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        outs.append(np.concatenate([sess.run(None, c)[0] for c in calib]))
+    assert np.abs(outs[0] - outs[1]).max() <= 0.04 + 1e-6
