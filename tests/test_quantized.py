@@ -82,7 +82,7 @@ class Q:
         graph = helper.make_graph(self.nodes, "q", inputs, outputs, self.inits)
         opsets = [helper.make_opsetid("", self.opset)] + [helper.make_opsetid(d, 1) for d in domains]
         m = helper.make_model(graph, opset_imports=opsets)
-        m.ir_version = 7 if self.opset < 15 else 9 if self.opset < 21 else 10
+        m.ir_version = 7 if self.opset < 15 else 9 if self.opset < 21 else 10 if self.opset < 23 else 11
         onnx.checker.check_model(m)
         return m
 

@@ -99,8 +99,11 @@ def _minilm_quantized(work: Path, kind: str) -> Path:
     if kind == "dynamic":
         quantize_dynamic(str(source), str(out), per_channel=True)
     else:
-        files = sorted(glob.glob(str(MINILM / "calib_buckets_512" / "*.npz")))[:8]
-        feeds = [{k: v[i:i + 1] for k, v in np.load(f).items()} for f in files for i in range(16)]
+        feeds = []
+        for f in sorted(glob.glob(str(MINILM / "calib_buckets_512" / "*.npz"))):
+            batch = dict(np.load(f))
+            feeds += [{k: v[i:i + 1] for k, v in batch.items()} for i in range(len(batch["input_ids"]))]
+        feeds = feeds[::4][:128]  # 128 sentences of all lengths
         quantize_static(str(source), str(out), Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True)
     return out
 

@@ -238,7 +238,8 @@ def decode_dequantize(node: gs.Node):
     z = None if zero is None else const(zero)
     if q.dtype.type not in _CODED or s.dtype.kind != "f" or (z is not None and z.dtype != q.dtype):
         return None
-    if node.attrs.get("output_dtype") not in (None, 0):
+    out_dtype = {None: None, 0: None, 1: np.float32, 10: np.float16, 11: np.float64}.get(node.attrs.get("output_dtype"), 0)
+    if out_dtype == 0:  # bfloat16 or another type numpy has no float dtype for: left as it is
         return None
     codec = Dequantized(node.name, node.outputs[0].name, node.domain or "", dict(node.attrs), q, s, z,
                         np.zeros(0, s.dtype), (x, scale, zero))
@@ -246,6 +247,7 @@ def decode_dequantize(node: gs.Node):
         return None
     if codec.axis is not None and not codec.block and (s.ndim != 1 or s.shape[0] != q.shape[codec.axis]):
         return None
+    codec.values = np.zeros(0, out_dtype or s.dtype)
     values = codec.decode(q)
     codec.values = values
     return values, codec
