@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
 from .analysis.state import shape
@@ -33,18 +32,24 @@ def static_shape(tensor) -> list[int] | None:
 
 
 def count_params(graph: gs.Graph) -> int:
-    """Elements of all floating-point constants (weights, biases, BN parameters), and the
-    parameters packed integer weights hold (``OpSpec.packed_params``: MatMulNBits' K x N)."""
+    """Elements of all floating-point constants (weights, biases, BN parameters); the parameters
+    packed integer weights hold (``OpSpec.packed_params``: MatMulNBits' K x N); and the integer
+    weights and biases of quantized layers (``OpSpec.integer_layer``), each counted as one weight:
+    the float-equivalent parameter count (a QDQ weight is read as its float value)."""
+    from .ops import integer_layer, parameter_inputs
+
     seen, total = set(), 0
     for node in graph.nodes:
         packed_fn = spec_for(node).packed_params
         packed = packed_fn(node) if packed_fn is not None else {}
+        counted = parameter_inputs(node) if integer_layer(node) else ()
         for i, t in enumerate(node.inputs):
             if isinstance(t, gs.Constant) and t.name not in seen:
-                seen.add(t.name)
                 if i in packed:
+                    seen.add(t.name)
                     total += int(packed[i])
-                elif is_floating(t.dtype):
+                elif is_floating(t.dtype) or i in counted:
+                    seen.add(t.name)
                     total += int(np.prod(t.shape, dtype=np.int64))
     return total
 

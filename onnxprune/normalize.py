@@ -56,6 +56,7 @@ def normalize(model: onnx.ModelProto) -> gs.Graph:
         graph = gs.import_onnx(model)
     lazy_external_values(graph)
     _constant_nodes_to_initializers(graph)
+    _fold_decoded(graph)
     _fold_constant_nodes(graph, list(model.opset_import), model.ir_version)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     _name_nodes(graph)
@@ -149,6 +150,28 @@ def _replace_output_with(graph: gs.Graph, node: gs.Node, index: int, const: gs.C
             return const
     node.outputs[index] = gs.Variable(var.name + "__folded_unused", dtype=var.dtype)
     return const
+
+
+def _fold_decoded(graph: gs.Graph) -> None:
+    """Nodes of constants that store a float constant in another form (a DequantizeLinear of an
+    integer weight: ``OpSpec.decode``) become that float constant, with the codec attached as
+    ``codec``: the analysis reads the float values, the rewrite slices the codec with them and
+    the export writes the node back (``rewrite.export_checked``), so a quantized model stays
+    quantized."""
+    from .ops import decoder
+
+    for node in list(graph.nodes):
+        decode = decoder(node)
+        if decode is None or len(node.outputs) != 1 or not node.outputs[0].outputs \
+                or node.outputs[0] in graph.outputs:
+            continue
+        found = decode(node)
+        if found is None:
+            continue
+        values, codec = found
+        const = _replace_output_with_constant(graph, node, 0, values)
+        codec.values = np.asarray(const.values)
+        const.codec = codec
 
 
 @dataclass
@@ -270,6 +293,8 @@ def _foldable(node: gs.Node, graph: gs.Graph) -> bool:
         return False
     if not node.inputs or not all(isinstance(t, gs.Constant) or _is_empty(t) for t in node.inputs):
         return False
+    if any(getattr(t, "codec", None) is not None for t in node.inputs):
+        return False  # a quantized weight stays one: a computation on it is not folded into floats
     return not any(o in graph.outputs for o in node.outputs)
 
 

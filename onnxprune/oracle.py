@@ -39,7 +39,10 @@ def zeroed_model(analysis: Analysis, removed: set[int]) -> onnx.ModelProto:
         key = (id(site.node), index_in)
         if key not in zeroed:
             zeroed[key] = np.array(read_values(site.node.inputs[index_in]) if index_in != site.input_index
-                                   else site.values, copy=True)
+                                   else site.raw_values, copy=True)
+        if site.decode is not None:  # an integer weight: zero is its zero point
+            zeroed[key] = site.decode.zeroed(zeroed[key], site.axis, np.flatnonzero(~mask))
+            continue
         index = [slice(None)] * zeroed[key].ndim
         index[axis] = np.flatnonzero(~mask)
         zeroed[key][tuple(index)] = 0

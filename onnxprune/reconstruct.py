@@ -236,6 +236,9 @@ def _solve(folds: list[_Accumulator], vp: LinearView, report: LayerReport, graph
     solution = candidates[best](whole) if best != "current" else current
     if not np.isfinite(solution).all():
         best, solution = "current", current
+    refused = vp.refit_refused(solution[:-1]) if best != "current" else None
+    if refused:  # a quantized weight whose scales do not cover the refit: the layer stays
+        best, solution, report.skipped = "current", current, refused
     report.choice = best
     report.error_held_out = scores[best]
     if best == "current":

@@ -79,6 +79,7 @@ def _slice_constants(graph: gs.Graph, nodes: dict[str, gs.Node], by_input: dict[
         cut_readers = sum(len(r) for _, r in by_signature.values())
         in_place = isinstance(tensor, gs.Constant) and len(by_signature) == 1 \
             and cut_readers == len(readers(tensor)) and id(tensor) not in outputs
+        codec = getattr(tensor, "codec", None)  # stored quantized: the codec is cut with the values
         for cuts, reading in by_signature.values():
             values = read_values(tensor)  # weights in external data: mapped, not kept
             for axis, mask in cuts:
@@ -86,10 +87,14 @@ def _slice_constants(graph: gs.Graph, nodes: dict[str, gs.Node], by_input: dict[
             values = np.array(values, order="C")  # 0-d stays 0-d
             if in_place:
                 tensor.values = values
+                if codec is not None:
+                    tensor.codec = codec.sliced(cuts, values)
                 continue
             node, index = reading[0]
             # One (node, input) pair is unique, so this name is too, and it is the same on every run.
             copy = gs.Constant(f"{node.name}__input{index}", values)
+            if codec is not None:
+                copy.codec = codec.sliced(cuts, values)
             for node, index in reading:
                 node.inputs[index] = copy
 
@@ -150,7 +155,7 @@ def export_checked(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProt
     weights deferred (references without bytes, see ``io.export_deferred``): the proto stays
     small, and ``io.save_model`` streams the weights from ``graph`` to the data file.
     """
-    with _folds_written_back(graph):
+    with _folds_written_back(graph), _encoded_written_back(graph):
         deferred = uses_external_data(template) or has_external_values(graph) \
             or weights_nbytes(graph) > EXTERNAL_DATA_THRESHOLD
         model = export_deferred(graph) if deferred else gs.export_onnx(graph, do_type_check=False)
@@ -214,6 +219,41 @@ def _folds_written_back(graph: gs.Graph):
             graph.nodes.remove(node)
             node.inputs.clear()
             node.outputs.clear()
+
+
+@contextlib.contextmanager
+def _encoded_written_back(graph: gs.Graph):
+    """While exporting, every constant stored in another form (a quantized weight: its ``codec``,
+    attached by ``normalize``) is the computation that decodes it again, e.g. a DequantizeLinear
+    of its integer values; then the graph is as it was."""
+    swaps, added, made, existing = [], [], {}, None
+    for node in list(graph.nodes):
+        for i, tensor in enumerate(node.inputs):
+            codec = getattr(tensor, "codec", None)
+            if not isinstance(tensor, gs.Constant) or codec is None:
+                continue
+            if existing is None:
+                existing = {t.name: t for n in graph.nodes for t in n.inputs if isinstance(t, gs.Constant)}
+            if id(tensor) not in made:
+                decoder, made[id(tensor)] = codec.computation(tensor, existing)
+                added.append(decoder)
+            swaps.append((node, i, tensor))
+    for node, i, tensor in swaps:
+        node.inputs[i] = made[id(tensor)]
+    outputs = list(graph.outputs)
+    if added:
+        graph.nodes.extend(added)
+        graph.toposort()
+    try:
+        yield
+    finally:
+        for node, i, tensor in swaps:
+            node.inputs[i] = tensor
+        for node in added:
+            graph.nodes.remove(node)
+            node.inputs.clear()
+            node.outputs.clear()
+        graph.outputs = outputs
 
 
 def export_unchanged(template: onnx.ModelProto) -> tuple[gs.Graph, onnx.ModelProto]:

@@ -294,15 +294,15 @@ def _nothing_prunable_models(tmp_path: Path) -> dict[str, Path]:
                              [numpy_helper.from_array(np.ones((8, 4), np.float32), "w")])
     relu = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g", [x],
                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])])
-    inits = [numpy_helper.from_array(np.ones((8, 4), np.int8), "wq"), numpy_helper.from_array(np.array(0.1, np.float32), "s"),
-             numpy_helper.from_array(np.array(0, np.int8), "z")]
-    qdq = helper.make_graph([helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["w"], name="dq"),
+    inits = [helper.make_tensor("wq", TensorProto.FLOAT8E4M3FN, [8, 4], np.ones(32).tolist()),
+             numpy_helper.from_array(np.array(0.1, np.float32), "s")]
+    qdq = helper.make_graph([helper.make_node("DequantizeLinear", ["wq", "s"], ["w"], name="dq"),
                              helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
                              helper.make_node("Relu", ["h"], ["y"], name="relu")], "g", [x],
                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
     for name, graph in (("blocked", gemm), ("no_layers", relu), ("quantized", qdq)):
-        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        m.ir_version = 8
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+        m.ir_version = 9
         models[name] = tmp_path / f"{name}.onnx"
         onnx.save(m, models[name])
     return models

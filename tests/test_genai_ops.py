@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.context import PruneOptions
-from onnxprune.ops.quantized import NBits, dequantized, pack
+from onnxprune.ops.nbits import NBits, dequantized, pack
 from onnxprune.passes.builtin import Analyze, Normalize
 from onnxprune.pipeline import Pipeline
 

@@ -15,32 +15,26 @@ from onnx import helper, numpy_helper
 from onnxprune.cli import main
 
 
-def convinteger_model() -> onnx.ModelProto:
-    """Dynamic quantization as ONNX Runtime's quantizer writes it: DynamicQuantizeLinear + ConvInteger.
-    The output's rank is known only at run time (Unsqueeze by an input), so ONNX's full check,
-    which the input does not pass either, fails on any re-export of it."""
+def float8_model() -> onnx.ModelProto:
+    """Weights quantized to float8 (DequantizeLinear of FLOAT8E4M3FN), a form not pruned: only
+    8- to 32-bit integer weights are. The output's rank is known only at run time (Unsqueeze by
+    an input), so ONNX's full check, which the input does not pass either, fails on any re-export."""
     x = helper.make_tensor_value_info("x", T.FLOAT, [1, 3, 8, 8])
     axes = helper.make_tensor_value_info("axes", T.INT64, [1])
     y = helper.make_tensor_value_info("y", T.FLOAT, None)
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.integers(0, 255, (8, 3, 3, 3)).astype(np.uint8), "w1"),
-             numpy_helper.from_array(np.array(128, np.uint8), "w1_zp"),
-             numpy_helper.from_array(rng.integers(0, 255, (4, 8, 1, 1)).astype(np.uint8), "w2"),
-             numpy_helper.from_array(np.array(128, np.uint8), "w2_zp"),
+    inits = [helper.make_tensor("w1", T.FLOAT8E4M3FN, [8, 3, 3, 3], rng.standard_normal(216).tolist()),
+             helper.make_tensor("w2", T.FLOAT8E4M3FN, [4, 8, 1, 1], rng.standard_normal(32).tolist()),
              numpy_helper.from_array(np.array(0.01, np.float32), "s")]
-    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xzp"], name="dq1"),
-             helper.make_node("ConvInteger", ["xq", "w1", "xzp", "w1_zp"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
-             helper.make_node("Cast", ["c1"], ["c1f"], name="cast1", to=T.FLOAT),
-             helper.make_node("Mul", ["c1f", "s"], ["h"], name="mul1"),
+    nodes = [helper.make_node("DequantizeLinear", ["w1", "s"], ["w1f"], name="dq1"),
+             helper.make_node("Conv", ["x", "w1f"], ["h"], name="conv1", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["h"], ["r"], name="relu"),
-             helper.make_node("DynamicQuantizeLinear", ["r"], ["rq", "rs", "rzp"], name="dq2"),
-             helper.make_node("ConvInteger", ["rq", "w2", "rzp", "w2_zp"], ["c2"], name="conv2"),
-             helper.make_node("Cast", ["c2"], ["c2f"], name="cast2", to=T.FLOAT),
-             helper.make_node("Mul", ["c2f", "s"], ["y0"], name="mul2"),
+             helper.make_node("DequantizeLinear", ["w2", "s"], ["w2f"], name="dq2"),
+             helper.make_node("Conv", ["r", "w2f"], ["y0"], name="conv2"),
              helper.make_node("Unsqueeze", ["y0", "axes"], ["y"], name="unsqueeze")]
     m = helper.make_model(helper.make_graph(nodes, "g", [x, axes], [y], inits),
-                          opset_imports=[helper.make_opsetid("", 13)])
-    m.ir_version = 7
+                          opset_imports=[helper.make_opsetid("", 19)])
+    m.ir_version = 9
     return m
 
 
@@ -67,7 +61,8 @@ def if_model() -> onnx.ModelProto:
     return m
 
 
-CASES = {"convinteger": (convinteger_model, "compute on integer weights (ConvInteger)", "w1 (uint8 8x3x3x3"),
+CASES = {"float8": (float8_model, "quantized (DequantizeLinear of float8_e4m3fn), a form that is not pruned",
+                    "w1 (float8_e4m3fn 8x3x3x3"),
          "if": (if_model, "inside the subgraphs of If 'branch'", None)}
 
 
@@ -95,26 +90,25 @@ def test_analyze_says_why_there_are_no_groups(tmp_path: Path, name: str):
 
 
 def test_analyze_lists_a_few_uncovered_weights_and_all_with_verbose(tmp_path: Path):
-    """Eight quantized layers: five shown and a count; -v shows all eight."""
+    """Eight float8-quantized layers: five shown and a count; -v shows all eight."""
     x = helper.make_tensor_value_info("x", T.FLOAT, [1, 8])
     nodes, inits, h = [], [], "x"
     for i in range(8):
-        inits += [numpy_helper.from_array(np.ones((8, 8), np.int8), f"wq{i}"),
-                  numpy_helper.from_array(np.array(0.1, np.float32), f"s{i}"),
-                  numpy_helper.from_array(np.array(0, np.int8), f"z{i}")]
-        nodes += [helper.make_node("DequantizeLinear", [f"wq{i}", f"s{i}", f"z{i}"], [f"w{i}"], name=f"dq{i}"),
+        inits += [helper.make_tensor(f"wq{i}", T.FLOAT8E4M3FN, [8, 8], np.ones(64).tolist()),
+                  numpy_helper.from_array(np.array(0.1, np.float32), f"s{i}")]
+        nodes += [helper.make_node("DequantizeLinear", [f"wq{i}", f"s{i}"], [f"w{i}"], name=f"dq{i}"),
                   helper.make_node("MatMul", [h, f"w{i}"], [f"h{i}"], name=f"mm{i}")]
         h = f"h{i}"
     graph = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info(h, T.FLOAT, [1, 8])], inits)
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    m.ir_version = 9
     source = tmp_path / "q.onnx"
     onnx.save(m, source)
     short = CliRunner().invoke(main, ["analyze", str(source)]).output
     assert "weights no group covers (8" in short and "... and 3 more (-v lists all)" in short
-    assert "quantized (DequantizeLinear)" in short
+    assert "quantized (DequantizeLinear of float8_e4m3fn)" in short
     full = CliRunner().invoke(main, ["analyze", "-v", str(source)]).output
-    assert all(f"wq{i} (int8 8x8" in full for i in range(8)) and "more (-v" not in full
+    assert all(f"wq{i} (float8_e4m3fn 8x8" in full for i in range(8)) and "more (-v" not in full
 
 
 def test_a_model_pruned_to_nothing_at_these_settings_is_a_byte_copy(tmp_path: Path):

@@ -35,6 +35,10 @@ def _all_nodes(graph: gs.Graph):
 
 
 def _dtype_name(dtype) -> str:
+    if isinstance(dtype, (int, np.integer)) and not isinstance(dtype, bool):  # an ONNX type number (float8)
+        import onnx
+
+        return onnx.TensorProto.DataType.Name(int(dtype)).lower()
     try:
         return np.dtype(dtype).name
     except TypeError:
@@ -71,8 +75,11 @@ def nothing_to_prune(analysis: Analysis) -> str:
     holders, inner = _subgraph_layers(analysis.graph)
     parts = []
     if quantized:
-        parts.append(f"the weights of {len(quantized)} layers are quantized (DequantizeLinear), and quantized "
-                     "weights are not pruned")
+        kinds = sorted({_dtype_name(n.inputs[1].inputs[0].inputs[0].dtype) for n in quantized
+                        if n.inputs[1].inputs and n.inputs[1].inputs[0].inputs})
+        parts.append(f"the weights of {len(quantized)} layers are quantized (DequantizeLinear of "
+                     f"{', '.join(kinds) or 'computed values'}), a form that is not pruned (8- to 32-bit "
+                     "integer weights are)")
     if integer:
         ops = sorted({n.op for n in integer})
         parts.append(f"{len(integer)} layers compute on integer weights ({', '.join(ops)}), which are not pruned")

@@ -44,16 +44,26 @@ class SliceSite:
     #: consecutive channels of the node's input each index of ``axis`` covers (a quantization
     #: block of MatMulNBits' packed weight); 1 for every unpacked weight
     unit: int = 1
+    #: an integer weight's dequantization (``dequantize(raw)``, ``zeroed(raw, axis, index)``:
+    #: ops/quantized.py's IntegerWeight), None for float weights
+    decode: object = None
+
+    @property
+    def raw_values(self) -> np.ndarray:
+        """The constant's stored values (read on demand, not kept, for external data)."""
+        return np.asarray(read_values(self.node.inputs[self.input_index]))
 
     @property
     def values(self) -> np.ndarray:
-        """The weight's current values (read on demand, not kept, for external data); for a
-        packed (quantized) weight, the float values it stands for (``OpSpec.weight_values``)."""
+        """The weight's current values, as floats: dequantized where it is stored as integers
+        (``decode``) or packed (``OpSpec.weight_values``)."""
+        if self.decode is not None:
+            return self.decode.dequantize(self.raw_values)
         from ..ops.registry import spec_for
 
         unpack = spec_for(self.node).weight_values
         values = unpack(self.node, self.input_index) if unpack is not None else None
-        return np.asarray(read_values(self.node.inputs[self.input_index]) if values is None else values)
+        return self.raw_values if values is None else np.asarray(values)
 
 
 class Edit:
@@ -141,8 +151,15 @@ class State:
             return
         self.tracks[tensor.name] = Track(axis, atoms, rank)
 
-    def site(self, node: gs.Node, input_index: int, axis: int, atoms: np.ndarray, role: str, unit: int = 1) -> None:
-        self.sites.append(SliceSite(node, input_index, axis, atoms, role, unit))
+    def site(self, node: gs.Node, input_index: int, axis: int, atoms: np.ndarray, role: str, unit: int = 1,
+             decode: object = None) -> None:
+        site = SliceSite(node, input_index, axis, atoms, role, unit, decode)
+        self.sites.append(site)
+        # a constant stored in another form (a folded DequantizeLinear's codec) may constrain
+        # which channels can go together (whole quantization blocks)
+        constrain = getattr(getattr(node.inputs[input_index], "codec", None), "constrain", None)
+        if constrain is not None:
+            constrain(self, site)
 
     def edit(self, edit: Edit) -> None:
         self.edits.append(edit)

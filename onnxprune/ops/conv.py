@@ -9,8 +9,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..analysis.edits import SetAttrToKeptCount
-from ..analysis.state import State, UnsupportedPattern, const, has_input, set_const_input
-from .linear_view import LinearView
+from ..analysis.state import State, UnsupportedPattern, const, has_input
+from .linear_view import LinearView, store
 from .probe import LayerSpec, Probe
 from .registry import Shapes, register, rule
 
@@ -207,19 +207,22 @@ class ConvView(LinearView):
         w = const(self.node.inputs[1])
         return w.reshape(w.shape[0], -1).T
 
-    def set_weight(self, w: np.ndarray) -> None:
+    def stored_weight(self, w: np.ndarray) -> np.ndarray:
         old = const(self.node.inputs[1])
-        set_const_input(self.node, 1, w.T.reshape(old.shape).astype(old.dtype))
+        return w.T.reshape(old.shape).astype(old.dtype)
 
     def bias(self) -> np.ndarray:
         n = const(self.node.inputs[1]).shape[0]
         b = const(self.node.inputs[2]) if len(self.node.inputs) > 2 and self.node.inputs[2].name else None
         return np.zeros(n) if b is None else np.broadcast_to(b, (n,)).astype(np.float64)
 
+    def bias_slot(self):
+        return (self.node, 2) if len(self.node.inputs) > 2 and self.node.inputs[2].name else None
+
     def set_bias(self, b: np.ndarray, graph: gs.Graph) -> None:
         dtype = const(self.node.inputs[1]).dtype
-        if len(self.node.inputs) > 2 and self.node.inputs[2].name:
-            set_const_input(self.node, 2, b.astype(dtype))
+        if self.bias_slot():
+            store(self.node, 2, b.astype(dtype), factor=getattr(self, "widened", None))
         else:
             self.node.inputs.append(gs.Constant(f"{self.node.name}__input2", b.astype(dtype)))
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ..analysis.state import set_const_input
+
 #: Rows sampled per layer and calibration sample (conv patches can be many), on average over a
 #: batch: keeps memory and time bounded, and the same whatever batch the samples came in.
 MAX_ROWS_PER_SAMPLE = 256
@@ -58,11 +60,52 @@ class LinearView:
     def weight(self) -> np.ndarray:
         raise NotImplementedError
 
-    def set_weight(self, w: np.ndarray) -> None:
+    def stored_weight(self, w: np.ndarray) -> np.ndarray:
+        """A ``weight()``-shaped matrix in the layout (and dtype) of the layer's weight constant."""
         raise NotImplementedError
+
+    #: the axis of the weight constant that holds the layer's outputs
+    out_axis = 0
+
+    def set_weight(self, w: np.ndarray) -> None:
+        #: a quantized weight's scales widened for the refit (the bias follows them), or None
+        self.widened = store(self.node, 1, self.stored_weight(w), widen_axis=self.out_axis)
+
+    def bias_slot(self) -> tuple[gs.Node, int] | None:
+        """The (node, input) holding the bias constant, None when there is none yet."""
+        return None
+
+    def refit_refused(self, w: np.ndarray) -> str | None:
+        """Why a refit weight ``w`` cannot be stored, or None. A quantized weight (a folded
+        DequantizeLinear's codec) is requantized on its scales, widened per channel where the
+        refit needs it, and a quantized bias then follows them (see ``Dequantized.snap``)."""
+        codec = getattr(self.node.inputs[1], "codec", None)
+        if codec is None:
+            return None
+        _, new, why = codec.snap(self.stored_weight(w), widen_axis=self.out_axis)
+        slot = self.bias_slot()
+        bias_codec = getattr(slot[0].inputs[slot[1]], "codec", None) if slot else None
+        if why is None and new.factor is not None and bias_codec is not None:
+            why = bias_codec.snap(np.asarray(slot[0].inputs[slot[1]].values), factor=new.factor)[2]
+        return why
 
     def bias(self) -> np.ndarray:
         raise NotImplementedError
 
     def set_bias(self, b: np.ndarray, graph: gs.Graph) -> None:
         raise NotImplementedError
+
+
+def store(node: gs.Node, index: int, values: np.ndarray, widen_axis: int | None = None, factor=None):
+    """Set a layer parameter; a quantized one (its codec) is requantized (``Dequantized.snap``),
+    the float values rounded to what the written model holds. Returns how its scales widened."""
+    codec = getattr(node.inputs[index], "codec", None)
+    if codec is not None:
+        values, codec, why = codec.snap(values, widen_axis=widen_axis, factor=factor)
+        if why:
+            raise ValueError(why)  # refit_refused says so first
+    set_const_input(node, index, values)
+    if codec is not None:
+        node.inputs[index].codec = codec
+        return codec.factor
+    return None

@@ -9,9 +9,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..analysis.provenance import aligned, broadcast, dim_of, rank_of
-from ..analysis.state import State, UnsupportedPattern, const, rank, set_const_input
+from ..analysis.state import State, UnsupportedPattern, const, rank
 from .conv import bias_site
-from .linear_view import LinearView
+from .linear_view import LinearView, store
 from .probe import LayerSpec, Probe
 from .registry import Shapes, dims, register, rule
 
@@ -195,10 +195,10 @@ class MatrixView(LinearView):
         w = const(self.node.inputs[1])
         return w.T if self.node.op == "Gemm" and int(self.node.attrs.get("transB", 0)) else w
 
-    def set_weight(self, w: np.ndarray) -> None:
+    def stored_weight(self, w: np.ndarray) -> np.ndarray:
         old = const(self.node.inputs[1])
         new = w.T if self.node.op == "Gemm" and int(self.node.attrs.get("transB", 0)) else w
-        set_const_input(self.node, 1, np.ascontiguousarray(new).astype(old.dtype))
+        return np.ascontiguousarray(new).astype(old.dtype)
 
     def _bias_add(self) -> gs.Node | None:
         out = self.node.outputs[0]
@@ -209,6 +209,16 @@ class MatrixView(LinearView):
             if b is not None and b.size == self.weight().shape[1] and b.shape[-1] == b.size:
                 return add
         return None
+
+    @property
+    def out_axis(self) -> int:
+        return 0 if self.node.op == "Gemm" and int(self.node.attrs.get("transB", 0)) else 1
+
+    def bias_slot(self):
+        if self.node.op == "Gemm":
+            return (self.node, 2) if len(self.node.inputs) > 2 and self.node.inputs[2].name else None
+        add = self._bias_add()
+        return None if add is None else (add, 1 if add.inputs[0] is self.node.outputs[0] else 0)
 
     def bias(self) -> np.ndarray:
         n = self.weight().shape[1]
@@ -226,14 +236,14 @@ class MatrixView(LinearView):
         b = b.astype(dtype)
         if self.node.op == "Gemm":
             if len(self.node.inputs) > 2 and self.node.inputs[2].name:
-                set_const_input(self.node, 2, b)
+                store(self.node, 2, b, factor=getattr(self, "widened", None))
             else:
                 self.node.inputs.append(gs.Constant(f"{self.node.name}__input2", b))
             return
         add = self._bias_add()
         if add is not None:
             i = 1 if add.inputs[0] is self.node.outputs[0] else 0
-            set_const_input(add, i, b.reshape(const(add.inputs[i]).shape))
+            store(add, i, b.reshape(const(add.inputs[i]).shape), factor=getattr(self, "widened", None))
             return
         out = self.node.outputs[0]
         raw = gs.Variable(f"{out.name}__unbiased", dtype=out.dtype)

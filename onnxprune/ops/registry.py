@@ -76,7 +76,7 @@ class OpSpec:
     #: inputs holding the layer's parameters (weights, biases, normalisation parameters):
     #: constant folding materialises them even where that makes them larger than what computes them
     parameter_inputs: tuple[int, ...] | None = None
-    #: it computes on integer (quantized) weights, which the analysis has no rule for
+    #: it computes on integer (quantized) weights
     integer_layer: bool = False
     #: ONNX Runtime implements it in the default (ai.onnx) domain, which ONNX itself does not
     #: define (the GenAI model builder writes such nodes): loading accepts it instead of refusing
@@ -95,6 +95,10 @@ class OpSpec:
     #: (input index, axis) of a packed weight -> the (input index, axis) whose entries set to zero
     #: zero its weights there (MatMulNBits: the scales), for the oracle's zeroed model
     zero_through: Callable[[int, int], tuple] | None = None
+    #: (node) -> (float values, codec) for a node of constants that stores a float constant in
+    #: another form (DequantizeLinear), or None: normalize folds it into the float constant with
+    #: the codec attached (``codec.sliced``, ``codec.snap``, ``codec.computation``: see ops/quantized.py)
+    decode: Callable[[gs.Node], Any] | None = None
 
 
 #: op specs by key: the op type, or ``"domain:Op"`` for non-default domains
@@ -163,7 +167,8 @@ def weight_layer_types() -> tuple[str, ...]:
 
 
 def quantized_weight(node: gs.Node) -> bool:
-    """A weight layer whose weight comes out of DequantizeLinear (QDQ): it is left as it is."""
+    """A weight layer whose weight still comes out of DequantizeLinear after normalize (a form it
+    does not fold: int4, float8, parameters computed at run time): it is left as it is."""
     return spec_for(node).weight_layer and len(node.inputs) > 1 and \
         any(p.op == "DequantizeLinear" for p in node.inputs[1].inputs)
 
@@ -181,6 +186,11 @@ def integer_layer(node: gs.Node) -> bool:
 def runtime_extensions() -> frozenset[str]:
     """Default-domain op types that ONNX Runtime implements beyond ONNX (see :attr:`OpSpec.runtime_extension`)."""
     return frozenset(k for k, s in REGISTRY.items() if s.runtime_extension)
+
+
+def decoder(node: gs.Node) -> Callable[[gs.Node], Any] | None:
+    """How to fold ``node`` (all inputs constant) into the float constant it stores (see :attr:`OpSpec.decode`)."""
+    return spec_for(node).decode
 
 
 def linear_view_for(node: gs.Node) -> type | None:
