@@ -26,7 +26,7 @@ import onnx_graphsurgeon as gs
 from .analysis.cache_io import cut_feeds
 from .analysis.state import const, set_const_input
 from .calibration.data import CalibrationBatch, runs_of
-from .calibration.stats import cross_product
+from .calibration.stats import PendingRows, cross_product
 from .ops import linear_view_for
 from .ops.linear_view import MAX_ROWS_PER_SAMPLE, LinearView
 from .report.progress import Progress
@@ -53,6 +53,31 @@ class _Accumulator:
     s_tt: float = 0.0
     n: int = 0
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+    #: the original layer's weight and bias (kept outputs) in float32: the target is ``rows_o @ W + b``
+    target_weight: tuple[np.ndarray, np.ndarray] | None = None
+    pending: PendingRows = field(default_factory=PendingRows)  # rows whose products are not taken yet
+
+    def add(self, rows: np.ndarray, rows_o: np.ndarray, drift: np.ndarray | None) -> None:
+        """Hold one batch's rows (pruned input, original input, and the residual's drift where the
+        layer has one); their products are taken in blocks of many batches."""
+        self.n += rows.shape[0]
+        if self.pending.add(rows, rows_o, *(() if drift is None else (drift,))):
+            self.flush()
+
+    def flush(self) -> None:
+        """Add the held rows' products (float32 products per block, float64 sums across blocks)."""
+        if not self.pending.rows:
+            return
+        rows, rows_o, *drift = self.pending.take()
+        w, b = self.target_weight
+        target = rows_o @ w + b
+        if drift:
+            target += drift[0]
+        rows = np.hstack([rows, np.ones((rows.shape[0], 1), np.float32)])
+        self.g += cross_product(rows, rows)
+        self.b += cross_product(rows, target)
+        self.s_t += target.sum(axis=0, dtype=np.float64)
+        self.s_tt += float(np.einsum("ij,ij->", target, target, dtype=np.float64))
 
 
 def reconstruct(original: gs.Graph, pruned: gs.Graph, consumers: list[tuple], calibration: Iterable[dict],
@@ -154,32 +179,31 @@ def _accumulate(acc: dict, name: str, run, vo: LinearView, vp: LinearView, x_o: 
 
     The target is the original layer's output, plus, with ``residual`` (its value in the original
     and the pruned model), how far the residual it is added to has drifted."""
-    w_o, b_o = vo.target_weight()
     folds = acc.get(name)
     if folds is None:
+        w_o, b_o = vo.target_weight()
+        weight = w_o.astype(np.float32), b_o.astype(np.float32)
         k = vp.weight().shape[0] + 1
-        folds = acc[name] = [_Accumulator(np.zeros((k, k)), np.zeros((k, w_o.shape[1])), np.zeros(w_o.shape[1]))
-                             for _ in range(2)]
+        folds = acc[name] = [_Accumulator(np.zeros((k, k)), np.zeros((k, w_o.shape[1])), np.zeros(w_o.shape[1]),
+                                          target_weight=weight) for _ in range(2)]
     a = folds[run.chunk % 2]
     pick = vp.pick(x_p, a.rng, run.samples, rows_per_sample)
-    # float32 products per batch, float64 sums across batches: half the time, ample precision
-    target = vo.rows(x_o, pick).astype(np.float32) @ w_o.astype(np.float32) + b_o.astype(np.float32)
-    if residual is not None and residual[0].shape == residual[1].shape:
-        drift = vo.out_rows(residual[0], pick) - vo.out_rows(residual[1], pick)
-        if drift.shape == target.shape:
-            target += drift
-    rows = vp.rows(x_p, pick).astype(np.float32)
-    rows = np.hstack([rows, np.ones((rows.shape[0], 1), np.float32)])
-    a.g += cross_product(rows, rows)
-    a.b += cross_product(rows, target)
-    a.s_t += target.sum(axis=0, dtype=np.float64)
-    a.s_tt += float((target.astype(np.float64) ** 2).sum())
-    a.n += rows.shape[0]
+    rows_o = vo.rows(x_o, pick).astype(np.float32, copy=False)
+    drift = None
+    if residual is not None:  # a layer with a residual holds a drift for every batch (zero where none)
+        m = a.target_weight[0].shape[1]
+        drift = np.zeros((rows_o.shape[0], m), np.float32)
+        if residual[0].shape == residual[1].shape:
+            d = vo.out_rows(residual[0], pick) - vo.out_rows(residual[1], pick)
+            if d.shape == drift.shape:
+                drift = d.astype(np.float32, copy=False)
+    a.add(vp.rows(x_p, pick).astype(np.float32, copy=False), rows_o, drift)
 
 
 def _merged(folds: list[_Accumulator]) -> _Accumulator:
     a, b = folds
-    return _Accumulator(a.g + b.g, a.b + b.b, a.s_t + b.s_t, a.s_tt + b.s_tt, a.n + b.n)
+    return _Accumulator(a.g + b.g, a.b + b.b, a.s_t + b.s_t, a.s_tt + b.s_tt, a.n + b.n,
+                        target_weight=a.target_weight)
 
 
 def _relative_error(a: _Accumulator, wa: np.ndarray) -> float:
@@ -216,6 +240,8 @@ def _solve(folds: list[_Accumulator], vp: LinearView, report: LayerReport, graph
     Candidates: the layer as it is, bias only, and (lstsq) ridge solutions over ``RIDGE_GRID``
     (or the given ``ridge``). A layer is never changed for the worse on held-out rows.
     """
+    for fold in folds:
+        fold.flush()
     whole = _merged(folds)
     if not _finite(whole):
         report.skipped = NON_FINITE

@@ -57,9 +57,11 @@ def test_stages_capture_what_a_whole_run_does_and_run_each_node_once(max_bytes):
 
 def test_reconstruction_does_not_depend_on_what_is_kept_between_waves(monkeypatch):
     """The kept cut holds the pruned model's tensors upstream of the refit layers only: a run
-    that keeps nothing (every wave from the inputs, after the earlier waves' refits) agrees."""
+    that keeps nothing (every wave from the inputs, after the earlier waves' refits) agrees.
+    Enough samples that every refit has more rows than unknowns: an underdetermined one turns
+    float32 rounding (ONNX Runtime fuses differently across a cut) into changes of any size."""
     model = onnx.load(MODELS / "resnet_small.onnx")
-    calib = [{"input": np.random.default_rng(i).standard_normal((1, 3, 32, 32)).astype(np.float32)} for i in range(6)]
+    calib = [{"input": np.random.default_rng(i).standard_normal((1, 3, 32, 32)).astype(np.float32)} for i in range(24)]
     kept = prune(model, ratio=0.5, criterion="fluctuation", calibration=calib)
     monkeypatch.setattr(capture_module, "MAX_CACHE_BYTES", 0)
     fresh = prune(model, ratio=0.5, criterion="fluctuation", calibration=calib)
