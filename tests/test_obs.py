@@ -189,3 +189,24 @@ def test_large_groups_go_in_chunks_and_still_rank_by_refit_error(monkeypatch):
     assert len(set(chunked.tolist())) == len(chunked) and len(set(one_chunk.tolist())) == len(one_chunk)
     assert np.argmin(chunked) == np.argmin(exact) == np.argmin(one_chunk)  # the first pick is the same
     assert not np.array_equal(np.argsort(one_chunk), np.argsort(exact))  # one chunk ignores interactions
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_held_updates_remove_the_same_channels_as_immediate_ones(monkeypatch, k):
+    """Holding the H⁻¹ updates back (thin factors applied in blocks) is the same arithmetic
+    reordered: the greedy removal order and the scores match updating at once."""
+    rng = np.random.default_rng(3)
+    n, m = 159, 12
+    x = rng.standard_normal((400, n)) @ rng.standard_normal((n, n))
+    h = x.T @ x
+    hinv = np.linalg.inv(h + 0.01 * np.mean(np.diag(h)) * np.eye(n))
+    w = rng.standard_normal((n, m))
+    results = []
+    for min_rows, rank in ((10 ** 9, 256), (0, 7)):
+        monkeypatch.setattr(obs_module, "LAZY_MIN_ROWS", min_rows)
+        monkeypatch.setattr(obs_module, "LAZY_RANK", rank)
+        consumer = obs_module._Consumer(hinv.copy(), w.copy(), np.arange(n // k), k, 1.0)
+        results.append(obs_module._greedy([consumer], n // k))
+    immediate, held = results
+    assert np.array_equal(np.argsort(immediate, kind="stable"), np.argsort(held, kind="stable"))
+    np.testing.assert_allclose(held, immediate, rtol=1e-9)

@@ -41,14 +41,25 @@ DAMP = 1e-2
 COMPACT_AT = 0.8
 
 
+#: Updates of ``H⁻¹`` held back before they are applied: each removal's Schur complement is a
+#: product of thin factors, applied together as one matrix product per this many rows (compute
+#: bound) instead of one pass over the whole matrix per removal (memory bound). The columns and
+#: diagonal a step reads are brought up to date from the factors held.
+LAZY_RANK = 256
+#: Smaller matrices are updated at once (they stay in cache, where holding buys nothing).
+LAZY_MIN_ROWS = 1024
+
+
 @dataclass
 class _Consumer:
     """One consuming layer, restricted to the rows of one group's channels, in class blocks.
 
     A removed block's rows and columns of ``H⁻¹`` (and its weight rows) become zero through the
-    update itself, so blocks are only marked gone and the arrays compacted now and then."""
+    update itself, so blocks are only marked gone and the arrays compacted now and then.
+    ``H⁻¹`` is ``hinv - left @ right`` (updates not applied yet, ``LAZY_RANK``); its diagonal
+    (its diagonal blocks, for blocks of several rows) is kept current."""
 
-    hinv: np.ndarray  # (q*k, q*k) inverse Hessian of the rows still held
+    hinv: np.ndarray  # (q*k, q*k) inverse Hessian of the rows still held (before the held updates)
     w: np.ndarray  # (q*k, outputs) their weights
     classes: np.ndarray  # (q,) class index (within the group) of each block held
     k: int  # rows per channel (its block)
@@ -57,6 +68,12 @@ class _Consumer:
     def __post_init__(self):
         self.alive = np.ones(len(self.classes), dtype=bool)
         self.position = {int(c): i for i, c in enumerate(self.classes)}
+        q, k = len(self.classes), self.k
+        self.diag = np.diagonal(self.hinv).copy()
+        self.blocks = self.hinv.reshape(q, k, q, k)[np.arange(q), :, np.arange(q), :].copy() if k > 1 else None
+        n = self.hinv.shape[0]
+        rank = LAZY_RANK if n >= LAZY_MIN_ROWS else 0
+        self._left, self._right, self._held = np.zeros((n, rank)), np.zeros((rank, n)), 0
 
     def losses(self, n: int) -> np.ndarray:
         """Per class of the group: the error added by removing it next (0 for gone ones)."""
@@ -64,38 +81,53 @@ class _Consumer:
         live = np.flatnonzero(self.alive)
         q, k = len(self.classes), self.k
         if k == 1:
-            diag = np.diagonal(self.hinv)[live]
-            out[self.classes[live]] = np.einsum("ij,ij->i", self.w, self.w)[live] / diag
+            out[self.classes[live]] = np.einsum("ij,ij->i", self.w[live], self.w[live]) / self.diag[live]
         else:
-            blocks = self.hinv.reshape(q, k, q, k)[live, :, live, :]
             wb = self.w.reshape(q, k, -1)[live]
-            out[self.classes[live]] = (wb * np.linalg.solve(blocks, wb)).sum(axis=(1, 2))
+            out[self.classes[live]] = (wb * np.linalg.solve(self.blocks[live], wb)).sum(axis=(1, 2))
         return out / self.energy
 
     def remove(self, classes: list[int]) -> None:
         """Drop channels together: OBS update of the weights, Schur complement of ``H⁻¹``."""
         ps = [self.position[c] for c in classes]
-        if self.k == 1 and len(ps) == 1:  # the common case, as outer products
-            p = ps[0]
-            col = self.hinv[:, p].copy()
-            col_scaled = col / col[p]
-            self.w -= np.outer(col_scaled, self.w[p])
-            _subtract_in_blocks(self.hinv, col[:, None], col_scaled[None, :])
-        else:
-            rows = (np.asarray(ps)[:, None] * self.k + np.arange(self.k)).ravel()
-            col = self.hinv[:, rows]
-            col_scaled = col @ np.linalg.inv(col[rows])
-            self.w -= col_scaled @ self.w[rows]
-            _subtract_in_blocks(self.hinv, col_scaled, col.T)  # H⁻¹ is symmetric: its row block is col.T
+        rows = (np.asarray(ps)[:, None] * self.k + np.arange(self.k)).ravel()
+        col = self.hinv[:, rows]
+        if self._held:
+            col = col - self._left[:, :self._held] @ self._right[:self._held, rows]
+        col_scaled = col / col[rows] if len(rows) == 1 else col @ np.linalg.inv(col[rows])
+        _subtract_in_blocks(self.w, col_scaled, self.w[rows])  # a copy: the rows are read first
+        self.diag -= np.einsum("ij,ij->i", col_scaled, col)
+        if self.blocks is not None:
+            q = len(self.classes)
+            self.blocks -= np.einsum("qai,qbi->qab", col_scaled.reshape(q, self.k, -1), col.reshape(q, self.k, -1))
+        self._hold(col_scaled, col.T)  # H⁻¹ is symmetric: its row block is col.T
         self.alive[ps] = False
         if self.alive.sum() <= COMPACT_AT * len(self.alive) and self.alive.any():
             self._compact()
+
+    def _hold(self, left: np.ndarray, right: np.ndarray) -> None:
+        """Hold the update ``H⁻¹ -= left @ right``, applying what is held when it is full."""
+        r, rank = left.shape[1], self._left.shape[1]
+        if self._held + r > rank:
+            self._apply()
+        if r > rank:
+            _subtract_in_blocks(self.hinv, left, right)
+            return
+        self._left[:, self._held:self._held + r] = left
+        self._right[self._held:self._held + r] = right
+        self._held += r
+
+    def _apply(self) -> None:
+        if self._held:
+            _subtract_in_blocks(self.hinv, self._left[:, :self._held], self._right[:self._held])
+            self._held = 0
 
     def cost(self) -> float:
         """Multiply-adds of removing every channel one at a time (a rank-k update each)."""
         return float(len(self.classes)) * self.k * float(self.hinv.shape[0]) ** 2 * 0.6
 
     def _compact(self) -> None:
+        self._apply()
         keep = np.repeat(self.alive, self.k)
         self.hinv = np.ascontiguousarray(self.hinv[np.ix_(keep, keep)])
         self.w = self.w[keep]
