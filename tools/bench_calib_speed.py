@@ -8,7 +8,13 @@ Models (built here with ``onnx.helper``, random weights from a fixed seed, nothi
   ``--det-size`` (default 736x1952) on ``--det-samples`` (24) inputs;
 - ``resnet50``: the ResNet-50 v1.5 layout (bottlenecks 3-4-6-3, BN folded into conv biases) at
   224x224 on ``--resnet-samples`` (64) inputs;
+- ``minilm``: all-MiniLM-L6-v2 with its real weights and 1,024 calibration sentences in length
+  buckets (``tools/export_minilm.py --only torchscript`` and ``tools/minilm_calib_buckets.py``
+  write them to ``--minilm-dir``, default ``build/minilm``);
 - any committed model given with ``--model NAME=PATH:SAMPLES`` (random inputs of its shape).
+
+``--base REV`` times the code of a git revision (checked out in a worktree under the work
+folder) as ``before`` against this working tree as ``after``, so one run shows both.
 
 Each model is pruned by every ``--tree`` (a source tree put first on PYTHONPATH, e.g. a frozen
 worktree of the base commit and the working tree), interleaved in rounds so that load drifts
@@ -16,6 +22,7 @@ affect both alike. Reported: wall time per run and the fidelity the run itself m
 output cosine on the calibration data, from ``--report``). Usage::
 
     python tools/bench_calib_speed.py --tree before=/tmp/before --tree after=. [--models detector resnet50]
+    python tools/bench_calib_speed.py --base main --models detector resnet50 minilm
 """
 
 from __future__ import annotations
@@ -143,6 +150,8 @@ def write_samples(folder: Path, name: str, images: np.ndarray) -> None:
 
 def prepare(name: str, work: Path, args) -> tuple[Path, Path]:
     model_path, data = work / f"{name}.onnx", work / f"{name}_calib"
+    if name == "minilm":
+        return Path(args.minilm_dir) / "minilm_torchscript.onnx", Path(args.minilm_dir) / "calib_buckets"
     if name == "detector":
         h, w = args.det_size
         model, inputs = detector(), ("x", args.det_samples, (3, h, w))
@@ -180,6 +189,16 @@ def run_once(tree: Path, model: Path, data: Path, out_dir: Path, tag: str, threa
     return {"seconds": seconds, "cpu": cpu, "cosine": min(cosines) if cosines else None}
 
 
+def _worktree(rev: str, work: Path) -> Path:
+    """A detached checkout of ``rev`` under ``work`` (reused when it is already there)."""
+    repo = Path(__file__).resolve().parents[1]
+    commit = subprocess.run(["git", "rev-parse", rev], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+    path = work / f"tree-{commit[:12]}"
+    if not path.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(path), commit], cwd=repo, check=True, capture_output=True)
+    return path
+
+
 def _children_cpu() -> float:
     """User + system CPU seconds of finished child processes (less sensitive to load than wall time)."""
     import resource
@@ -190,8 +209,10 @@ def _children_cpu() -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tree", action="append", required=True, metavar="LABEL=PATH",
+    p.add_argument("--tree", action="append", default=[], metavar="LABEL=PATH",
                    help="source tree to time (repeatable), first on PYTHONPATH")
+    p.add_argument("--base", metavar="REV", help="time git revision REV as 'before' and this tree as 'after'")
+    p.add_argument("--minilm-dir", default=str(Path(__file__).resolve().parents[1] / "build" / "minilm"))
     p.add_argument("--models", nargs="+", default=["detector", "resnet50"])
     p.add_argument("--model", action="append", default=[], metavar="NAME=PATH:SAMPLES")
     p.add_argument("--det-size", type=int, nargs=2, default=(736, 1952))
@@ -202,10 +223,14 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", type=Path, default=None)
     args = p.parse_args(argv)
     trees = [tuple(t.split("=", 1)) for t in args.tree]
-    args.model = {spec.split("=", 1)[0]: (spec.split("=", 1)[1].rsplit(":", 1)[0], int(spec.rsplit(":", 1)[1]))
-                  for spec in args.model}
     work = (args.workdir or Path(tempfile.mkdtemp(prefix="bench_calib_"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    if args.base:
+        trees = [("before", str(_worktree(args.base, work))), ("after", str(Path(__file__).resolve().parents[1]))] + trees
+    if not trees:
+        p.error("give --base REV or --tree LABEL=PATH")
+    args.model = {spec.split("=", 1)[0]: (spec.split("=", 1)[1].rsplit(":", 1)[0], int(spec.rsplit(":", 1)[1]))
+                  for spec in args.model}
     load = os.getloadavg()[0]
     rows = []
     for name in args.models + [m for m in args.model if m not in args.models]:
