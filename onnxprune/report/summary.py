@@ -71,6 +71,7 @@ def prune_summary(ctx: PruningContext) -> str:
         f", calibration {ctx.calibration.description}" if ctx.calibration is not None else
         " (from the weights alone: no calibration data)"))
     rows.extend(search_summary(ctx.report))
+    rows.extend(step_lines(ctx.report))
     recon = ctx.report.get("reconstruction")
     if recon:
         done = [layer for layer in recon["layers"] if layer["error_after"] is not None]
@@ -110,6 +111,35 @@ def config_lines(configs: list[dict]) -> list[str]:
         changes = ", ".join(f"{k} {b} -> {a}" if b is not None else f"{k} {a} (added)"
                             for k, (b, a) in c["changes"].items()) or "unchanged"
         rows.append(f"{c['file']} beside the model (one count for every layer), for the output's folder: {changes}")
+    return rows
+
+
+def step_lines(report: dict) -> list[str]:
+    """With ``--quantize``: size, latency and fidelity after each step (original -> pruned -> quantized)."""
+    from .json_report import quantize_steps
+
+    steps = quantize_steps(report)
+    if not steps:
+        return []
+    q = report["quantization"]
+    how = q["scheme"] + (f" on {q['samples']} calibration samples" if q.get("samples") else "")
+    rows = [f"quantized {q['method']} ({how}, {q['layers']} layers), by ONNX Runtime's quantizer:",
+            f"  {'step':<18}{'size':>10}{'p50 ms':>10}  fidelity vs original (first output)"]
+    for step in steps:
+        p50 = "–" if step["p50_ms"] is None else f"{step['p50_ms']:.3f}"
+        fid = step["fidelity"]
+        if fid:
+            name, v = next(iter(fid.items()))
+            fid_text = f"{name}: cosine {v['mean_cosine']:.4f}, relative error {v['relative_error']:.4f}"
+        elif step["step"] == "original":
+            fid_text = "–"
+        elif step["step"] == "pruned" and not q["pruned"]:
+            fid_text = "the original: nothing removed"
+        else:
+            fid_text = "not measured (no calibration data)"
+        rows.append(f"  {step['step']:<18}{human(step['bytes']) + 'B':>10}{p50:>10}  {fid_text}")
+    if all(step["p50_ms"] is None for step in steps[1:]):
+        rows.append("  (--bench times the three side by side)")
     return rows
 
 
