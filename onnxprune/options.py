@@ -29,7 +29,7 @@ SECTIONS = (INPUT, WHAT, CALIBRATION, RECONSTRUCTION, QUANTIZATION, TARGETS, OUT
 RECONSTRUCT_MODES = ("none", "bias", "lstsq")
 DEFAULT_RATIO = 0.3
 #: ``--quantize`` methods (``runtime/quantize.py`` applies them)
-QUANTIZE_METHODS = ("int8", "int4")
+QUANTIZE_METHODS = ("int8", "int8-dynamic", "int4")
 
 
 @dataclass(frozen=True)
@@ -159,12 +159,13 @@ class PruneOptions:
     ridge: float | None = _opt(
         flag="--ridge", group=RECONSTRUCTION, kind="float", metavar="STRENGTH",
         help="Ridge strength of the least-squares refit [default: chosen per layer on held-out calibration rows].")
-    #: after pruning and reconstruction: "int8" (static QDQ with calibration data, dynamic without) or "int4"
+    #: after pruning and reconstruction: "int8" (static QDQ with calibration data, dynamic without),
+    #: "int8-dynamic" (dynamic whatever the data) or "int4"
     quantize: str | None = _opt(
-        flag="--quantize", group=QUANTIZATION, kind=QUANTIZE_METHODS, metavar="int8|int4",
+        flag="--quantize", group=QUANTIZATION, kind=QUANTIZE_METHODS, metavar="int8|int8-dynamic|int4",
         help="Then quantize with ONNX Runtime's quantizer: int8 (static QDQ on the --calib data, dynamic without "
-        "it) or int4 (MatMul weights in blocks of 32, MatMulNBits); a latency target is then met by the "
-        "quantized model.")
+        "it), int8-dynamic (dynamic even with --calib: better for transformers) or int4 (MatMul weights in "
+        "blocks of 32, MatMulNBits); a latency target is then met by the quantized model.")
     #: one target instead of ``ratio``: latency ("50ms", or ms), FLOPs or params (a fraction or a count)
     target_latency: str | float | None = _opt(
         flag="--target-latency", group=TARGETS, metavar="TIME",

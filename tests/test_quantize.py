@@ -87,6 +87,15 @@ def test_dynamic_int8_without_calibration_matches_the_pruned_model():
     assert "fidelity" not in result.report["quantization"]
 
 
+def test_int8_dynamic_with_calibration_data_is_dynamic():
+    """``int8-dynamic``: the calibration data serves the pruning only."""
+    result = onnxprune.prune(DIGITS, calibration=CALIB, quantize="int8-dynamic")
+    q = result.report["quantization"]
+    assert (q["scheme"], q["samples"], q["calibration"]) == ("dynamic", None, None)
+    assert "DynamicQuantizeLinear" in ops(result.model) and "QuantizeLinear" not in ops(result.model)
+    assert q["fidelity"]["outputs"]["logits"]["mean_cosine"] > 0.9
+
+
 def test_int4_quantizes_matmul_weights_in_blocks():
     result = onnxprune.prune(MODELS / "bert_torchscript.onnx", ratio=0.3, quantize="int4")
     q = result.report["quantization"]

@@ -2,8 +2,10 @@
 
 - ``int8`` with calibration batches: static QDQ (``quantize_static``: int8 weights per channel,
   int8 activations whose ranges come from the batches);
-- ``int8`` without: dynamic (``quantize_dynamic``: int8 weights, activations quantized at run
-  time by ``DynamicQuantizeLinear``);
+- ``int8`` without, and ``int8-dynamic``: dynamic (``quantize_dynamic``: int8 weights,
+  activations quantized at run time by ``DynamicQuantizeLinear``). Transformers keep much more
+  of their outputs this way than with static activation ranges (all-MiniLM-L6-v2: mean
+  embedding cosine 0.993 dynamic, 0.824 static QDQ on 1024 calibration sentences);
 - ``int4``: weight-only, MatMul weights in blocks of :data:`INT4_BLOCK` (``MatMulNBits``).
 
 The tools read and write files and make temporary folders of their own. All of them go in one
@@ -30,7 +32,7 @@ from ..ops.registry import REGISTRY
 from ..tempfiles import temp_folder
 from .session import onnxruntime
 
-METHODS = ("int8", "int4")
+METHODS = ("int8", "int8-dynamic", "int4")
 #: the 4-bit quantizer's block along K (the GenAI model builder's default)
 INT4_BLOCK = 32
 #: MatMulNBits' accuracy level 4: int8 activations inside the kernel (what the GenAI builder uses on CPU)
@@ -97,7 +99,7 @@ def quantize(model: onnx.ModelProto, method: str, batches: Iterable[dict] | None
             if method == "int4":
                 scheme = "MatMulNBits"
                 _int4(src, dst)
-            elif batches is not None:
+            elif batches is not None and method == "int8":
                 scheme = "static QDQ"
                 samples = _static(src, dst, batches, {i.name for i in model.graph.input}, max_samples)
             else:
