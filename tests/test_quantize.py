@@ -246,3 +246,16 @@ def test_latency_candidates_are_timed_quantized(monkeypatch):
         onnxprune.prune(DIGITS, calibration=CALIB, quantize="int8", target_latency="0.000001ms", threads=1)
     assert "out of reach" in str(info.value)
     assert len(calls) >= 2 and set(calls) == {q.TIMING_SAMPLES}  # the unpruned model and the candidates
+
+
+def test_a_stopping_signal_removes_the_quantizer_folder(tmp_path: Path):
+    import signal
+
+    from onnxprune import tempfiles
+
+    with tempfiles.temp_folder(tmp_path, "onnxprune-quantize") as folder:
+        (folder / "augmented_model.onnx").write_bytes(b"x")
+        with pytest.raises(tempfiles.Interrupted):
+            tempfiles._on_signal(signal.SIGTERM, None)  # the handler itself, before any unwinding
+        assert not folder.exists()
+    assert not list(tmp_path.iterdir())

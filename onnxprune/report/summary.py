@@ -177,7 +177,8 @@ def search_summary(report: dict) -> list[str]:
         m = search.get("measurement")
         if m and "pruned" in m:
             p, r = m["pruned"], m["ratio"]
-            rows.append(f"latency p50 {search['baseline']:.3f} -> {search['achieved']:.3f} ms, side by side in the "
+            what = " (quantized: the model that ships)" if search.get("timed_as") == "quantized" else ""
+            rows.append(f"latency p50 {search['baseline']:.3f} -> {search['achieved']:.3f} ms{what}, side by side in the "
                         f"same {p['rounds']} rounds (95% interval of the median {p['median_ci_ms'][0]:.3f}–"
                         f"{p['median_ci_ms'][1]:.3f} ms); speedup "
                         f"{1 / r['median']:.2f}x (per round {1 / r['max']:.2f}–{1 / r['min']:.2f}x)")

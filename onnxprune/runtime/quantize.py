@@ -76,11 +76,15 @@ def quantized_ops(model: onnx.ModelProto) -> list[str]:
     ``integer_layer``, ``decode`` and ``packed_params``): quantizing again is refused."""
     found = set()
     for node in model.graph.node:
-        key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}"
-        spec = REGISTRY.get(key)
+        spec = _spec(node)
         if spec is not None and (spec.integer_layer or spec.decode is not None or spec.packed_params is not None):
             found.add(node.op_type)
     return sorted(found)
+
+
+def _spec(node: onnx.NodeProto):
+    """The op spec of a node of a ``ModelProto`` (``ops.registry.spec_key`` reads graphsurgeon nodes)."""
+    return REGISTRY.get(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}")
 
 
 def quantize(model: onnx.ModelProto, method: str, batches: Iterable[dict] | None = None,
@@ -197,8 +201,7 @@ def quantized_layers(model: onnx.ModelProto) -> int:
                    for o in n.output}
     count = 0
     for node in model.graph.node:
-        key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}"
-        spec = REGISTRY.get(key)
+        spec = _spec(node)
         if spec is None:
             continue
         if spec.integer_layer or spec.packed_params is not None or \
