@@ -164,7 +164,8 @@ def table(setup: dict, rows: list[dict], threads: int) -> str:
             lines.append(f"| {r['model']} | – | {r['note']} | – | – |")
             continue
         quality = (f"{r['accuracy']:.4f} ({r['agreement']:.4f})" if metric == "accuracy" else f"{r['cosine']:.4f}")
-        lines.append(f"| {r['model']} | {r['bytes'] / 1e6:.3g} MB | {quality} | {r['p50_ms']:.3f} ms | "
+        size = f"{r['bytes'] / 1e6:.1f} MB" if r["bytes"] >= 1e6 else f"{r['bytes'] / 1e3:.1f} kB"
+        lines.append(f"| {r['model']} | {size} | {quality} | {r['p50_ms']:.3f} ms | "
                      f"{r['latency_vs_float']:.2f}x |")
     return "\n".join(lines)
 

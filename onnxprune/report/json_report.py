@@ -38,6 +38,7 @@ def _settings(ctx: PruningContext) -> dict[str, Any]:
             "prune": list(o.prune), "round_to": o.round_to, "reconstruct": o.reconstruct, "calib_samples": o.calib_samples,
             "calib_rows": o.calib_rows,
             "calibration": ctx.calibration.description if ctx.calibration is not None else None,
+            "quantize": o.quantize,
             "provider": o.provider, "threads": o.threads, "input_shapes": o.input_shapes or None,
             "latency_table": str(o.latency_table) if o.latency_table is not None and
             not hasattr(o.latency_table, "layers") else None}
