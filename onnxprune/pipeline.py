@@ -153,7 +153,7 @@ def prune(model: onnx.ModelProto | str | os.PathLike, options: PruneOptions | No
     iterable of input dicts) enables activation criteria (default ``obs``), reconstruction
     (default ``lstsq``; ``"bias"`` or ``"none"`` to change it) and the fidelity report.
     ``benchmark=True`` times the original and the pruned model side by side at the end
-    (``report["benchmark"]``). ``quantize="int8"`` or ``"int4"`` then quantizes the pruned model
+    (``report["benchmark"]``). ``quantize="int8"``, ``"int8-dynamic"`` or ``"int4"`` then quantizes the pruned model
     with ONNX Runtime's quantizer (``result.model`` is the quantized one; ``report["quantization"]``),
     its temporary files in ``work_dir`` (default: the system's temporary folder). ``log``
     receives progress lines of a latency search.
