@@ -4,8 +4,8 @@
 Works for the decoders ``tools/train_tiny_lm.py`` exports, pruned or not: the dynamo export with a
 KV cache (``input_ids``, ``attention_mask``, ``position_ids``, ``past_key_values.N.key/value`` in;
 ``logits``, ``present.N.key/value`` out) and ONNX Runtime GenAI builder folders (the same without
-``position_ids``; GroupQueryAttention; fp32, fp16 or int4). MODEL is a ``.onnx`` file or a GenAI
-folder (its ``genai_config.json`` names the model).
+``position_ids``; GroupQueryAttention; fp32, fp16 or int4). MODEL is a ``.onnx`` file, a GenAI
+folder (its ``genai_config.json`` names the model) or an optimum folder (``model.onnx``).
 
 - **perplexity**: each held-out sequence (an ``(N, T)`` int array of token ids in a ``.npy``, as
   ``train_tiny_lm.py`` writes ``heldout.npy``) is run whole with an empty past; the mean negative
@@ -36,7 +36,10 @@ CACHE = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 def model_path(path: str) -> str:
     """The model file of MODEL: the file itself, or the one a GenAI folder's config names."""
     if os.path.isdir(path):
-        with open(os.path.join(path, "genai_config.json"), encoding="utf-8") as f:
+        config = os.path.join(path, "genai_config.json")
+        if not os.path.exists(config):  # an optimum folder
+            return os.path.join(path, "model.onnx")
+        with open(config, encoding="utf-8") as f:
             return os.path.join(path, json.load(f)["model"]["decoder"]["filename"])
     return path
 
