@@ -31,7 +31,8 @@ held out, the rest is training text.
   ``tools/export_genai.py`` runs it; skipped without it).
 
 Run with an interpreter that has torch (``pip install torch==2.13.0``), transformers < 4.58,
-tokenizers and onnxscript::
+tokenizers, onnxscript and onnxruntime; the GenAI one needs torch, transformers 5,
+onnxruntime-genai and onnx-ir (the builder imports it)::
 
     python tools/train_tiny_lm.py --genai-python /path/to/genai/venv/bin/python
     python tools/train_tiny_lm.py --skip-training   # only the exports, from build/tinylm/hf
