@@ -153,19 +153,32 @@ def _gather(networks: tuple[StagedCapture, StagedCapture], reads: list[bool], so
     return acc, seen
 
 
+#: ONNX Runtime's fused ops that add their inputs 0 and 1 (the residual and the branch) before
+#: normalising the sum: a residual Add to the refit, like a plain one
+SKIP_NORMS = ("SkipLayerNormalization", "SkipSimplifiedLayerNormalization")
+
+
 def _residual(vo: LinearView) -> str | None:
     """The tensor the layer's output (after its bias Add) is added to, if it goes straight into
-    a residual Add: the refit then also makes up for the drift of that residual, so the sum the
-    rest of the model sees stays close to the original's."""
+    a residual Add (or the sum of ONNX Runtime's SkipLayerNormalization and
+    SkipSimplifiedLayerNormalization, which add input and skip before normalising): the refit
+    then also makes up for the drift of that residual, so the sum the rest of the model sees
+    stays close to the original's."""
     if vo.out_mask is not None and not np.all(vo.out_mask):
         return None  # the residual lost channels too; its drift does not line up with the outputs
     out = vo.node.outputs[0]
     if len(out.outputs) == 1 and out.outputs[0].op == "Add" and any(const(t) is not None for t in out.outputs[0].inputs):
         out = out.outputs[0].outputs[0]  # the bias
-    if len(out.outputs) != 1 or out.outputs[0].op != "Add":
+    if len(out.outputs) != 1:
         return None
     add = out.outputs[0]
-    other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+    if add.op in SKIP_NORMS and add.domain == "com.microsoft" and len(add.inputs) > 1 and \
+            (add.inputs[0] is out) != (add.inputs[1] is out):
+        other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+    elif add.op == "Add":
+        other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+    else:
+        return None
     if const(other) is not None or not other.inputs or other.shape is None or other.shape != out.shape:
         return None
     return other.name

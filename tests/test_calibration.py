@@ -190,6 +190,42 @@ def test_reconstruction_makes_up_for_the_drift_of_a_residual(monkeypatch, seed):
     assert errors[True] < errors[False], errors
 
 
+def skip_norm_mlp(seed: int, op: str) -> onnx.ModelProto:
+    """Two MLP blocks joining the residual stream through ONNX Runtime's fused Skip(Simplified)
+    LayerNormalization, as the GenAI builder and ONNX Runtime's optimizer write them: each adds
+    the block's output (input 1) to the stream (input 0), the sum (output 3) is the next stream."""
+    b = GraphBuilder(seed)
+    r = b.input(["batch", 4, 8], name="x")
+    gamma = b.const(np.linspace(0.5, 1.5, 8, dtype=np.float32), "gamma")
+    extra = [b.const(np.zeros(8, np.float32), "beta")] if op == "SkipLayerNormalization" else []
+    for _ in range(2):
+        h = b.matmul(b.act(b.matmul(r, 32), "Tanh"), 8)
+        y, _, _, r = b.node(op, [r, h, gamma, *extra], ["batch", 4, 8], n_out=4, domain="com.microsoft")
+    b.output(y)
+    return b.model(domains={"com.microsoft": 1})
+
+
+@pytest.mark.parametrize("op", ["SkipSimplifiedLayerNormalization", "SkipLayerNormalization"])
+def test_reconstruction_makes_up_for_the_drift_of_a_fused_residual(monkeypatch, op):
+    """A block's output layer feeding a fused skip norm is refit toward the original sum, as it is
+    before a plain residual Add: the normalised output is closer to the original's."""
+    import onnxprune.reconstruct as rec
+
+    model = skip_norm_mlp(7, op)
+    rng = np.random.default_rng(0)
+    calib = [{"x": rng.standard_normal((64, 4, 8)).astype(np.float32)} for _ in range(8)]
+    held_out = rng.standard_normal((64, 4, 8)).astype(np.float32)
+    errors, seen = {}, []
+    residual = rec._residual
+    for compensate in (True, False):
+        monkeypatch.setattr(rec, "_residual", (lambda view: seen.append(r := residual(view)) or r) if compensate
+                            else (lambda view: None))
+        result = prune(model, ratio=0.5, criterion="fluctuation", calibration=calib)
+        errors[compensate] = output_error(model, result.model, held_out)
+    assert "x" not in seen and sum(r is not None for r in seen) >= 1, seen  # the second block's stream
+    assert errors[True] < errors[False], errors
+
+
 def test_reconstruction_adds_a_bias_where_there_is_none():
     b = GraphBuilder(1)
     x = b.input([4, 16], name="x")

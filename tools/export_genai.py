@@ -89,11 +89,15 @@ def make_checkpoint(path: str) -> None:
     make_tokenizer(path)
 
 
-def build(hf_dir: str, precision: str, out: str) -> None:
+def build(hf_dir: str, precision: str, out: str, python: str = sys.executable) -> None:
+    """Run the GenAI builder (in ``python``, an interpreter with onnxruntime-genai) on ``hf_dir``
+    and copy what it writes (:data:`KEEP`) to the folder ``out``."""
     with tempfile.TemporaryDirectory() as work:
-        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", hf_dir, "-o", work,
+        cmd = [python, "-m", "onnxruntime_genai.models.builder", "-i", hf_dir, "-o", work,
                "-p", precision, "-e", EP[precision], "-c", os.path.join(work, "cache")]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise SystemExit(f"the GenAI builder failed ({' '.join(cmd)}):\n{res.stderr[-3000:]}")
         if os.path.exists(out):
             shutil.rmtree(out)
         os.makedirs(out)

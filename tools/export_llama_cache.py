@@ -60,12 +60,13 @@ class WithCache(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
+        self.layers = model.config.num_hidden_layers
 
     def forward(self, input_ids, attention_mask, position_ids, past):
         from transformers.cache_utils import DynamicCache
 
         cache = DynamicCache()
-        for i in range(LAYERS):
+        for i in range(self.layers):
             cache.update(past[2 * i], past[2 * i + 1], i)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          past_key_values=cache, use_cache=True)
@@ -76,28 +77,32 @@ class WithCache(torch.nn.Module):
         return tuple(flat)
 
 
-def _example(batch: int = 2, seq: int = 3, past: int = 4):
+def _example(cfg, batch: int = 2, seq: int = 3, past: int = 4):
     g = torch.Generator().manual_seed(SEED)
-    ids = torch.randint(0, 128, (batch, seq), generator=g)
+    ids = torch.randint(0, cfg.vocab_size, (batch, seq), generator=g)
     mask = torch.ones(batch, past + seq, dtype=torch.int64)
     positions = torch.arange(past, past + seq).expand(batch, seq).contiguous()
-    cache = tuple(torch.randn(batch, 4, past, 8, generator=g) for _ in range(2 * LAYERS))
+    shape = (batch, cfg.num_key_value_heads, past, cfg.head_dim)
+    cache = tuple(torch.randn(shape, generator=g) for _ in range(2 * cfg.num_hidden_layers))
     return ids, mask, positions, cache
 
 
-def export_dynamo(model) -> str:
-    path = os.path.join(MODELS_DIR, "llama_cache_dynamo.onnx")
+def export_dynamo(model, path: str | None = None) -> str:
+    """Export ``model`` (a LlamaForCausalLM) with its cache as flat graph I/O to ``path``
+    (default ``models/llama_cache_dynamo.onnx``) and check it against PyTorch."""
+    path = path or os.path.join(MODELS_DIR, "llama_cache_dynamo.onnx")
     wrapped = WithCache(model).eval()
+    layers = model.config.num_hidden_layers
     names = ["input_ids", "attention_mask", "position_ids"] + [
-        f"past_key_values.{i}.{kind}" for i in range(LAYERS) for kind in ("key", "value")]
-    outputs = ["logits"] + [f"present.{i}.{kind}" for i in range(LAYERS) for kind in ("key", "value")]
+        f"past_key_values.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+    outputs = ["logits"] + [f"present.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
     batch = torch.export.Dim("batch", min=1, max=8)
     seq = torch.export.Dim("seq", min=1, max=32)
     past = torch.export.Dim("past_seq", min=1, max=32)
     total = torch.export.Dim("total", min=2, max=64)
     shapes = ({0: batch, 1: seq}, {0: batch, 1: total}, {0: batch, 1: seq},
-              tuple({0: batch, 2: past} for _ in range(2 * LAYERS)))
-    example = _example()
+              tuple({0: batch, 2: past} for _ in range(2 * layers)))
+    example = _example(model.config)
     prog = torch.onnx.export(wrapped, example, dynamo=True, opset_version=18, input_names=names,
                              output_names=outputs, dynamic_shapes=shapes, optimize=True, verify=False)
     prog.save(path, external_data=False)
