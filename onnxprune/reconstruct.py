@@ -70,14 +70,15 @@ class _Accumulator:
             return
         rows, rows_o, *drift = self.pending.take()
         w, b = self.target_weight
-        target = rows_o @ w + b
-        if drift:
-            target += drift[0]
-        rows = np.hstack([rows, np.ones((rows.shape[0], 1), np.float32)])
-        self.g += cross_product(rows, rows)
-        self.b += cross_product(rows, target)
-        self.s_t += target.sum(axis=0, dtype=np.float64)
-        self.s_tt += float(np.einsum("ij,ij->", target, target, dtype=np.float64))
+        with np.errstate(all="ignore"):  # non-finite sums make the layer skip (``_solve``)
+            target = rows_o @ w + b
+            if drift:
+                target += drift[0]
+            rows = np.hstack([rows, np.ones((rows.shape[0], 1), np.float32)])
+            self.g += cross_product(rows, rows)
+            self.b += cross_product(rows, target)
+            self.s_t += target.sum(axis=0, dtype=np.float64)
+            self.s_tt += float(np.einsum("ij,ij->", target, target, dtype=np.float64))
 
 
 def reconstruct(original: gs.Graph, pruned: gs.Graph, consumers: list[tuple], calibration: Iterable[dict],

@@ -5,7 +5,10 @@ statistics and the refit gather, and how far the pruned model's outputs move.
 
 Usage::
 
-    python tools/check_gram_precision.py [--ratio 0.3]   # digits CNN and bert_torchscript
+    python tools/check_gram_precision.py [--ratio 0.3] [--minilm build/minilm] [--minilm-samples 256]
+
+(digits CNN and bert_torchscript; with ``--minilm``, all-MiniLM-L6-v2 calibrated on its length
+buckets, ``tools/export_minilm.py`` and ``tools/minilm_calib_buckets.py``.)
 """
 
 from __future__ import annotations
@@ -46,12 +49,12 @@ def _outputs(model: onnx.ModelProto, feeds: list[dict]) -> np.ndarray:
     return np.concatenate([s.run(None, f)[0].reshape(len(next(iter(f.values()))), -1) for f in feeds])
 
 
-def measure(name: str, model: onnx.ModelProto, calib, feeds: list[dict], ratio: float) -> dict:
+def measure(name: str, model: onnx.ModelProto, calib, feeds: list[dict], ratio: float, **options) -> dict:
     runs = {}
     for kind in ("float32", "float64"):
         if kind == "float64":
             stats_module.cross_product = reconstruct_module.cross_product = _float64
-        runs[kind] = prune(model, ratio=ratio, calibration=calib)
+        runs[kind] = prune(model, ratio=ratio, calibration=calib, **options)
     stats_module.cross_product = reconstruct_module.cross_product = _CROSS
     g32, g64 = _grams(runs["float32"]), _grams(runs["float64"])
     gram_err = max(np.linalg.norm(g32[k] - g64[k]) / np.linalg.norm(g64[k]) for k in g64)
@@ -68,12 +71,19 @@ _CROSS = stats_module.cross_product
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ratio", type=float, default=0.3)
+    p.add_argument("--minilm", type=Path, help="folder with minilm_torchscript.onnx and calib_buckets/")
+    p.add_argument("--minilm-samples", type=int, default=256)
     args = p.parse_args(argv)
     digits = np.load(MODELS / "digits_calib.npz")["input"]
     rows = [measure("digits_cnn", onnx.load(MODELS / "digits_cnn.onnx"), str(MODELS / "digits_calib.npz"),
                     [{"input": digits}], args.ratio)]
     bert = _bert_data()
     rows.append(measure("bert_torchscript", onnx.load(MODELS / "bert_torchscript.onnx"), bert, bert, args.ratio))
+    if args.minilm:
+        buckets = sorted((args.minilm / "calib_buckets").glob("*.npz"))
+        feeds = [dict(np.load(f)) for f in buckets[:8]]
+        rows.append(measure("minilm", onnx.load(args.minilm / "minilm_torchscript.onnx"), str(args.minilm / "calib_buckets"),
+                            feeds, args.ratio, calib_samples=args.minilm_samples))
     print("| model | Gram matrices | max relative Gram error | pruned output change | output error f32 / f64 |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:

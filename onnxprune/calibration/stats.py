@@ -87,7 +87,8 @@ class GramStats:
     def _flush(self) -> None:
         if self._pending.rows:
             (rows,) = self._pending.take()
-            self._xtx += cross_product(rows, rows)
+            with np.errstate(all="ignore"):  # the model's own NaN/Inf: counted (``finite``), not warned of
+                self._xtx += cross_product(rows, rows)
 
     @property
     def xtx(self) -> np.ndarray | None:
