@@ -46,7 +46,7 @@ def _outputs(model: onnx.ModelProto, feeds: list[dict]) -> np.ndarray:
     import onnxruntime as ort
 
     s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return np.concatenate([s.run(None, f)[0].reshape(len(next(iter(f.values()))), -1) for f in feeds])
+    return np.concatenate([s.run(None, f)[0].ravel() for f in feeds])  # batches may differ in length
 
 
 def measure(name: str, model: onnx.ModelProto, calib, feeds: list[dict], ratio: float, **options) -> dict:
