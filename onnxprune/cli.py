@@ -350,7 +350,8 @@ NO_CALIBRATION_WARNING = (
 
 
 def _removed_any(ctx) -> bool:
-    return ctx.selection is not None and any(kept < total for kept, total in ctx.selection.kept.values())
+    return ctx.selection is not None and (bool(ctx.selection.blocks)
+                                          or any(kept < total for kept, total in ctx.selection.kept.values()))
 
 
 def _write_reports(ctx, json_path: Path | None, html_path: Path | None, model: Path, out: Path,

@@ -81,7 +81,7 @@ class PruneResult:
     def unchanged(self) -> bool:
         """Nothing was removed: the output is the input model as it is."""
         selection = self.context.selection
-        return selection is None or not selection.removed
+        return selection is None or not selection.changes
 
     def save(self, path: str | os.PathLike) -> list:
         """Write the pruned model; an unchanged model read from one file (no external data) is
