@@ -466,14 +466,16 @@ def bench_cmd(models: tuple[Path, ...], provider: str, threads: int | None, inpu
               help="What to sweep: heads, channels, blocks.")
 @click.option("--fractions", default="0.9,0.75,0.5,0.25", show_default=True, help="Kept fractions to sweep.")
 @click.option("--samples", type=int, default=64, show_default=True, help="Calibration samples each point is measured on.")
+@click.option("--reconstruct", type=click.Choice(["none", "bias", "lstsq"]), default="none", show_default=True,
+              help="Refit each point as a prune would before measuring it (one reconstruction per point: slower).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the table as JSON.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a page with one curve per group.")
 @_threads_option
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def sensitivity_cmd(model: Path, calib: Path, calib_samples: int | None, criterion: str | None, kinds: str,
-                    fractions: str, samples: int, json_path: Path | None, html_path: Path | None,
-                    threads: int | None, debug: bool) -> None:
+                    fractions: str, samples: int, reconstruct: str, json_path: Path | None,
+                    html_path: Path | None, threads: int | None, debug: bool) -> None:
     """Measure, per group and block, the output error of cutting it alone to each kept fraction."""
     try:
         _debug_log(debug)
@@ -487,7 +489,7 @@ def sensitivity_cmd(model: Path, calib: Path, calib_samples: int | None, criteri
         if samples < 1:
             raise BadInputError(f"--samples must be positive, got {samples}")
         options = PruneOptions(calibration=calib, calib_samples=calib_samples, criterion=criterion, prune=kinds,
-                               threads=threads).validate()
+                               threads=threads, reconstruct=reconstruct).validate()
         _run_files(model, calib=calib).write("--json", json_path).write("--html", html_path).check()
         result = sensitivity(model, options, tuple(kept), samples, progress=None)
         for warning in result["warnings"]:

@@ -102,6 +102,11 @@ class PruneOptions:
         help="What to remove, comma-separated: heads (whole attention heads), channels (conv channels, MLP "
         "units), blocks (whole residual branches: attention or MLP sub-blocks, ResNet blocks).")
     #: None: "l1" without calibration data, "obs" with it ("fluctuation" without reconstruction)
+    #: "uniform": ``ratio`` of every group; "global": per-group ratios from measured sensitivities
+    allocate: str = _opt(
+        "uniform", flag="--allocate", group=WHAT, kind=("uniform", "global"), show_default=True,
+        help="uniform: --ratio of every group; global: the same parameters removed, spread by each group's "
+        "measured sensitivity (needs --calib; see 'onnxprune sensitivity').")
     #: None: ``ratio`` of the removable blocks (rounded) when ``prune`` names "blocks"
     blocks: int | None = _opt(
         flag="--blocks", group=WHAT, kind="int", metavar="N",
@@ -204,6 +209,9 @@ class PruneOptions:
         if opts.latency_table is not None and (target is None or target.kind != "latency"):
             raise BadInputError("--latency-table needs --target-latency")
         _check_images(opts)
+        if opts.allocate == "global" and (target is not None or opts.calibration is None):
+            raise BadInputError("--allocate global spreads --ratio by sensitivities measured on calibration data: "
+                                "give --calib and a ratio (not a target)")
         if target is not None and "blocks" in opts.prune:
             raise BadInputError(f"--prune blocks takes a count (--blocks N or --ratio), not --target-{target.kind}")
         if opts.blocks is not None and "blocks" not in opts.prune:
@@ -375,6 +383,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "criterion": _check_choice("criterion", "criterion", _criteria),
     "round_to": check_round_to,
     "blocks": _check_blocks,
+    "allocate": _check_choice("allocate", "allocation", lambda: ("uniform", "global")),
     "calib_samples": _check_calib_samples,
     "calib_rows": _check_calib_rows,
     "calib_size": _check_size,

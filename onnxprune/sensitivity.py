@@ -27,14 +27,15 @@ def sensitivity(model, options: PruneOptions, fractions=FRACTIONS, samples: int 
     if any(not 0 < f < 1 for f in fractions):
         raise BadInputError(f"--fractions must be kept fractions in (0, 1), got {', '.join(map(str, fractions))}")
     start = time.perf_counter()
-    # scores for cutting without a refit: the sweep measures each cut as it is
+    # without a refit, the scores (and the points) are for the cut as it is
     options = replace(options, reconstruct=options.reconstruct or "none")
     ctx = Pipeline([Normalize(), Analyze(), Calibrate(), Score()]).run(model, options)
     curves, measured = sweep(ctx.analysis, ctx.graph, ctx.model.SerializeToString(), ctx.scores, ctx.calibration,
                              fractions, blocks="blocks" in ctx.options.prune, max_samples=samples,
-                             threads=ctx.options.threads, progress=progress)
+                             threads=ctx.options.threads, progress=progress, refit=ctx.options.reconstruct)
     out = table(curves, fractions, measured, time.perf_counter() - start)
     out["criterion"] = ctx.options.criterion
+    out["reconstruct"] = ctx.options.reconstruct
     out["calibration"] = ctx.calibration.description
     out["warnings"] = list(ctx.warnings)
     return out
@@ -46,7 +47,8 @@ def text_table(result: dict, shown: int | None = None) -> str:
     head = f"{'kind':>8}  {'id':>4}  {'sens.':>7}  " + "  ".join(f"{f:>6.0%}" for f in fractions) \
         + f"  {'removed':>7}  name"
     lines = [f"sensitivity: relative output error on {result['samples']} calibration samples, each group alone "
-             f"cut to the kept fraction, each block removed alone; {result['seconds']:.1f} s", head]
+             f"cut to the kept fraction, each block removed alone (refit: {result.get('reconstruct', 'none')}); "
+             f"{result['seconds']:.1f} s", head]
     for row in result["rows"][:shown]:
         by = {round(p["fraction"], 4): p["error"] for p in row["points"]}
         block = row["kind"] == "block"

@@ -92,3 +92,16 @@ def test_page_renders_one_curve_per_group_in_headless_chromium(tmp_path):
     subprocess.run([*base, "--window-size=1200,900", f"--screenshot={shot}", page.as_uri()], capture_output=True,
                    timeout=120, check=True)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+
+def test_points_refit_as_a_prune_would(tmp_path):
+    """With --reconstruct lstsq each point is refit before it is measured: the same cuts (one
+    criterion) then cost less output error than without."""
+    plain, _, _ = run(tmp_path, MODELS / "digits_cnn.onnx", MODELS / "digits_calib.npz", "--criterion", "fluctuation",
+                      "--fractions", "0.5")
+    refit, _, output = run(tmp_path, MODELS / "digits_cnn.onnx", MODELS / "digits_calib.npz", "--criterion",
+                           "fluctuation", "--fractions", "0.5", "--reconstruct", "lstsq")
+    assert refit["reconstruct"] == "lstsq" and "refit: lstsq" in output
+    before = {r["id"]: r["points"][0]["error"] for r in plain["rows"]}
+    for row in refit["rows"]:
+        assert row["points"][0]["error"] < before[row["id"]]

@@ -13,7 +13,7 @@ from ..normalize import normalize
 from ..model_config import find_configs, pruned_counts, tie_groups
 from ..rewrite import apply, check_not_bigger, export_checked, export_unchanged, io_shape_changes, note_kept_whole
 from ..scoring import needs_activations, needs_grams, score_groups, sink_tensors
-from ..selection import block_count, select_blocks, select_by_ratio
+from ..selection import block_count, kept_count, select_blocks, select_by_counts, select_by_ratio
 from .base import Pass
 
 
@@ -163,10 +163,30 @@ class Select(Pass):
 
     def run(self, ctx: PruningContext) -> None:
         ratio = ctx.options.ratio  # checked by PruneOptions.validate
-        ctx.selection = select_by_ratio(ctx.analysis, ctx.scores, ratio, ctx.options.round_to)
+        if ctx.options.allocate == "global":
+            ctx.selection = select_by_counts(ctx.analysis, ctx.scores, global_counts(ctx, ratio))
+        else:
+            ctx.selection = select_by_ratio(ctx.analysis, ctx.scores, ratio, ctx.options.round_to)
         if "blocks" in ctx.options.prune and ctx.block_scores:
             count = block_count(ctx.analysis, ratio, ctx.options.blocks)
             ctx.selection.blocks = select_blocks(ctx.analysis, ctx.block_scores, count)
+
+
+def global_counts(ctx: PruningContext, ratio: float) -> dict[int, int]:
+    """Per-group kept counts for ``--allocate global``: each group alone cut and measured on
+    calibration data (``search.sensitivity``), the uniform ratio's parameters spread by it."""
+    from ..search.allocate import allocate_by_sensitivity
+    from ..search.sensitivity import sweep
+
+    curves, _ = sweep(ctx.analysis, ctx.graph, ctx.model.SerializeToString(), ctx.scores, ctx.calibration,
+                      blocks=False, threads=ctx.options.threads, refit=ctx.options.reconstruct)
+    groups = ctx.analysis.prunable_groups
+    counts = allocate_by_sensitivity(ctx.analysis, {c.id: c for c in curves}, ratio)
+    if ctx.options.round_to > 1:
+        counts = {g.id: kept_count(g.channels, 1 - counts[g.id] / g.channels, ctx.options.round_to) for g in groups}
+    ctx.report["allocation"] = {"mode": "global", "counts": {str(k): v for k, v in counts.items()},
+                                "sensitivity": {str(c.id): c.sensitivity for c in curves}}
+    return counts
 
 
 class Rewrite(Pass):

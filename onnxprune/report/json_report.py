@@ -35,7 +35,7 @@ def _settings(ctx: PruningContext) -> dict[str, Any]:
     if o.target is not None:
         target = {"kind": o.target.kind, "value": o.target.value, "fraction": o.target.fraction}
     return {"ratio": None if o.target is not None else o.ratio, "target": target, "criterion": o.criterion,
-            "prune": list(o.prune), "blocks": o.blocks, "round_to": o.round_to, "reconstruct": o.reconstruct, "calib_samples": o.calib_samples,
+            "prune": list(o.prune), "blocks": o.blocks, "allocate": o.allocate, "round_to": o.round_to, "reconstruct": o.reconstruct, "calib_samples": o.calib_samples,
             "calib_rows": o.calib_rows,
             "calibration": ctx.calibration.description if ctx.calibration is not None else None,
             "provider": o.provider, "threads": o.threads, "input_shapes": o.input_shapes or None,
@@ -82,6 +82,7 @@ def build_report(ctx: PruningContext, input_path: str | None = None, output_path
         "groups": _groups(ctx),
         "blocks": _blocks(ctx),
         "search": report.get("search"),
+        "allocation": report.get("allocation"),
         "reconstruction": report.get("reconstruction"),
         "fidelity": report.get("fidelity"),
         "benchmark": report.get("benchmark"),

@@ -65,7 +65,7 @@ def render_sensitivity(result: dict, model: str) -> str:
 <style>{_CSS}</style></head><body>
 <h1>onnxprune sensitivity: {_e(model)}</h1>
 <p>Relative output error on {result["samples"]} calibration samples with one group alone cut to each kept
-fraction (its lowest-scored channels, criterion {_e(result.get("criterion"))}), no refit; most sensitive first
+fraction (its lowest-scored channels, criterion {_e(result.get("criterion"))}), refit {_e(result.get("reconstruct"))}; most sensitive first
 (sensitivity: the mean error over the points). Same scale in every plot. {result["seconds"]:.1f} s.</p>
 <h2>Groups ({len(groups)})</h2><div class="grid">{figures}</div>
 <h2>Residual blocks removed alone ({len(blocks)})</h2>{block_table}

@@ -113,17 +113,44 @@ class _Reference:
         return float(np.mean(cosines)) if cosines else 0.0, error if math.isfinite(error) else float("inf")
 
 
+def _cut(analysis: Analysis, graph: gs.Graph, removed: set[int], blocks: set[int], refit: str | None,
+         batches, threads: int | None) -> gs.Graph:
+    """The graph with ``removed`` and ``blocks`` taken out; with ``refit``, the layers that lost
+    inputs refit on the calibration data (``reconstruct``), as a prune would."""
+    from ..reconstruct import reconstruct
+    from ..rewrite import apply
+
+    cut = apply(analysis.plan, removed, graph, blocks)
+    if refit in (None, "none"):
+        return cut
+    keep = analysis.plan.keep_fn(removed)
+    lost, outputs = {}, {}
+    for c in analysis.plan.cuts:
+        mask = keep(c.atoms)
+        if c.role == "weight_in" and not mask.all():
+            lost[c.node] = (int(mask.sum()), len(mask))
+        elif c.role == "weight_out":
+            outputs[c.node] = mask
+    gone = {name for b in analysis.blocks if b.id in blocks for name in b.nodes}
+    layers = [(n.name, *lost[n.name], outputs.get(n.name)) for n in graph.nodes
+              if n.name in lost and n.name not in gone]
+    reconstruct(graph, cut, layers, batches, mode=refit, threads=threads)
+    cut.cleanup(remove_unused_graph_inputs=False).toposort()
+    return cut
+
+
 def sweep(analysis: Analysis, graph: gs.Graph, model_bytes: bytes, scores: dict[int, np.ndarray],
           batches: Iterable[dict], fractions=FRACTIONS, blocks: bool = True, max_samples: int = SWEEP_SAMPLES,
-          threads: int | None = None, progress: Callable[[str], None] | None = None) -> tuple[list[Curve], int]:
+          threads: int | None = None, progress: Callable[[str], None] | None = None,
+          refit: str | None = None) -> tuple[list[Curve], int]:
     """Curves for every prunable group (its lowest-scored channels cut to each kept fraction) and,
     with ``blocks``, every removable block (removed alone, one point at kept 0), most sensitive
-    first; and the number of samples each point was measured on."""
-    from ..rewrite import apply
+    first; and the number of samples each point was measured on. ``refit`` ("lstsq", "bias"):
+    each point is refit as a prune would before it is measured (a reconstruction per point)."""
     from ..selection import kept_count
 
     reference = _Reference(model_bytes, batches, max_samples, threads)
-    plan, curves = analysis.plan, []
+    curves = []
     for group in analysis.prunable_groups:
         curve = Curve(group.id, group.kind, group.name, group.channels, group.params, group.flops)
         order = np.argsort(-np.asarray(scores[group.id]), kind="stable")
@@ -132,7 +159,7 @@ def sweep(analysis: Analysis, graph: gs.Graph, model_bytes: bytes, scores: dict[
             if keep >= group.channels:
                 continue
             removed = {group.classes[int(i)] for i in order[keep:]}
-            cosine, error = reference.compare(apply(plan, removed, graph))
+            cosine, error = reference.compare(_cut(analysis, graph, removed, set(), refit, batches, threads))
             curve.points.append(Point(f, keep / group.channels, keep, cosine, error))
         curves.append(curve)
         if progress:
@@ -140,7 +167,7 @@ def sweep(analysis: Analysis, graph: gs.Graph, model_bytes: bytes, scores: dict[
     if blocks:
         for block in analysis.removable_blocks:
             curve = Curve(block.id, "block", block.name, 1, block.params, block.flops)
-            cosine, error = reference.compare(apply(plan, set(), graph, {block.id}))
+            cosine, error = reference.compare(_cut(analysis, graph, set(), {block.id}, refit, batches, threads))
             curve.points.append(Point(0.0, 0.0, 0, cosine, error))
             curves.append(curve)
             if progress:
