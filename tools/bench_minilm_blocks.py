@@ -42,7 +42,15 @@ def block_kind(analysis, block) -> str:
     return "attention" if any(ops.get(name) == "Softmax" for name in block.nodes) else "mlp"
 
 
-def run_case(case: str, model: str, calib: str, reconstruct: bool):
+def drop_errors(ctx) -> dict[int, float]:
+    """Each removable block's output error when removed alone (``onnxprune sensitivity``'s measure)."""
+    from onnxprune.search.sensitivity import sweep
+
+    curves, _ = sweep(ctx.analysis, ctx.graph, ctx.model.SerializeToString(), {}, ctx.calibration, fractions=())
+    return {c.id: c.points[0].error for c in curves if c.kind == "block"}
+
+
+def run_case(case: str, model: str, calib: str, reconstruct: bool, order: str = "score"):
     parts = case.split(":")
     mode = "lstsq" if reconstruct else "none"
     if parts[0] == "blocks":
@@ -50,7 +58,8 @@ def run_case(case: str, model: str, calib: str, reconstruct: bool):
         options = PruneOptions(prune=("blocks",), blocks=count, calibration=calib, reconstruct=mode)
         ctx = Pipeline([Normalize(), Analyze(), Calibrate(), Score(), Select()]).run(model, options)
         blocks = [b for b in ctx.analysis.removable_blocks if kind == "any" or block_kind(ctx.analysis, b) == kind]
-        chosen = sorted(blocks, key=lambda b: ctx.block_scores[b.id])[:count]
+        by = ctx.block_scores if order == "score" else drop_errors(ctx)
+        chosen = sorted(blocks, key=lambda b: by[b.id])[:count]
         ctx.selection.blocks = {b.id for b in chosen}
         label = ", ".join(f"{block_kind(ctx.analysis, b)} {b.id}" for b in sorted(chosen, key=lambda b: b.id))
     else:
@@ -71,6 +80,8 @@ def main(argv=None) -> int:
     ap.add_argument("--calib", default=os.path.join(REPO_ROOT, "build", "minilm", "calib_buckets"))
     ap.add_argument("--sentences", type=int, default=150)
     ap.add_argument("--no-reconstruct", action="store_true")
+    ap.add_argument("--order", choices=("score", "drop"), default="score",
+                    help="choose blocks by the pruner's block score, or by the output error each makes when dropped")
     args = ap.parse_args(argv)
     from transformers import AutoTokenizer
 
@@ -86,7 +97,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|")
     for case in args.cases:
         start = time.time()
-        ctx, label = run_case(case, args.model, args.calib, not args.no_reconstruct)
+        ctx, label = run_case(case, args.model, args.calib, not args.no_reconstruct, args.order)
         cosine = float((embed(ctx.pruned) * reference).sum(1).mean())
         before, after = ctx.report["before"]["params"], ctx.report["after"]["params"]
         print(f"| {case} | {label} | {before / 1e6:.2f}M → {after / 1e6:.2f}M (−{(before - after) / 1e6:.2f}M) "
