@@ -18,7 +18,8 @@ MODELS = Path(__file__).resolve().parent.parent / "models"
 
 #: model -> removable residual blocks (attention and MLP sub-blocks count apart)
 EXPECTED = {"resnet_small.onnx": 5, "mobilenetv2_small.onnx": 4, "bert_dynamo.onnx": 4,
-            "bert_torchscript.onnx": 4, "llama_dynamo.onnx": 4, "llama_torchscript.onnx": 4}
+            "bert_torchscript.onnx": 4, "llama_dynamo.onnx": 4, "llama_torchscript.onnx": 4,
+            "gpt2_dynamo.onnx": 4, "vit_torchscript.onnx": 4}
 
 
 def analysis_of(model):
@@ -45,6 +46,33 @@ def test_consecutive_blocks_chain(name):
     model = onnx.load(MODELS / name)
     first, second = analysis_of(model).removable_blocks[:2]
     assert_block_oracle(model, {first.id, second.id})
+
+
+def test_decoder_with_a_kv_cache_keeps_what_the_cache_reads():
+    """A LLaMA step with past keys and values: removing an attention sub-block leaves its K/V
+    projections (the present outputs read them); the outputs equal the zeroed original's."""
+    from test_kv_cache import decoder_feeds
+
+    model = onnx.load(MODELS / "llama_cache_dynamo.onnx")
+    analysis = analysis_of(model)
+    assert len(analysis.removable_blocks) == 4
+    ctx = assert_block_oracle(model, feeds=lambda seed: decoder_feeds(model, seed), atol=1e-4)
+    before, after = ctx.report["before"]["params"], ctx.report["after"]["params"]
+    # each block counts what only it reads; together they also free constants they share (scalars)
+    assert 0 <= before - after - sum(b.params for b in analysis.removable_blocks) < 100
+    # the weight layers the first layer's present outputs are computed from are all still there
+    producer = {o: n for n in model.graph.node for o in n.output}
+    weights = {t.name for t in model.graph.initializer}
+    todo, cache_layers = [o.name for o in model.graph.output if o.name.startswith("present.0.")], set()
+    while todo:
+        node = producer.get(todo.pop())
+        if node is None or node.name in cache_layers:
+            continue
+        cache_layers.add(node.name)
+        todo.extend(node.input)
+    cache_layers = {n.name for n in model.graph.node if n.name in cache_layers and n.op_type == "MatMul"
+                    and any(i in weights for i in n.input)}
+    assert cache_layers and cache_layers <= {n.name for n in ctx.pruned.graph.node}
 
 
 def test_fused_skip_layer_norm_is_refused_with_its_reason():

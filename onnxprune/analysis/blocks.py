@@ -108,6 +108,7 @@ def _implicit_reads(node: gs.Node) -> set[str]:
 def find_blocks(graph: gs.Graph) -> list[Block]:
     """Every residual branch of ``graph`` (normalized, shapes inferred) with a weight layer in it,
     removable or refused with its reasons, in graph order."""
+    graph.toposort()  # producers before readers (as the analysis leaves it)
     g = _Graph(graph)
     blocks: list[Block] = []
     for node in g.nodes:
@@ -117,34 +118,33 @@ def find_blocks(graph: gs.Graph) -> list[Block]:
         found = _branch_of(g, node, join.inputs)
         if found is None:
             continue
-        stream_input, branch_nodes = found
+        stream_input, branch_input, branch_nodes = found
         if _broadcast(node.inputs[stream_input], node.outputs[0]):
             continue  # the "stream" is widened by the other input: a mask added to scores, not a residual
         if not any(spec_for(g.nodes[i]).weight_layer for i in branch_nodes):
             continue  # x + f(x) without weights (a scaled copy): nothing to remove
-        block = _make_block(g, node, stream_input, branch_nodes, len(blocks))
+        block = _make_block(g, node, stream_input, branch_input, branch_nodes, len(blocks))
         if join.refuse:
             block = _refused(block, f"{node.op} '{node.name}': {join.refuse}")
         blocks.append(block)
     return blocks
 
 
-def _branch_of(g: _Graph, node: gs.Node, inputs: tuple[int, int]) -> tuple[int, set[int]] | None:
-    """(stream input, branch node indices) where one join input depends on the other."""
+def _branch_of(g: _Graph, node: gs.Node, inputs: tuple[int, int]) -> tuple[int, int, set[int]] | None:
+    """(stream input, branch input, branch node indices) where one join input depends on the other."""
     a, b = (node.inputs[i] for i in inputs)
     if isinstance(a, gs.Constant) or isinstance(b, gs.Constant) or a.name == b.name:
         return None
-    for stream_input, stream, branch in ((inputs[0], a, b), (inputs[1], b, a)):
-        nodes = g.upstream(branch.name) & g.downstream(stream.name)
+    for stream_input, branch_input in (inputs, inputs[::-1]):
+        nodes = g.upstream(node.inputs[branch_input].name) & g.downstream(node.inputs[stream_input].name)
         if nodes:
-            return stream_input, nodes
+            return stream_input, branch_input, nodes
     return None
 
 
-def _make_block(g: _Graph, join: gs.Node, stream_input: int, branch_nodes: set[int], bid: int) -> Block:
-    stream = join.inputs[stream_input]
-    branch = join.inputs[1 - stream_input] if len(join.inputs) == 2 else \
-        next(t for i, t in enumerate(join.inputs) if i != stream_input)
+def _make_block(g: _Graph, join: gs.Node, stream_input: int, branch_input: int, branch_nodes: set[int],
+                bid: int) -> Block:
+    stream, branch = join.inputs[stream_input], join.inputs[branch_input]
     reasons = []
     readers = g.readers.get(branch.name, [])
     if branch.name in g.outputs or len(readers) != 1:
