@@ -229,20 +229,31 @@ def _folds_written_back(graph: gs.Graph):
             if id(tensor) not in outputs and _unchanged_fold(tensor) \
                     and all(id(reader) in top for reader, _ in readers(tensor)):
                 swaps.append((node, i, tensor))
-    for node, i, tensor in swaps:
-        node.inputs[i] = computed(tensor)
+    with _inputs_replaced(graph, [(node, i, computed(tensor)) for node, i, tensor in swaps], added):
+        yield
+
+
+@contextlib.contextmanager
+def _inputs_replaced(graph: gs.Graph, replacements: list, added: list[gs.Node]):
+    """For the duration, each ``(node, index, tensor)`` input replaced and the ``added`` nodes in
+    the graph; then the graph as it was (its outputs included)."""
+    originals = [(node, i, node.inputs[i]) for node, i, _ in replacements]
+    outputs = list(graph.outputs)
+    for node, i, tensor in replacements:
+        node.inputs[i] = tensor
     if added:
         graph.nodes.extend(added)
         graph.toposort()
     try:
         yield
     finally:
-        for node, i, tensor in swaps:
+        for node, i, tensor in originals:
             node.inputs[i] = tensor
         for node in added:
             graph.nodes.remove(node)
             node.inputs.clear()
             node.outputs.clear()
+        graph.outputs = outputs
 
 
 @contextlib.contextmanager
@@ -261,23 +272,9 @@ def _encoded_written_back(graph: gs.Graph):
             if id(tensor) not in made:
                 decoder, made[id(tensor)] = codec.computation(tensor, existing)
                 added.append(decoder)
-            swaps.append((node, i, tensor))
-    for node, i, tensor in swaps:
-        node.inputs[i] = made[id(tensor)]
-    outputs = list(graph.outputs)
-    if added:
-        graph.nodes.extend(added)
-        graph.toposort()
-    try:
+            swaps.append((node, i, made[id(tensor)]))
+    with _inputs_replaced(graph, swaps, added):
         yield
-    finally:
-        for node, i, tensor in swaps:
-            node.inputs[i] = tensor
-        for node in added:
-            graph.nodes.remove(node)
-            node.inputs.clear()
-            node.outputs.clear()
-        graph.outputs = outputs
 
 
 def export_unchanged(template: onnx.ModelProto) -> tuple[gs.Graph, onnx.ModelProto]:
