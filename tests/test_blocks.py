@@ -150,3 +150,25 @@ def test_blocks_flag_needs_the_kind():
     from onnxprune.errors import BadInputError
     with pytest.raises(BadInputError, match="--prune blocks"):
         prune(MODELS / "resnet_small.onnx", blocks=1)
+
+
+@pytest.mark.parametrize("name", ["resnet_small.onnx", "bert_torchscript.onnx", "llama_dynamo.onnx"])
+def test_blocks_and_channels_together(name):
+    """Channels and heads cut everywhere and blocks removed in one rewrite equal the original
+    with both zeroed (channels at their consumers, blocks at their output projections)."""
+    from conftest import random_feeds, session
+    from onnxprune.context import PruneOptions
+    from onnxprune.oracle import zeroed_model
+    from onnxprune.passes.builtin import Rewrite, Score, Select
+
+    model = onnx.load(MODELS / name)
+    ctx = Pipeline([Normalize(), Analyze(), Score(), Select()]).run(
+        model, PruneOptions(ratio=0.5, criterion="l1", prune="heads,channels,blocks", blocks=2))
+    assert ctx.selection.removed and len(ctx.selection.blocks) == 2
+    zeroed = zeroed_model(ctx.analysis, ctx.selection.removed, ctx.selection.blocks)
+    Rewrite().run(ctx)
+    zs, ps = session(zeroed), session(ctx.pruned)
+    for seed in (0, 1):
+        feeds = random_feeds(zs, seed)
+        for e, g in zip(zs.run(None, feeds), ps.run(None, feeds)):
+            np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
