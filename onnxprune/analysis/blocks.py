@@ -111,6 +111,7 @@ def find_blocks(graph: gs.Graph) -> list[Block]:
     graph.toposort()  # producers before readers (as the analysis leaves it)
     g = _Graph(graph)
     blocks: list[Block] = []
+    joins: set[int] = set()  # the joins of the blocks found so far
     for node in g.nodes:
         join = spec_for(node).join
         if join is None or len(node.inputs) <= max(join.inputs):
@@ -123,6 +124,9 @@ def find_blocks(graph: gs.Graph) -> list[Block]:
             continue  # the "stream" is widened by the other input: a mask added to scores, not a residual
         if not any(spec_for(g.nodes[i]).weight_layer for i in branch_nodes):
             continue  # x + f(x) without weights (a scaled copy): nothing to remove
+        if branch_nodes & joins:
+            continue  # the "branch" spans whole blocks (a mask added to later scores): not one block
+        joins.add(g.index[id(node)])
         block = _make_block(g, node, stream_input, branch_input, branch_nodes, len(blocks))
         if join.refuse:
             block = _refused(block, f"{node.op} '{node.name}': {join.refuse}")
