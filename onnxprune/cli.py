@@ -254,7 +254,7 @@ def prune_cmd(model: Path, output: Path | None, force: bool, report_path: Path |
         try:
             _run_files(model, calib=options.calibration, latency_table=options.latency_table).write_model(out) \
                 .write("--report", report_path).write("--html", html_path).check()
-            result = prune(model, options, log=None if quiet else _log_to_tty)
+            result = prune(model, options, log=None if quiet else _log_to_tty, work_dir=_existing_folder(out.parent))
             _print_result(result, model, out, report_path, html_path, quiet)
         except BaseException:
             if made is not None and not any(made.iterdir()):  # the output folder this run made, left empty
@@ -262,6 +262,15 @@ def prune_cmd(model: Path, output: Path | None, force: bool, report_path: Path |
             raise
     except Exception as exc:  # one line, right exit code
         _fail(exc, debug)
+
+
+def _existing_folder(folder: Path) -> Path:
+    """The output's folder, or its nearest existing parent (the output's folder may not exist
+    yet): where temporary files of the run go (``--quantize``'s)."""
+    folder = folder.absolute()
+    while not folder.is_dir() and folder.parent != folder:
+        folder = folder.parent
+    return folder
 
 
 def _model_and_output(model: Path, output: Path | None) -> tuple[Path, Path, Path | None]:

@@ -30,6 +30,8 @@ class PruningContext:
     block_scores: dict[int, float] = field(default_factory=dict)
     selection: Selection | None = None
     pruned: onnx.ModelProto | None = None
+    #: ``pruned`` quantized (``--quantize``): the model that ships, when there is one
+    quantized: onnx.ModelProto | None = None
     #: the validated calibration source (re-iterable), when one was given
     calibration: Any = None
     #: per-channel statistics of the activations entering each consuming layer

@@ -20,13 +20,16 @@ INPUT = "Input"
 WHAT = "What to prune"
 CALIBRATION = "Calibration (keeps accuracy: without it the pruned model is not accurate)"
 RECONSTRUCTION = "Reconstruction"
+QUANTIZATION = "Quantization (after pruning)"
 TARGETS = "Targets (instead of --ratio) and timing"
 OUTPUT = "Output and reports"
-SECTIONS = (INPUT, WHAT, CALIBRATION, RECONSTRUCTION, TARGETS, OUTPUT)
+SECTIONS = (INPUT, WHAT, CALIBRATION, RECONSTRUCTION, QUANTIZATION, TARGETS, OUTPUT)
 
 #: reconstruction modes; "none" is spelled --no-reconstruct on the command line
 RECONSTRUCT_MODES = ("none", "bias", "lstsq")
 DEFAULT_RATIO = 0.3
+#: ``--quantize`` methods (``runtime/quantize.py`` applies them)
+QUANTIZE_METHODS = ("int8", "int8-dynamic", "int4")
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,13 @@ class PruneOptions:
     ridge: float | None = _opt(
         flag="--ridge", group=RECONSTRUCTION, kind="float", metavar="STRENGTH",
         help="Ridge strength of the least-squares refit [default: chosen per layer on held-out calibration rows].")
+    #: after pruning and reconstruction: "int8" (static QDQ with calibration data, dynamic without),
+    #: "int8-dynamic" (dynamic whatever the data) or "int4"
+    quantize: str | None = _opt(
+        flag="--quantize", group=QUANTIZATION, kind=QUANTIZE_METHODS, metavar="int8|int8-dynamic|int4",
+        help="Then quantize with ONNX Runtime's quantizer: int8 (static QDQ on the --calib data, dynamic without "
+        "it), int8-dynamic (dynamic even with --calib: better for transformers) or int4 (MatMul weights in "
+        "blocks of 32, MatMulNBits); a latency target is then met by the quantized model.")
     #: one target instead of ``ratio``: latency ("50ms", or ms), FLOPs or params (a fraction or a count)
     target_latency: str | float | None = _opt(
         flag="--target-latency", group=TARGETS, metavar="TIME",
@@ -208,6 +218,9 @@ class PruneOptions:
             raise BadInputError(f"--ratio and --target-{target.kind} are alternatives: give one")
         if opts.latency_table is not None and (target is None or target.kind != "latency"):
             raise BadInputError("--latency-table needs --target-latency")
+        if opts.latency_table is not None and opts.quantize is not None:
+            raise BadInputError("--latency-table predicts the float model's latency, not a quantized one's: "
+                                "give --target-latency without it to measure the quantized candidates here")
         _check_images(opts)
         if opts.allocate == "global" and (target is not None or opts.calibration is None):
             raise BadInputError("--allocate global spreads --ratio by sensitivities measured on calibration data: "
@@ -394,6 +407,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "calib_std": lambda v: numbers(v, "--calib-std", float, ",", (1, 3)),
     "reconstruct": _check_choice("reconstruct", "reconstruction", lambda: RECONSTRUCT_MODES),
     "ridge": _check_ridge,
+    "quantize": _check_choice("quantize", "quantization", lambda: QUANTIZE_METHODS),
     "provider": _check_choice("provider", "provider", lambda: ("cpu", "cuda")),
     "threads": check_threads,
 }

@@ -43,6 +43,7 @@ class Pipeline:
             source, model = model, load_model(model, runtime_extensions())
         ctx = PruningContext(model=model, options=options, source=source)
         check_weights_only(model, ctx.options)
+        check_quantizable(model, ctx.options)
         check_input_shapes(graph_input_dims(model.graph), ctx.options.input_shapes or {})
         for p in passes:
             run_pass(p, ctx)
@@ -57,11 +58,25 @@ def check_weights_only(model: onnx.ModelProto, options: PruneOptions) -> None:
     target = getattr(options, "target", None)
     criterion = getattr(options, "criterion", None)
     if getattr(options, "calibration", None) is not None or target is not None \
-            or (criterion is not None and needs_activations(criterion)):
+            or getattr(options, "quantize", None) is not None or (criterion is not None and needs_activations(criterion)):
         size = sum(int(e.value) for t in model.graph.initializer for e in t.external_data if e.key == "length")
         raise BadInputError(f"model has {size / 1e9:.1f} GB of weights, over the {LAZY_LOAD_THRESHOLD / 1e9:.1f} GB "
                             "onnxprune loads whole: such models are pruned from their weights alone (a weight "
-                            "criterion and a ratio; no calibration data, no target search)")
+                            "criterion and a ratio; no calibration data, no target search, no --quantize)")
+
+
+def check_quantizable(model: onnx.ModelProto, options: PruneOptions) -> None:
+    """``--quantize``, before any work: its tools are installed, and the model is not quantized already."""
+    method = getattr(options, "quantize", None)
+    if method is None:
+        return
+    from .runtime.quantize import check_available, quantized_ops
+
+    check_available(method)
+    found = quantized_ops(model)
+    if found:
+        raise BadInputError(f"--quantize {method}: the model is quantized already ({', '.join(found)}); prune it "
+                            "without --quantize (its quantized weights are pruned as they are)")
 
 
 @dataclass
@@ -79,9 +94,9 @@ class PruneResult:
 
     @property
     def unchanged(self) -> bool:
-        """Nothing was removed: the output is the input model as it is."""
+        """Nothing was removed and nothing quantized: the output is the input model as it is."""
         selection = self.context.selection
-        return selection is None or not selection.changes
+        return (selection is None or not selection.changes) and self.context.quantized is None
 
     def save(self, path: str | os.PathLike) -> list:
         """Write the pruned model; an unchanged model read from one file (no external data) is
@@ -89,6 +104,8 @@ class PruneResult:
         if self.model is self.context.model and self.source is not None:
             copy_file(self.source, path)
             written = [Path(path)]
+        elif self.model is self.context.quantized:
+            written = save_model(self.model, path)
         else:
             written = save_model(self.model, path, graph=self.context.pruned_graph)  # weights may wait in the graph
         try:
@@ -119,7 +136,8 @@ class PruneResult:
 
 
 def prune(model: onnx.ModelProto | str | os.PathLike, options: PruneOptions | None = None, *,
-          log: Callable[[str], None] | None = None, **values: Any) -> PruneResult:
+          log: Callable[[str], None] | None = None, work_dir: str | os.PathLike | None = None,
+          **values: Any) -> PruneResult:
     """Prune MODEL; the input is never modified.
 
     The keyword arguments are ``PruneOptions``' fields (the CLI's prune flags by their field
@@ -135,7 +153,10 @@ def prune(model: onnx.ModelProto | str | os.PathLike, options: PruneOptions | No
     iterable of input dicts) enables activation criteria (default ``obs``), reconstruction
     (default ``lstsq``; ``"bias"`` or ``"none"`` to change it) and the fidelity report.
     ``benchmark=True`` times the original and the pruned model side by side at the end
-    (``report["benchmark"]``). ``log`` receives progress lines of a latency search.
+    (``report["benchmark"]``). ``quantize="int8"``, ``"int8-dynamic"`` or ``"int4"`` then quantizes the pruned model
+    with ONNX Runtime's quantizer (``result.model`` is the quantized one; ``report["quantization"]``),
+    its temporary files in ``work_dir`` (default: the system's temporary folder). ``log``
+    receives progress lines of a latency search.
     """
     unknown = sorted(set(values) - {f.name for f in fields(PruneOptions)})
     if unknown:
@@ -144,8 +165,9 @@ def prune(model: onnx.ModelProto | str | os.PathLike, options: PruneOptions | No
     options = options.validate()
     from .passes.builtin import default_passes
 
-    ctx = Pipeline(default_passes(options, log)).run(model, options)
-    return PruneResult(ctx.pruned, ctx, None if isinstance(model, onnx.ModelProto) else model)
+    ctx = Pipeline(default_passes(options, log, work_dir)).run(model, options)
+    shipped = ctx.quantized if ctx.quantized is not None else ctx.pruned
+    return PruneResult(shipped, ctx, None if isinstance(model, onnx.ModelProto) else model)
 
 
 def _signature() -> inspect.Signature:

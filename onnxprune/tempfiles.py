@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import threading
 from contextlib import contextmanager
@@ -19,6 +20,8 @@ from typing import Iterator
 
 #: Temporary files created and not yet renamed or removed, by path.
 _LIVE: set[str] = set()
+#: Temporary folders (for tools that write files of their own), removed whole.
+_LIVE_DIRS: set[str] = set()
 #: File-name limit where the folder does not say (Linux, macOS and Windows all allow 255).
 DEFAULT_NAME_MAX = 255
 _RANDOM_CHARS = 8  # from secrets.token_hex(4)
@@ -71,6 +74,27 @@ def temp_beside(target: Path) -> Iterator[tuple[int, str]]:
         _remove(path)
 
 
+@contextmanager
+def temp_folder(parent: Path, label: str) -> Iterator[Path]:
+    """A new private folder ``.<label>.<random>.tmp`` in ``parent``, removed with everything in it
+    when the block ends or a stopping signal arrives: for tools that write temporary files of
+    their own, so that those stay beside the output and never outlive the run."""
+    limit = name_max(parent)
+    while True:
+        path = os.path.join(parent, temp_name(label, limit))
+        try:
+            os.mkdir(path, 0o700)
+            break
+        except FileExistsError:
+            continue
+    _LIVE_DIRS.add(path)
+    try:
+        yield Path(path)
+    finally:
+        _LIVE_DIRS.discard(path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _remove(path: str) -> None:
     try:
         os.unlink(path)
@@ -84,6 +108,9 @@ def _on_signal(signum: int, frame) -> None:
     for path in list(_LIVE):  # first, in case unwinding is cut short by a second signal
         _LIVE.discard(path)
         _remove(path)
+    for path in list(_LIVE_DIRS):
+        _LIVE_DIRS.discard(path)
+        shutil.rmtree(path, ignore_errors=True)
     raise Interrupted(signum)
 
 

@@ -108,7 +108,27 @@ def _minilm_quantized(work: Path, kind: str) -> Path:
     return out
 
 
+def _minilm_data() -> None:
+    """Write the held-out sentences and the calibration buckets when they are not there yet
+    (the tokenizer ``tools/export_minilm.py`` saved; needs transformers, no download)."""
+    if (MINILM / "heldout150.npz").exists() and (MINILM / "calib_buckets_512").is_dir():
+        return
+    import subprocess
+
+    from transformers import AutoTokenizer
+
+    sys.path.insert(0, str(REPO / "tools"))
+    import minilm_data
+
+    tokenizer = AutoTokenizer.from_pretrained(str(MINILM / "tokenizer"))
+    np.savez(MINILM / "heldout150.npz", **minilm_data.encode(tokenizer, minilm_data.heldout_sentences(150)))
+    subprocess.run([sys.executable, str(REPO / "tools" / "minilm_calib_buckets.py"), "--sentences", "512",
+                    "--out", str(MINILM / "calib_buckets_512"), "--tokenizer", str(MINILM / "tokenizer")],
+                   check=True)
+
+
 def minilm(work: Path, kind: str) -> dict:
+    _minilm_data()
     held = dict(np.load(MINILM / "heldout150.npz"))
 
     def outputs(model):

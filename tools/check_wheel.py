@@ -13,7 +13,7 @@ import tempfile
 import venv
 from pathlib import Path
 
-EXTRAS = ("cpu", "gpu", "images", "dev")
+EXTRAS = ("cpu", "gpu", "images", "quantize", "dev")
 
 PROBE = f"""
 import importlib.metadata as md, sys
@@ -25,10 +25,11 @@ problems = [f"no extra {{x}}" for x in {EXTRAS!r} if x not in extras]
 problems += [f"no requirement {{r}}" for r in ("onnx", "onnx-graphsurgeon", "numpy", "click", "tqdm")
              if not any(q.split(";")[0].replace(" ", "").startswith(r) for q in requires)]
 problems += [] if any("onnxruntime" in q and 'extra == "cpu"' in q for q in requires) else ["cpu extra lacks onnxruntime"]
+problems += [] if any("onnx-ir" in q and 'extra == "quantize"' in q for q in requires) else ["quantize extra lacks onnx-ir"]
 problems += [] if entry and entry[0].value == "onnxprune.cli:main" else ["no onnxprune console script"]
 files = {{str(f) for f in dist.files or []}}
 problems += [f"{{f}} missing" for f in ("onnxprune/cli.py", "onnxprune/report/progress.py",
-                                      "onnxprune/calibration/images.py") if f not in files]
+                                      "onnxprune/calibration/images.py", "onnxprune/runtime/quantize.py") if f not in files]
 print("\\n".join(problems) or "ok")
 sys.exit(1 if problems else 0)
 """

@@ -8,7 +8,8 @@ from .base import Pass
 
 class Benchmark(Pass):
     """Time both models interleaved on ``options.provider``/``threads`` (inputs of
-    ``options.input_shapes`` or the first calibration batch) and report p50s and the ratio."""
+    ``options.input_shapes`` or the first calibration batch) and report p50s and the ratio; with
+    ``--quantize``, the quantized model too, in the same rounds."""
 
     name = "benchmark"
     requires = ("pruned",)
@@ -29,9 +30,16 @@ class Benchmark(Pass):
         feeds = None if opts.input_shapes else latency_feeds(ctx)
         original = make_runner(ctx.model.SerializeToString(), opts.provider, opts.threads, opts.input_shapes,
                                feeds=feeds)
-        pruned = make_runner(ctx.pruned.SerializeToString(), opts.provider, opts.threads, feeds=original.feeds)
-        orig_t, pruned_t = interleaved([("original", original), ("pruned", pruned)], min_seconds=self.min_seconds,
-                                       max_rounds=self.max_rounds)
+        runners = [("original", original),
+                   ("pruned", make_runner(ctx.pruned.SerializeToString(), opts.provider, opts.threads,
+                                          feeds=original.feeds))]
+        if ctx.quantized is not None:
+            runners.append(("quantized", make_runner(ctx.quantized.SerializeToString(), opts.provider, opts.threads,
+                                                     feeds=original.feeds)))
+        timings = interleaved(runners, min_seconds=self.min_seconds, max_rounds=self.max_rounds)
+        orig_t, pruned_t = timings[0], timings[1]
         ctx.report["benchmark"] = {"provider": opts.provider, "threads": opts.threads,
                                    "original": orig_t.summary(), "pruned": pruned_t.summary(),
                                    "ratio": ratios(orig_t, pruned_t)}
+        if ctx.quantized is not None:
+            ctx.report["benchmark"].update(quantized=timings[2].summary(), quantized_ratio=ratios(orig_t, timings[2]))

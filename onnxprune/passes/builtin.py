@@ -329,15 +329,19 @@ def _input_width(weight_shape) -> int | None:
     return int(weight_shape[1] if len(weight_shape) > 2 else weight_shape[0])
 
 
-def default_passes(options=None, log=None) -> list[Pass]:
-    """The standard pipeline; with a target in ``options``, a search replaces the ratio selection."""
+def default_passes(options=None, log=None, work_dir=None) -> list[Pass]:
+    """The standard pipeline; with a target in ``options``, a search replaces the ratio selection,
+    and with ``quantize`` a quantize pass follows verify (its temporary files in ``work_dir``)."""
     from .benchmark import Benchmark
+    from .quantize import Quantize
     from .search import Search
     from .verify import Verify
 
     options = options.validate() if options is not None else None  # target_flops="50%" is a target too
-    select = Search(log) if options is not None and options.target is not None else Select()
+    select = Search(log, work_dir) if options is not None and options.target is not None else Select()
     passes = [Normalize(), Analyze(), Calibrate(), Score(), select, Rewrite(), Reconstruct(), Verify()]
+    if options is not None and options.quantize is not None:
+        passes.append(Quantize(work_dir))
     if options is not None and options.benchmark:
         passes.append(Benchmark())
     return passes
@@ -345,11 +349,13 @@ def default_passes(options=None, log=None) -> list[Pass]:
 
 def _providers() -> dict[str, str]:
     from .benchmark import Benchmark
+    from .quantize import Quantize
     from .search import Search
     from .verify import Verify
 
     out: dict[str, str] = {}
-    for cls in (Normalize, Analyze, Calibrate, Score, Select, Search, Rewrite, Reconstruct, Verify, Benchmark):
+    for cls in (Normalize, Analyze, Calibrate, Score, Select, Search, Rewrite, Reconstruct, Verify, Quantize,
+                Benchmark):
         for name in cls.provides:
             out.setdefault(name, cls.__name__)
     return out

@@ -34,8 +34,9 @@ class Search(Pass):
     requires = ("graph", "opset", "analysis", "scores")
     provides = ("selection",)
 
-    def __init__(self, log=None):
+    def __init__(self, log=None, work_dir=None):
         self.log = log
+        self.work_dir = work_dir
 
     def run(self, ctx: PruningContext) -> None:
         from ..search.latency_table import LatencyTable
@@ -54,7 +55,8 @@ class Search(Pass):
             if not opts.input_shapes:
                 feeds = latency_feeds(ctx)
             settings = SearchSettings.from_options(opts, feeds=feeds, table=table,
-                                                   model_sha256=model_fingerprint(ctx.model), log=self.log)
+                                                   model_sha256=model_fingerprint(ctx.model), log=self.log,
+                                                   ship=shipping(ctx, self.work_dir))
             result = search_latency(problem, target, settings)
         else:
             settings = SearchSettings.from_options(opts, flop_shapes=flop_shapes(ctx))
@@ -62,6 +64,29 @@ class Search(Pass):
         ctx.selection = result.selection
         ctx.report["search"] = result.as_report()
         ctx.warnings.extend(search_warnings(result))
+
+
+def shipping(ctx: PruningContext, work_dir=None):
+    """With ``--quantize``, what a latency candidate becomes before it is timed, so that the
+    target is met by the model that ships: ``(model bytes, io cuts) -> quantized model bytes``.
+    Static int8 takes its ranges from the first calibration samples only
+    (``runtime.quantize.TIMING_SAMPLES``): they set scales, not the graph that is timed."""
+    method = ctx.options.quantize
+    if method is None:
+        return None
+    import onnx
+
+    from ..runtime.quantize import TIMING_SAMPLES, quantize
+    from .quantize import CutBatches
+
+    calibration = ctx.calibration if method == "int8" else None
+
+    def ship(model_bytes: bytes, cuts: dict) -> bytes:
+        batches = CutBatches(calibration, cuts) if calibration is not None else None
+        done = quantize(onnx.load_from_string(model_bytes), method, batches, work_dir, max_samples=TIMING_SAMPLES)
+        return done.model.SerializeToString() if done.layers else model_bytes
+
+    return ship
 
 
 def search_warnings(result) -> list[str]:

@@ -130,6 +130,33 @@ def _io_shapes(report: dict) -> str:
             f'<th>before</th><th>after</th></tr>{rows}</table>')
 
 
+def _steps(report: dict) -> str:
+    """With ``--quantize``: the table of size, latency and fidelity after each step."""
+    steps = report.get("steps")
+    if not steps:
+        return ""
+    q = report.get("quantization") or {}
+
+    def fid(step: dict) -> str:
+        if not step["fidelity"]:
+            return "<td>–</td><td>–</td>"
+        v = next(iter(step["fidelity"].values()))
+        return f'<td>{v["mean_cosine"]:.4f}</td><td>{v["relative_error"]:.4f}</td>'
+
+    def p50(step: dict) -> str:
+        return "–" if step["p50_ms"] is None else f'{step["p50_ms"]:.3f}'
+
+    rows = "".join(f'<tr><td class="l">{_e(s["step"])}</td><td>{_human(s["bytes"])}B</td><td>{p50(s)}</td>{fid(s)}</tr>'
+                   for s in steps)
+    how = f'{q.get("method")}, {q.get("scheme")}' + (f' on {q["samples"]} calibration samples' if q.get("samples") else "")
+    first = next((next(iter(s["fidelity"])) for s in steps if s["fidelity"]), None)
+    return (f'<h2>Build steps</h2><p class="muted">Quantized by ONNX Runtime\'s quantizer ({_e(how)}, '
+            f'{_e(q.get("layers"))} layers). Latency: p50 where timed (--bench: side by side in the same rounds); '
+            f'fidelity against the original on calibration data{f", output {_e(first)}" if first else ""}.</p>'
+            '<table><tr><th class="l">step</th><th>size</th><th>p50 (ms)</th><th>mean cosine</th>'
+            f'<th>relative error</th></tr>{rows}</table>')
+
+
 def render_html(report: dict) -> str:
     """The page for one JSON report."""
     before, after = report.get("before") or {}, report.get("after") or {}
@@ -180,6 +207,7 @@ def render_html(report: dict) -> str:
 <table><tr><th class="l"></th><th>before</th><th>after</th><th>change</th></tr>{summary}</table>
 {f'<p class="muted">{_e(flops_at_line(report["flops_at"]))}</p>' if report.get("flops_at") else ""}
 {_io_shapes(report)}
+{_steps(report)}
 {f'<h2>Fidelity on calibration data ({fidelity.get("batches")} batches)</h2><table><tr><th class="l">output</th><th>mean cosine</th><th>min cosine</th><th>relative error</th></tr>{fid_rows}</table>' if fid_rows else ''}
 <h2>Kept channels per group</h2>{kept_plot}
 <h2>Per-layer sensitivity</h2><p class="muted">{_e(sens_title)}</p>{sens_plot if sens_rows else ""}

@@ -38,6 +38,7 @@ def _settings(ctx: PruningContext) -> dict[str, Any]:
             "prune": list(o.prune), "blocks": o.blocks, "allocate": o.allocate, "round_to": o.round_to, "reconstruct": o.reconstruct, "calib_samples": o.calib_samples,
             "calib_rows": o.calib_rows,
             "calibration": ctx.calibration.description if ctx.calibration is not None else None,
+            "quantize": o.quantize,
             "provider": o.provider, "threads": o.threads, "input_shapes": o.input_shapes or None,
             "latency_table": str(o.latency_table) if o.latency_table is not None and
             not hasattr(o.latency_table, "layers") else None}
@@ -68,6 +69,40 @@ def _blocks(ctx: PruningContext) -> list[dict[str, Any]]:
             for b in ctx.analysis.blocks]
 
 
+def quantize_steps(report: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """With ``--quantize``: original -> pruned -> pruned+quantized, each step's model size (bytes),
+    p50 latency where it was timed (``--bench``: all three in the same rounds; a measured latency
+    target: the original and the model that ships) and fidelity against the original on
+    calibration data (per output: mean cosine, relative error). None without quantization."""
+    q = report.get("quantization")
+    if not q:
+        return None
+    bench = report.get("benchmark") or {}
+    search = report.get("search") or {}
+    measured = search.get("measurement") or {}
+    shipped_timed = search.get("timed_as") == "quantized" and "pruned" in measured
+
+    def p50(timing: dict | None) -> float | None:
+        return None if not timing else timing.get("p50_ms")
+
+    def outputs(fidelity: dict | None) -> dict | None:
+        if not fidelity:
+            return None
+        return {name: {"mean_cosine": v["mean_cosine"], "relative_error": v["relative_error"]}
+                for name, v in fidelity.get("outputs", {}).items()}
+
+    params = (report.get("before") or {}).get("params"), (report.get("after") or {}).get("params")
+    steps = [{"step": "original", "bytes": q["bytes"]["original"], "params": params[0],
+              "p50_ms": p50(bench.get("original")) or p50(measured.get("original")), "fidelity": None},
+             {"step": "pruned", "bytes": q["bytes"]["pruned"], "params": params[1],
+              "p50_ms": p50(bench.get("pruned")), "fidelity": outputs(report.get("fidelity"))}]
+    if q["bytes"].get("quantized") is not None:
+        steps.append({"step": f"pruned+{q['method']}", "bytes": q["bytes"]["quantized"], "params": params[1],
+                      "p50_ms": p50(bench.get("quantized")) or (p50(measured.get("pruned")) if shipped_timed else None),
+                      "fidelity": outputs(q.get("fidelity"))})
+    return steps
+
+
 def build_report(ctx: PruningContext, input_path: str | None = None, output_path: str | None = None,
                  written: bool = True) -> dict[str, Any]:
     """The report for one pruning run (see the module docstring)."""
@@ -86,6 +121,8 @@ def build_report(ctx: PruningContext, input_path: str | None = None, output_path
         "reconstruction": report.get("reconstruction"),
         "fidelity": report.get("fidelity"),
         "benchmark": report.get("benchmark"),
+        "quantization": report.get("quantization"),
+        "steps": quantize_steps(report),
         "warnings": list(ctx.warnings),
     }
 

@@ -97,6 +97,7 @@ def prune_summary(ctx: PruningContext) -> str:
         f", calibration {ctx.calibration.description}" if ctx.calibration is not None else
         " (from the weights alone: no calibration data)"))
     rows.extend(search_summary(ctx.report))
+    rows.extend(step_lines(ctx.report))
     recon = ctx.report.get("reconstruction")
     if recon:
         done = [layer for layer in recon["layers"] if layer["error_after"] is not None]
@@ -139,6 +140,35 @@ def config_lines(configs: list[dict]) -> list[str]:
     return rows
 
 
+def step_lines(report: dict) -> list[str]:
+    """With ``--quantize``: size, latency and fidelity after each step (original -> pruned -> quantized)."""
+    from .json_report import quantize_steps
+
+    steps = quantize_steps(report)
+    if not steps:
+        return []
+    q = report["quantization"]
+    how = q["scheme"] + (f" on {q['samples']} calibration samples" if q.get("samples") else "")
+    rows = [f"quantized {q['method']} ({how}, {q['layers']} layers), by ONNX Runtime's quantizer:",
+            f"  {'step':<18}{'size':>10}{'p50 ms':>10}  fidelity vs original (first output)"]
+    for step in steps:
+        p50 = "–" if step["p50_ms"] is None else f"{step['p50_ms']:.3f}"
+        fid = step["fidelity"]
+        if fid:
+            name, v = next(iter(fid.items()))
+            fid_text = f"{name}: cosine {v['mean_cosine']:.4f}, relative error {v['relative_error']:.4f}"
+        elif step["step"] == "original":
+            fid_text = "–"
+        elif step["step"] == "pruned" and not q["pruned"]:
+            fid_text = "the original: nothing removed"
+        else:
+            fid_text = "not measured (no calibration data)"
+        rows.append(f"  {step['step']:<18}{human(step['bytes']) + 'B':>10}{p50:>10}  {fid_text}")
+    if all(step["p50_ms"] is None for step in steps[1:]):
+        rows.append("  (--bench times the three side by side)")
+    return rows
+
+
 def timed_here(search: dict) -> bool:
     """Whether a search timed candidates here (a measured latency target)."""
     return bool(search.get("measurement") and "pruned" in search["measurement"])
@@ -173,7 +203,8 @@ def search_summary(report: dict) -> list[str]:
         m = search.get("measurement")
         if m and "pruned" in m:
             p, r = m["pruned"], m["ratio"]
-            rows.append(f"latency p50 {search['baseline']:.3f} -> {search['achieved']:.3f} ms, side by side in the "
+            what = " (quantized: the model that ships)" if search.get("timed_as") == "quantized" else ""
+            rows.append(f"latency p50 {search['baseline']:.3f} -> {search['achieved']:.3f} ms{what}, side by side in the "
                         f"same {p['rounds']} rounds (95% interval of the median {p['median_ci_ms'][0]:.3f}–"
                         f"{p['median_ci_ms'][1]:.3f} ms); speedup "
                         f"{1 / r['median']:.2f}x (per round {1 / r['max']:.2f}–{1 / r['min']:.2f}x)")

@@ -46,6 +46,8 @@ class SearchSettings:
     log: Callable[[str], None] | None = None
     #: the input shapes a FLOPs target is counted at: the summary's (``--input-shape`` or a calibration sample's)
     flop_shapes: dict[str, list[int]] | None = None
+    #: (model bytes, io cuts) -> the model that ships (quantized), timed in place of each candidate
+    ship: Callable[[bytes, dict], bytes] | None = None
 
     @classmethod
     def from_options(cls, options: Any, **found: Any) -> SearchSettings:

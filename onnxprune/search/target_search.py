@@ -81,13 +81,15 @@ class SearchResult:
     over_pruned: bool = False
     #: the accuracy guard's comparison (``search.guard``), with calibration data
     fidelity_check: dict | None = None
+    #: what the candidates were timed as: "pruned", or "quantized" (``--quantize``: the model that ships)
+    shipped: str = "pruned"
 
     def as_report(self) -> dict:
         return {"target": {"kind": self.target.kind, "value": self.target.value, "fraction": self.target.fraction},
                 "status": self.status, "baseline": self.baseline, "achieved": self.achieved,
                 "counts": {str(k): v for k, v in sorted(self.counts.items())}, "iterations": self.iterations,
                 "measurement": self.measurement, "curve": self.curve, "seconds": round(self.seconds, 3),
-                "over_pruned": self.over_pruned, "fidelity_check": self.fidelity_check}
+                "over_pruned": self.over_pruned, "fidelity_check": self.fidelity_check, "timed_as": self.shipped}
 
 
 @dataclass
@@ -229,10 +231,14 @@ def search_latency(problem: SearchProblem, target: Target, settings: SearchSetti
     upper = base.median_interval()[1]
     log(f"baseline p50 {base.percentile(50):.3f} ms on {provider} (round medians up to {upper:.3f} ms)")
     result = SearchResult(target, "already_met", base.percentile(50), base.percentile(50))
-    if upper <= goal:
+    result.shipped = "quantized" if settings.ship is not None else "pruned"
+    if upper <= goal and settings.ship is None:
         result.measurement = {"original": base.summary(), "decided_on_ms": upper}
         return result
     runs_per_round = int(min(50, max(5, round(ROUND_MS / max(base.percentile(50), 1e-3)))))
+    if settings.ship is not None and _met_unpruned(result, template, original, settings, goal, runs_per_round, log):
+        result.seconds = time.perf_counter() - start
+        return result
     trials = Trials(graph, analysis, opset, template)
     flops_model, ladder = flops_ladder(analysis, graph, scores, round_to, channel_block(provider))
 
@@ -243,8 +249,10 @@ def search_latency(problem: SearchProblem, target: Target, settings: SearchSetti
         if candidate.measurement is None and key in timed:
             candidate.measurement = timed[key]
         if candidate.measurement is None:
-            pruned = make_runner(trials.build_bytes(candidate, analysis, scores), provider, threads,
-                                 feeds=original.feeds)
+            model_bytes = trials.build_bytes(candidate, analysis, scores)
+            if settings.ship is not None:
+                model_bytes = settings.ship(model_bytes, trials.io_cuts(candidate.selection))
+            pruned = make_runner(model_bytes, provider, threads, feeds=original.feeds)
             candidate.measurement = _measure_pair(original, pruned, goal, runs_per_round)
             m = candidate.measurement
             log(f"  {candidate.kind} at {candidate.flops:.4g} FLOPs: p50 {m['pruned']['p50_ms']:.3f} ms (95% up to "
@@ -278,6 +286,29 @@ def search_latency(problem: SearchProblem, target: Target, settings: SearchSetti
                     for c in ladder if c.measurement]
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _met_unpruned(result: SearchResult, template: onnx.ModelProto, original, settings: SearchSettings, goal: float,
+                  runs_per_round: int, log: Callable[[str], None]) -> bool:
+    """With a model that ships transformed (quantized), the unpruned model transformed is the
+    first candidate: where it meets the target, nothing is pruned (status ``met``, no counts)."""
+    from ..runtime.session import make_runner
+
+    shipped = make_runner(settings.ship(template.SerializeToString(), {}), settings.provider, settings.threads,
+                          feeds=original.feeds)
+    m = _measure_pair(original, shipped, goal, runs_per_round)
+    log(f"  unpruned, {result.shipped}: p50 {m['pruned']['p50_ms']:.3f} ms (95% up to {m['decided_on_ms']:.3f} ms), "
+        f"the original {m['original']['p50_ms']:.3f} ms in the same rounds: " + ("meets" if m["meets"] else "misses")
+        + " the target")
+    result.iterations.append({"kind": "unpruned", "counts": {}, "flops_budget": 1.0, "predicted": None,
+                              "achieved": m["pruned"]["p50_ms"], "original_ms": m["original"]["p50_ms"],
+                              "interval_ms": m["pruned"]["median_ci_ms"], "decided_on_ms": m["decided_on_ms"],
+                              "meets": m["meets"]})
+    if not m["meets"]:
+        return False
+    result.status, result.measurement = "met", m
+    result.baseline, result.achieved = m["original"]["p50_ms"], m["pruned"]["p50_ms"]
+    return True  # never over-pruned: nothing was pruned
 
 
 def _predict_latency(analysis: Analysis, scores: dict[int, np.ndarray], target: Target, model_sha256: str,
