@@ -13,6 +13,7 @@ from .passes.search import Search
 from .passes.verify import Verify
 from .pipeline import Pipeline, PruneResult, prune
 from .search.target_search import TargetUnreachable
+from .sensitivity import sensitivity
 
 __version__ = "0.1.0"
 
@@ -20,5 +21,5 @@ __all__ = [
     "Analysis", "Analyze", "BadInputError", "Calibrate", "Reconstruct", "Group", "Normalize", "OnnxPruneError", "Pass", "PassError", "Pipeline",
     "PipelineError",
     "PruneOptions", "PruneResult", "PruningContext", "Rewrite", "Score", "Search", "Select", "TargetUnreachable",
-    "Verify", "Benchmark", "analyze_graph", "prune",
+    "Verify", "Benchmark", "analyze_graph", "prune", "sensitivity",
 ]

@@ -140,6 +140,7 @@ def main() -> None:
                                            (DATA: .npz keyed by input names, a folder of images)
     onnxprune MODEL --ratio 0.5            from the weights alone: smaller, but not accurate
     onnxprune analyze MODEL                list channel groups and why some are blocked
+    onnxprune sensitivity MODEL --calib D  output error of cutting each group or block alone
     onnxprune MODEL --target-latency 50ms  prune until the measured latency meets the target
     onnxprune bench MODEL [MODEL ...]      measure latency, side by side
     onnxprune profile MODEL -o table.json  time layers at every width, for --latency-table
@@ -359,7 +360,8 @@ NO_CALIBRATION_WARNING = (
 
 
 def _removed_any(ctx) -> bool:
-    return ctx.selection is not None and any(kept < total for kept, total in ctx.selection.kept.values())
+    return ctx.selection is not None and (bool(ctx.selection.blocks)
+                                          or any(kept < total for kept, total in ctx.selection.kept.values()))
 
 
 def _write_reports(ctx, json_path: Path | None, html_path: Path | None, model: Path, out: Path,
@@ -460,6 +462,56 @@ def bench_cmd(models: tuple[Path, ...], provider: str, threads: int | None, inpu
             from .io import atomic_write_text
 
             atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")
+    except Exception as exc:
+        _fail(exc, debug)
+
+
+@main.command("sensitivity")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--calib", type=click.Path(path_type=Path), required=True, help="Calibration data, as for pruning.")
+@click.option("--calib-samples", type=int, help="Use at most N calibration samples for the scores.")
+@click.option("--criterion", help="Channel importance that orders each group's cut [default: fluctuation].")
+@click.option("--prune", "kinds", default="heads,channels,blocks", show_default=True,
+              help="What to sweep: heads, channels, blocks.")
+@click.option("--fractions", default="0.9,0.75,0.5,0.25", show_default=True, help="Kept fractions to sweep.")
+@click.option("--samples", type=int, default=64, show_default=True, help="Calibration samples each point is measured on.")
+@click.option("--reconstruct", type=click.Choice(["none", "bias", "lstsq"]), default="none", show_default=True,
+              help="Refit each point as a prune would before measuring it (one reconstruction per point: slower).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the table as JSON.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a page with one curve per group.")
+@_threads_option
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def sensitivity_cmd(model: Path, calib: Path, calib_samples: int | None, criterion: str | None, kinds: str,
+                    fractions: str, samples: int, reconstruct: str, json_path: Path | None,
+                    html_path: Path | None, threads: int | None, debug: bool) -> None:
+    """Measure, per group and block, the output error of cutting it alone to each kept fraction."""
+    try:
+        _debug_log(debug)
+        from .io import atomic_write_text
+        from .options import PruneOptions, numbers
+        from .report.sensitivity_page import render_sensitivity
+        from .sensitivity import sensitivity, text_table
+
+        kept = numbers(fractions, "--fractions", float, ",", (1, 20))
+        kept = kept if isinstance(kept, list) else [kept]
+        if samples < 1:
+            raise BadInputError(f"--samples must be positive, got {samples}")
+        options = PruneOptions(calibration=calib, calib_samples=calib_samples, criterion=criterion, prune=kinds,
+                               threads=threads, reconstruct=reconstruct).validate()
+        _run_files(model, calib=calib).write("--json", json_path).write("--html", html_path).check()
+        result = sensitivity(model, options, tuple(kept), samples, progress=None)
+        for warning in result["warnings"]:
+            click.echo(f"warning: {warning}", err=True)
+        click.echo(text_table(result))
+        if json_path is not None:
+            import json
+
+            atomic_write_text(json_path, json.dumps(result, indent=1) + "\n")
+            click.echo(f"wrote {json_path}")
+        if html_path is not None:
+            atomic_write_text(html_path, render_sensitivity(result, str(model)))
+            click.echo(f"wrote {html_path}")
     except Exception as exc:
         _fail(exc, debug)
 

@@ -26,6 +26,8 @@ class PruningContext:
     graph: gs.Graph | None = None
     analysis: Analysis | None = None
     scores: dict[int, np.ndarray] = field(default_factory=dict)
+    #: residual block id -> how much removing it changes the stream (``scoring.blocks``)
+    block_scores: dict[int, float] = field(default_factory=dict)
     selection: Selection | None = None
     pruned: onnx.ModelProto | None = None
     #: ``pruned`` quantized (``--quantize``): the model that ships, when there is one

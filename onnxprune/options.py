@@ -102,8 +102,19 @@ class PruneOptions:
     prune: tuple[str, ...] = _opt(
         ("heads", "channels"), flag="--prune", group=WHAT, metavar="KINDS", show_default=True,
         cli_default="heads,channels",
-        help="What to remove: heads (whole attention heads), channels (conv channels, MLP units), or both.")
+        help="What to remove, comma-separated: heads (whole attention heads), channels (conv channels, MLP "
+        "units), blocks (whole residual branches: attention or MLP sub-blocks, ResNet blocks).")
     #: None: "l1" without calibration data, "obs" with it ("fluctuation" without reconstruction)
+    #: "uniform": ``ratio`` of every group; "global": per-group ratios from measured sensitivities
+    allocate: str = _opt(
+        "uniform", flag="--allocate", group=WHAT, kind=("uniform", "global"), show_default=True,
+        help="uniform: --ratio of every group; global: the same parameters removed, spread by each group's "
+        "measured sensitivity (needs --calib; see 'onnxprune sensitivity').")
+    #: None: ``ratio`` of the removable blocks (rounded) when ``prune`` names "blocks"
+    blocks: int | None = _opt(
+        flag="--blocks", group=WHAT, kind="int", metavar="N",
+        help="With --prune blocks: remove N residual blocks (a branch joining the stream through an Add) "
+        "[default: --ratio of the removable blocks].")
     criterion: str | None = _opt(
         flag="--criterion", group=WHAT, kind=_criteria,
         help="Channel importance [default: l1; obs with --calib (fluctuation with --no-reconstruct)]. l1/l2: "
@@ -211,6 +222,13 @@ class PruneOptions:
             raise BadInputError("--latency-table predicts the float model's latency, not a quantized one's: "
                                 "give --target-latency without it to measure the quantized candidates here")
         _check_images(opts)
+        if opts.allocate == "global" and (target is not None or opts.calibration is None):
+            raise BadInputError("--allocate global spreads --ratio by sensitivities measured on calibration data: "
+                                "give --calib and a ratio (not a target)")
+        if target is not None and "blocks" in opts.prune:
+            raise BadInputError(f"--prune blocks takes a count (--blocks N or --ratio), not --target-{target.kind}")
+        if opts.blocks is not None and "blocks" not in opts.prune:
+            raise BadInputError("--blocks needs --prune blocks (with any other kinds: --prune blocks,channels)")
         return replace(opts, target=target, ratio=DEFAULT_RATIO if target is None and opts.ratio is None else opts.ratio)
 
     def image_options(self) -> dict[str, Any]:
@@ -269,6 +287,12 @@ def check_threads(threads: Any) -> int | None:
 def _check_calib_samples(n: Any) -> int | None:
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise BadInputError(f"--calib-samples must be a positive integer, got {n}")
+    return n
+
+
+def _check_blocks(n: Any) -> int | None:
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
+        raise BadInputError(f"--blocks must be a non-negative integer, got {n}")
     return n
 
 
@@ -371,6 +395,8 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "prune": _check_prune,
     "criterion": _check_choice("criterion", "criterion", _criteria),
     "round_to": check_round_to,
+    "blocks": _check_blocks,
+    "allocate": _check_choice("allocate", "allocation", lambda: ("uniform", "global")),
     "calib_samples": _check_calib_samples,
     "calib_rows": _check_calib_rows,
     "calib_size": _check_size,

@@ -8,6 +8,8 @@ for the removed channels must give exactly what the pruned model computes. Tests
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -24,8 +26,12 @@ def _zeroed_input(site) -> tuple[int, int]:
     return through(site.input_index, site.axis) if through is not None else (site.input_index, site.axis)
 
 
-def zeroed_model(analysis: Analysis, removed: set[int]) -> onnx.ModelProto:
-    """Export ``analysis.graph`` with removed channels zeroed at their consumers (graph untouched)."""
+def zeroed_model(analysis: Analysis, removed: set[int], blocks=frozenset()) -> onnx.ModelProto:
+    """Export ``analysis.graph`` with removed channels zeroed at their consumers, and the removed
+    residual blocks' (ids ``blocks``) output projections zeroed (graph untouched)."""
+    if blocks:
+        with _blocks_zeroed(analysis, blocks):
+            return zeroed_model(analysis, removed)
     keep = analysis.keep_fn(removed)
     swaps = []
     zeroed: dict[tuple[int, int], np.ndarray] = {}
@@ -57,6 +63,29 @@ def zeroed_model(analysis: Analysis, removed: set[int]) -> onnx.ModelProto:
                 swaps.append((site.node, index_in, original))
                 site.node.inputs[index_in] = gs.Constant(f"{site.node.name}__input{index_in}__zeroed", zeroed.pop(key))
         return gs.export_onnx(analysis.graph, do_type_check=False)
+    finally:
+        for node, index, original in reversed(swaps):
+            node.inputs[index] = original
+
+
+@contextlib.contextmanager
+def _blocks_zeroed(analysis: Analysis, blocks):
+    """While inside, each removed block's zeroing constants (``Block.zeroed``: its output
+    projection's weights and bias, the bias adds and normalisation parameters after it) are
+    zeros, a copy per reading node; the branch's output is then zero, as if it were removed."""
+    nodes = {n.name: n for n in analysis.graph.nodes}
+    swaps = []
+    for block in analysis.blocks:
+        if block.id not in blocks:
+            continue
+        for name, index in block.zeroed:
+            node = nodes[name]
+            original = node.inputs[index]
+            zeros = np.zeros_like(np.asarray(read_values(original)))
+            swaps.append((node, index, original))
+            node.inputs[index] = gs.Constant(f"{name}__input{index}__block_zeroed", zeros)
+    try:
+        yield
     finally:
         for node, index, original in reversed(swaps):
             node.inputs[index] = original

@@ -96,7 +96,7 @@ class PruneResult:
     def unchanged(self) -> bool:
         """Nothing was removed and nothing quantized: the output is the input model as it is."""
         selection = self.context.selection
-        return (selection is None or not selection.removed) and self.context.quantized is None
+        return (selection is None or not selection.changes) and self.context.quantized is None
 
     def save(self, path: str | os.PathLike) -> list:
         """Write the pruned model; an unchanged model read from one file (no external data) is

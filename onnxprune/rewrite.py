@@ -99,21 +99,45 @@ def _slice_constants(graph: gs.Graph, nodes: dict[str, gs.Node], by_input: dict[
                 node.inputs[index] = copy
 
 
-def apply(plan: Plan, removed: set[int], graph: gs.Graph) -> gs.Graph:
-    """The graph with the classes ``removed`` taken out as ``plan`` says, shapes re-inferred: a
-    new graph; ``graph`` (the one the plan was made from, or a copy) is left as it is."""
+def apply(plan: Plan, removed: set[int], graph: gs.Graph, blocks=frozenset()) -> gs.Graph:
+    """The graph with the classes ``removed`` and the residual blocks ``blocks`` (ids) taken out
+    as ``plan`` says, shapes re-inferred: a new graph; ``graph`` (the one the plan was made from,
+    or a copy) is left as it is."""
     graph = copy_graph(graph)
     nodes = {node.name: node for node in graph.nodes}
     keep = plan.keep_fn(removed)
     _slice_constants(graph, nodes, _cuts_by_input(plan, keep))
     for edit in plan.edits:
         edit.apply(keep, graph, nodes)
+    for block in plan.blocks:
+        if block.id in blocks:
+            _remove_branch(graph, nodes[block.join], block.stream_input)
     io = {id(t) for t in graph.inputs} | {id(t) for t in graph.outputs}
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Variable) and id(tensor) not in io:
             tensor.shape = None
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     return infer_shapes(graph)
+
+
+def _remove_branch(graph: gs.Graph, join: gs.Node, stream_input: int) -> None:
+    """The join's output becomes its stream input: its readers read the stream (the join turns
+    into an Identity where its output is a graph output or read inside a subgraph); the branch,
+    read by nothing now, goes with the cleanup. The stream is taken from the graph as it is now,
+    so that consecutive blocks removed together chain."""
+    stream, out = join.inputs[stream_input], join.outputs[0]
+    readers = list(out.outputs)
+    if any(out is t for t in graph.outputs) or any(all(t is not out for t in r.inputs) for r in readers):
+        join.op, join.domain, join.attrs = "Identity", None, {}
+        join.inputs.clear()
+        join.inputs.append(stream)
+        return
+    for reader in readers:
+        for i, t in enumerate(reader.inputs):
+            if t is out:
+                reader.inputs[i] = stream
+    join.outputs.clear()
+    join.inputs.clear()
 
 
 def io_shape_changes(original: gs.Graph, pruned: gs.Graph) -> list[dict]:

@@ -26,6 +26,13 @@ class Selection:
     kept: dict[int, tuple[int, int]] = field(default_factory=dict)
     #: group id -> why a group the scores would have pruned is kept whole (the size guard)
     kept_whole: dict[int, str] = field(default_factory=dict)
+    #: ids of the residual blocks removed whole (``analysis.blocks``)
+    blocks: set[int] = field(default_factory=set)
+
+    @property
+    def changes(self) -> bool:
+        """Whether anything is removed: channels or blocks."""
+        return bool(self.removed or self.blocks)
 
 
 def kept_count(total: int, ratio: float, round_to: int = 1) -> int:
@@ -186,3 +193,17 @@ def select_by_ratio(analysis: Analysis, scores: dict[int, np.ndarray], ratio: fl
     """Remove the lowest-scored ``ratio`` of every prunable group."""
     counts = {g.id: kept_count(g.channels, ratio, round_to) for g in analysis.prunable_groups}
     return select_by_counts(analysis, scores, counts)
+
+
+def block_count(analysis: Analysis, ratio: float, count: int | None) -> int:
+    """How many residual blocks go: ``count`` (``--blocks``), else ``ratio`` of the removable
+    ones, rounded; never all of them."""
+    total = len(analysis.removable_blocks)
+    wanted = math.floor(ratio * total + 0.5) if count is None else count
+    return max(0, min(wanted, total - 1)) if total else 0
+
+
+def select_blocks(analysis: Analysis, scores: dict[int, float], count: int) -> set[int]:
+    """The ``count`` removable blocks whose removal changes least (lowest scores; ties: later first)."""
+    blocks = sorted(analysis.removable_blocks, key=lambda b: (scores[b.id], -b.id))
+    return {b.id for b in blocks[:count]}

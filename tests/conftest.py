@@ -109,3 +109,28 @@ def assert_cache_oracle(model, ratio: float = 0.5, criterion: str = "l1", feeds=
     shrunk = [n for n in ties if n in full and not keep(ties[n][1]).all()]
     assert shrunk, "no cache input changed shape"
     return ctx
+
+
+def assert_block_oracle(model, blocks=None, seeds=(0, 1), rtol: float = 1e-4, atol: float = 1e-5, feeds=None):
+    """Removing residual blocks (ids ``blocks``; default: every removable one) equals the original
+    with their output projections zeroed; same outputs, names and shapes. ``feeds(seed)``: the
+    inputs (default: random, dynamic dims as 1). Returns the context."""
+    from onnxprune.selection import Selection
+
+    ctx = Pipeline([Normalize(), Analyze()]).run(model)
+    ids = {b.id for b in ctx.analysis.removable_blocks} if blocks is None else set(blocks)
+    assert ids, "no removable block"
+    zeroed = zeroed_model(ctx.analysis, set(), ids)
+    ctx.selection = Selection(blocks=ids)
+    Rewrite().run(ctx)
+    pruned, original = ctx.pruned, ctx.model
+    check_like_input(pruned, original)
+    assert [o.name for o in pruned.graph.output] == [o.name for o in original.graph.output]
+    zs, ps, os_ = session(zeroed), session(pruned), session(original)
+    for seed in seeds:
+        given = feeds(seed) if feeds is not None else random_feeds(os_, seed)
+        for e, g, r in zip(zs.run(None, given), ps.run(None, given), os_.run(None, given)):
+            assert g.shape == r.shape, "output shape changed"
+            np.testing.assert_allclose(g, e, rtol=rtol, atol=atol)
+    assert ctx.report["after"]["params"] < ctx.report["before"]["params"]
+    return ctx

@@ -15,9 +15,11 @@ import pytest
 from test_cli import MODELS, digest, run_cli
 
 #: Every option of every command that names a file the command writes.
-OUTPUT_FLAGS = {"prune": ["-o", "--report", "--html"], "profile": ["-o"], "bench": ["--json"]}
+OUTPUT_FLAGS = {"prune": ["-o", "--report", "--html"], "profile": ["-o"], "bench": ["--json"],
+                "sensitivity": ["--json", "--html"]}
 #: ... and every option naming a file it reads.
-INPUT_FLAGS = {"prune": ["--latency-table", "--calib", "--config"], "profile": [], "bench": [], "analyze": []}
+INPUT_FLAGS = {"prune": ["--latency-table", "--calib", "--config"], "profile": [], "bench": [], "analyze": [],
+               "sensitivity": ["--calib"]}
 
 
 def test_every_file_option_is_known_as_input_or_output():
@@ -54,6 +56,8 @@ def _inputs(tmp_path: Path) -> dict[str, Path]:
 def _command(command: str, flag: str, target: Path, model: Path) -> list[str]:
     if command == "prune":
         return [str(model), flag, str(target)]
+    if command == "sensitivity":  # calibration data is required
+        return [command, str(model), "--calib", str(model.parent / "calib.npz"), flag, str(target)]
     return [command, str(model), flag, str(target)]
 
 

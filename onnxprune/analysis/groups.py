@@ -19,6 +19,7 @@ import onnx_graphsurgeon as gs
 
 from ..errors import BadInputError
 from ..ops import rule_for, spec_for, spec_key as rule_key
+from .blocks import Block, find_blocks
 from .sharing import ConstantPlan, constant_plans
 from .plan import Plan, make_plan
 from .state import SliceSite, State, UnsupportedPattern
@@ -93,9 +94,18 @@ class Analysis:
         return [g for g in self.groups if g.prunable]
 
     @cached_property
+    def blocks(self) -> list[Block]:
+        """The residual branches that can be removed whole, and those refused (``analysis.blocks``)."""
+        return find_blocks(self.graph)
+
+    @property
+    def removable_blocks(self) -> list[Block]:
+        return [b for b in self.blocks if b.removable]
+
+    @cached_property
     def plan(self) -> Plan:
-        """The frozen pruning plan (cuts and edits by node name) that ``rewrite.apply`` applies."""
-        return make_plan(self.state.sites, self.state.edits, self.root)
+        """The frozen pruning plan (cuts, edits and blocks by node name) that ``rewrite.apply`` applies."""
+        return make_plan(self.state.sites, self.state.edits, self.root, self.blocks)
 
     def keep_fn(self, removed_roots: set[int]):
         """The ``keep`` mask function for a set of removed classes."""
@@ -255,13 +265,14 @@ def _attach_costs(state: State, root: np.ndarray, groups: list[Group]) -> None:
         g.flops = int(round(g.flops))
 
 
-#: the kinds of group ``--prune`` can name
-KINDS = ("heads", "channels")
+#: what ``--prune`` can name: kinds of group, and whole residual blocks
+KINDS = ("heads", "channels", "blocks")
 
 
 def restrict(analysis: Analysis, kinds) -> None:
     """Leave only groups of the given kinds prunable (``--prune heads``, ``--prune channels``);
-    the others are kept whole, with the reason in the report."""
+    the others are kept whole, with the reason in the report. Blocks are removed only when
+    ``blocks`` is named (the selection reads the kinds)."""
     kinds = set(kinds)
     unknown = kinds - set(KINDS)
     if unknown:

@@ -46,6 +46,8 @@ class Plan:
     cuts: tuple[Cut, ...]
     edits: tuple[Edit, ...]
     root: np.ndarray
+    #: the residual blocks found (``analysis.blocks.Block``), by id; removed ones by ``apply``
+    blocks: tuple = ()
 
     def keep_fn(self, removed_roots: set[int]) -> KeepFn:
         """The ``keep`` mask function for a set of removed classes."""
@@ -70,7 +72,7 @@ class Plan:
         return cuts
 
 
-def make_plan(sites, edits, root: np.ndarray) -> Plan:
-    """Freeze the sites (``SliceSite``, holding nodes) and edits an analysis collected."""
+def make_plan(sites, edits, root: np.ndarray, blocks=()) -> Plan:
+    """Freeze the sites (``SliceSite``, holding nodes), edits and blocks an analysis collected."""
     cuts = tuple(Cut(s.node.name, int(s.input_index), int(s.axis), frozen_atoms(s.atoms), s.role) for s in sites)
-    return Plan(cuts, tuple(edits), frozen_atoms(root))
+    return Plan(cuts, tuple(edits), frozen_atoms(root), tuple(blocks))

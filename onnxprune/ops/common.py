@@ -49,3 +49,33 @@ def shape_of_input(index: int = 0, outputs: tuple[int, ...] = (0,)) -> Callable:
         return [shapes[index] if i in outputs and index < len(shapes) else None for i in range(n_outputs)]
 
     return infer
+
+
+def is_constant(node: gs.Node, index: int) -> bool:
+    return index < len(node.inputs) and isinstance(node.inputs[index], gs.Constant)
+
+
+def present(node: gs.Node, indices) -> tuple[int, ...]:
+    """The inputs of ``indices`` the node has (optional ones may be left out, or named "")."""
+    return tuple(i for i in indices if i < len(node.inputs) and node.inputs[i].name)
+
+
+def zero_through_data(node: gs.Node):
+    """The ZeroPath of an op that maps zeros to zeros on its data input 0 (shape ops, ReLU...)."""
+    from .registry import ZeroPath
+
+    return ZeroPath(through=(0,)) if not is_constant(node, 0) else None
+
+
+def zero_by_parameters(*indices: int):
+    """A ZeroPath function for an op whose listed constant inputs, zeroed, zero its output
+    whatever its input (a weight layer's weight and bias; a normalisation's scale and shift)."""
+    from .registry import ZeroPath
+
+    def zero_out(node: gs.Node):
+        wanted = present(node, indices)
+        if not wanted or not all(is_constant(node, i) for i in wanted):
+            return None
+        return ZeroPath(zeroed=wanted)
+
+    return zero_out

@@ -10,6 +10,7 @@ import onnx_graphsurgeon as gs
 
 from ..analysis.edits import SetAttrToKeptCount
 from ..analysis.state import State, UnsupportedPattern, const, has_input
+from .common import zero_by_parameters
 from .linear_view import LinearView, store
 from .probe import LayerSpec, Probe
 from .registry import Shapes, register, rule
@@ -231,6 +232,7 @@ def _conv_view() -> type:
     return ConvView
 
 
+register("Conv", "ConvTranspose", zero_out=zero_by_parameters(1, 2))
 register("Conv", weight_layer=True, flops=conv_flops, linear_view=_conv_view, parameter_inputs=(1, 2),
          probe=Probe(_conv_resize, lambda s: s.w_shape[0], _conv_out_shape, keeps_out_spatial=True))
 register("ConvTranspose", weight_layer=True, flops=conv_transpose_flops, parameter_inputs=(1, 2),

@@ -6,8 +6,8 @@ import onnx_graphsurgeon as gs
 
 from ..analysis.provenance import aligned, broadcast, dim_of
 from ..analysis.state import State, UnsupportedPattern, const, rank
-from .common import same_dim, shape_of_input
-from .registry import Rule, dims, register, rule, values
+from .common import is_constant, present, same_dim, shape_of_input, zero_through_data
+from .registry import Join, Rule, ZeroPath, dims, register, rule, values
 
 #: element-wise on one tensor; extra inputs are scalars (Clip bounds, Dropout ratio)
 UNARY = ("Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf",
@@ -133,3 +133,42 @@ register("com.microsoft:Gelu", rule=Rule(unary, (0,)))
 register("com.microsoft:BiasGelu", "com.microsoft:FastGelu", "com.microsoft:Gelu", dim=same_dim,
          infer=shape_of_input(0))
 register("com.microsoft:BiasGelu", "com.microsoft:FastGelu", parameter_inputs=(1,))
+
+
+# --- zeros (block removal's oracle) and the residual join -------------------------------------
+
+#: f(0) = 0: a residual branch's output after its projection stays zero through these
+ZERO_KEEPING = ("Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Tanh", "Erf", "Gelu", "Mish", "Abs", "Neg",
+                "Identity", "Cast", "Dropout", "com.microsoft:QuickGelu", "com.microsoft:Gelu")
+register(*ZERO_KEEPING, zero_out=zero_through_data)
+
+
+def _zero_sum(node: gs.Node) -> ZeroPath | None:
+    """x + b (or x - b) is zero when x is and the constant b is zeroed (a bias); a sum of two
+    activations when both are."""
+    if len(node.inputs) != 2:
+        return None
+    through = tuple(i for i in (0, 1) if not is_constant(node, i))
+    return ZeroPath(through=through, zeroed=tuple(i for i in (0, 1) if i not in through)) if through else None
+
+
+def _zero_product(node: gs.Node) -> ZeroPath | None:
+    """0 * y = 0 (y finite, as the original computes it); 0 / c = 0 for a constant c."""
+    if node.op == "Div":
+        return ZeroPath(through=(0,)) if not is_constant(node, 0) and is_constant(node, 1) else None
+    through = [i for i in (0, 1) if not is_constant(node, i)]
+    return ZeroPath(through=(through[0],)) if through else None
+
+
+def _zero_bias_activation(node: gs.Node) -> ZeroPath | None:
+    """Gelu(x + bias): zero with x zero and the bias zeroed."""
+    bias = present(node, (1,))
+    if is_constant(node, 0) or not all(is_constant(node, i) for i in bias):
+        return None
+    return ZeroPath(through=(0,), zeroed=bias)
+
+
+register("Add", "Sub", zero_out=_zero_sum)
+register("Mul", "Div", zero_out=_zero_product)
+register("com.microsoft:BiasGelu", "com.microsoft:FastGelu", zero_out=_zero_bias_activation)
+register("Add", join=Join((0, 1)))

@@ -10,6 +10,7 @@ import onnx_graphsurgeon as gs
 
 from ..analysis.provenance import aligned, broadcast, dim_of, rank_of
 from ..analysis.state import State, UnsupportedPattern, const, rank
+from .common import zero_by_parameters
 from .conv import bias_site
 from .linear_view import LinearView, store
 from .probe import LayerSpec, Probe
@@ -256,6 +257,8 @@ def _matrix_view() -> type:
     return MatrixView
 
 
+register("Gemm", zero_out=zero_by_parameters(1, 2))
+register("MatMul", zero_out=zero_by_parameters(1))
 register("Gemm", weight_layer=True, flops=gemm_flops, linear_view=_matrix_view, parameter_inputs=(0, 1, 2),
          probe=Probe(_gemm_resize, _gemm_out, _gemm_out_shape))
 register("MatMul", weight_layer=True, flops=matmul_flops, linear_view=_matrix_view, parameter_inputs=(0, 1),

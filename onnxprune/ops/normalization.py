@@ -8,8 +8,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..analysis.state import State, UnsupportedPattern, const, has_input
-from .common import norm_axis, output_used, pass_through, same_dim, shape_of_input
-from .registry import Typed, dims, register, rule
+from .common import norm_axis, output_used, pass_through, same_dim, shape_of_input, zero_by_parameters
+from .registry import Join, Typed, dims, register, rule
 
 
 @rule("BatchNormalization", channel_inputs=(0,))
@@ -112,6 +112,11 @@ dims("LayerNormalization", "SimplifiedLayerNormalization", "com.microsoft:SkipSi
 
 
 register("BatchNormalization", parameter_inputs=(1, 2, 3, 4))
+#: a normalisation with zero scale and shift outputs zeros: the end of a residual branch (ResNet's last BN)
+register("BatchNormalization", "LayerNormalization", zero_out=zero_by_parameters(1, 2))
+register("com.microsoft:SkipLayerNormalization", "com.microsoft:SkipSimplifiedLayerNormalization",
+         join=Join((0, 1), refuse="the residual Add is fused with the normalisation that follows it (and the "
+                   "branch's bias) into one node; its branch is kept"))
 # ONNX Runtime's own default-domain schemas: RMS normalisation (written by its GenAI model builder)
 # and the LayerNormalization it defined before ONNX did (opset 17).
 register("SimplifiedLayerNormalization", "LayerNormalization", runtime_extension=True, infer=shape_of_input(0))

@@ -60,6 +60,30 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class ZeroPath:
+    """How an op's output becomes all zeros: the inputs that must be zero themselves (``through``)
+    and the constant inputs to set to zero (``zeroed``). A weight layer has no ``through`` (its
+    zeroed weight and bias make the output zero whatever comes in). Block removal's oracle zeroes
+    a residual branch's output this way, from the residual Add back to its output projection."""
+
+    through: tuple[int, ...] = ()
+    zeroed: tuple[int, ...] = ()
+
+
+#: (node) -> the node's ZeroPath, or None where zeroing its inputs does not zero its output
+ZeroFn = Callable[[gs.Node], "ZeroPath | None"]
+
+
+@dataclass(frozen=True)
+class Join:
+    """A node that adds a residual branch into the stream (inputs ``inputs``): a block whose
+    branch can be removed, or, with ``refuse``, one whose branch is kept and why."""
+
+    inputs: tuple[int, int] = (0, 1)
+    refuse: str | None = None
+
+
+@dataclass(frozen=True)
 class OpSpec:
     """What the pruner knows about one op type; every part is optional."""
 
@@ -99,6 +123,11 @@ class OpSpec:
     #: another form (DequantizeLinear), or None: normalize folds it into the float constant with
     #: the codec attached (``codec.sliced``, ``codec.snap``, ``codec.computation``: see ops/quantized.py)
     decode: Callable[[gs.Node], Any] | None = None
+    #: how the output is made zero (see :class:`ZeroPath`): the block oracle's walk back from a
+    #: residual Add to the branch's output projection
+    zero_out: ZeroFn | None = None
+    #: it adds a residual branch into the stream (see :class:`Join`): residual blocks end here
+    join: Join | None = None
 
 
 #: op specs by key: the op type, or ``"domain:Op"`` for non-default domains

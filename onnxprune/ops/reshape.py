@@ -7,8 +7,8 @@ import onnx_graphsurgeon as gs
 
 from ..analysis.provenance import count_entry, count_use, dim_of, value_of
 from ..analysis.state import State, UnsupportedPattern, const, symbolic_shape
-from .common import norm_axis
-from .registry import dims, rule
+from .common import norm_axis, zero_through_data
+from .registry import dims, register, rule
 
 
 def _map_reshape(in_dims: list, axis: int, out_dims: list) -> tuple[int, int] | None:
@@ -292,3 +292,6 @@ def reshape_dim(w, node: gs.Node, axis: int, r: int, d: int):
         return None
     v = vector[axis]
     return None if isinstance(v, int) and v <= 0 else v
+
+
+register("Reshape", "Flatten", zero_out=zero_through_data)  # zeros stay zeros

@@ -10,8 +10,8 @@ from ..analysis.edits import SetExplicitAxes, SetSliceBounds, SetSplitSizes
 from ..analysis.provenance import aligned, axes_of, broadcast, count_entry, count_read, count_use, rank_of, \
     slice_of_shape, value_of
 from ..analysis.state import State, UnsupportedPattern, const, rank, shape
-from .common import ints, norm_axis, pass_through
-from .registry import dims, rule, values
+from .common import ints, is_constant, norm_axis, pass_through, zero_through_data
+from .registry import ZeroPath, dims, register, rule, values
 
 
 @rule("Concat")
@@ -389,3 +389,16 @@ def constant_of_shape_value(w, node: gs.Node, tensor, d: int) -> list | None:
         return None
     n = shape_[0] if shape_ else 1
     return [int(np.ravel(fill)[0])] * n
+
+
+#: moving, selecting or repeating zeros gives zeros (block removal's oracle walks through them)
+register("Transpose", "Squeeze", "Unsqueeze", "Expand", "Slice", "Split", "Gather", zero_out=zero_through_data)
+
+
+def _zero_concat(node: gs.Node) -> ZeroPath:
+    """A concatenation is zero when every piece is: activations walked, constants zeroed."""
+    through = tuple(i for i in range(len(node.inputs)) if not is_constant(node, i))
+    return ZeroPath(through=through, zeroed=tuple(i for i in range(len(node.inputs)) if i not in through))
+
+
+register("Concat", zero_out=_zero_concat)

@@ -13,7 +13,7 @@ from ..normalize import normalize
 from ..model_config import find_configs, pruned_counts, tie_groups
 from ..rewrite import apply, check_not_bigger, export_checked, export_unchanged, io_shape_changes, note_kept_whole
 from ..scoring import needs_activations, needs_grams, score_groups, sink_tensors
-from ..selection import select_by_ratio
+from ..selection import block_count, kept_count, select_blocks, select_by_counts, select_by_ratio
 from .base import Pass
 
 
@@ -136,6 +136,22 @@ class Score(Pass):
         if notes:
             ctx.warnings.append(f"criterion '{ctx.options.criterion}': {len(notes)} group(s) scored by a fallback: "
                                 + " | ".join(notes))
+        if "blocks" in ctx.options.prune:
+            score_residual_blocks(ctx)
+
+
+def score_residual_blocks(ctx: PruningContext) -> None:
+    """Score the removable blocks: on calibration data where given, else from their weights (warned)."""
+    from ..scoring.blocks import block_scores_from_data, block_scores_from_weights
+
+    if not ctx.analysis.removable_blocks:
+        return
+    if ctx.options.calibration is not None and ctx.calibration is not None:
+        ctx.block_scores = block_scores_from_data(ctx.analysis, ctx.graph, ctx.calibration, ctx.options.threads)
+        return
+    ctx.warnings.append("blocks are scored from their output projections' weights (no calibration data): "
+                        "give --calib to choose blocks by what removing them changes")
+    ctx.block_scores = block_scores_from_weights(ctx.analysis)
 
 
 class Select(Pass):
@@ -147,7 +163,30 @@ class Select(Pass):
 
     def run(self, ctx: PruningContext) -> None:
         ratio = ctx.options.ratio  # checked by PruneOptions.validate
-        ctx.selection = select_by_ratio(ctx.analysis, ctx.scores, ratio, ctx.options.round_to)
+        if ctx.options.allocate == "global":
+            ctx.selection = select_by_counts(ctx.analysis, ctx.scores, global_counts(ctx, ratio))
+        else:
+            ctx.selection = select_by_ratio(ctx.analysis, ctx.scores, ratio, ctx.options.round_to)
+        if "blocks" in ctx.options.prune and ctx.block_scores:
+            count = block_count(ctx.analysis, ratio, ctx.options.blocks)
+            ctx.selection.blocks = select_blocks(ctx.analysis, ctx.block_scores, count)
+
+
+def global_counts(ctx: PruningContext, ratio: float) -> dict[int, int]:
+    """Per-group kept counts for ``--allocate global``: each group alone cut and measured on
+    calibration data (``search.sensitivity``), the uniform ratio's parameters spread by it."""
+    from ..search.allocate import allocate_by_sensitivity
+    from ..search.sensitivity import sweep
+
+    curves, _ = sweep(ctx.analysis, ctx.graph, ctx.model.SerializeToString(), ctx.scores, ctx.calibration,
+                      blocks=False, threads=ctx.options.threads, refit=ctx.options.reconstruct)
+    groups = ctx.analysis.prunable_groups
+    counts = allocate_by_sensitivity(ctx.analysis, {c.id: c for c in curves}, ratio)
+    if ctx.options.round_to > 1:
+        counts = {g.id: kept_count(g.channels, 1 - counts[g.id] / g.channels, ctx.options.round_to) for g in groups}
+    ctx.report["allocation"] = {"mode": "global", "counts": {str(k): v for k, v in counts.items()},
+                                "sensitivity": {str(c.id): c.sensitivity for c in curves}}
+    return counts
 
 
 class Rewrite(Pass):
@@ -165,7 +204,7 @@ class Rewrite(Pass):
         shapes = flop_shapes(ctx)
         before = count_flops_at(ctx.graph, shapes)
         ctx.report["before"]["flops"] = before.flops
-        if not ctx.selection.removed:
+        if not ctx.selection.changes:
             # Nothing to remove: the input is the output, never normalized or re-validated (its
             # weights are only moved when they live in external data files).
             ctx.pruned, ctx.pruned_graph = ctx.model, None
@@ -174,7 +213,8 @@ class Rewrite(Pass):
             ctx.report["after"] = dict(ctx.report["before"])
             ctx.report["flops_at"] = _flops_at(ctx, before, before)
             return
-        graph = apply(ctx.analysis.plan, ctx.selection.removed, ctx.graph)  # a new graph: ctx.graph stays the original
+        # a new graph: ctx.graph stays the original
+        graph = apply(ctx.analysis.plan, ctx.selection.removed, ctx.graph, ctx.selection.blocks)
         ctx.pruned_graph = graph
         after = count_flops_at(graph, shapes)
         ctx.report["after"] = {"params": count_params(graph), "flops": after.flops}
@@ -217,20 +257,10 @@ class Reconstruct(Pass):
         from ..reconstruct import NON_FINITE, reconstruct
 
         mode = ctx.options.reconstruct
-        if mode in (None, "none") or ctx.original is None or not ctx.selection.removed:
+        if mode in (None, "none") or ctx.original is None or not ctx.selection.changes:
             return
         plan = ctx.analysis.plan
-        keep = plan.keep_fn(ctx.selection.removed)
-        inputs: dict[str, list[int]] = {}
-        outputs = {}
-        for cut in plan.cuts:
-            if cut.role == "weight_in":
-                mask = keep(cut.atoms)
-                if not mask.all():
-                    inputs[cut.node] = [int(mask.sum()), len(mask)]
-            elif cut.role == "weight_out":
-                outputs[cut.node] = keep(cut.atoms)
-        layers = [(n.name, *inputs[n.name], outputs.get(n.name)) for n in ctx.original.nodes if n.name in inputs]
+        layers = refit_layers(ctx)
         layers = reconstruct(ctx.original, ctx.pruned_graph, layers, ctx.calibration, mode=mode,
                              ridge=ctx.options.ridge, threads=ctx.options.threads,
                              rows_per_sample=ctx.options.calib_rows, io_cuts=plan.io_cuts(ctx.selection.removed))
@@ -251,6 +281,52 @@ class Reconstruct(Pass):
         if skipped:
             ctx.warnings.append(f"reconstruction left {len(skipped)} layer(s) as they are: {NON_FINITE}: "
                                 + ", ".join(skipped))
+
+
+def refit_layers(ctx: PruningContext) -> list[tuple]:
+    """The layers to refit, in graph order, as ``reconstruct`` takes them: those that lost input
+    channels, and the output projection of the first block kept after each removed block (its
+    target is the original stream, which the removed block no longer adds to); none that went
+    with a removed block."""
+    plan = ctx.analysis.plan
+    keep = plan.keep_fn(ctx.selection.removed)
+    inputs: dict[str, list[int]] = {}
+    outputs = {}
+    for cut in plan.cuts:
+        if cut.role == "weight_in":
+            mask = keep(cut.atoms)
+            if not mask.all():
+                inputs[cut.node] = [int(mask.sum()), len(mask)]
+        elif cut.role == "weight_out":
+            outputs[cut.node] = keep(cut.atoms)
+    gone = {name for b in ctx.analysis.blocks if b.id in ctx.selection.blocks for name in b.nodes}
+    after = _after_removed_blocks(ctx.analysis.removable_blocks, ctx.selection.blocks)
+    sizes = {n.name: n.inputs[1].shape for n in ctx.original.nodes if n.name in after and len(n.inputs) > 1}
+    for name in after - set(inputs):
+        width = _input_width(sizes.get(name))
+        if width:
+            inputs[name] = [width, width]
+    return [(n.name, *inputs[n.name], outputs.get(n.name)) for n in ctx.original.nodes
+            if n.name in inputs and n.name not in gone]
+
+
+def _after_removed_blocks(blocks, removed: set[int]) -> set[str]:
+    """The projections of the first kept block after each removed one (graph order)."""
+    names, pending = set(), False
+    for block in blocks:
+        if block.id in removed:
+            pending = True
+        elif pending:
+            names.update(block.projection)
+            pending = False
+    return names
+
+
+def _input_width(weight_shape) -> int | None:
+    """Input rows of a layer's weight as the reconstruction counts them (only reported)."""
+    if not weight_shape or len(weight_shape) < 2:
+        return None
+    return int(weight_shape[1] if len(weight_shape) > 2 else weight_shape[0])
 
 
 def default_passes(options=None, log=None, work_dir=None) -> list[Pass]:

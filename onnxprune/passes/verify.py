@@ -16,7 +16,7 @@ class Verify(Pass):
     def run(self, ctx: PruningContext) -> None:
         from ..fidelity import output_fidelity
 
-        if ctx.calibration is None or ctx.pruned is None or not ctx.selection.removed:
+        if ctx.calibration is None or ctx.pruned is None or not ctx.selection.changes:
             return
         ctx.report["fidelity"] = {**output_fidelity(ctx.model.SerializeToString(), ctx.pruned.SerializeToString(),
                                                     ctx.calibration, threads=ctx.options.threads,

@@ -35,7 +35,7 @@ def _settings(ctx: PruningContext) -> dict[str, Any]:
     if o.target is not None:
         target = {"kind": o.target.kind, "value": o.target.value, "fraction": o.target.fraction}
     return {"ratio": None if o.target is not None else o.ratio, "target": target, "criterion": o.criterion,
-            "prune": list(o.prune), "round_to": o.round_to, "reconstruct": o.reconstruct, "calib_samples": o.calib_samples,
+            "prune": list(o.prune), "blocks": o.blocks, "allocate": o.allocate, "round_to": o.round_to, "reconstruct": o.reconstruct, "calib_samples": o.calib_samples,
             "calib_rows": o.calib_rows,
             "calibration": ctx.calibration.description if ctx.calibration is not None else None,
             "quantize": o.quantize,
@@ -59,6 +59,14 @@ def _groups(ctx: PruningContext) -> list[dict[str, Any]]:
             row["score"] = {"min": float(s.min()), "mean": float(s.mean()), "max": float(s.max())}
         rows.append(row)
     return rows
+
+
+def _blocks(ctx: PruningContext) -> list[dict[str, Any]]:
+    removed = ctx.selection.blocks if ctx.selection is not None else set()
+    return [{"id": b.id, "join": b.join, "stream": b.stream, "projection": list(b.projection),
+             "nodes": len(b.nodes), "params": int(b.params), "flops": int(b.flops), "removable": b.removable,
+             "removed": b.id in removed, "score": ctx.block_scores.get(b.id), "reasons": list(b.reasons)}
+            for b in ctx.analysis.blocks]
 
 
 def quantize_steps(report: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -107,7 +115,9 @@ def build_report(ctx: PruningContext, input_path: str | None = None, output_path
         "io_shapes": list(report.get("io_shapes") or []),
         "model_configs": list(report.get("model_configs") or []),
         "groups": _groups(ctx),
+        "blocks": _blocks(ctx),
         "search": report.get("search"),
+        "allocation": report.get("allocation"),
         "reconstruction": report.get("reconstruction"),
         "fidelity": report.get("fidelity"),
         "benchmark": report.get("benchmark"),

@@ -39,7 +39,30 @@ def analysis_table(analysis: Analysis, params: int, flops: int, verbose: bool = 
             why = "; ".join(g.reasons) if g.reasons else "a single channel cannot be pruned"
             name = ", ".join(g.sources) if verbose else _shorten(g.name, 40)
             lines.append(f"{g.id:>5}  {g.channels:>8}  {name:<40}  {why if verbose else _shorten(why, 100)}")
+    lines.extend(block_lines(analysis, verbose))
     return "\n".join(lines)
+
+
+def block_lines(analysis: Analysis, verbose: bool = False) -> list[str]:
+    """Residual blocks (``--prune blocks``): the removable ones with what they hold, then the refused ones."""
+    blocks = analysis.blocks
+    if not blocks:
+        return []
+    removable = [b for b in blocks if b.removable]
+    lines = ["", f"{len(blocks)} residual blocks: {len(removable)} removable (--prune blocks), "
+             f"{len(blocks) - len(removable)} refused",
+             f"{'block':>5}  {'nodes':>5}  {'params':>8}  {'FLOPs':>8}  join (output projection)"]
+    for b in removable:
+        lines.append(f"{b.id:>5}  {len(b.nodes):>5}  {human(b.params):>8}  {human(b.flops):>8}  "
+                     f"{b.name if verbose else _shorten(b.name, 70)}")
+    refused = [b for b in blocks if not b.removable]
+    if refused:
+        lines.append("refused blocks:")
+        for b in refused:
+            why = "; ".join(b.reasons)
+            lines.append(f"{b.id:>5}  {_shorten(b.join, 40) if not verbose else b.join:<40}  "
+                         f"{why if verbose else _shorten(why, 100)}")
+    return lines
 
 
 def prune_summary(ctx: PruningContext) -> str:
@@ -51,6 +74,9 @@ def prune_summary(ctx: PruningContext) -> str:
     blocked = len(ctx.analysis.groups) - len(ctx.analysis.prunable_groups)
     head = (f"pruned {pruned_groups} of {len(ctx.analysis.groups)} groups ({blocked} blocked): "
             f"removed {removed} of {total} prunable channels")
+    if "blocks" in ctx.options.prune:
+        head += (f"; removed {len(sel.blocks)} of {len(ctx.analysis.removable_blocks)} removable residual blocks"
+                 + (f" ({', '.join(str(b) for b in sorted(sel.blocks))})" if sel.blocks else ""))
     if (ctx.report.get("search") or {}).get("status") == "already_met":
         channels = sum(g.channels for g in ctx.analysis.prunable_groups)
         head = (f"nothing removed: the original already meets the target ({len(ctx.analysis.prunable_groups)} of "

@@ -99,3 +99,57 @@ def allocate_uniform(model: CostModel, budget: float) -> Allocation:
         if model.total(counts) <= budget:
             return Allocation(counts, model.total(counts), True)
     return Allocation(counts, model.total(counts), False)
+
+
+#: the kept fractions ``allocate_by_sensitivity`` moves a group through (never below the sweep's lowest)
+SENSITIVITY_GRID = tuple(round(1.0 - 0.05 * k, 2) for k in range(16))
+
+
+def allocate_by_sensitivity(analysis, curves: dict, ratio: float) -> dict[int, int]:
+    """Per-group kept counts removing as many FLOPs as ``ratio`` of every group would (counted on
+    the layers' shapes, as ``--target-flops`` counts them), spent where the measured sensitivity
+    is lowest (``--allocate global``).
+
+    A group's cost at a width is its squared relative output error there (its curve,
+    interpolated; squared errors of independent cuts roughly add). Greedily, the group whose
+    next narrower width costs least per FLOP saved takes it, until the model has no more FLOPs
+    than the uniform ratio leaves. No group goes below the lowest fraction its curve measured."""
+    from .cost import counted_model, static_layer_shapes
+
+    groups = analysis.prunable_groups
+    uniform = {g.id: _uniform_keep(g.channels, ratio) for g in groups}
+
+    def widths(channels: int, gid: int) -> list[int]:
+        low = min([p.kept for p in curves[gid].points] or [1.0])
+        grid = {max(1, int(round(f * channels))) for f in SENSITIVITY_GRID if f >= low - 1e-9}
+        return sorted(grid | {channels, uniform[gid]}, reverse=True)
+
+    steps = {g.id: widths(g.channels, g.id) for g in groups}
+    model = counted_model(analysis, static_layer_shapes(analysis), "flops", 0.0, group_steps=steps)
+    budget = model.total(uniform)
+    counts = {g.id: g.channels for g in groups}
+    while model.total(counts) > budget * (1 + 1e-9):
+        best, best_value, best_width = None, float("inf"), None
+        for g in groups:
+            narrower = [w for w in steps[g.id] if w < counts[g.id]]
+            if not narrower:
+                continue
+            new = narrower[0]
+            saving = model.saving(g.id, new, counts)
+            if saving <= 0:
+                continue
+            curve = curves[g.id]
+            cost = curve.error_at(new / g.channels) ** 2 - curve.error_at(counts[g.id] / g.channels) ** 2
+            value = max(cost, 0.0) / saving
+            if value < best_value:  # ties: the lowest group id
+                best, best_value, best_width = g, value, new
+        if best is None:
+            break
+        counts[best.id] = best_width
+    return counts
+
+
+def _uniform_keep(total: int, ratio: float) -> int:
+    import math
+
+    return max(1, total - math.floor(ratio * total + 0.5))

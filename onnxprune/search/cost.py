@@ -151,14 +151,15 @@ def uniform_curve(model: CostModel, fractions=(1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4
 
 
 def layer_variants(analysis: Analysis, shapes: dict[str, tuple], round_to: int = 1, fine: bool = False,
-                   steps_of: Callable[[int], list[int]] | None = None
+                   steps_of: Callable[[int], list[int]] | None = None, group_steps: dict[int, list[int]] | None = None
                    ) -> tuple[dict[str, LayerSpec], dict[str, dict[int, dict[int, LayerSpec]]], dict[int, list[int]]]:
     """For each modelled layer: its full spec, and its spec at every candidate width of every
     prunable group touching it (the other groups at full width); plus each group's candidates.
 
     ``shapes`` gives each layer's concrete (input, output) shapes by node name. ``fine``: every
     multiple of ``round_to`` is a candidate (counted costs are linear, no need for coarse steps).
-    ``steps_of`` (a group's channels -> its widths) overrides both.
+    ``steps_of`` (a group's channels -> its widths) overrides both; ``group_steps`` (group id ->
+    its widths, widest first) overrides all.
     """
     nodes = layer_nodes(analysis)
     group_of = {r: g for g in analysis.prunable_groups for r in g.classes}
@@ -171,7 +172,9 @@ def layer_variants(analysis: Analysis, shapes: dict[str, tuple], round_to: int =
                 g = group_of.get(r)
                 if g is not None and g not in touching[site.node.name]:
                     touching[site.node.name].append(g)
-    if steps_of is not None:
+    if group_steps is not None:
+        steps = {g.id: list(group_steps[g.id]) for g in analysis.prunable_groups}
+    elif steps_of is not None:
         steps = {g.id: steps_of(g.channels) for g in analysis.prunable_groups}
     elif fine:
         steps = {g.id: candidate_counts(g.channels, round_to, max_steps=FINE_STEPS, vector_width=1)
@@ -199,10 +202,12 @@ def layer_variants(analysis: Analysis, shapes: dict[str, tuple], round_to: int =
 
 
 def counted_model(analysis: Analysis, shapes: dict[str, tuple], kind: str, total: float,
-                  round_to: int = 1, steps_of: Callable[[int], list[int]] | None = None) -> CostModel:
+                  round_to: int = 1, steps_of: Callable[[int], list[int]] | None = None,
+                  group_steps: dict[int, list[int]] | None = None) -> CostModel:
     """A FLOPs or params model, counted from the layers' shapes (no measurement); widths: every
-    multiple of ``round_to``, or ``steps_of(channels)``."""
-    full, variants, steps = layer_variants(analysis, shapes, round_to, fine=True, steps_of=steps_of)
+    multiple of ``round_to``, ``steps_of(channels)``, or ``group_steps[group id]``."""
+    full, variants, steps = layer_variants(analysis, shapes, round_to, fine=True, steps_of=steps_of,
+                                           group_steps=group_steps)
     measure = (lambda s: float(s.flops)) if kind == "flops" else (lambda s: float(s.params))
     full_cost = {name: measure(spec) for name, spec in full.items()}
     curves = {name: {g: {c: (measure(s) / full_cost[name] if full_cost[name] else 1.0) for c, s in per.items()}
