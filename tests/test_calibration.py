@@ -277,3 +277,14 @@ def test_cli_calibration(tmp_path):
                           str(tmp_path / "bad.npz")], capture_output=True, text=True)
     assert res.returncode == 2 and "unknown input name" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_ridge_search_walks_down_to_the_grids_minimum_and_tries_the_given_strength_alone():
+    from onnxprune.reconstruct import RIDGE_GRID, _downhill
+
+    grid = list(RIDGE_GRID)
+    for best in range(len(grid)):  # a unimodal error with its minimum anywhere on the grid
+        tried = _downhill(grid, lambda s, b=grid[best]: abs(np.log(s) - np.log(b)))
+        assert min(tried, key=tried.get) == grid[best]
+        assert len(tried) < len(grid) or best in (0, len(grid) - 1)
+    assert _downhill([0.5], lambda s: 1.0) == {0.5: 1.0}

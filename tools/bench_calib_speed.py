@@ -13,7 +13,7 @@ Models (built here with ``onnx.helper``, random weights from a fixed seed, nothi
   write them to ``--minilm-dir``, default ``build/minilm``);
 - any committed model given with ``--model NAME=PATH:SAMPLES`` (random inputs of its shape).
 
-``--base REV`` times the code of a git revision (checked out in a worktree under the work
+``--base REV`` times the code of a git revision (exported under the work
 folder) as ``before`` against this working tree as ``after``, so one run shows both.
 
 Each model is pruned by every ``--tree`` (a source tree put first on PYTHONPATH, e.g. a frozen
@@ -190,12 +190,15 @@ def run_once(tree: Path, model: Path, data: Path, out_dir: Path, tag: str, threa
 
 
 def _worktree(rev: str, work: Path) -> Path:
-    """A detached checkout of ``rev`` under ``work`` (reused when it is already there)."""
+    """The files of ``rev`` under ``work`` (reused when already there), exported with ``git
+    archive`` so the repository keeps no worktree registered for it."""
     repo = Path(__file__).resolve().parents[1]
     commit = subprocess.run(["git", "rev-parse", rev], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
     path = work / f"tree-{commit[:12]}"
     if not path.exists():
-        subprocess.run(["git", "worktree", "add", "--detach", str(path), commit], cwd=repo, check=True, capture_output=True)
+        path.mkdir(parents=True)
+        archive = subprocess.run(["git", "archive", commit], cwd=repo, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(path)], input=archive, check=True)
     return path
 
 
