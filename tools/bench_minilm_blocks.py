@@ -29,7 +29,6 @@ sys.path.insert(0, REPO_ROOT)
 
 import minilm_data as md  # noqa: E402
 import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
 
 from onnxprune.context import PruneOptions  # noqa: E402
 from onnxprune.passes.builtin import Analyze, Calibrate, Normalize, Reconstruct, Rewrite, Score, Select  # noqa: E402
@@ -83,14 +82,7 @@ def main(argv=None) -> int:
     ap.add_argument("--order", choices=("score", "drop"), default="score",
                     help="choose blocks by the pruner's block score, or by the output error each makes when dropped")
     args = ap.parse_args(argv)
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(args.model), "tokenizer"))
-    held = md.encode(tok, md.heldout_sentences(args.sentences), 64)
-
-    def embed(model):
-        data = model if isinstance(model, str) else model.SerializeToString()
-        return md.embed(ort.InferenceSession(data, providers=["CPUExecutionProvider"]), held)
+    embed = md.heldout_embedder(args.model, args.sentences)
 
     reference = embed(args.model)
     print("| removed | which | params | cosine | time |")

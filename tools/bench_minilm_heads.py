@@ -29,7 +29,6 @@ sys.path.insert(0, REPO_ROOT)
 import minilm_data as md
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from onnxprune.context import PruneOptions
 from onnxprune.passes.builtin import default_passes
@@ -45,14 +44,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sentences", type=int, default=150)
     args = ap.parse_args(argv)
 
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(args.model), "tokenizer"))
-    held = md.encode(tok, md.heldout_sentences(args.sentences), 64)
-
-    def embed(model):
-        data = model if isinstance(model, str) else model.SerializeToString()
-        return md.embed(ort.InferenceSession(data, providers=["CPUExecutionProvider"]), held)
+    embed = md.heldout_embedder(args.model, args.sentences)
 
     reference = embed(args.model)
     os.makedirs(args.out, exist_ok=True)

@@ -185,6 +185,23 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return (emb / np.clip(norm, 1e-12, None)).astype(np.float32)
 
 
+def heldout_embedder(model_path: str, sentences: int, max_len: int = 64):
+    """A function giving the embeddings of the first ``sentences`` held-out sentences from a
+    model (a path or a ModelProto), tokenized once with the tokenizer saved beside
+    ``model_path``: benchmarks compare every pruned model with the original on the same batch."""
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(model_path), "tokenizer"))
+    held = encode(tok, heldout_sentences(sentences), max_len)
+
+    def embed_model(model) -> np.ndarray:
+        data = model if isinstance(model, str) else model.SerializeToString()
+        return embed(ort.InferenceSession(data, providers=["CPUExecutionProvider"]), held)
+
+    return embed_model
+
+
 def embed(session, batch: Dict[str, np.ndarray], chunk: int = 64) -> np.ndarray:
     """Sentence embeddings ``(N, hidden)`` from an ONNX Runtime session on an ``encode`` dict.
 
