@@ -195,9 +195,11 @@ def _int4(src: Path, dst: Path) -> None:
 
 def quantized_layers(model: onnx.ModelProto) -> int:
     """Layers computing on quantized weights: integer layers (MatMulInteger, ConvInteger,
-    MatMulNBits, ...) and weight layers whose weight a DequantizeLinear of a constant makes."""
+    MatMulNBits, ...) and weight layers whose weight is decoded from a constant (the specs'
+    ``decode``: a DequantizeLinear of either domain)."""
     constants = {t.name for t in model.graph.initializer}
-    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in constants
+    dequantized = {o for n in model.graph.node
+                   if (spec := _spec(n)) is not None and spec.decode is not None and n.input and n.input[0] in constants
                    for o in n.output}
     count = 0
     for node in model.graph.node:
