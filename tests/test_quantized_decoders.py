@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import session
 
 from onnxprune.analysis.cache_io import parse
-
-from conftest import session
 
 pytest.importorskip("onnxruntime")
 
