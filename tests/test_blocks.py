@@ -94,10 +94,10 @@ def test_fused_skip_layer_norm_blocks(name):
     assert not any(n.op_type == "SkipLayerNormalization" for n in ctx.pruned.graph.node)
 
 
-@pytest.mark.parametrize("fmt", ["fp32", "fp16"])
+@pytest.mark.parametrize("fmt", ["fp32", "fp16", "int4"])
 def test_genai_skip_simplified_layer_norm_blocks(fmt):
-    """The GenAI builder's LLaMA (fp32 and fp16; int4's MatMulNBits projections are no block ends
-    yet): SkipSimplifiedLayerNormalization joins each sub-block and also
+    """The GenAI builder's LLaMA (fp32, fp16, int4 with MatMulNBits projections, zeroed by their
+    scales): SkipSimplifiedLayerNormalization joins each sub-block and also
     outputs the sum, the stream the next block reads (its normalised output feeds the next
     branch). Removing a branch makes the sum the stream itself and the node an RMS norm of it;
     the zeroed original's outputs (logits and the present cache, a past cache fed) are matched."""
@@ -110,6 +110,7 @@ def test_genai_skip_simplified_layer_norm_blocks(fmt):
     rtol, atol = TOLERANCES[fmt]
     for block in blocks:
         ctx = assert_block_oracle(model, {block.id}, feeds=feeds(fmt), rtol=rtol, atol=atol)
+        assert ctx.report["before"]["params"] - ctx.report["after"]["params"] == block.params
         ops = {n.name: n.op_type for n in ctx.pruned.graph.node}
         assert ops[block.join] == "SimplifiedLayerNormalization"
     for pair in ({0, 1}, {1, 2}, {0, 1, 2, 3}):  # consecutive ones chain through the sum output

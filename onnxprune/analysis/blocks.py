@@ -97,6 +97,11 @@ class _Graph:
         return seen
 
 
+def _has_weights(spec) -> bool:
+    """A weight layer, float or packed (MatMulNBits)."""
+    return spec.weight_layer or spec.packed_params is not None
+
+
 def _output_index(node: gs.Node, tensor: str) -> int | None:
     return next((i for i, t in enumerate(node.outputs) if t.name == tensor), None)
 
@@ -131,7 +136,7 @@ def find_blocks(graph: gs.Graph) -> list[Block]:
         stream_input, branch_input, branch_nodes = found
         if _broadcast(node.inputs[stream_input], node.outputs[0]):
             continue  # the "stream" is widened by the other input: a mask added to scores, not a residual
-        if not any(spec_for(g.nodes[i]).weight_layer for i in branch_nodes):
+        if not any(_has_weights(spec_for(g.nodes[i])) for i in branch_nodes):
             continue  # x + f(x) without weights (a scaled copy): nothing to remove
         if branch_nodes & joins:
             continue  # the "branch" spans whole blocks (a mask added to later scores): not one block
@@ -264,11 +269,13 @@ def _params(g: _Graph, nodes: list[gs.Node], bias: list[gs.Constant]) -> int:
                 readers.setdefault(id(t), []).append(node)
     total, seen = 0, set()
     for node in nodes:
-        for t in node.inputs:
-            if isinstance(t, gs.Constant) and id(t) not in seen and is_floating(t.dtype):
+        packed = spec_for(node).packed_params
+        packed = packed(node) if packed is not None else {}
+        for i, t in enumerate(node.inputs):
+            if isinstance(t, gs.Constant) and id(t) not in seen and (is_floating(t.dtype) or i in packed):
                 seen.add(id(t))
                 if all(id(r) in removed for r in readers[id(t)]):
-                    total += int(np.prod(t.shape, dtype=np.int64))
+                    total += packed[i] if i in packed else int(np.prod(t.shape, dtype=np.int64))
     for t in bias:
         if id(t) not in seen and len(readers[id(t)]) == 1 and is_floating(t.dtype):
             total += int(np.prod(t.shape, dtype=np.int64))
