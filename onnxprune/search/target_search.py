@@ -172,6 +172,7 @@ def search_counted(problem: SearchProblem, target: Target, settings: SearchSetti
     rest = float(count(trials.build(Selection())[0])) if problem.blocks else baseline  # blocks removed
     if rest <= goal:  # the blocks alone meet it
         result.status, result.achieved, result.selection = "met", rest, Selection(blocks=set(problem.blocks))
+        result.iterations.append({"budget": goal, "predicted": rest, "achieved": rest})
         result.seconds = time.perf_counter() - start
         return result
     shapes = kept_layer_shapes(analysis, static_layer_shapes(analysis, flop_shapes if target.kind == "flops" else None),
