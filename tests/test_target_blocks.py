@@ -87,11 +87,11 @@ def test_with_calibration_the_block_set_closest_to_the_original_wins(tmp_path):
     ctx = _searched(model, Target("flops", 0.5, True), "blocks,channels", calibration=_calib(tmp_path, model))
     search = ctx.report["search"]
     assert search["status"] == "met" and ctx.report["after"]["flops"] <= 0.5 * ctx.report["before"]["flops"]
-    (sets,) = [it for it in search["iterations"] if it.get("kind") == "block sets"]
-    assert 1 < len(sets["candidates"]) <= MAX_BLOCK_SETS
-    assert [len(c["blocks"]) for c in sets["candidates"]] == sorted(len(c["blocks"]) for c in sets["candidates"])
-    best = max(sets["candidates"], key=lambda c: c["cosine"])
-    assert sets["chosen"] == best["blocks"] == sorted(ctx.selection.blocks)
+    sets = search["block_sets"]
+    assert 1 < len(sets) <= MAX_BLOCK_SETS
+    assert [len(c["blocks"]) for c in sets] == sorted(len(c["blocks"]) for c in sets)
+    best = max(sets, key=lambda c: c["cosine"])
+    assert [c for c in sets if c["chosen"]] == [best] and best["blocks"] == sorted(ctx.selection.blocks)
 
 
 def test_without_calibration_channels_alone_are_tried_first():

@@ -85,5 +85,5 @@ def _closest(problem: SearchProblem, met: list[SearchResult]) -> SearchResult:
         rows.append({"blocks": sorted(result.selection.blocks), "cosine": fid["cosine"]})
     best = max(range(len(met)), key=lambda i: (rows[i]["cosine"] if rows[i]["cosine"] is not None else -2.0, -i))
     chosen = met[best]
-    chosen.iterations.append({"kind": "block sets", "candidates": rows, "chosen": rows[best]["blocks"]})
+    chosen.block_sets = [{**row, "chosen": i == best} for i, row in enumerate(rows)]
     return chosen

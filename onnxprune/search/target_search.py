@@ -83,13 +83,16 @@ class SearchResult:
     fidelity_check: dict | None = None
     #: what the candidates were timed as: "pruned", or "quantized" (``--quantize``: the model that ships)
     shipped: str = "pruned"
+    #: with residual blocks (``search.blocks``): each block set that met the target, with its cosine
+    block_sets: list[dict] = field(default_factory=list)
 
     def as_report(self) -> dict:
         return {"target": {"kind": self.target.kind, "value": self.target.value, "fraction": self.target.fraction},
                 "status": self.status, "baseline": self.baseline, "achieved": self.achieved,
                 "counts": {str(k): v for k, v in sorted(self.counts.items())}, "iterations": self.iterations,
                 "measurement": self.measurement, "curve": self.curve, "seconds": round(self.seconds, 3),
-                "over_pruned": self.over_pruned, "fidelity_check": self.fidelity_check, "timed_as": self.shipped}
+                "over_pruned": self.over_pruned, "fidelity_check": self.fidelity_check, "timed_as": self.shipped,
+                "block_sets": self.block_sets}
 
 
 @dataclass
