@@ -3,9 +3,12 @@
 same FLOPs removed) on the digits CNN: held-out accuracy side by side, with and without the
 lstsq refit; and, with ``--minilm``, MiniLM-L6's FFN units at ``--minilm-ratio``: mean
 embedding cosine on held-out sentences (needs ``build/minilm/`` from ``tools/export_minilm.py``,
-a calibration folder from ``tools/minilm_calib_buckets.py`` and ``transformers``).
+a calibration folder from ``tools/minilm_calib_buckets.py`` and ``transformers``); and, with
+``--ocr REC_MODEL``, PaddleOCR's PP-OCRv4 text recognizer (``tools/ocr_data.py`` says where the
+PyPI wheel has it): line and character accuracy on rendered text lines of known text.
 
     python tools/bench_allocate.py [--ratios 0.3 0.5 0.7] [--minilm] [--minilm-ratio 0.5]
+    python tools/bench_allocate.py --skip-digits --ocr ch_PP-OCRv4_rec_infer.onnx --ocr-ratios 0.3
 """
 
 from __future__ import annotations
@@ -81,6 +84,35 @@ def minilm(ratio: float, reconstructs) -> None:
                   f"{time.time() - start:.0f} s |", flush=True)
 
 
+def ocr(model: str, ratios, reconstructs, calib_count: int, eval_count: int) -> None:
+    import tempfile
+
+    import ocr_data as od
+
+    classes = od.charset_of(model)
+    x, truth = od.lines(eval_count, seed=7, charset=set(classes))
+    calib = od.write_calibration(model, os.path.join(tempfile.mkdtemp(), "ocr_calib.npz"), calib_count, seed=1)
+
+    def accuracy(m):
+        s = _session(m)
+        return od.accuracy(od.decode(s.run(None, {s.get_inputs()[0].name: x})[0], classes), truth)
+
+    line, char = accuracy(model)
+    print(f"PP-OCRv4 rec, {eval_count} rendered lines, original line accuracy {line:.4f}, characters {char:.4f}")
+    print("| ratio | refit | allocation | params | FLOPs | line accuracy | character accuracy | time |")
+    print("|---|---|---|---|---|---|---|---|")
+    for ratio in ratios:
+        for rec in reconstructs:
+            for allocate in ("uniform", "global"):
+                start = time.time()
+                result = onnxprune.prune(model, ratio=ratio, calibration=calib, reconstruct=rec, allocate=allocate)
+                line, char = accuracy(result.model)
+                r = result.report
+                print(f"| {ratio} | {rec} | {allocate} | {r['before']['params'] / 1e6:.2f}M → "
+                      f"{r['after']['params'] / 1e6:.2f}M | {r['after']['flops'] / r['before']['flops']:.3f} | "
+                      f"{line:.4f} | {char:.4f} | {time.time() - start:.0f} s |", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5, 0.7])
@@ -88,11 +120,17 @@ def main(argv=None) -> int:
     ap.add_argument("--minilm", action="store_true")
     ap.add_argument("--minilm-ratio", type=float, default=0.5)
     ap.add_argument("--skip-digits", action="store_true")
+    ap.add_argument("--ocr", metavar="REC_MODEL", help="PP-OCRv4's ch_PP-OCRv4_rec_infer.onnx")
+    ap.add_argument("--ocr-ratios", type=float, nargs="+", default=[0.3])
+    ap.add_argument("--ocr-calib", type=int, default=32, help="rendered calibration lines")
+    ap.add_argument("--ocr-eval", type=int, default=200, help="rendered held-out lines")
     args = ap.parse_args(argv)
     if not args.skip_digits:
         digits(args.ratios, args.reconstruct)
     if args.minilm:
         minilm(args.minilm_ratio, args.reconstruct)
+    if args.ocr:
+        ocr(args.ocr, args.ocr_ratios, args.reconstruct, args.ocr_calib, args.ocr_eval)
     return 0
 
 

@@ -181,7 +181,7 @@ def global_counts(ctx: PruningContext, ratio: float) -> dict[int, int]:
     curves, _ = sweep(ctx.analysis, ctx.graph, ctx.model.SerializeToString(), ctx.scores, ctx.calibration,
                       blocks=False, threads=ctx.options.threads, refit=ctx.options.reconstruct)
     groups = ctx.analysis.prunable_groups
-    counts = allocate_by_sensitivity(ctx.analysis, {c.id: c for c in curves}, ratio)
+    counts = allocate_by_sensitivity(ctx.analysis, {c.id: c for c in curves}, ratio, flop_shapes(ctx) or None)
     if ctx.options.round_to > 1:
         counts = {g.id: kept_count(g.channels, 1 - counts[g.id] / g.channels, ctx.options.round_to) for g in groups}
     ctx.report["allocation"] = {"mode": "global", "counts": {str(k): v for k, v in counts.items()},

@@ -105,7 +105,8 @@ def allocate_uniform(model: CostModel, budget: float) -> Allocation:
 SENSITIVITY_GRID = tuple(round(1.0 - 0.05 * k, 2) for k in range(16))
 
 
-def allocate_by_sensitivity(analysis, curves: dict, ratio: float) -> dict[int, int]:
+def allocate_by_sensitivity(analysis, curves: dict, ratio: float,
+                            input_shapes: dict[str, list[int]] | None = None) -> dict[int, int]:
     """Per-group kept counts removing as many FLOPs as ``ratio`` of every group would (counted on
     the layers' shapes, as ``--target-flops`` counts them), spent where the measured sensitivity
     is lowest (``--allocate global``).
@@ -113,7 +114,12 @@ def allocate_by_sensitivity(analysis, curves: dict, ratio: float) -> dict[int, i
     A group's cost at a width is its squared relative output error there (its curve,
     interpolated; squared errors of independent cuts roughly add). Greedily, the group whose
     next narrower width costs least per FLOP saved takes it, until the model has no more FLOPs
-    than the uniform ratio leaves. No group goes below the lowest fraction its curve measured."""
+    than the uniform ratio leaves. No group goes below the lowest fraction its curve measured.
+
+    FLOPs are counted at ``input_shapes`` (the shapes the report counts at). A group whose
+    layers' FLOPs cannot be counted there (shapes unknown past a dynamic Reshape) takes the
+    uniform width: what cannot be priced is not traded, so both allocations remove the same
+    from it and the rest is compared at equal FLOPs."""
     from .cost import counted_model, static_layer_shapes
 
     groups = analysis.prunable_groups
@@ -125,12 +131,14 @@ def allocate_by_sensitivity(analysis, curves: dict, ratio: float) -> dict[int, i
         return sorted(grid | {channels, uniform[gid]}, reverse=True)
 
     steps = {g.id: widths(g.channels, g.id) for g in groups}
-    model = counted_model(analysis, static_layer_shapes(analysis), "flops", 0.0, group_steps=steps)
+    model = counted_model(analysis, static_layer_shapes(analysis, input_shapes), "flops", 0.0, group_steps=steps)
     budget = model.total(uniform)
-    counts = {g.id: g.channels for g in groups}
+    full = {g.id: g.channels for g in groups}
+    priced = [g for g in groups if g.channels == uniform[g.id] or model.saving(g.id, uniform[g.id], full) > 0]
+    counts = {g.id: g.channels if g in priced else uniform[g.id] for g in groups}
     while model.total(counts) > budget * (1 + 1e-9):
         best, best_value, best_width = None, float("inf"), None
-        for g in groups:
+        for g in priced:
             narrower = [w for w in steps[g.id] if w < counts[g.id]]
             if not narrower:
                 continue
