@@ -18,7 +18,6 @@ from .options import PruneOptions, default_of
 from .passes.base import PassLike, check_pipeline, run_pass
 from .passes.builtin import PROVIDERS, default_passes
 from .runtime.session import check_input_shapes, graph_input_dims
-from .scoring import needs_activations
 
 
 class Pipeline:
@@ -51,18 +50,17 @@ class Pipeline:
 
 
 def check_weights_only(model: onnx.ModelProto, options: PruneOptions) -> None:
-    """Models left in their files (over :data:`io.LAZY_LOAD_THRESHOLD`) are pruned from their weights
-    alone: running them in ONNX Runtime (calibration, latency targets) needs one in-memory proto."""
+    """Models left in their files (over :data:`io.LAZY_LOAD_THRESHOLD`) run in ONNX Runtime from
+    their files (calibration, activation criteria, reconstruction: weights handed over by
+    reference). A latency or size target search and ``--quantize`` still need one in-memory
+    proto of the whole model, so they are refused."""
     if not uses_external_data(model):
         return
-    target = getattr(options, "target", None)
-    criterion = getattr(options, "criterion", None)
-    if getattr(options, "calibration", None) is not None or target is not None \
-            or getattr(options, "quantize", None) is not None or (criterion is not None and needs_activations(criterion)):
+    if getattr(options, "target", None) is not None or getattr(options, "quantize", None) is not None:
         size = sum(int(e.value) for t in model.graph.initializer for e in t.external_data if e.key == "length")
         raise BadInputError(f"model has {size / 1e9:.1f} GB of weights, over the {LAZY_LOAD_THRESHOLD / 1e9:.1f} GB "
-                            "onnxprune loads whole: such models are pruned from their weights alone (a weight "
-                            "criterion and a ratio; no calibration data, no target search, no --quantize)")
+                            "onnxprune loads whole: target searches and --quantize need the whole model in "
+                            "memory (prune it with a ratio; calibration data and activation criteria work)")
 
 
 def check_quantizable(model: onnx.ModelProto, options: PruneOptions) -> None:

@@ -175,14 +175,40 @@ def test_data_file_changed_after_loading(lazy, small: Path, tmp_path: Path):
     assert not list(tmp_path.glob("out.onnx*")) and not list(tmp_path.glob(".out.onnx*"))
 
 
-@pytest.mark.parametrize("option,value", [("--calib", "x.npz"), ("--criterion", "activation")])
-def test_activations_of_a_model_left_in_its_files_are_refused(lazy, small: Path, option: str, value: str):
+@pytest.mark.parametrize("criterion,reconstruct", [("obs", "lstsq"), ("obs", "none"), ("activation", "bias")])
+def test_calibrated_lazy_path_equals_in_memory_path(lazy, small: Path, tmp_path: Path, criterion: str,
+                                                    reconstruct: str):
+    """Calibration, activation criteria and reconstruction run in ONNX Runtime with the weights
+    handed over by reference (memory maps of the input's data file): the same pruned model, bit
+    for bit, as the whole model loaded in memory."""
+    rng = np.random.default_rng(1)
+    calib = [{"x": rng.standard_normal((2, 3, 16, 16)).astype(np.float32)} for _ in range(4)]
+    options = dict(ratio=0.4, criterion=criterion, calibration=calib, reconstruct=reconstruct)
+    result = prune(small, **options)
+    assert io.is_deferred(result.model)
+    out = tmp_path / "out" / "pruned.onnx"
+    result.save(out)
+    assert_external_output(out)
+    reference = prune(onnx.load(str(small)), **options).model
+    assert not io.is_deferred(reference)
+    got, want = weights(onnx.load(str(out))), weights(reference)
+    assert got.keys() == want.keys()
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_array_equal(run(out, x), run(reference, x))
+    if reconstruct != "none":  # reconstruction changed weights: the comparison above could fail
+        unrepaired = prune(onnx.load(str(small)), **dict(options, reconstruct="none")).model
+        assert any(not np.array_equal(weights(unrepaired)[n], want[n]) for n in want if n in weights(unrepaired))
+
+
+@pytest.mark.parametrize("field,value", [("target_params", 0.5), ("quantize", "int8")])
+def test_targets_and_quantize_of_a_model_left_in_its_files_are_refused(lazy, small: Path, field: str, value):
     from onnxprune.context import PruneOptions
     from onnxprune.pipeline import Pipeline
 
-    opts = PruneOptions(calibration=value) if option == "--calib" else PruneOptions(criterion=value)
-    with pytest.raises(BadInputError, match="weights alone"):
-        Pipeline([]).run(small, opts)
+    with pytest.raises(BadInputError, match="whole model in memory"):
+        Pipeline([]).run(small, PruneOptions(**{field: value}))
 
 
 # --- bad external data: one line, exit 2, nothing written -------------------------------------
