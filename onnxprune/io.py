@@ -410,13 +410,18 @@ def export_by_reference(graph: gs.Graph) -> tuple[onnx.ModelProto, dict[str, np.
     """``graph`` exported for ONNX Runtime without serializing its weights, when some are still in
     their files: each large float constant becomes a stub initializer (dims and type), its values
     returned by name (memory maps for weights still in their files, arrays for changed ones) to
-    hand over as external initializers. The proto stays small and no weight is copied. Graphs
-    with no weight left in a file are exported whole (the dict is empty)."""
-    if not has_external_values(graph):
+    hand over as initializers. The proto stays small and no weight is copied. Each stub names an
+    existing data file of the input, at its end (ONNX Runtime checks the file exists; a read
+    there would fail, never give wrong values). Graphs with no weight left in a file are exported
+    whole (the dict is empty)."""
+    anchor = next((t._values.path for t in graph.tensors().values()
+                   if isinstance(getattr(t, "_values", None), ExternalValues)), None)
+    if anchor is None:
         return gs.export_onnx(graph, do_type_check=False), {}
     from onnx_graphsurgeon.exporters.onnx_exporter import dtype_to_onnx
 
     swaps, arrays = [], {}
+    end = str(os.path.getsize(anchor))
     try:
         for tensor in graph.tensors().values():
             if isinstance(tensor, gs.Constant) and _goes_external(tensor) \
@@ -425,7 +430,8 @@ def export_by_reference(graph: gs.Graph) -> tuple[onnx.ModelProto, dict[str, np.
                 stub = onnx.TensorProto(name=tensor.name, data_type=dtype_to_onnx(tensor.export_dtype),
                                         dims=[int(d) for d in tensor.shape],
                                         data_location=onnx.TensorProto.EXTERNAL)
-                stub.external_data.add(key="location", value=DEFERRED_LOCATION)
+                for key, value in (("location", anchor), ("offset", end), ("length", str(_constant_nbytes(tensor)))):
+                    stub.external_data.add(key=key, value=value)
                 swaps.append((tensor, tensor._values))
                 tensor._values = _StubValues(stub, tensor.shape, tensor.dtype, _constant_nbytes(tensor))
         return gs.export_onnx(graph, do_type_check=False), arrays

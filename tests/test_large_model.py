@@ -189,8 +189,11 @@ def test_calibrated_lazy_path_equals_in_memory_path(lazy, small: Path, tmp_path:
     out = tmp_path / "out" / "pruned.onnx"
     result.save(out)
     assert_external_output(out)
-    reference = prune(onnx.load(str(small)), **options).model
+    whole = prune(onnx.load(str(small)), **options)
+    reference = whole.model
     assert not io.is_deferred(reference)
+    assert result.report["fidelity"]["outputs"] == whole.report["fidelity"]["outputs"]  # verified by reference
+    assert result.report["fidelity"]["samples"] == 8
     got, want = weights(onnx.load(str(out))), weights(reference)
     assert got.keys() == want.keys()
     for name in want:

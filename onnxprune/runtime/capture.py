@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -25,22 +26,51 @@ def capture_session(graph: gs.Graph, names: list[str], threads: int | None = Non
     return cpu_session(model, weights, threads)
 
 
+#: Prepacking copies every MatMul weight into a packed buffer: the whole model again, for a model
+#: run from its files. It also changes the last bits of the products, so it is off in every
+#: analysis session (captures, fidelity), in memory or not: both paths give the same numbers.
+NO_PREPACKING = "session.disable_prepacking"
+
+
+def graph_session(graph: gs.Graph, threads: int | None = None):
+    """A CPU session running ``graph`` as it is, its weights handed over by reference (a model
+    whose weights were left in their files is never serialized whole, which protobuf could not)."""
+    model, weights = export_by_reference(graph)
+    model.ir_version = max(model.ir_version, 4)
+    return cpu_session(model, weights, threads)
+
+
 def cpu_session(model, weights: dict[str, np.ndarray], threads: int | None = None):
     """A CPU session over ``model``; ``weights`` (from :func:`io.export_by_reference`) are handed
-    to ONNX Runtime as external initializers, without a copy: a model whose weights were left in
-    their files runs from its memory maps. The arrays are kept alive with the session."""
+    to ONNX Runtime as shared initializers, used in place: a model whose weights were left in
+    their files runs from its memory maps, changed weights from their arrays, with no copy
+    (``add_external_initializers`` copies each one). The arrays are kept alive with the session."""
     ort = onnxruntime()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.add_session_config_entry(NO_PREPACKING, "1")
     if threads:
         opts.intra_op_num_threads = threads
     names = [t.name for t in model.graph.initializer if t.name in weights]
     values = [ort.OrtValue.ortvalue_from_numpy(np.asarray(weights[n])) for n in names]
     if names:
-        opts.add_external_initializers(names, values)
+        _relative_stubs(model, set(names), opts)
+        for name, value in zip(names, values):
+            opts.add_initializer(name, value)
     session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     session._onnxprune_weights = (values, [weights[n] for n in names])  # ORT reads them in place
     return session
+
+
+def _relative_stubs(model, names: set[str], opts) -> None:
+    """ONNX Runtime refuses absolute external-data paths in a model loaded from bytes: the stubs
+    name their file relative to its folder, given as the session's external-data folder."""
+    folder = None
+    for t in model.graph.initializer:
+        if t.name in names:
+            entry = next(e for e in t.external_data if e.key == "location")
+            folder, entry.value = os.path.dirname(entry.value), os.path.basename(entry.value)
+    opts.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
 
 
 def run_captures(session, batches: Iterable[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
