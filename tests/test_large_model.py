@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from large_model import disk_size, make_large_model, prune_and_measure
+from large_model import disk_size, make_large_decoder, make_large_model, prune_and_measure
 from onnx import TensorProto, numpy_helper
 
 import onnxprune.io as io
@@ -203,6 +203,31 @@ def test_calibrated_lazy_path_equals_in_memory_path(lazy, small: Path, tmp_path:
     if reconstruct != "none":  # reconstruction changed weights: the comparison above could fail
         unrepaired = prune(onnx.load(str(small)), **dict(options, reconstruct="none")).model
         assert any(not np.array_equal(weights(unrepaired)[n], want[n]) for n in want if n in weights(unrepaired))
+
+
+def test_calibrated_lazy_decoder_equals_in_memory(lazy, tmp_path: Path):
+    """The decoder shape (attention heads and MLP channels, pre-norm residual blocks) on the
+    same path: captures, OBS Gram matrices, the staged lstsq refit and the fidelity check all
+    run with the weights by reference, and give the in-memory result bit for bit."""
+    source = tmp_path / "in" / "decoder.onnx"
+    source.parent.mkdir()
+    make_large_decoder(source, hidden=64, mlp=256, layers=2, heads=4, seq=8)
+    rng = np.random.default_rng(1)
+    calib = [{"x": rng.standard_normal((1, 8, 64)).astype(np.float32)} for _ in range(12)]
+    options = dict(ratio=0.3, criterion="obs", calibration=calib, reconstruct="lstsq")
+    result = prune(source, **options)
+    out = tmp_path / "out" / "pruned.onnx"
+    result.save(out)
+    assert_external_output(out)
+    whole = prune(onnx.load(str(source)), **options)
+    assert whole.report["after"]["params"] < whole.report["before"]["params"]
+    assert {r["node"] for r in whole.report["reconstruction"]["layers"]} >= {"block0.o", "block0.down"}
+    assert result.report["fidelity"]["outputs"] == whole.report["fidelity"]["outputs"]
+    assert result.report["reconstruction"] == whole.report["reconstruction"]
+    got, want = weights(onnx.load(str(out))), weights(whole.model)
+    assert got.keys() == want.keys()
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
 @pytest.mark.parametrize("field,value", [("target_params", 0.5), ("quantize", "int8")])
