@@ -13,6 +13,7 @@ import onnx
 from .context import PruningContext
 from .errors import BadInputError
 from .io import LAZY_LOAD_THRESHOLD, copy_file, load_model, save_model, uses_external_data
+from .memory import current_rss, peak_rss
 from .ops.registry import runtime_extensions
 from .options import PruneOptions, default_of
 from .passes.base import PassLike, check_pipeline, run_pass
@@ -44,8 +45,11 @@ class Pipeline:
         check_weights_only(model, ctx.options)
         check_quantizable(model, ctx.options)
         check_input_shapes(graph_input_dims(model.graph), ctx.options.input_shapes or {})
+        start = current_rss()
         for p in passes:
             run_pass(p, ctx)
+        ctx.report["memory"] = {"peak_rss": peak_rss(), "rss_at_start": start,
+                                "weights_in_files": external_bytes(model) if uses_external_data(model) else 0}
         return ctx
 
 
@@ -57,10 +61,15 @@ def check_weights_only(model: onnx.ModelProto, options: PruneOptions) -> None:
     if not uses_external_data(model):
         return
     if getattr(options, "target", None) is not None or getattr(options, "quantize", None) is not None:
-        size = sum(int(e.value) for t in model.graph.initializer for e in t.external_data if e.key == "length")
+        size = external_bytes(model)
         raise BadInputError(f"model has {size / 1e9:.1f} GB of weights, over the {LAZY_LOAD_THRESHOLD / 1e9:.1f} GB "
                             "onnxprune loads whole: target searches and --quantize need the whole model in "
                             "memory (prune it with a ratio; calibration data and activation criteria work)")
+
+
+def external_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the main graph's weights left in their files."""
+    return sum(int(e.value) for t in model.graph.initializer for e in t.external_data if e.key == "length")
 
 
 def check_quantizable(model: onnx.ModelProto, options: PruneOptions) -> None:

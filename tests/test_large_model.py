@@ -194,6 +194,10 @@ def test_calibrated_lazy_path_equals_in_memory_path(lazy, small: Path, tmp_path:
     assert not io.is_deferred(reference)
     assert result.report["fidelity"]["outputs"] == whole.report["fidelity"]["outputs"]  # verified by reference
     assert result.report["fidelity"]["samples"] == 8
+    memory = result.report["memory"]
+    assert memory["weights_in_files"] == (small.parent / "mlp.onnx.data").stat().st_size
+    assert memory["peak_rss"] >= memory["rss_at_start"] > 0
+    assert whole.report["memory"]["weights_in_files"] == 0
     got, want = weights(onnx.load(str(out))), weights(reference)
     assert got.keys() == want.keys()
     for name in want:
