@@ -12,7 +12,7 @@ disk the run used beyond its output (temporary files), and the fidelity on held-
 Usage::
 
     python tools/check_large_decoder.py [--hidden 2048] [--mlp 8192] [--layers 12] [--heads 16]
-        [--seq 16] [--calib-samples 32] [--heldout 16] [--ratio 0.3] [--dir DIR] [--keep]
+        [--seq 16] [--calib-samples 32] [--heldout 16] [--ratio 0.3] [--criterion obs] [--dir DIR] [--keep]
 
 Needs about 2.5x the model's size of free disk and the model's size of free memory. Exit
 status 1 if pruning fails or a bound is missed.
@@ -97,7 +97,8 @@ def run_one(model: Path, folder: Path, calib: Path, heldout: np.ndarray, mode: s
     out = folder / f"pruned_{mode}.onnx"
     report = folder / f"report_{mode}.json"
     with DiskWatch(folder) as watch:
-        probe = prune_and_measure(model, out, "--ratio", args.ratio, "--calib", str(calib), "--criterion", "obs",
+        probe = prune_and_measure(model, out, "--ratio", args.ratio, "--calib", str(calib),
+                                  "--criterion", args.criterion,
                                   *(["--no-reconstruct"] if mode == "none" else ["--reconstruct", mode]), "--report", str(report),
                                   lazy_load_threshold=args.lazy_load_threshold)
     if probe["code"] != 0:
@@ -117,7 +118,8 @@ def run_one(model: Path, folder: Path, calib: Path, heldout: np.ndarray, mode: s
 
 
 def print_table(rows: list[dict], size: int) -> None:
-    print(f"\nmodel size on disk {size / 1e9:.2f} GB")
+    print(f"\nmodel size on disk {size / 1e9:.2f} GB; peak RSS as the report gives it (whole process): "
+          + ", ".join(f"{r['mode']} {r['reported_peak'] / 1e9:.2f} GB" for r in rows if r.get("reported_peak")))
     print("| reconstruct | time (s) | peak RSS above baseline | x size on disk | temp disk | output | "
           "held-out cosine mean / min | calib cosine |")
     print("|---|---|---|---|---|---|---|---|")
@@ -137,6 +139,7 @@ def main() -> int:
                           ("calib-samples", 32), ("heldout", 16)):
         ap.add_argument(f"--{name}", type=int, default=default)
     ap.add_argument("--ratio", default="0.3")
+    ap.add_argument("--criterion", default="obs")
     ap.add_argument("--modes", default="lstsq,none", help="--reconstruct values to run, in order")
     ap.add_argument("--dir", type=Path, default=None, help="where to write the model [default: a temporary folder]")
     ap.add_argument("--keep", action="store_true", help="keep the generated model")
