@@ -189,19 +189,22 @@ class ConvView(LinearView):
 
     def rows(self, x: np.ndarray, pick: np.ndarray | None) -> np.ndarray:
         """The picked patches, gathered from ``x`` itself (padding as zeros, no padded copy of
-        a whole feature map per layer)."""
+        a whole feature map per layer), one kernel offset at a time: a single fancy index over
+        (row, channel, ky, kx) would build index arrays as large as the patches themselves."""
         kh, kw, pads, (sh, sw), (dh, dw) = self._geometry()
         ho, wo = self._out_hw(x)
         idx = np.arange(x.shape[0] * ho * wo) if pick is None else pick
         n, rest = np.divmod(idx, ho * wo)
         oy, ox = np.divmod(rest, wo)
-        ys = oy[:, None] * sh - pads[0] + np.arange(kh)[None, :] * dh
-        xs = ox[:, None] * sw - pads[1] + np.arange(kw)[None, :] * dw
-        inside = ((ys >= 0) & (ys < x.shape[2]))[:, :, None] & ((xs >= 0) & (xs < x.shape[3]))[:, None, :]
-        ys, xs = np.clip(ys, 0, x.shape[2] - 1), np.clip(xs, 0, x.shape[3] - 1)
-        c = np.arange(x.shape[1])
-        patches = x[n[:, None, None, None], c[None, :, None, None], ys[:, None, :, None], xs[:, None, None, :]]
-        patches = np.where(inside[:, None, :, :], patches, np.zeros((), x.dtype))
+        patches = np.empty((len(idx), x.shape[1], kh, kw), x.dtype)
+        for i in range(kh):
+            ys = oy * sh - pads[0] + i * dh
+            y_in = (ys >= 0) & (ys < x.shape[2])
+            for j in range(kw):
+                xs = ox * sw - pads[1] + j * dw
+                inside = y_in & (xs >= 0) & (xs < x.shape[3])
+                taken = x[n, :, np.clip(ys, 0, x.shape[2] - 1), np.clip(xs, 0, x.shape[3] - 1)]
+                patches[:, :, i, j] = np.where(inside[:, None], taken, np.zeros((), x.dtype))
         return patches.reshape(len(idx), -1)
 
     def weight(self) -> np.ndarray:
