@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+import onnx_graphsurgeon as gs
 
 from .calibration.data import runs_of
 
@@ -54,22 +55,27 @@ class _OutputTally:
                 "relative_error": float(np.sqrt(self.sq_err / self.sq_norm)) if self.sq_norm else 0.0}
 
 
-def output_fidelity(original: bytes, pruned: bytes, batches: Iterable[dict[str, np.ndarray]],
+def output_fidelity(original: bytes | gs.Graph, pruned: bytes | gs.Graph, batches: Iterable[dict[str, np.ndarray]],
                     max_samples: int = MAX_SAMPLES, threads: int | None = None, io_cuts: dict | None = None) -> dict:
     """Run both models on the batches; per output: mean cosine, minimum cosine, relative L2 error.
     ``io_cuts`` (``Plan.io_cuts``): graph inputs/outputs the pruning resized (a KV cache): the
-    pruned model gets those inputs cut, and its outputs are compared with the original's cut."""
+    pruned model gets those inputs cut, and its outputs are compared with the original's cut.
+    A model given as a graph (one whose weights were left in their files) runs with its weights
+    handed to ONNX Runtime by reference, never serialized."""
     from .analysis.cache_io import cut_feeds
 
     io_cuts = io_cuts or {}
+    from .runtime.capture import NO_PREPACKING, graph_session
     from .runtime.session import onnxruntime
 
     ort = onnxruntime()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.add_session_config_entry(NO_PREPACKING, "1")
     if threads:
         opts.intra_op_num_threads = threads
-    sessions = [ort.InferenceSession(m, opts, providers=["CPUExecutionProvider"]) for m in (original, pruned)]
+    sessions = [graph_session(m, threads) if isinstance(m, gs.Graph)
+                else ort.InferenceSession(m, opts, providers=["CPUExecutionProvider"]) for m in (original, pruned)]
     names = [o.name for o in sessions[0].get_outputs()]
     wanted = {i.name for i in sessions[0].get_inputs()}
     tallies = {n: _OutputTally() for n in names}

@@ -402,6 +402,44 @@ def export_deferred(graph: gs.Graph) -> onnx.ModelProto:
             tensor._values = values
 
 
+#: Element types ONNX Runtime takes as ``OrtValue``s straight from numpy (no copy).
+_RUNTIME_DTYPES = (np.float32, np.float16, np.float64)
+
+
+def export_by_reference(graph: gs.Graph) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """``graph`` exported for ONNX Runtime without serializing its weights, when some are still in
+    their files: each large float constant becomes a stub initializer (dims and type), its values
+    returned by name (memory maps for weights still in their files, arrays for changed ones) to
+    hand over as initializers. The proto stays small and no weight is copied. Each stub names an
+    existing data file of the input, at its end (ONNX Runtime checks the file exists; a read
+    there would fail, never give wrong values). Graphs with no weight left in a file are exported
+    whole (the dict is empty)."""
+    anchor = next((t._values.path for t in graph.tensors().values()
+                   if isinstance(getattr(t, "_values", None), ExternalValues)), None)
+    if anchor is None:
+        return gs.export_onnx(graph, do_type_check=False), {}
+    from onnx_graphsurgeon.exporters.onnx_exporter import dtype_to_onnx
+
+    swaps, arrays = [], {}
+    end = str(os.path.getsize(anchor))
+    try:
+        for tensor in graph.tensors().values():
+            if isinstance(tensor, gs.Constant) and _goes_external(tensor) \
+                    and np.dtype(tensor.dtype) in _RUNTIME_DTYPES:
+                arrays[tensor.name] = read_values(tensor)
+                stub = onnx.TensorProto(name=tensor.name, data_type=dtype_to_onnx(tensor.export_dtype),
+                                        dims=[int(d) for d in tensor.shape],
+                                        data_location=onnx.TensorProto.EXTERNAL)
+                for key, value in (("location", anchor), ("offset", end), ("length", str(_constant_nbytes(tensor)))):
+                    stub.external_data.add(key=key, value=value)
+                swaps.append((tensor, tensor._values))
+                tensor._values = _StubValues(stub, tensor.shape, tensor.dtype, _constant_nbytes(tensor))
+        return gs.export_onnx(graph, do_type_check=False), arrays
+    finally:
+        for tensor, values in swaps:
+            tensor._values = values
+
+
 def is_deferred(model: onnx.ModelProto) -> bool:
     return any(t.data_location == onnx.TensorProto.EXTERNAL and _location(t) == DEFERRED_LOCATION
                for t in model.graph.initializer)

@@ -13,12 +13,12 @@ import onnx
 from .context import PruningContext
 from .errors import BadInputError
 from .io import LAZY_LOAD_THRESHOLD, copy_file, load_model, save_model, uses_external_data
+from .memory import current_rss, peak_rss
 from .ops.registry import runtime_extensions
 from .options import PruneOptions, default_of
 from .passes.base import PassLike, check_pipeline, run_pass
 from .passes.builtin import PROVIDERS, default_passes
 from .runtime.session import check_input_shapes, graph_input_dims
-from .scoring import needs_activations
 
 
 class Pipeline:
@@ -45,24 +45,31 @@ class Pipeline:
         check_weights_only(model, ctx.options)
         check_quantizable(model, ctx.options)
         check_input_shapes(graph_input_dims(model.graph), ctx.options.input_shapes or {})
+        start = current_rss()
         for p in passes:
             run_pass(p, ctx)
+        ctx.report["memory"] = {"peak_rss": peak_rss(), "rss_at_start": start,
+                                "weights_in_files": external_bytes(model) if uses_external_data(model) else 0}
         return ctx
 
 
 def check_weights_only(model: onnx.ModelProto, options: PruneOptions) -> None:
-    """Models left in their files (over :data:`io.LAZY_LOAD_THRESHOLD`) are pruned from their weights
-    alone: running them in ONNX Runtime (calibration, latency targets) needs one in-memory proto."""
+    """Models left in their files (over :data:`io.LAZY_LOAD_THRESHOLD`) run in ONNX Runtime from
+    their files (calibration, activation criteria, reconstruction: weights handed over by
+    reference). A latency or size target search and ``--quantize`` still need one in-memory
+    proto of the whole model, so they are refused."""
     if not uses_external_data(model):
         return
-    target = getattr(options, "target", None)
-    criterion = getattr(options, "criterion", None)
-    if getattr(options, "calibration", None) is not None or target is not None \
-            or getattr(options, "quantize", None) is not None or (criterion is not None and needs_activations(criterion)):
-        size = sum(int(e.value) for t in model.graph.initializer for e in t.external_data if e.key == "length")
+    if getattr(options, "target", None) is not None or getattr(options, "quantize", None) is not None:
+        size = external_bytes(model)
         raise BadInputError(f"model has {size / 1e9:.1f} GB of weights, over the {LAZY_LOAD_THRESHOLD / 1e9:.1f} GB "
-                            "onnxprune loads whole: such models are pruned from their weights alone (a weight "
-                            "criterion and a ratio; no calibration data, no target search, no --quantize)")
+                            "onnxprune loads whole: target searches and --quantize need the whole model in "
+                            "memory (prune it with a ratio; calibration data and activation criteria work)")
+
+
+def external_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the main graph's weights left in their files."""
+    return sum(int(e.value) for t in model.graph.initializer for e in t.external_data if e.key == "length")
 
 
 def check_quantizable(model: onnx.ModelProto, options: PruneOptions) -> None:

@@ -91,6 +91,92 @@ def make_large_model(path: str | os.PathLike, hidden: int = 8192, layers: int = 
     return disk_size(path)
 
 
+class _DataWriter:
+    """Initializers for a generated model: tensors of 1 KiB or more go to the data file, one at a
+    time (page-aligned, as onnxprune writes them), smaller ones stay in the model."""
+
+    def __init__(self, fh, data_name: str):
+        self.fh, self.data_name, self.inits = fh, data_name, []
+
+    def add(self, name: str, values: np.ndarray) -> str:
+        if values.nbytes < 1024:
+            self.inits.append(onnx.numpy_helper.from_array(values, name))
+            return name
+        pad = -self.fh.tell() % 4096
+        self.fh.write(b"\0" * pad)
+        offset = self.fh.tell()
+        self.fh.write(np.ascontiguousarray(values).tobytes())
+        t = TensorProto(name=name, data_type=onnx.helper.np_dtype_to_tensor_dtype(values.dtype),
+                        dims=list(values.shape), data_location=TensorProto.EXTERNAL)
+        for key, value in (("location", self.data_name), ("offset", str(offset)), ("length", str(values.nbytes))):
+            t.external_data.add(key=key, value=value)
+        self.inits.append(t)
+        return name
+
+
+def make_large_decoder(path: str | os.PathLike, hidden: int = 2048, mlp: int = 8192, layers: int = 12,
+                       heads: int = 16, seq: int = 16, seed: int = 0) -> int:
+    """Write a decoder-shaped model to ``path`` (weights in ``path.name + '.data'``): ``layers``
+    pre-norm blocks of causal multi-head attention (Q, K, V, O projections of ``hidden``) and a
+    ReLU MLP of ``mlp``, on hidden states ``x`` of shape (1, seq, hidden), then a final norm.
+    fp32; the defaults make about 2.4 GB. Returns the size on disk."""
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    d = hidden // heads
+    nodes = []
+
+    def node(op, inputs, name, **attrs):
+        nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+        return name
+
+    with open(path.parent / (path.name + ".data"), "wb") as fh:
+        w = _DataWriter(fh, path.name + ".data")
+
+        def dense(x, n_in, n_out, name):
+            values = rng.standard_normal((n_in, n_out), dtype=np.float32)
+            values *= np.float32(1 / np.sqrt(n_in))
+            y = node("MatMul", [x, w.add(name + ".weight", values)], name)
+            bias = (rng.standard_normal(n_out, dtype=np.float32) * np.float32(0.02))
+            return node("Add", [y, w.add(name + ".bias", bias)], name + ".out")
+
+        def norm(x, name):
+            scale = 1 + 0.1 * rng.standard_normal(hidden, dtype=np.float32)
+            bias = 0.1 * rng.standard_normal(hidden, dtype=np.float32)
+            return node("LayerNormalization", [x, w.add(name + ".scale", scale), w.add(name + ".bias", bias)],
+                        name, axis=-1, epsilon=1e-5)
+
+        split = w.add("shape.split", np.array([1, seq, heads, d], np.int64))
+        merge = w.add("shape.merge", np.array([1, seq, hidden], np.int64))
+        mask = w.add("causal_mask", np.triu(np.full((seq, seq), -1e4, np.float32), 1))
+        x = "x"
+        for i in range(layers):
+            p = f"block{i}"
+            h = norm(x, f"{p}.attn_norm")
+            q, k, v = (node("Transpose", [node("Reshape", [dense(h, hidden, hidden, f"{p}.{n}"), split], f"{p}.{n}.split")],
+                            f"{p}.{n}.heads", perm=[0, 2, 1, 3]) for n in ("q", "k", "v"))
+            kt = node("Transpose", [k], f"{p}.kt", perm=[0, 1, 3, 2])
+            scores = node("Mul", [node("MatMul", [q, kt], f"{p}.qk"), w.add(f"{p}.scale", np.array(1 / np.sqrt(d), np.float32))],
+                          f"{p}.scores")
+            probs = node("Softmax", [node("Add", [scores, mask], f"{p}.masked")], f"{p}.probs", axis=-1)
+            o = node("Transpose", [node("MatMul", [probs, v], f"{p}.pv")], f"{p}.pv.t", perm=[0, 2, 1, 3])
+            o = dense(node("Reshape", [o, merge], f"{p}.merged"), hidden, hidden, f"{p}.o")
+            x = node("Add", [x, o], f"{p}.attn_res")
+            h = norm(x, f"{p}.mlp_norm")
+            h = node("Relu", [dense(h, hidden, mlp, f"{p}.up")], f"{p}.act")
+            x = node("Add", [x, dense(h, mlp, hidden, f"{p}.down")], f"{p}.mlp_res")
+        norm(x, "final_norm")
+        inits = w.inits
+    nodes[-1].output[0] = "y"
+    graph = helper.make_graph(nodes, "large_decoder",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, seq, hidden])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, seq, hidden])],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())
+    return disk_size(path)
+
+
 def disk_size(path: str | os.PathLike) -> int:
     """Bytes of a model file plus the external data files it names."""
     path = Path(path)

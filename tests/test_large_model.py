@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from large_model import disk_size, make_large_model, prune_and_measure
+from large_model import disk_size, make_large_decoder, make_large_model, prune_and_measure
 from onnx import TensorProto, numpy_helper
 
 import onnxprune.io as io
@@ -175,14 +175,72 @@ def test_data_file_changed_after_loading(lazy, small: Path, tmp_path: Path):
     assert not list(tmp_path.glob("out.onnx*")) and not list(tmp_path.glob(".out.onnx*"))
 
 
-@pytest.mark.parametrize("option,value", [("--calib", "x.npz"), ("--criterion", "activation")])
-def test_activations_of_a_model_left_in_its_files_are_refused(lazy, small: Path, option: str, value: str):
+@pytest.mark.parametrize("criterion,reconstruct", [("obs", "lstsq"), ("obs", "none"), ("activation", "bias")])
+def test_calibrated_lazy_path_equals_in_memory_path(lazy, small: Path, tmp_path: Path, criterion: str,
+                                                    reconstruct: str):
+    """Calibration, activation criteria and reconstruction run in ONNX Runtime with the weights
+    handed over by reference (memory maps of the input's data file): the same pruned model, bit
+    for bit, as the whole model loaded in memory."""
+    rng = np.random.default_rng(1)
+    calib = [{"x": rng.standard_normal((2, 3, 16, 16)).astype(np.float32)} for _ in range(4)]
+    options = dict(ratio=0.4, criterion=criterion, calibration=calib, reconstruct=reconstruct)
+    result = prune(small, **options)
+    assert io.is_deferred(result.model)
+    out = tmp_path / "out" / "pruned.onnx"
+    result.save(out)
+    assert_external_output(out)
+    whole = prune(onnx.load(str(small)), **options)
+    reference = whole.model
+    assert not io.is_deferred(reference)
+    assert result.report["fidelity"]["outputs"] == whole.report["fidelity"]["outputs"]  # verified by reference
+    assert result.report["fidelity"]["samples"] == 8
+    memory = result.report["memory"]
+    assert memory["weights_in_files"] == (small.parent / "mlp.onnx.data").stat().st_size
+    assert memory["peak_rss"] >= memory["rss_at_start"] > 0
+    assert whole.report["memory"]["weights_in_files"] == 0
+    got, want = weights(onnx.load(str(out))), weights(reference)
+    assert got.keys() == want.keys()
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_array_equal(run(out, x), run(reference, x))
+    if reconstruct != "none":  # reconstruction changed weights: the comparison above could fail
+        unrepaired = prune(onnx.load(str(small)), **dict(options, reconstruct="none")).model
+        assert any(not np.array_equal(weights(unrepaired)[n], want[n]) for n in want if n in weights(unrepaired))
+
+
+def test_calibrated_lazy_decoder_equals_in_memory(lazy, tmp_path: Path):
+    """The decoder shape (attention heads and MLP channels, pre-norm residual blocks) on the
+    same path: captures, OBS Gram matrices, the staged lstsq refit and the fidelity check all
+    run with the weights by reference, and give the in-memory result bit for bit."""
+    source = tmp_path / "in" / "decoder.onnx"
+    source.parent.mkdir()
+    make_large_decoder(source, hidden=64, mlp=256, layers=2, heads=4, seq=8)
+    rng = np.random.default_rng(1)
+    calib = [{"x": rng.standard_normal((1, 8, 64)).astype(np.float32)} for _ in range(12)]
+    options = dict(ratio=0.3, criterion="obs", calibration=calib, reconstruct="lstsq")
+    result = prune(source, **options)
+    out = tmp_path / "out" / "pruned.onnx"
+    result.save(out)
+    assert_external_output(out)
+    whole = prune(onnx.load(str(source)), **options)
+    assert whole.report["after"]["params"] < whole.report["before"]["params"]
+    assert {r["node"] for r in whole.report["reconstruction"]["layers"]} >= {"block0.o", "block0.down"}
+    assert result.report["fidelity"]["outputs"] == whole.report["fidelity"]["outputs"]
+    assert result.report["reconstruction"] == whole.report["reconstruction"]
+    got, want = weights(onnx.load(str(out))), weights(whole.model)
+    assert got.keys() == want.keys()
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+@pytest.mark.parametrize("field,value", [("target_params", 0.5), ("quantize", "int8")])
+def test_targets_and_quantize_of_a_model_left_in_its_files_are_refused(lazy, small: Path, field: str, value):
     from onnxprune.context import PruneOptions
     from onnxprune.pipeline import Pipeline
 
-    opts = PruneOptions(calibration=value) if option == "--calib" else PruneOptions(criterion=value)
-    with pytest.raises(BadInputError, match="weights alone"):
-        Pipeline([]).run(small, opts)
+    with pytest.raises(BadInputError, match="whole model in memory"):
+        Pipeline([]).run(small, PruneOptions(**{field: value}))
 
 
 # --- bad external data: one line, exit 2, nothing written -------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..context import PruningContext
+from ..io import uses_external_data
 from .base import Pass
 
 
@@ -18,8 +19,11 @@ class Verify(Pass):
 
         if ctx.calibration is None or ctx.pruned is None or not ctx.selection.changes:
             return
-        ctx.report["fidelity"] = {**output_fidelity(ctx.model.SerializeToString(), ctx.pruned.SerializeToString(),
-                                                    ctx.calibration, threads=ctx.options.threads,
+        if uses_external_data(ctx.model) and ctx.pruned_graph is not None:
+            original, pruned = ctx.graph, ctx.pruned_graph  # weights left in their files: by reference
+        else:
+            original, pruned = ctx.model.SerializeToString(), ctx.pruned.SerializeToString()
+        ctx.report["fidelity"] = {**output_fidelity(original, pruned, ctx.calibration, threads=ctx.options.threads,
                                                     io_cuts=ctx.analysis.plan.io_cuts(ctx.selection.removed)),
                                   "data": ctx.calibration.description}
         for name, counts in ctx.report["fidelity"].get("non_finite", {}).items():

@@ -118,6 +118,7 @@ def build_report(ctx: PruningContext, input_path: str | None = None, output_path
         "blocks": _blocks(ctx),
         "search": report.get("search"),
         "allocation": report.get("allocation"),
+        "memory": report.get("memory"),
         "reconstruction": report.get("reconstruction"),
         "fidelity": report.get("fidelity"),
         "benchmark": report.get("benchmark"),

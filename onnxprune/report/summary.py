@@ -98,6 +98,7 @@ def prune_summary(ctx: PruningContext) -> str:
         " (from the weights alone: no calibration data)"))
     rows.extend(search_summary(ctx.report))
     rows.extend(step_lines(ctx.report))
+    rows.extend(memory_lines(ctx.report.get("memory") or {}))
     recon = ctx.report.get("reconstruction")
     if recon:
         done = [layer for layer in recon["layers"] if layer["error_after"] is not None]
@@ -110,6 +111,19 @@ def prune_summary(ctx: PruningContext) -> str:
         if skipped:
             rows.append(f"  not refit: {len(skipped)} layers ({skipped[0]['node']}: {skipped[0]['skipped']}, ...)")
     return "\n".join(rows)
+
+
+def memory_lines(memory: dict) -> list[str]:
+    """Peak resident memory, against the weights left in their files where there are any."""
+    peak = memory.get("peak_rss")
+    if not peak:
+        return []
+    line = f"peak memory {human(peak)}B resident"
+    if memory.get("rss_at_start"):
+        line += f" ({human(peak - memory['rss_at_start'])}B above the start)"
+    if memory.get("weights_in_files"):
+        line += f"; weights left in their files: {human(memory['weights_in_files'])}B"
+    return [line]
 
 
 def io_shape_lines(changes: list[dict]) -> list[str]:

@@ -2,31 +2,75 @@
 
 from __future__ import annotations
 
+import os
 from typing import Iterable, Iterator
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ..io import export_by_reference
 from .session import onnxruntime
 
 
 def capture_session(graph: gs.Graph, names: list[str], threads: int | None = None):
     """A session over ``graph`` whose outputs are the tensors ``names`` (graph untouched)."""
-    ort = onnxruntime()
     tensors = graph.tensors()
     saved = list(graph.outputs)
     graph.outputs = [tensors[n] for n in names]
     try:
-        model = gs.export_onnx(graph, do_type_check=False)
+        model, weights = export_by_reference(graph)
     finally:
         graph.outputs = saved
     model.ir_version = max(model.ir_version, 4)
     _drop_unneeded(model.graph)
+    return cpu_session(model, weights, threads)
+
+
+#: Prepacking copies every MatMul weight into a packed buffer: the whole model again, for a model
+#: run from its files. It also changes the last bits of the products, so it is off in every
+#: analysis session (captures, fidelity), in memory or not: both paths give the same numbers.
+NO_PREPACKING = "session.disable_prepacking"
+
+
+def graph_session(graph: gs.Graph, threads: int | None = None):
+    """A CPU session running ``graph`` as it is, its weights handed over by reference (a model
+    whose weights were left in their files is never serialized whole, which protobuf could not)."""
+    model, weights = export_by_reference(graph)
+    model.ir_version = max(model.ir_version, 4)
+    return cpu_session(model, weights, threads)
+
+
+def cpu_session(model, weights: dict[str, np.ndarray], threads: int | None = None):
+    """A CPU session over ``model``; ``weights`` (from :func:`io.export_by_reference`) are handed
+    to ONNX Runtime as shared initializers, used in place: a model whose weights were left in
+    their files runs from its memory maps, changed weights from their arrays, with no copy
+    (``add_external_initializers`` copies each one). The arrays are kept alive with the session."""
+    ort = onnxruntime()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.add_session_config_entry(NO_PREPACKING, "1")
     if threads:
         opts.intra_op_num_threads = threads
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = [t.name for t in model.graph.initializer if t.name in weights]
+    values = [ort.OrtValue.ortvalue_from_numpy(np.asarray(weights[n])) for n in names]
+    if names:
+        _relative_stubs(model, set(names), opts)
+        for name, value in zip(names, values):
+            opts.add_initializer(name, value)
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    session._onnxprune_weights = (values, [weights[n] for n in names])  # ORT reads them in place
+    return session
+
+
+def _relative_stubs(model, names: set[str], opts) -> None:
+    """ONNX Runtime refuses absolute external-data paths in a model loaded from bytes: the stubs
+    name their file relative to its folder, given as the session's external-data folder."""
+    folder = None
+    for t in model.graph.initializer:
+        if t.name in names:
+            entry = next(e for e in t.external_data if e.key == "location")
+            folder, entry.value = os.path.dirname(entry.value), os.path.basename(entry.value)
+    opts.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
 
 
 def run_captures(session, batches: Iterable[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
@@ -100,7 +144,7 @@ class StagedCapture:
         """Prepare the stage that captures ``wanted`` (tensor names); True where it reads the
         calibration data (the first stage, or after the cut was dropped)."""
         self.graph.toposort()  # a refit may have appended a bias Add that earlier nodes read
-        model = gs.export_onnx(self.graph, do_type_check=False)
+        model, weights = export_by_reference(self.graph)
         g = model.graph
         inputs = {i.name for i in g.input}
         if self.kept and set(wanted) & self.ran - set(self.kept[0]):
@@ -116,7 +160,8 @@ class StagedCapture:
         outputs = sorted((set(wanted) | set(cut)) & produced)
         self._plan, self._ran_after = (outputs, cut), ran_after
         dtypes = {k: v.dtype for k, v in self.kept[0].items()} if self.kept else {}
-        self._session = _cut_session(model, nodes, outputs, known, dtypes, self.threads) if outputs else None
+        self._session = _cut_session(model, weights, nodes, outputs, known, dtypes,
+                                     self.threads) if outputs else None
         self._new_kept: list[dict[str, np.ndarray]] | None = []
         self._bytes = 0
         return not self.kept
@@ -160,8 +205,8 @@ def _needed_nodes(graph, wanted: set[str], known: set[str]) -> list:
     return kept
 
 
-def _cut_session(model, nodes: list, outputs: list[str], known: set[str], dtypes: dict[str, np.dtype],
-                 threads: int | None):
+def _cut_session(model, weights: dict[str, np.ndarray], nodes: list, outputs: list[str], known: set[str],
+                 dtypes: dict[str, np.dtype], threads: int | None):
     """A session running ``nodes`` from the ``known`` tensors (graph inputs or kept ones) to
     ``outputs``. Shapes are left to ONNX Runtime (a pruned graph's stored ones may be stale)."""
     from onnx import helper
@@ -180,9 +225,4 @@ def _cut_session(model, nodes: list, outputs: list[str], known: set[str], dtypes
     sub = helper.make_graph(nodes, g.name, sources, outs, inits)
     cut = helper.make_model(sub, opset_imports=model.opset_import, ir_version=max(model.ir_version, 4))
     cut.functions.extend(model.functions)
-    ort = onnxruntime()
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(cut.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return cpu_session(cut, weights, threads)
