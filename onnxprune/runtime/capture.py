@@ -100,23 +100,22 @@ class StagedCapture:
         """Prepare the stage that captures ``wanted`` (tensor names); True where it reads the
         calibration data (the first stage, or after the cut was dropped)."""
         self.graph.toposort()  # a refit may have appended a bias Add that earlier nodes read
-        model = gs.export_onnx(self.graph, do_type_check=False)
-        g = model.graph
-        inputs = {i.name for i in g.input}
+        inputs = {t.name for t in self.graph.inputs}
         if self.kept and set(wanted) & self.ran - set(self.kept[0]):
             self.kept, self.ran = [], set()  # a wanted tensor left the cut: run from the inputs
         known = set(self.kept[0]) if self.kept else inputs
-        nodes = _needed_nodes(g, set(wanted), known)
+        reads = {id(n): _reads(n) for n in self.graph.nodes}
+        nodes = _needed_nodes(self.graph.nodes, reads, set(wanted), known)
         self.nodes_run = len(nodes)
-        produced = {t for n in nodes for t in n.output if t}
+        produced = {t.name for n in nodes for t in n.outputs if t.name}
         ran_after = (self.ran if self.kept else inputs) | produced
         # the new cut: tensors run so far that a node not yet run still reads
-        later = {t for n in g.node if not set(n.output) <= ran_after for t in list(n.input) + list(_subgraph_names(n))}
+        later = {t for n in self.graph.nodes if not {o.name for o in n.outputs} <= ran_after for t in reads[id(n)]}
         cut = sorted(t for t in ran_after & later if t)
         outputs = sorted((set(wanted) | set(cut)) & produced)
         self._plan, self._ran_after = (outputs, cut), ran_after
         dtypes = {k: v.dtype for k, v in self.kept[0].items()} if self.kept else {}
-        self._session = _cut_session(model, nodes, outputs, known, dtypes, self.threads) if outputs else None
+        self._session = _cut_session(self.graph, nodes, reads, outputs, known, dtypes, self.threads) if outputs else None
         self._new_kept: list[dict[str, np.ndarray]] | None = []
         self._bytes = 0
         return not self.kept
@@ -148,41 +147,64 @@ class StagedCapture:
             self.kept, self.ran = [], set()
 
 
-def _needed_nodes(graph, wanted: set[str], known: set[str]) -> list:
+def _reads(node: gs.Node) -> list[str]:
+    """The tensor names ``node`` reads: its inputs and, in its subgraphs, outer tensors."""
+    names = [t.name for t in node.inputs if t.name]
+    if any(isinstance(v, gs.Graph) or (isinstance(v, list) and v and isinstance(v[0], gs.Graph))
+           for v in node.attrs.values()):
+        names += sorted(_subgraph_names(gs.exporters.onnx_exporter.OnnxExporter.export_node(node)))
+    return names
+
+
+def _needed_nodes(nodes: list[gs.Node], reads: dict[int, list[str]], wanted: set[str], known: set[str]) -> list[gs.Node]:
     """The nodes (in graph order) needed to compute ``wanted`` from the ``known`` tensors."""
     needed = set(wanted) - known
     kept = []
-    for node in reversed(graph.node):
-        if needed.intersection(node.output):
+    for node in reversed(nodes):
+        if needed.intersection(t.name for t in node.outputs):
             kept.append(node)
-            needed.update(t for t in list(node.input) + list(_subgraph_names(node)) if t not in known)
+            needed.update(t for t in reads[id(node)] if t not in known)
     kept.reverse()
     return kept
 
 
-def _cut_session(model, nodes: list, outputs: list[str], known: set[str], dtypes: dict[str, np.dtype],
-                 threads: int | None):
+def _cut_session(graph: gs.Graph, nodes: list[gs.Node], reads: dict[int, list[str]], outputs: list[str],
+                 known: set[str], dtypes: dict[str, np.dtype], threads: int | None):
     """A session running ``nodes`` from the ``known`` tensors (graph inputs or kept ones) to
-    ``outputs``. Shapes are left to ONNX Runtime (a pruned graph's stored ones may be stale)."""
+    ``outputs``: only these nodes and the constants they read are exported (not the whole
+    graph, once per stage). Shapes are left to ONNX Runtime (a pruned graph's stored ones may
+    be stale)."""
     from onnx import helper
+    from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, dtype_to_onnx
+    from onnx_graphsurgeon.ir.tensor import SparseValues
 
-    g = model.graph
-    reads = {t for n in nodes for t in list(n.input) + list(_subgraph_names(n)) if t}
-    produced = {t for n in nodes for t in n.output}
-    inits = [t for t in g.initializer if t.name in reads]
-    types = {v.name: v.type.tensor_type.elem_type for v in list(g.input) + list(g.value_info) + list(g.output)}
-    types.update({n: helper.np_dtype_to_tensor_dtype(d) for n, d in dtypes.items()})
-    graph_inputs = {i.name: i for i in g.input}
-    sources = [graph_inputs[n] if n in graph_inputs else helper.make_tensor_value_info(n, types.get(n, 0), None)
-               for n in sorted((reads - produced - {t.name for t in inits}) & known)]
-    outs = [helper.make_tensor_value_info(n, types[n], None) if types.get(n) else helper.make_empty_tensor_value_info(n)
-            for n in outputs]
-    sub = helper.make_graph(nodes, g.name, sources, outs, inits)
-    cut = helper.make_model(sub, opset_imports=model.opset_import, ir_version=max(model.ir_version, 4))
-    cut.functions.extend(model.functions)
+    tensors = graph.tensors()
+    read = sorted({t for n in nodes for t in reads[id(n)]})
+    produced = {t.name for n in nodes for t in n.outputs}
+    consts = [tensors[t] for t in read if isinstance(tensors.get(t), gs.Constant)]
+    by_input = {t.name: t for t in graph.inputs}
+
+    def info(name: str, dtype=None):
+        if dtype is None and name in tensors and tensors[name].dtype is not None:
+            dtype = tensors[name].dtype
+        if dtype is None:
+            return helper.make_empty_tensor_value_info(name)
+        shape = by_input[name].shape if name in by_input and name not in dtypes else None
+        return helper.make_tensor_value_info(name, dtype_to_onnx(dtype), shape)
+
+    sources = [info(t, dtypes.get(t)) for t in read if t in known and t not in produced
+               and not isinstance(tensors.get(t), gs.Constant)]
+    sparse = [c for c in consts if isinstance(c._values, SparseValues)]
+    sub = helper.make_graph([OnnxExporter.export_node(n) for n in nodes], graph.name or "stage", sources,
+                            [info(t) for t in outputs],
+                            [OnnxExporter.export_tensor_proto(c) for c in consts if c not in sparse],
+                            sparse_initializer=[OnnxExporter.export_sparse_tensor_proto(c) for c in sparse])
+    model = helper.make_model(sub, opset_imports=gs.exporters.onnx_exporter.update_import_domains(graph),
+                              ir_version=max(graph.ir_version or 8, 4))
+    model.functions.extend(OnnxExporter.export_function(f) for f in graph.functions)
     ort = onnxruntime()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
-    return ort.InferenceSession(cut.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
