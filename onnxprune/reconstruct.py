@@ -25,7 +25,7 @@ import onnx_graphsurgeon as gs
 
 from .analysis.cache_io import cut_feeds
 from .analysis.state import const
-from .calibration.data import CalibrationBatch, runs_of
+from .calibration.data import CalibrationBatch, runs_of, sample_total
 from .calibration.stats import PendingRows, cross_product
 from .ops import linear_view_for
 from .ops.linear_view import MAX_ROWS_PER_SAMPLE, LinearView
@@ -121,7 +121,8 @@ def reconstruct(original: gs.Graph, pruned: gs.Graph, consumers: list[tuple], ca
         # each network runs only what the wave needs beyond the cut the previous wave kept
         reads = [net.start(sorted(names)) for net, names in zip(networks, wanted)]
         source = runs_of(calibration) if any(reads) or not runs else iter(runs)
-        with Progress(f"reconstructing: wave {number}/{len(waves)}", len(runs) or None) as bar:
+        total = sum(r.samples for r in runs) if runs else sample_total(calibration)
+        with Progress(f"reconstructing: wave {number}/{len(waves)}", total, unit="sample") as bar:
             acc, runs = _gather(networks, reads, source, [(views[n], residual.get(n)) for n in wave],
                                 rows_per_sample, bar, io_cuts or {})
         for net in networks:
@@ -150,7 +151,7 @@ def _gather(networks: tuple[StagedCapture, StagedCapture], reads: list[bool], so
                             rows_per_sample)
         seen.append(CalibrationBatch(run.chunk, run.samples, {}))
         del outs_o, outs_p
-        bar.advance()
+        bar.advance(run.samples)
     return acc, seen
 
 
