@@ -225,8 +225,9 @@ class PruneOptions:
         if opts.allocate == "global" and (target is not None or opts.calibration is None):
             raise BadInputError("--allocate global spreads --ratio by sensitivities measured on calibration data: "
                                 "give --calib and a ratio (not a target)")
-        if target is not None and "blocks" in opts.prune:
-            raise BadInputError(f"--prune blocks takes a count (--blocks N or --ratio), not --target-{target.kind}")
+        if target is not None and "blocks" in opts.prune and opts.latency_table is not None:
+            raise BadInputError("--latency-table predicts channel widths, not residual blocks removed: give "
+                                "--target-latency without it to measure candidates with blocks removed here")
         if opts.blocks is not None and "blocks" not in opts.prune:
             raise BadInputError("--blocks needs --prune blocks (with any other kinds: --prune blocks,channels)")
         return replace(opts, target=target, ratio=DEFAULT_RATIO if target is None and opts.ratio is None else opts.ratio)

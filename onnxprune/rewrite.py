@@ -23,6 +23,7 @@ from .errors import RewriteError
 from .io import (EXTERNAL_DATA_THRESHOLD, check_deferred, copy_model_fields, export_deferred, has_external_values,
                   lazy_external_values, read_values, uses_external_data, weights_nbytes)
 from .normalize import infer_shapes
+from .ops import spec_for
 
 
 def copy_graph(graph: gs.Graph) -> gs.Graph:
@@ -125,6 +126,10 @@ def _remove_branch(graph: gs.Graph, join: gs.Node, stream_input: int) -> None:
     into an Identity where its output is a graph output or read inside a subgraph); the branch,
     read by nothing now, goes with the cleanup. The stream is taken from the graph as it is now,
     so that consecutive blocks removed together chain."""
+    fused = spec_for(join).join
+    if fused is not None and fused.remove is not None:
+        fused.remove(graph, join, stream_input)
+        return
     stream, out = join.inputs[stream_input], join.outputs[0]
     readers = list(out.outputs)
     if any(out is t for t in graph.outputs) or any(all(t is not out for t in r.inputs) for r in readers):

@@ -77,15 +77,60 @@ def test_decoder_with_a_kv_cache_keeps_what_the_cache_reads():
     assert cache_layers and cache_layers <= {n.name for n in ctx.pruned.graph.node}
 
 
-def test_fused_skip_layer_norm_is_refused_with_its_reason():
-    """ONNX Runtime's SkipLayerNormalization fuses the residual Add with the LayerNorm after it and
-    the branch's bias: the branch would have to become a LayerNormalization of the stream, which
-    is not done; the blocks are listed, refused."""
-    analysis = analysis_of(onnx.load(MODELS / "bert_ort_optimized.onnx"))
-    assert len(analysis.blocks) == 4 and not analysis.removable_blocks
-    assert all("SkipLayerNormalization" in b.reasons[0] and "fused" in b.reasons[0] for b in analysis.blocks)
-    result = prune(MODELS / "bert_ort_optimized.onnx", prune="blocks", blocks=1)
-    assert result.unchanged
+@pytest.mark.parametrize("name", ["bert_ort_optimized.onnx", "bert_ort_optimized_mha.onnx"])
+def test_fused_skip_layer_norm_blocks(name):
+    """ONNX Runtime's SkipLayerNormalization fuses the residual Add, the branch's bias and the
+    LayerNorm after them: a removed branch leaves a LayerNormalization of the stream, the bias
+    going with the branch; every block alone and all together equal the zeroed original."""
+    model = onnx.load(MODELS / name)
+    analysis = analysis_of(model)
+    assert len(analysis.removable_blocks) == 4 and analysis.blocks == analysis.removable_blocks
+    for block in analysis.removable_blocks:
+        ctx = assert_block_oracle(model, {block.id})
+        assert ctx.report["before"]["params"] - ctx.report["after"]["params"] == block.params
+        ops = {n.name: n.op_type for n in ctx.pruned.graph.node}
+        assert ops[block.join] == "LayerNormalization"
+    ctx = assert_block_oracle(model)
+    assert not any(n.op_type == "SkipLayerNormalization" for n in ctx.pruned.graph.node)
+
+
+@pytest.mark.parametrize("fmt", ["fp32", "fp16", "int4"])
+def test_genai_skip_simplified_layer_norm_blocks(fmt):
+    """The GenAI builder's LLaMA (fp32, fp16, int4 with MatMulNBits projections, zeroed by their
+    scales): SkipSimplifiedLayerNormalization joins each sub-block and also
+    outputs the sum, the stream the next block reads (its normalised output feeds the next
+    branch). Removing a branch makes the sum the stream itself and the node an RMS norm of it;
+    the zeroed original's outputs (logits and the present cache, a past cache fed) are matched."""
+    from test_genai import TOLERANCES, feeds, folder
+
+    model = onnx.load(folder(fmt) / "model.onnx")
+    analysis = analysis_of(model)
+    blocks = analysis.removable_blocks
+    assert len(blocks) == 4 and analysis.blocks == blocks  # 2 layers' attention and MLP
+    rtol, atol = TOLERANCES[fmt]
+    for block in blocks:
+        ctx = assert_block_oracle(model, {block.id}, feeds=feeds(fmt), rtol=rtol, atol=atol)
+        assert ctx.report["before"]["params"] - ctx.report["after"]["params"] == block.params
+        ops = {n.name: n.op_type for n in ctx.pruned.graph.node}
+        assert ops[block.join] == "SimplifiedLayerNormalization"
+    for pair in ({0, 1}, {1, 2}, {0, 1, 2, 3}):  # consecutive ones chain through the sum output
+        assert_block_oracle(model, pair, feeds=feeds(fmt), rtol=rtol, atol=atol)
+
+
+def test_fused_join_refuses_what_it_cannot_keep():
+    """A Skip*LayerNorm whose mean output is read, or without epsilon, keeps its branch."""
+    model = onnx.load(MODELS / "bert_ort_optimized.onnx")
+    skip = next(n for n in model.graph.node if n.op_type == "SkipLayerNormalization")
+    del skip.output[1:]
+    skip.output.extend(["skip_mean"])
+    model.graph.output.append(onnx.helper.make_tensor_value_info("skip_mean", onnx.TensorProto.FLOAT, None))
+    (first, *_rest) = analysis_of(model).blocks
+    assert not first.removable and "mean or inv_std_var" in first.reasons[0]
+    model = onnx.load(MODELS / "bert_ort_optimized.onnx")
+    skip = next(n for n in model.graph.node if n.op_type == "SkipLayerNormalization")
+    del skip.attribute[:]
+    (first, *_rest) = analysis_of(model).blocks
+    assert not first.removable and "epsilon" in first.reasons[0]
 
 
 def residual(b: GraphBuilder, x: str, tail: str | None = None, read_twice: bool = False) -> str:
@@ -174,3 +219,20 @@ def test_blocks_and_channels_together(name):
         feeds = random_feeds(zs, seed)
         for e, g in zip(zs.run(None, feeds), ps.run(None, feeds)):
             np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_blocks_score_as_the_unfused_export(tmp_path):
+    """The same BERT weights, fused by ONNX Runtime's optimizer or exported plain: a block's stream
+    change on the same data is the same (the fused join's sum is the stream in, branch and bias
+    added), so the same block goes."""
+    rng = np.random.default_rng(0)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input_ids=rng.integers(0, 100, (16, 8)), attention_mask=np.ones((16, 8), np.int64),
+             token_type_ids=np.zeros((16, 8), np.int64))
+    fused = prune(MODELS / "bert_ort_optimized.onnx", prune="blocks", blocks=1, calibration=str(calib))
+    plain = prune(MODELS / "bert_sdpa_dynamo.onnx", prune="blocks", blocks=1, calibration=str(calib))
+    got, want = fused.context.block_scores, plain.context.block_scores
+    assert len(got) == len(want) == 4
+    np.testing.assert_allclose([got[k] for k in sorted(got)], [want[k] for k in sorted(want)], rtol=1e-5)
+    assert fused.context.selection.blocks == plain.context.selection.blocks
+    assert fused.report["after"]["params"] < fused.report["before"]["params"]

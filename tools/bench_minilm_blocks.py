@@ -12,6 +12,7 @@ Needs ``tools/export_minilm.py``'s output (``build/minilm/``) and a calibration 
 ``tools/minilm_calib_buckets.py``; ``transformers`` for the tokenizer.
 
     python tools/bench_minilm_blocks.py blocks:attention:1 heads:0.1667 blocks:mlp:1 channels:0.1667
+    python tools/bench_minilm_blocks.py channels:0.5 --calib-rows 1024 --criterion fluctuation --ridge 0.01
 """
 
 from __future__ import annotations
@@ -49,12 +50,13 @@ def drop_errors(ctx) -> dict[int, float]:
     return {c.id: c.points[0].error for c in curves if c.kind == "block"}
 
 
-def run_case(case: str, model: str, calib: str, reconstruct: bool, order: str = "score"):
+def run_case(case: str, model: str, calib: str, reconstruct: bool, order: str = "score", **settings):
+    """``settings``: more PruneOptions (criterion, calib_rows, ridge) for every case."""
     parts = case.split(":")
     mode = "lstsq" if reconstruct else "none"
     if parts[0] == "blocks":
         kind, count = parts[1], int(parts[2])
-        options = PruneOptions(prune=("blocks",), blocks=count, calibration=calib, reconstruct=mode)
+        options = PruneOptions(prune=("blocks",), blocks=count, calibration=calib, reconstruct=mode, **settings)
         ctx = Pipeline([Normalize(), Analyze(), Calibrate(), Score(), Select()]).run(model, options)
         blocks = [b for b in ctx.analysis.removable_blocks if kind == "any" or block_kind(ctx.analysis, b) == kind]
         by = ctx.block_scores if order == "score" else drop_errors(ctx)
@@ -63,7 +65,7 @@ def run_case(case: str, model: str, calib: str, reconstruct: bool, order: str = 
         label = ", ".join(f"{block_kind(ctx.analysis, b)} {b.id}" for b in sorted(chosen, key=lambda b: b.id))
     else:
         options = PruneOptions(prune=tuple(parts[0].split(",")), ratio=float(parts[1]), calibration=calib,
-                               reconstruct=mode)
+                               reconstruct=mode, **settings)
         ctx = Pipeline([Normalize(), Analyze(), Calibrate(), Score(), Select()]).run(model, options)
         label = f"{parts[1]} of each group"
     Rewrite().run(ctx)
@@ -81,7 +83,12 @@ def main(argv=None) -> int:
     ap.add_argument("--no-reconstruct", action="store_true")
     ap.add_argument("--order", choices=("score", "drop"), default="score",
                     help="choose blocks by the pruner's block score, or by the output error each makes when dropped")
+    ap.add_argument("--criterion", default=None, help="the channels' criterion [default: obs with the refit]")
+    ap.add_argument("--calib-rows", type=int, default=None, help="rows per layer and sample for the refit's Grams")
+    ap.add_argument("--ridge", type=float, default=None, help="a fixed ridge strength [default: chosen per layer]")
     args = ap.parse_args(argv)
+    settings = {k: v for k, v in (("criterion", args.criterion), ("calib_rows", args.calib_rows),
+                                  ("ridge", args.ridge)) if v is not None}
     embed = md.heldout_embedder(args.model, args.sentences)
 
     reference = embed(args.model)
@@ -89,7 +96,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|")
     for case in args.cases:
         start = time.time()
-        ctx, label = run_case(case, args.model, args.calib, not args.no_reconstruct, args.order)
+        ctx, label = run_case(case, args.model, args.calib, not args.no_reconstruct, args.order, **settings)
         cosine = float((embed(ctx.pruned) * reference).sum(1).mean())
         before, after = ctx.report["before"]["params"], ctx.report["after"]["params"]
         print(f"| {case} | {label} | {before / 1e6:.2f}M → {after / 1e6:.2f}M (−{(before - after) / 1e6:.2f}M) "

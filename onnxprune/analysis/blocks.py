@@ -82,14 +82,28 @@ class _Graph:
         return seen
 
     def downstream(self, tensor: str) -> set[int]:
-        """Indices of the nodes that depend on ``tensor``."""
+        """Indices of the nodes that depend on ``tensor`` (through a fused join's other outputs
+        too where ``tensor`` is its sum: they are functions of it)."""
         seen, todo = set(), [tensor]
+        node = self.producer.get(tensor)
+        join = spec_for(node).join if node is not None else None
+        if join is not None and join.stream_output is not None and _output_index(node, tensor) == join.stream_output:
+            todo = [t.name for t in node.outputs if t.name]
         while todo:
             for node in self.readers.get(todo.pop(), []):
                 if self.index[id(node)] not in seen:
                     seen.add(self.index[id(node)])
                     todo.extend(t.name for t in node.outputs)
         return seen
+
+
+def _has_weights(spec) -> bool:
+    """A weight layer, float or packed (MatMulNBits)."""
+    return spec.weight_layer or spec.packed_params is not None
+
+
+def _output_index(node: gs.Node, tensor: str) -> int | None:
+    return next((i for i, t in enumerate(node.outputs) if t.name == tensor), None)
 
 
 def _implicit_reads(node: gs.Node) -> set[str]:
@@ -122,7 +136,7 @@ def find_blocks(graph: gs.Graph) -> list[Block]:
         stream_input, branch_input, branch_nodes = found
         if _broadcast(node.inputs[stream_input], node.outputs[0]):
             continue  # the "stream" is widened by the other input: a mask added to scores, not a residual
-        if not any(spec_for(g.nodes[i]).weight_layer for i in branch_nodes):
+        if not any(_has_weights(spec_for(g.nodes[i])) for i in branch_nodes):
             continue  # x + f(x) without weights (a scaled copy): nothing to remove
         if branch_nodes & joins:
             continue  # the "branch" spans whole blocks (a mask added to later scores): not one block
@@ -130,6 +144,8 @@ def find_blocks(graph: gs.Graph) -> list[Block]:
         block = _make_block(g, node, stream_input, branch_input, branch_nodes, len(blocks))
         if join.refuse:
             block = _refused(block, f"{node.op} '{node.name}': {join.refuse}")
+        elif join.check is not None and (why := join.check(node, g.outputs)):
+            block = _refused(block, why)
         blocks.append(block)
     return blocks
 
@@ -155,16 +171,22 @@ def _make_block(g: _Graph, join: gs.Node, stream_input: int, branch_input: int, 
         others = [f"{n.op} '{n.name}'" for n in readers if n is not join] or ["a graph output"]
         reasons.append(f"the branch's output '{branch.name}' is also read by {', '.join(others[:3])}")
     reasons.extend(_shape_reasons(stream, join.outputs[0]))
-    inside = [n for n in g.readers.get(join.outputs[0].name, []) if all(t is not join.outputs[0] for t in n.inputs)]
+    spec = spec_for(join).join
+    outs = [join.outputs[0]] + [t for i, t in enumerate(join.outputs) if i == spec.stream_output and t.name]
+    inside = [n for out in outs for n in g.readers.get(out.name, []) if all(t is not out for t in n.inputs)]
     if inside:
         reasons.append(f"the join's output is read inside the subgraph of {inside[0].op} '{inside[0].name}'")
     dead = _dead_nodes(g, branch.name, branch_nodes, join)
     zeroed, projection, why = _zero_walk(g, branch.name, dead)
     if why:
         reasons.append(why)
+    else:  # a bias fused into the join belongs to the branch
+        zeroed.extend((join.name, i) for i in spec.bias
+                      if i < len(join.inputs) and isinstance(join.inputs[i], gs.Constant))
     nodes = [g.nodes[i] for i in sorted(dead)]
+    bias = [join.inputs[i] for i in spec.bias if i < len(join.inputs) and isinstance(join.inputs[i], gs.Constant)]
     return Block(bid, join.name, stream_input, stream.name, branch.name, tuple(n.name for n in nodes),
-                 tuple(zeroed), tuple(projection), _params(g, nodes, dead), _flops(nodes), tuple(reasons))
+                 tuple(zeroed), tuple(projection), _params(g, nodes, bias), _flops(nodes), tuple(reasons))
 
 
 def _shape_reasons(stream: gs.Tensor, out: gs.Tensor) -> list[str]:
@@ -234,8 +256,9 @@ def _zero_walk(g: _Graph, branch: str, dead: set[int]) -> tuple[list, list, str 
     return zeroed, projection, None
 
 
-def _params(g: _Graph, nodes: list[gs.Node], dead: set[int]) -> int:
-    """Elements of the floating-point constants only removed nodes read."""
+def _params(g: _Graph, nodes: list[gs.Node], bias: list[gs.Constant]) -> int:
+    """Elements of the floating-point constants only removed nodes read, and of the bias fused
+    into the join (it goes with the branch) where nothing else reads it."""
     from ..dtypes import is_floating
 
     removed = {id(n) for n in nodes}
@@ -246,11 +269,16 @@ def _params(g: _Graph, nodes: list[gs.Node], dead: set[int]) -> int:
                 readers.setdefault(id(t), []).append(node)
     total, seen = 0, set()
     for node in nodes:
-        for t in node.inputs:
-            if isinstance(t, gs.Constant) and id(t) not in seen and is_floating(t.dtype):
+        packed = spec_for(node).packed_params
+        packed = packed(node) if packed is not None else {}
+        for i, t in enumerate(node.inputs):
+            if isinstance(t, gs.Constant) and id(t) not in seen and (is_floating(t.dtype) or i in packed):
                 seen.add(id(t))
                 if all(id(r) in removed for r in readers[id(t)]):
-                    total += int(np.prod(t.shape, dtype=np.int64))
+                    total += packed[i] if i in packed else int(np.prod(t.shape, dtype=np.int64))
+    for t in bias:
+        if id(t) not in seen and len(readers[id(t)]) == 1 and is_floating(t.dtype):
+            total += int(np.prod(t.shape, dtype=np.int64))
     return total
 
 

@@ -196,5 +196,16 @@ def _zero_through(index: int, axis: int) -> tuple[int, int]:
     return (_SCALES, axis) if index == _B else (index, axis)
 
 
+def _zero_out(node: gs.Node):
+    """The output is zero with every scale (and the bias) zero: a residual branch's output
+    projection (block removal's oracle zeroes it so)."""
+    from .registry import ZeroPath
+
+    wanted = tuple(i for i in (_SCALES, _BIAS) if has_input(node, i))
+    if not all(isinstance(node.inputs[i], gs.Constant) for i in wanted) or _SCALES not in wanted:
+        return None
+    return ZeroPath(zeroed=wanted)
+
+
 register("com.microsoft:MatMulNBits", infer=_nbits_shapes, flops=_nbits_flops, weight_values=dequantized,
-         packed_params=_nbits_params, zero_through=_zero_through)
+         packed_params=_nbits_params, zero_through=_zero_through, zero_out=_zero_out)

@@ -114,9 +114,60 @@ dims("LayerNormalization", "SimplifiedLayerNormalization", "com.microsoft:SkipSi
 register("BatchNormalization", parameter_inputs=(1, 2, 3, 4))
 #: a normalisation with zero scale and shift outputs zeros: the end of a residual branch (ResNet's last BN)
 register("BatchNormalization", "LayerNormalization", zero_out=zero_by_parameters(1, 2))
-register("com.microsoft:SkipLayerNormalization", "com.microsoft:SkipSimplifiedLayerNormalization",
-         join=Join((0, 1), refuse="the residual Add is fused with the normalisation that follows it (and the "
-                   "branch's bias) into one node; its branch is kept"))
+# --- the residual join fused into ONNX Runtime's Skip(Simplified)LayerNormalization ---------------
+# Skip(Simplified)LayerNormalization(input, skip, gamma[, beta], bias) computes s = input + skip +
+# bias, then (RMS) LayerNorm(s) * gamma (+ beta) over the last axis; outputs: the normalised
+# tensor, mean and inv_std_var (training only), and s itself (input_skip_bias_sum). Without the
+# branch s is the stream: the node becomes the plain normalisation of the stream, its fused bias
+# (the branch's output projection's) goes with the branch, and what read s reads the stream.
+
+#: the fused op -> (its plain normalisation, the bias input, the normalisation parameter inputs)
+_SKIP_NORMS = {"SkipLayerNormalization": ("LayerNormalization", 4, (2, 3)),
+               "SkipSimplifiedLayerNormalization": ("SimplifiedLayerNormalization", 3, (2,))}
+
+
+def _skip_norm_check(node: gs.Node, graph_outputs: set[str]) -> str | None:
+    """The removal keeps the normalised output and the sum; mean and inv_std_var (training
+    outputs) it does not, nor a default epsilon it would have to guess."""
+    if any(output_used(node, i) or (len(node.outputs) > i and node.outputs[i].name in graph_outputs) for i in (1, 2)):
+        return f"{node.op} '{node.name}': its mean or inv_std_var output is read"
+    if "epsilon" not in node.attrs:
+        return f"{node.op} '{node.name}' has no epsilon attribute (the plain normalisation's default differs)"
+    bias = _SKIP_NORMS[node.op][1]
+    if has_input(node, bias) and not isinstance(node.inputs[bias], gs.Constant):
+        return f"{node.op} '{node.name}': its bias is computed at run time"
+    return None
+
+
+def _skip_norm_remove(graph: gs.Graph, node: gs.Node, stream_input: int) -> None:
+    """The node without the branch: the plain normalisation of the stream (normalised output
+    only); the sum's readers read the stream (an Identity where it is a graph output)."""
+    plain, _, params = _SKIP_NORMS[node.op]
+    stream = node.inputs[stream_input]
+    total = node.outputs[3] if len(node.outputs) > 3 and node.outputs[3].name else None
+    inputs = [stream] + [node.inputs[i] for i in params if has_input(node, i)]
+    node.op, node.domain = plain, None
+    node.attrs = {"axis": -1, "epsilon": float(node.attrs["epsilon"])}
+    node.inputs.clear()
+    node.inputs.extend(inputs)
+    out = node.outputs[0]
+    node.outputs.clear()
+    node.outputs.append(out)
+    if total is None:
+        return
+    readers = list(total.outputs)
+    if any(total is t for t in graph.outputs) or any(all(t is not total for t in r.inputs) for r in readers):
+        graph.nodes.append(gs.Node("Identity", f"{node.name}__sum", inputs=[stream], outputs=[total]))
+        return
+    for reader in readers:
+        for i, t in enumerate(reader.inputs):
+            if t is total:
+                reader.inputs[i] = stream
+
+
+for _op, (_plain, _bias, _params) in _SKIP_NORMS.items():
+    register(f"com.microsoft:{_op}", join=Join((0, 1), bias=(_bias,), stream_output=3, check=_skip_norm_check,
+                                                remove=_skip_norm_remove))
 # ONNX Runtime's own default-domain schemas: RMS normalisation (written by its GenAI model builder)
 # and the LayerNormalization it defined before ONNX did (opset 17).
 register("SimplifiedLayerNormalization", "LayerNormalization", runtime_extension=True, infer=shape_of_input(0))

@@ -81,6 +81,18 @@ class Join:
 
     inputs: tuple[int, int] = (0, 1)
     refuse: str | None = None
+    #: constant inputs added with the branch (a fused bias): zeroed with it, gone with it
+    bias: tuple[int, ...] = ()
+    #: the output that is the sum itself, where the node also computes from it (ONNX Runtime's
+    #: ``input_skip_bias_sum``): the stream goes on there; the node's other outputs are functions
+    #: of that sum, so what reads them depends on the stream
+    stream_output: int | None = None
+    #: (node, graph output names) -> why its branch cannot go (an output the removal cannot
+    #: keep), or None
+    check: Callable[[gs.Node, set], str | None] | None = None
+    #: (graph, node, stream input) -> rewrites a fused join into what it computes without the
+    #: branch; None: the join's output becomes the stream itself (an Add)
+    remove: Callable[[gs.Graph, gs.Node, int], None] | None = None
 
 
 @dataclass(frozen=True)

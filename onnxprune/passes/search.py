@@ -39,8 +39,14 @@ class Search(Pass):
         self.work_dir = work_dir
 
     def run(self, ctx: PruningContext) -> None:
+        from ..search.blocks import search_with_blocks
         from ..search.latency_table import LatencyTable
-        from ..search.target_search import SearchProblem, SearchSettings, search_counted, search_latency
+        from ..search.target_search import (
+            SearchProblem,
+            SearchSettings,
+            search_counted,
+            search_latency,
+        )
 
         opts = ctx.options
         target = opts.target
@@ -57,10 +63,14 @@ class Search(Pass):
             settings = SearchSettings.from_options(opts, feeds=feeds, table=table,
                                                    model_sha256=model_fingerprint(ctx.model), log=self.log,
                                                    ship=shipping(ctx, self.work_dir))
-            result = search_latency(problem, target, settings)
+            search = search_latency
         else:
             settings = SearchSettings.from_options(opts, flop_shapes=flop_shapes(ctx))
-            result = search_counted(problem, target, settings)
+            search = search_counted
+        if "blocks" in opts.prune and ctx.block_scores:
+            result = search_with_blocks(problem, target, settings, ctx.block_scores, opts.blocks)
+        else:
+            result = search(problem, target, settings)
         ctx.selection = result.selection
         ctx.report["search"] = result.as_report()
         ctx.warnings.extend(search_warnings(result))

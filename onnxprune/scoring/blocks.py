@@ -1,7 +1,8 @@
 """How much each residual block changes the stream: the score that chooses which blocks go.
 
 On calibration data a block's score is the relative change it makes to the stream,
-``‖y − p‖ / ‖y‖`` over all samples (``p`` the stream in, ``y`` the join's output): what dropping
+``‖y − p‖ / ‖y‖`` over all samples (``p`` the stream in, ``y = p + q`` the stream out, ``q`` the
+branch's output plus any bias a fused join adds with it): what dropping
 the block alone does to the stream there, one minus a cosine in spirit (ShortGPT's block
 influence), but without needing to know which axis holds the channels. Without data, the RMS of
 the weights that zero the branch (its output projection and what follows it) stands in: a
@@ -39,23 +40,37 @@ def block_scores_from_data(analysis: Analysis, graph: gs.Graph, batches: Iterabl
     """Per removable block, ``‖y − p‖ / ‖y‖`` on the calibration batches (higher = keep)."""
     from ..runtime.capture import capture, capture_session
 
-    nodes = {n.name: n for n in graph.nodes}
     blocks = analysis.removable_blocks
+    bias = _fused_biases(analysis, graph)
     scores: dict[int, float] = {}
     for start in range(0, len(blocks), BLOCKS_PER_PASS):
         chunk = blocks[start:start + BLOCKS_PER_PASS]
-        outs = {b.id: nodes[b.join].outputs[0].name for b in chunk}
-        names = sorted({b.stream for b in chunk} | set(outs.values()))
-        session = capture_session(graph, names, threads)
-        change = dict.fromkeys(outs, 0.0)
-        total = dict.fromkeys(outs, 0.0)
+        session = capture_session(graph, sorted({b.stream for b in chunk} | {b.branch for b in chunk}), threads)
+        change = {b.id: 0.0 for b in chunk}
+        total = dict(change)
         for feeds in batches:
             got = capture(session, feeds)
-            for b in chunk:
-                p, y = got[b.stream].astype(np.float64), got[outs[b.id]].astype(np.float64)
-                change[b.id] += float(np.sum((y - p) ** 2))
-                total[b.id] += float(np.sum(y ** 2))
-        for bid in outs:
-            score = float(np.sqrt(change[bid] / total[bid])) if total[bid] > 0 else 0.0
+            for b in chunk:  # y = p + q (+ the bias a fused join adds): the stream out
+                p, q = got[b.stream].astype(np.float64), got[b.branch].astype(np.float64) + bias[b.id]
+                change[b.id] += float(np.sum(np.broadcast_to(q, p.shape) ** 2))
+                total[b.id] += float(np.sum((p + q) ** 2))
+        for bid, moved in change.items():
+            score = float(np.sqrt(moved / total[bid])) if total[bid] > 0 else 0.0
             scores[bid] = score if np.isfinite(score) else float("inf")  # not finite: kept
     return scores
+
+
+def _fused_biases(analysis: Analysis, graph: gs.Graph) -> dict[int, np.ndarray | float]:
+    """Per removable block, the bias its join adds with the branch (a fused Skip*LayerNorm's),
+    or 0: the join's output there is normalised, so the stream out is computed as p + q + bias."""
+    from ..ops import spec_for
+
+    nodes = {n.name: n for n in graph.nodes}
+    out: dict[int, np.ndarray | float] = {}
+    for block in analysis.removable_blocks:
+        join = nodes[block.join]
+        spec = spec_for(join).join
+        values = [np.asarray(read_values(join.inputs[i]), dtype=np.float64) for i in (spec.bias if spec else ())
+                  if i < len(join.inputs) and isinstance(join.inputs[i], gs.Constant)]
+        out[block.id] = sum(values) if values else 0.0
+    return out

@@ -28,6 +28,8 @@ class SearchProblem:
     template: onnx.ModelProto
     scores: dict[int, np.ndarray]
     calibration: Any = None
+    #: ids of the residual blocks every candidate removes (``search.blocks`` tries several sets)
+    blocks: frozenset = frozenset()
 
 
 @dataclass(frozen=True)

@@ -83,13 +83,16 @@ class SearchResult:
     fidelity_check: dict | None = None
     #: what the candidates were timed as: "pruned", or "quantized" (``--quantize``: the model that ships)
     shipped: str = "pruned"
+    #: with residual blocks (``search.blocks``): each block set that met the target, with its cosine
+    block_sets: list[dict] = field(default_factory=list)
 
     def as_report(self) -> dict:
         return {"target": {"kind": self.target.kind, "value": self.target.value, "fraction": self.target.fraction},
                 "status": self.status, "baseline": self.baseline, "achieved": self.achieved,
                 "counts": {str(k): v for k, v in sorted(self.counts.items())}, "iterations": self.iterations,
                 "measurement": self.measurement, "curve": self.curve, "seconds": round(self.seconds, 3),
-                "over_pruned": self.over_pruned, "fidelity_check": self.fidelity_check, "timed_as": self.shipped}
+                "over_pruned": self.over_pruned, "fidelity_check": self.fidelity_check, "timed_as": self.shipped,
+                "block_sets": self.block_sets}
 
 
 @dataclass
@@ -124,15 +127,19 @@ class Trials:
     """Builds pruned variants of one normalized graph without touching it: each trial is one
     ``apply`` of the analysis' frozen plan to a copy, then serialized (no re-analysis)."""
 
-    def __init__(self, graph: gs.Graph, analysis: Analysis, opset: int, template: onnx.ModelProto):
+    def __init__(self, graph: gs.Graph, analysis: Analysis, opset: int, template: onnx.ModelProto,
+                 blocks: frozenset = frozenset()):
         self._graph = graph
         self._plan = analysis.plan
         self._ir_version = max(template.ir_version, 4)
+        #: the residual blocks every trial removes (the selections it builds carry them)
+        self.blocks = frozenset(blocks)
 
     def build(self, selection: Selection) -> tuple[gs.Graph, bytes]:
         from ..rewrite import apply
 
-        pruned = apply(self._plan, selection.removed, self._graph)
+        selection.blocks = set(self.blocks)
+        pruned = apply(self._plan, selection.removed, self._graph, self.blocks)
         model = gs.export_onnx(pruned, do_type_check=False)
         model.ir_version = self._ir_version
         return pruned, model.SerializeToString()
@@ -164,10 +171,17 @@ def search_counted(problem: SearchProblem, target: Target, settings: SearchSetti
     result = SearchResult(target, "already_met", baseline, baseline)
     if baseline <= goal:
         return result
-    shapes = static_layer_shapes(analysis, flop_shapes if target.kind == "flops" else None)
-    model = counted_model(analysis, shapes, target.kind, baseline, round_to)
+    trials = Trials(graph, analysis, opset, template, problem.blocks)
+    rest = float(count(trials.build(Selection())[0])) if problem.blocks else baseline  # blocks removed
+    if rest <= goal:  # the blocks alone meet it
+        result.status, result.achieved, result.selection = "met", rest, Selection(blocks=set(problem.blocks))
+        result.iterations.append({"budget": goal, "predicted": rest, "achieved": rest})
+        result.seconds = time.perf_counter() - start
+        return result
+    shapes = kept_layer_shapes(analysis, static_layer_shapes(analysis, flop_shapes if target.kind == "flops" else None),
+                               problem.blocks)
+    model = counted_model(analysis, shapes, target.kind, rest, round_to)
     result.curve = uniform_curve(model)
-    trials = Trials(graph, analysis, opset, template)
     budget, best = goal, None
     for _ in range(MAX_ITERATIONS):
         plan = allocate(model, scores, budget)
@@ -187,7 +201,15 @@ def search_counted(problem: SearchProblem, target: Target, settings: SearchSetti
             break
         budget *= goal / achieved
     raise TargetUnreachable(f"{target.kind} target {_human(goal)} is out of reach: the most pruning allowed "
-                            f"gives {_human(best[0])} (original {_human(baseline)})")
+                            f"gives {_human(best[0])} (original {_human(baseline)})"
+                            + (f" with {len(problem.blocks)} residual block(s) removed" if problem.blocks else ""))
+
+
+def kept_layer_shapes(analysis: Analysis, shapes: dict[str, tuple], blocks: frozenset) -> dict[str, tuple]:
+    """``shapes`` without the layers of the residual blocks ``blocks`` (removed, they cost nothing
+    and their widths buy nothing: the cost model leaves them out)."""
+    gone = {name for b in analysis.blocks if b.id in blocks for name in b.nodes}
+    return {name: s for name, s in shapes.items() if name not in gone}
 
 
 def _guard_counted(result: SearchResult, model: CostModel, trials: Trials, analysis: Analysis,
@@ -239,8 +261,8 @@ def search_latency(problem: SearchProblem, target: Target, settings: SearchSetti
     if settings.ship is not None and _met_unpruned(result, template, original, settings, goal, runs_per_round, log):
         result.seconds = time.perf_counter() - start
         return result
-    trials = Trials(graph, analysis, opset, template)
-    flops_model, ladder = flops_ladder(analysis, graph, scores, round_to, channel_block(provider))
+    trials = Trials(graph, analysis, opset, template, problem.blocks)
+    flops_model, ladder = flops_ladder(analysis, graph, scores, round_to, channel_block(provider), problem.blocks)
 
     timed: dict[tuple, dict] = {}  # a candidate met again (a widening back to a rung) is not timed again
 
@@ -262,9 +284,11 @@ def search_latency(problem: SearchProblem, target: Target, settings: SearchSetti
             timed[key] = candidate.measurement
         return candidate.measurement
 
+    ladder = _blocks_alone(problem, flops_model, measure) or ladder
     if not ladder:
         raise TargetUnreachable(f"latency target {goal:g} ms is out of reach on {provider}: no prunable group "
-                                f"has a narrower width to try (original {base.percentile(50):.3f} ms)")
+                                f"has a narrower width to try (original {base.percentile(50):.3f} ms)"
+                                + (f", {len(problem.blocks)} residual block(s) removed" if problem.blocks else ""))
     chosen = _least_pruned_meeting(ladder, measure)
     if chosen is None:
         best = min((c for c in ladder if c.measurement), key=lambda c: c.measurement["pruned"]["p50_ms"])
@@ -286,6 +310,15 @@ def search_latency(problem: SearchProblem, target: Target, settings: SearchSetti
                     for c in ladder if c.measurement]
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _blocks_alone(problem: SearchProblem, model: CostModel, measure: Callable[[Candidate], dict]) -> list[Candidate]:
+    """With residual blocks removed by every candidate, the one that cuts no channel, as the only
+    rung where it meets the target already; else none."""
+    if not problem.blocks:
+        return []
+    alone = Candidate(1.0, {}, model.total({}), kind="blocks")
+    return [alone] if measure(alone)["meets"] else []
 
 
 def _met_unpruned(result: SearchResult, template: onnx.ModelProto, original, settings: SearchSettings, goal: float,
@@ -334,15 +367,21 @@ def _predict_latency(analysis: Analysis, scores: dict[int, np.ndarray], target: 
 
 
 def flops_ladder(analysis: Analysis, graph: gs.Graph, scores: dict[int, np.ndarray], round_to: int = 1,
-                 block: int = 8) -> tuple[CostModel, list[Candidate]]:
+                 block: int = 8, blocks: frozenset = frozenset()) -> tuple[CostModel, list[Candidate]]:
     """The candidates, least pruned first: one allocation per FLOPs budget of :data:`LADDER`
     (identical allocations once), widths on the kernels' blocks (``cost.latency_steps``);
-    deterministic. Params stand in for FLOPs where none can be counted (shapes unknown)."""
+    deterministic. Params stand in for FLOPs where none can be counted (shapes unknown). With
+    ``blocks`` (residual blocks every candidate removes) the budgets are fractions of the model
+    without them, whose layers the cost model leaves out."""
+    if blocks:
+        from ..rewrite import apply
+
+        graph = apply(analysis.plan, set(), graph, blocks)
     kind, baseline = "flops", float(count_flops(graph))
     if baseline <= 0:
         kind, baseline = "params", float(count_params(graph))
-    model = counted_model(analysis, static_layer_shapes(analysis), kind, baseline, round_to,
-                          steps_of=lambda channels: latency_steps(channels, round_to, block))
+    model = counted_model(analysis, kept_layer_shapes(analysis, static_layer_shapes(analysis), blocks), kind,
+                          baseline, round_to, steps_of=lambda channels: latency_steps(channels, round_to, block))
     ladder: list[Candidate] = []
     next_level = 0  # each level of LADDER takes the first state of the greedy walk at or under it
     for counts, total in greedy_path(model, scores):
