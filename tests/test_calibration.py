@@ -68,6 +68,51 @@ def test_one_shot_iterator_is_replayable():
     assert [len(b["x"]) for b in cal] == [len(b["x"]) for b in cal] == [8]
 
 
+def test_sample_total_is_known_up_front_where_the_source_tells_it(tmp_path):
+    from onnxprune.calibration.data import runs_of, sample_total
+
+    np.savez(tmp_path / "a.npz", x=data(5))
+    np.savez_compressed(tmp_path / "b.npz", x=data(30))
+    script = tmp_path / "calib.py"
+    script.write_text("import numpy as np\ndef load_data():\n    yield {'x': np.zeros((2, 3, 8, 8), np.float32)}\n")
+    sources = [(Calibration(tmp_path, SPEC), 35), (Calibration(tmp_path, SPEC, max_samples=12), 12),
+               (Calibration(tmp_path / "b.npz", SPEC), 30), (Calibration(({"x": data(3)} for _ in range(2)), SPEC), 6),
+               ([{"x": data(4)}, {"x": data(2)}], 6), (Calibration(script, SPEC), None)]
+    for source, expected in sources:
+        assert sample_total(source) == expected
+        assert sum(run.samples for run in runs_of(source)) == (expected or 2)  # what the runs then hold
+
+
+def test_calibration_bar_shows_samples_of_a_known_total(tmp_path, monkeypatch):
+    import sys
+
+    from onnxprune.report import progress
+
+    class Tty:
+        text = ""
+
+        def isatty(self):
+            return True
+
+        def write(self, s):
+            self.text += s
+
+        def flush(self):
+            pass
+
+    np.savez(tmp_path / "c.npz", x=data(40))
+    fake = Tty()
+    monkeypatch.setattr(sys, "stderr", fake)
+    monkeypatch.setattr(progress, "DELAY_S", 0.0)
+    progress.enable(True)
+    try:
+        prune(small_cnn(), ratio=0.5, calibration=Calibration(tmp_path / "c.npz", SPEC))
+    finally:
+        progress.enable(False)
+    assert "/40 [" in fake.text.split("calibrating")[1].split("\r")[0]  # a total, hence a time left
+    assert "reconstructing: wave 1/" in fake.text and "/40 [" in fake.text.split("wave 1/")[1].split("\r")[0]
+
+
 def test_fixed_batch_models_get_one_sample_at_a_time():
     spec = [InputSpec("x", np.dtype(np.float32), (1, 3, 8, 8))]
     assert [len(b["x"]) for b in Calibration([{"x": data(5)}], spec)] == [1] * 5

@@ -83,3 +83,11 @@ def test_prune_a_cnn_calibrated_on_photos(photos):
     onnx.checker.check_model(result.model, full_check=True)
     assert result.context.options.criterion == "obs"
     assert result.report["reconstruction"]["layers"]
+
+
+def test_an_image_folder_tells_its_sample_total_before_reading(photos):
+    from onnxprune.calibration.data import runs_of, sample_total
+
+    cal = Calibration(ImageFolder(photos, batch=3), spec(["n", 3, 32, 32]))
+    assert sample_total(cal) == len(PHOTOS) == sum(run.samples for run in runs_of(cal))
+    assert sample_total(Calibration(photos, spec(["n", 3, 32, 32]), max_samples=3)) == 3

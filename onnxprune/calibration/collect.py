@@ -58,7 +58,7 @@ def collect_stats(analysis: Analysis, graph: gs.Graph, batches: Iterable[dict], 
     """Per sink tensor, its :class:`ChannelStats` (with ``grams`` filled when asked, from at
     most ``rows_per_sample`` input rows per layer and sample)."""
     from ..runtime.capture import capture, capture_session
-    from .data import runs_of
+    from .data import runs_of, sample_total
 
     tensors = sink_tensors(analysis)
     stats = {name: ChannelStats(axis) for name, axis in tensors.items()}
@@ -76,7 +76,7 @@ def collect_stats(analysis: Analysis, graph: gs.Graph, batches: Iterable[dict], 
 
     session = capture_session(graph, sorted(tensors))
     # the model's own NaN/Inf (a Log of zero) are counted in the statistics, not warned of here
-    with Progress("calibrating: batches") as bar, np.errstate(all="ignore"):
+    with Progress("calibrating", sample_total(batches), unit="sample") as bar, np.errstate(all="ignore"):
         for run in runs_of(batches):
             captured = capture(session, run.feeds)
             for name, value in captured.items():
@@ -85,5 +85,5 @@ def collect_stats(analysis: Analysis, graph: gs.Graph, batches: Iterable[dict], 
                 x = captured[name]
                 pick = view.pick(x, rng, run.samples, rows_per_sample)
                 stats[name].grams[view.node.name].update(view.rows(x, pick).astype(np.float32))
-            bar.advance()
+            bar.advance(run.samples)
     return stats

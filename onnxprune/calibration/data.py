@@ -107,6 +107,51 @@ class Calibration:
             yield _Piece(origin, _sample_count(feeds), feeds)
 
 
+def sample_total(batches) -> int | None:
+    """How many samples ``batches`` hold, where that is known before reading them (batches held
+    in memory, ``.npz`` headers, image file counts; capped by ``--calib-samples``), for a
+    progress bar's time left; None otherwise (a script's ``load_data()``, an iterator)."""
+    if not isinstance(batches, Calibration):
+        return sum(_sample_count(f) or 1 for f in batches) if isinstance(batches, (list, tuple)) else None
+    if batches._pieces is not None:
+        total: int | None = sum(p.samples if p.samples is not None else 1 for p in batches._pieces)
+    else:
+        total = _source_samples(batches.source)
+    cap = batches.max_samples
+    return total if total is None or cap is None else min(total, cap)
+
+
+def _source_samples(source) -> int | None:
+    """The samples of a source, from file headers or counts only (nothing loaded)."""
+    if isinstance(source, Calibration):
+        return sample_total(source)
+    if isinstance(source, ImageFolder):
+        return len(image_files(source.folder))
+    if isinstance(source, (list, tuple)):
+        return sum(_sample_count({k: np.asarray(v) for k, v in f.items()}) or 1 if isinstance(f, dict) else 1
+                   for f in source)
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    path = Path(source)
+    files = sorted(path.glob("*.npz")) if path.is_dir() else [path] if path.suffix == ".npz" else []
+    counts = [_npz_samples(f) for f in files]
+    return sum(counts) if counts and None not in counts else None
+
+
+def _npz_samples(path: Path) -> int | None:
+    """The length of axis 0 of the first array in an ``.npz``, from its header alone."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z, z.open(z.namelist()[0]) as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape = read(f)[0]
+    except (OSError, ValueError, IndexError, zipfile.BadZipFile):  # unreadable: reading it says so
+        return None
+    return int(shape[0]) if shape else None
+
+
 def runs_of(batches) -> Iterator[CalibrationBatch]:
     """The runs of a :class:`Calibration`, or of a plain iterable of feed dicts (a chunk each)."""
     if isinstance(batches, Calibration):

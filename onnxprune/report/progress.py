@@ -64,7 +64,7 @@ class Progress:
                              mininterval=every_s, ncols=width if width > 20 else 100, nrows=max(rows, 3))
             _open.append(self._bar)
 
-    def advance(self, n: int = 1) -> None:
+    def advance(self, n: float = 1) -> None:
         self.done += n
         if self._bar is not None:
             self._bar.update(n)
@@ -80,7 +80,7 @@ class Progress:
 
 
 def track(items: Iterable[T], label: str, total: int | None = None, unit: str = "it",
-          size: Callable[[T], int] | None = None) -> Iterator[T]:
+          size: Callable[[T], float] | None = None) -> Iterator[T]:
     """``for x in track(items, "label", total):`` — the loop with a bar; ``size(x)`` counts an item
     as several units (a wave of layers). The bar closes when the loop ends or is left."""
     with Progress(label, total, unit=unit) as bar:

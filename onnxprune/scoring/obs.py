@@ -194,6 +194,12 @@ def _gram(site, stats: dict[str, ChannelStats]):
     return channel_stats.grams.get(site.node.name) if channel_stats is not None else None
 
 
+def _width(site, stats: dict[str, ChannelStats]) -> int:
+    """The width of the Gram matrix gathered for the consumer of ``site`` (0 where none)."""
+    g = _gram(site, stats)
+    return 0 if g is None or g.sum is None else int(g.sum.shape[0])
+
+
 def _greedy(consumers: list[_Consumer], n: int) -> np.ndarray | None:
     """Remove all ``n`` channels greedily; each one's score is the error reached when it goes.
     None where a loss is not a number (a degenerate Gram matrix): the ranking means nothing then.
@@ -229,9 +235,15 @@ def obs(analysis: Analysis, stats: dict[str, ChannelStats], notes: list[str] | N
     sites = gram_sites(analysis)
     from ..report.progress import track
 
-    for group in track(analysis.prunable_groups, "scoring (obs)", len(analysis.prunable_groups), unit="group"):
-        members = set(group.classes)
-        mine = [s for s in sites if not members.isdisjoint(analysis.root[s.atoms].tolist())]
+    mine_of = {group.id: [s for s in sites if not set(group.classes).isdisjoint(analysis.root[s.atoms].tolist())]
+               for group in analysis.prunable_groups}
+    # the bar counts per cent of the work, not groups: a group costs about the cube of its
+    # consumers' Gram widths (so the time left is not skewed by a few wide groups)
+    cost = {g.id: 1 + sum(_width(s, stats) ** 3 for s in mine_of[g.id]) for g in analysis.prunable_groups}
+    whole = sum(cost.values())
+    for group in track(analysis.prunable_groups, "scoring (obs)", 100, unit="%",
+                       size=lambda g: 100 * cost[g.id] / whole):
+        mine = mine_of[group.id]
         if any((g := _gram(s, stats)) is not None and g.count and not g.finite for s in mine):
             out.update({r: float("nan") for r in group.classes})
             continue
