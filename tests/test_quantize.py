@@ -259,3 +259,57 @@ def test_a_stopping_signal_removes_the_quantizer_folder(tmp_path: Path):
             tempfiles._on_signal(signal.SIGTERM, None)  # the handler itself, before any unwinding
         assert not folder.exists()
     assert not list(tmp_path.iterdir())
+
+
+def _attention_like(mask_add: bool) -> onnx.ModelProto:
+    """x -> MatMul -> (Add of an additive mask) -> Softmax -> MatMul -> LayerNormalization."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), n) for n in ("w1", "w2")]
+    inits += [numpy_helper.from_array(np.ones(8, np.float32), "g"), numpy_helper.from_array(np.zeros(8, np.float32), "b")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["s"])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8])]
+    if mask_add:
+        nodes.append(helper.make_node("Add", ["s", "mask"], ["sm"]))
+        inputs.append(helper.make_tensor_value_info("mask", TensorProto.FLOAT, [None, 8]))
+    nodes += [helper.make_node("Softmax", ["sm" if mask_add else "s"], ["p"], axis=-1),
+              helper.make_node("MatMul", ["p", "w2"], ["h"]),
+              helper.make_node("LayerNormalization", ["h", "g", "b"], ["y"], axis=-1)]
+    graph = helper.make_graph(nodes, "attn", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 8])],
+                              inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_static_int8_leaves_softmax_mask_and_layernorm_float_in_attention_graphs(tmp_path: Path):
+    """In a graph with Softmax/LayerNormalization, static QDQ quantizes the weight layers only:
+    the additive mask (0 on calibration rows without padding, -1e9 at run time) keeps its values,
+    so a masked position still gets no attention (ONNX Runtime's default op set gives the mask a
+    range of [0, 0] and clips -1e9 to -128)."""
+    from onnxprune.runtime.quantize import quantize
+
+    model = _attention_like(mask_add=True)
+    rng = np.random.default_rng(1)
+    calib = [{"x": rng.standard_normal((16, 8)).astype(np.float32), "mask": np.zeros((16, 8), np.float32)}]
+    done = quantize(model, "int8", calib, tmp_path)
+    consumers = {i: n.op_type for n in done.model.graph.node for i in n.input}
+    producers = {o: n.op_type for n in done.model.graph.node for o in n.output}
+    assert "QuantizeLinear" in ops(done.model)
+    assert consumers["mask"] == "Add" and producers[[n for n in done.model.graph.node if n.op_type == "Softmax"][0]
+                                                    .input[0]] == "Add"
+    x = rng.standard_normal((4, 8)).astype(np.float32)
+    mask = np.zeros((4, 8), np.float32)
+    mask[:, 4:] = -1e9
+    masked_in = _attention_like(mask_add=True)
+    masked_in.graph.output[0].name = "p"
+    masked_in.graph.node.pop()  # up to the attention probabilities
+    masked_in.graph.node.pop()
+    probs = run(quantize(masked_in, "int8", calib, tmp_path).model, {"x": x, "mask": mask})
+    assert np.abs(probs[:, 4:]).max() < 1e-6
+
+
+def test_static_int8_op_set_is_ort_default_without_attention():
+    from onnxprune.runtime.quantize import WEIGHT_OPS, static_op_types
+
+    assert static_op_types(onnx.load(DIGITS)) is None
+    assert static_op_types(_attention_like(mask_add=False)) == list(WEIGHT_OPS)

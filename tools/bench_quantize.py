@@ -18,10 +18,14 @@ the CPU with ``--threads`` threads.
   ``tools/export_minilm.py`` to ``build/minilm/minilm_torchscript.onnx``), heads and MLP units,
   calibrated on ``build/minilm/calib_buckets`` (``tools/minilm_calib_buckets.py --sentences
   1024``), mean embedding cosine against the float model on 150 held-out sentences
-  (``tools/minilm_data.py``); latency on one sequence of 128 tokens; ``int8-dynamic`` and
-  ``int8`` (static QDQ).
+  (``tools/minilm_data.py``); latency on one sequence of 128 tokens; ``int8-dynamic``, ``int8``
+  (static QDQ) and ``int4`` (MatMulNBits, weight-only).
+
+``--ratios`` and ``--methods`` replace a network's own (the first method is the one the pruning
+run quantizes with; the others requantize the same pruned model).
 
     HF_HUB_OFFLINE=1 python tools/bench_quantize.py [--models digits minilm] [--threads 1] [--json out.json]
+        [--ratios 0.3 0.5] [--methods int8-dynamic int8 int4]
 """
 
 from __future__ import annotations
@@ -81,8 +85,8 @@ def minilm_setup() -> dict:
         return {"cosine": float((md.embed(_session(m), held) * reference).sum(1).mean())}
 
     return {"name": "all-MiniLM-L6-v2", "path": path, "calib": str(MINILM / "calib_buckets"),
-            "options": {"prune": ("heads", "channels")}, "ratios": [0.25, 0.5],
-            "methods": ["int8-dynamic", "int8"], "quality": quality, "metric": "cosine",
+            "options": {"prune": ("heads", "channels")}, "ratios": [0.3, 0.5],
+            "methods": ["int8-dynamic", "int8", "int4"], "quality": quality, "metric": "cosine",
             "shapes": [f"{n}:1x128" for n in ("input_ids", "attention_mask", "token_type_ids")]}
 
 
@@ -175,12 +179,17 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="+", default=["digits", "minilm"], choices=["digits", "minilm"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json")
+    ap.add_argument("--ratios", nargs="+", type=float, help="pruning ratios (default: the network's own)")
+    ap.add_argument("--methods", nargs="+", choices=["int8", "int8-dynamic", "int4"],
+                    help="quantizations (default: the network's own)")
     args = ap.parse_args(argv)
     np.seterr(all="ignore")
     out, tables = {}, []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             setup = digits_setup() if name == "digits" else minilm_setup()
+            setup["ratios"] = args.ratios or setup["ratios"]
+            setup["methods"] = args.methods or setup["methods"]
             work = Path(tmp) / name
             work.mkdir()
             rows = build_rows(setup, work)
