@@ -55,6 +55,25 @@ class _OutputTally:
                 "relative_error": float(np.sqrt(self.sq_err / self.sq_norm)) if self.sq_norm else 0.0}
 
 
+def _original_outputs(first, batches: Iterable[dict[str, np.ndarray]], max_samples: int,
+                      io_cuts: dict) -> tuple[list[str], list[tuple[dict, list]], int]:
+    """The original's output names, and per run the pruned model's feeds and the original's
+    outputs (cut as ``io_cuts`` says), for the first ``max_samples`` samples; and their count."""
+    from .analysis.cache_io import cut_feeds
+
+    names = [o.name for o in first.get_outputs()]
+    wanted = {i.name for i in first.get_inputs()}
+    held, samples = [], 0
+    for run in runs_of(batches):
+        if samples >= max_samples:
+            break
+        feeds = {k: v for k, v in run.feeds.items() if k in wanted}
+        outputs = dict(zip(names, first.run(None, feeds)))
+        held.append((cut_feeds(feeds, io_cuts), list(cut_feeds(outputs, io_cuts).values())))
+        samples += run.samples
+    return names, held, samples
+
+
 def output_fidelity(original: bytes | gs.Graph, pruned: bytes | gs.Graph, batches: Iterable[dict[str, np.ndarray]],
                     max_samples: int = MAX_SAMPLES, threads: int | None = None, io_cuts: dict | None = None) -> dict:
     """Run both models on the batches; per output: mean cosine, minimum cosine, relative L2 error.
@@ -62,8 +81,6 @@ def output_fidelity(original: bytes | gs.Graph, pruned: bytes | gs.Graph, batche
     pruned model gets those inputs cut, and its outputs are compared with the original's cut.
     A model given as a graph (one whose weights were left in their files) runs with its weights
     handed to ONNX Runtime by reference, never serialized."""
-    from .analysis.cache_io import cut_feeds
-
     io_cuts = io_cuts or {}
     from .runtime.capture import NO_PREPACKING, graph_session
     from .runtime.session import onnxruntime
@@ -74,27 +91,25 @@ def output_fidelity(original: bytes | gs.Graph, pruned: bytes | gs.Graph, batche
     opts.add_session_config_entry(NO_PREPACKING, "1")
     if threads:
         opts.intra_op_num_threads = threads
-    sessions = [graph_session(m, threads) if isinstance(m, gs.Graph)
-                else ort.InferenceSession(m, opts, providers=["CPUExecutionProvider"]) for m in (original, pruned)]
-    names = [o.name for o in sessions[0].get_outputs()]
-    wanted = {i.name for i in sessions[0].get_inputs()}
+
+    def session(m):
+        return graph_session(m, threads) if isinstance(m, gs.Graph) \
+            else ort.InferenceSession(m, opts, providers=["CPUExecutionProvider"])
+
+    # One session at a time: a model left in its files and its pruned copy are never both mapped
+    # (or built); the original's outputs of the compared samples are held in between.
+    names, held, samples = _original_outputs(session(original), batches, max_samples, io_cuts)
+    count = len(held)
+    second = session(pruned)
     tallies = {n: _OutputTally() for n in names}
-    count = samples = 0
-    for run in runs_of(batches):
-        if samples >= max_samples:
-            break
-        feeds = {k: v for k, v in run.feeds.items() if k in wanted}
-        a = sessions[0].run(None, feeds)
-        b = sessions[1].run(None, cut_feeds(feeds, io_cuts))
-        a = list(cut_feeds(dict(zip(names, a)), io_cuts).values())
-        for name, x, y in zip(names, a, b):
+    while held:
+        feeds, a = held.pop(0)
+        for name, x, y in zip(names, a, second.run(None, feeds)):
             x, y = np.asarray(x), np.asarray(y)
             if x.shape != y.shape or not np.issubdtype(x.dtype, np.floating):
                 continue
             with np.errstate(all="ignore"):
                 tallies[name].add(x.astype(np.float64), y.astype(np.float64))
-        count += 1
-        samples += run.samples
     outputs = {name: s for name, t in tallies.items() if (s := t.summary()) is not None}
     result = {"batches": count, "samples": samples, "outputs": outputs}
     non_finite = {name: {"original": t.skipped, "pruned": t.broken} for name, t in tallies.items()

@@ -305,6 +305,44 @@ class ExternalValues(LazyValues):
         return f"ExternalValues({self.path}@{self.offset}, shape={self.shape}, dtype={self.dtype})"
 
 
+class SlicedValues(ExternalValues):
+    """The kept part of a weight left in its file: ``cuts`` (axis, kept mask) applied to the
+    mapped values each time they are read, never kept. A pruned model's sliced weights stay
+    deferred this way until written (``save_model``, one at a time) or handed to a session:
+    pruning a model over 2 GB never holds all its sliced weights at once."""
+
+    def __init__(self, source: ExternalValues, cuts: list[tuple[int, np.ndarray]]):
+        # Not ExternalValues.__init__: the source was checked when it was loaded.
+        self.source, self.cuts = source, [(int(axis), np.asarray(mask, bool)) for axis, mask in cuts]
+        self.path, self.offset, self.stamp = source.path, source.offset, source.stamp
+        shape = list(source.shape)
+        for axis, mask in self.cuts:
+            shape[axis] = int(mask.sum())
+        self.shape, self.dtype = shape, source.dtype
+        self._meta = onnx.TensorProto(name=source._meta.name, data_type=source._meta.data_type, dims=shape)
+        self.nbytes = self.length = int(np.prod(shape, dtype=np.int64)) * np.dtype(source.dtype).itemsize
+
+    def load(self) -> np.ndarray:
+        values = self.source.load()
+        for axis, mask in self.cuts:
+            values = np.compress(mask, values, axis=axis)
+        return np.array(values, order="C")
+
+    def chunks(self, size: int = 1 << 24) -> Iterator[bytes]:
+        """The kept bytes, in one piece (the sliced weight, built once per call)."""
+        yield memoryview(self.load().reshape(-1).view(np.uint8))
+
+    @property
+    def tensor(self) -> onnx.TensorProto:
+        t = onnx.TensorProto()
+        t.CopyFrom(self._meta)
+        t.raw_data = b"".join(bytes(c) for c in self.chunks())
+        return t
+
+    def __str__(self) -> str:
+        return f"SlicedValues({self.source}, shape={self.shape})"
+
+
 def lazy_external_values(graph: gs.Graph) -> int:
     """Make every constant of ``graph`` whose proto points at external data read on demand;
     return how many there are."""
@@ -409,7 +447,8 @@ _RUNTIME_DTYPES = (np.float32, np.float16, np.float64)
 def export_by_reference(graph: gs.Graph) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """``graph`` exported for ONNX Runtime without serializing its weights, when some are still in
     their files: each large float constant becomes a stub initializer (dims and type), its values
-    returned by name (memory maps for weights still in their files, arrays for changed ones) to
+    returned by name (memory maps for weights still in their files, arrays for changed ones,
+    :class:`SlicedValues` for sliced ones, to ``load()`` only where a session needs them) to
     hand over as initializers. The proto stays small and no weight is copied. Each stub names an
     existing data file of the input, at its end (ONNX Runtime checks the file exists; a read
     there would fail, never give wrong values). Graphs with no weight left in a file are exported
@@ -426,7 +465,8 @@ def export_by_reference(graph: gs.Graph) -> tuple[onnx.ModelProto, dict[str, np.
         for tensor in graph.tensors().values():
             if isinstance(tensor, gs.Constant) and _goes_external(tensor) \
                     and np.dtype(tensor.dtype) in _RUNTIME_DTYPES:
-                arrays[tensor.name] = read_values(tensor)
+                arrays[tensor.name] = tensor._values if isinstance(tensor._values, SlicedValues) \
+                    else read_values(tensor)
                 stub = onnx.TensorProto(name=tensor.name, data_type=dtype_to_onnx(tensor.export_dtype),
                                         dims=[int(d) for d in tensor.shape],
                                         data_location=onnx.TensorProto.EXTERNAL)

@@ -130,7 +130,7 @@ def reconstruct(original: gs.Graph, pruned: gs.Graph, consumers: list[tuple], ca
         done |= set(wave)
         for name in wave:
             vo, vp, report = views[name]
-            _solve(acc[name], vp, report, pruned, mode, ridge)
+            _solve(acc.pop(name), vp, report, pruned, mode, ridge)  # each layer's matrices dropped once solved
     return reports
 
 
@@ -263,14 +263,24 @@ class _Walk:
         self.fit, self.check = fit, check
         self.g, self.b = fit.g.astype(np.float32), fit.b.astype(np.float32)
         self.check_g = check.g.astype(np.float32)
-        self.solutions: dict[float, np.ndarray] = {}
+        #: the solution of the lowest error so far (the weakest of equals), (error, strength, solution):
+        #: one solution held, not one per strength tried (each is as large as the layer's weight)
+        self.best: tuple[float, float, np.ndarray] | None = None
 
     def error(self, strength: float) -> float:
-        solution = self.solutions[strength] = _ridge(self.fit, strength, self.g, self.b)
-        if not np.isfinite(solution).all():
-            return float("inf")
-        error = _relative_error(self.check, solution.astype(np.float64), self.check_g @ solution)
-        return error if np.isfinite(error) else float("inf")
+        solution = _ridge(self.fit, strength, self.g, self.b)
+        error = float("inf")
+        if np.isfinite(solution).all():
+            error = _relative_error(self.check, solution.astype(np.float64), self.check_g @ solution)
+            error = error if np.isfinite(error) else float("inf")
+        if self.best is None or (error, strength) < self.best[:2]:
+            self.best = error, strength, solution
+        return error
+
+    def release(self) -> np.ndarray:
+        """The best solution; the float32 copies of the Gram matrices are dropped."""
+        self.g = self.b = self.check_g = None
+        return self.best[2]
 
 
 def _downhill(grid: list[float], error) -> dict[float, float]:
@@ -319,7 +329,10 @@ def _solve(folds: list[_Accumulator], vp: LinearView, report: LayerReport, graph
         tried = _downhill([ridge] if ridge else list(RIDGE_GRID), walk.error)
         strength = min(sorted(tried), key=tried.get)  # the first of equals: the weakest
         candidates[f"ridge {strength:g}"] = (lambda a, s=strength: _ridge(a, s))
-        scores[f"ridge {strength:g}"] = _held_out_error(check, walk.solutions[strength].astype(np.float64))
+        scores[f"ridge {strength:g}"] = _held_out_error(check, walk.release().astype(np.float64))
+        del walk
+    for fold in folds:  # only ``whole`` is needed from here: the folds' matrices go
+        fold.g = fold.b = None
     best = min(scores, key=scores.get)  # the first of equals: "current" wins ties
     solution = candidates[best](whole) if best != "current" else current
     if not np.isfinite(solution).all():

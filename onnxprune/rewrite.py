@@ -20,8 +20,8 @@ from .analysis import Analysis
 from .analysis.plan import Plan
 from .analysis.sharing import readers
 from .errors import RewriteError
-from .io import (EXTERNAL_DATA_THRESHOLD, check_deferred, copy_model_fields, export_deferred, has_external_values,
-                  lazy_external_values, read_values, uses_external_data, weights_nbytes)
+from .io import (EXTERNAL_DATA_THRESHOLD, ExternalValues, SlicedValues, check_deferred, copy_model_fields,
+                  export_deferred, has_external_values, lazy_external_values, read_values, uses_external_data, weights_nbytes)
 from .normalize import infer_shapes
 from .ops import spec_for
 
@@ -82,10 +82,7 @@ def _slice_constants(graph: gs.Graph, nodes: dict[str, gs.Node], by_input: dict[
             and cut_readers == len(readers(tensor)) and id(tensor) not in outputs
         codec = getattr(tensor, "codec", None)  # stored quantized: the codec is cut with the values
         for cuts, reading in by_signature.values():
-            values = read_values(tensor)  # weights in external data: mapped, not kept
-            for axis, mask in cuts:
-                values = np.compress(mask, values, axis=axis)
-            values = np.array(values, order="C")  # 0-d stays 0-d
+            values = _sliced(tensor, cuts, codec)
             if in_place:
                 tensor.values = values
                 if codec is not None:
@@ -98,6 +95,17 @@ def _slice_constants(graph: gs.Graph, nodes: dict[str, gs.Node], by_input: dict[
                 copy.codec = codec.sliced(cuts, values)
             for node, index in reading:
                 node.inputs[index] = copy
+
+
+def _sliced(tensor: gs.Tensor, cuts: list, codec) -> np.ndarray | SlicedValues:
+    """The kept part of a constant: deferred (read from its file when needed) for a weight left
+    in its file, so a large model's sliced weights are never all in memory; an array otherwise."""
+    if isinstance(tensor, gs.Constant) and type(tensor._values) is ExternalValues and codec is None:
+        return SlicedValues(tensor._values, cuts)
+    values = read_values(tensor)  # weights in external data: mapped, not kept
+    for axis, mask in cuts:
+        values = np.compress(mask, values, axis=axis)
+    return np.array(values, order="C")  # 0-d stays 0-d
 
 
 def apply(plan: Plan, removed: set[int], graph: gs.Graph, blocks=frozenset()) -> gs.Graph:

@@ -8,7 +8,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..io import export_by_reference
+from ..io import SlicedValues, export_by_reference
 from .session import onnxruntime
 
 
@@ -52,13 +52,15 @@ def cpu_session(model, weights: dict[str, np.ndarray], threads: int | None = Non
     if threads:
         opts.intra_op_num_threads = threads
     names = [t.name for t in model.graph.initializer if t.name in weights]
-    values = [ort.OrtValue.ortvalue_from_numpy(np.asarray(weights[n])) for n in names]
+    # sliced weights of a model left in its files are built here, for this session only
+    arrays = [weights[n].load() if isinstance(weights[n], SlicedValues) else np.asarray(weights[n]) for n in names]
+    values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
     if names:
         _relative_stubs(model, set(names), opts)
         for name, value in zip(names, values):
             opts.add_initializer(name, value)
     session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    session._onnxprune_weights = (values, [weights[n] for n in names])  # ORT reads them in place
+    session._onnxprune_weights = (values, arrays)  # ORT reads them in place
     return session
 
 
