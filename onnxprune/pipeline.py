@@ -55,16 +55,20 @@ class Pipeline:
 
 def check_weights_only(model: onnx.ModelProto, options: PruneOptions) -> None:
     """Models left in their files (over :data:`io.LAZY_LOAD_THRESHOLD`) run in ONNX Runtime from
-    their files (calibration, activation criteria, reconstruction: weights handed over by
-    reference). A latency or size target search and ``--quantize`` still need one in-memory
-    proto of the whole model, so they are refused."""
+    their files (calibration, activation criteria, reconstruction, FLOPs and params targets:
+    weights handed over by reference, trials never serialized). A latency target times whole
+    candidate models, and ``--quantize`` runs ONNX Runtime's quantizer, which loads the model
+    whole: both are refused."""
     if not uses_external_data(model):
         return
-    if getattr(options, "target", None) is not None or getattr(options, "quantize", None) is not None:
+    target = getattr(options, "target", None)
+    latency = target is not None and target.kind == "latency"
+    if latency or getattr(options, "quantize", None) is not None:
         size = external_bytes(model)
+        what = "a latency target times whole models" if latency else "--quantize loads the model whole"
         raise BadInputError(f"model has {size / 1e9:.1f} GB of weights, over the {LAZY_LOAD_THRESHOLD / 1e9:.1f} GB "
-                            "onnxprune loads whole: target searches and --quantize need the whole model in "
-                            "memory (prune it with a ratio; calibration data and activation criteria work)")
+                            f"onnxprune loads whole: {what} (prune it with a ratio, --target-flops or "
+                            "--target-params; calibration data and activation criteria work)")
 
 
 def external_bytes(model: onnx.ModelProto) -> int:

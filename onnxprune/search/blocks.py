@@ -74,8 +74,8 @@ def _closest(problem: SearchProblem, met: list[SearchResult]) -> SearchResult:
     on the calibration data (ties: fewer blocks); each result records the comparison."""
     from .guard import candidate_fidelity
 
-    original = problem.template.SerializeToString()
     trials = Trials(problem.graph, problem.analysis, problem.opset, problem.template)
+    original = trials.original()
     rows = []
     for result in met:
         trials.blocks = frozenset(result.selection.blocks)

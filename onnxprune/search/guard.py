@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+import onnx_graphsurgeon as gs
 
 #: calibration samples each candidate's fidelity is measured on (four of calibration's chunks)
 FIDELITY_SAMPLES = 64
@@ -30,7 +31,7 @@ COLLAPSE_MIN_DROP = 0.02
 NEARLY_AS_FAST = 1.05
 
 
-def candidate_fidelity(original: bytes, candidate: bytes, calibration: Iterable[dict[str, np.ndarray]],
+def candidate_fidelity(original: bytes | gs.Graph, candidate: bytes | gs.Graph, calibration: Iterable[dict[str, np.ndarray]],
                        threads: int | None = None, io_cuts: dict | None = None) -> dict:
     """``output_fidelity`` on the first batches, plus ``cosine``: the worst output's mean cosine
     (``io_cuts``: the candidate's resized KV-cache I/O, ``Plan.io_cuts``)."""

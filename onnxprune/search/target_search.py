@@ -29,6 +29,7 @@ import onnx_graphsurgeon as gs
 
 from ..analysis import Analysis
 from ..errors import OnnxPruneError
+from ..io import has_external_values
 from ..metrics import count_flops, count_flops_at, count_params
 from ..selection import Selection, select_by_counts
 from .allocate import allocate, allocate_uniform, greedy_path, importance_curves
@@ -134,12 +135,24 @@ class Trials:
         self._ir_version = max(template.ir_version, 4)
         #: the residual blocks every trial removes (the selections it builds carry them)
         self.blocks = frozenset(blocks)
+        #: weights left in their files: trials are run as graphs, never serialized (see ``build``)
+        self.by_reference = has_external_values(graph)
+        self._template = template
 
-    def build(self, selection: Selection) -> tuple[gs.Graph, bytes]:
+    def original(self) -> bytes | gs.Graph:
+        """The unpruned model to compare trials with, in the form ``build`` gives them."""
+        return self._graph if self.by_reference else self._template.SerializeToString()
+
+    def build(self, selection: Selection) -> tuple[gs.Graph, bytes | gs.Graph]:
+        """The trial's graph, and its model to run: serialized, or (a model left in its files,
+        too large for one protobuf) the graph itself, run with its weights by reference and
+        its sliced weights read from the input's file only while a session runs it."""
         from ..rewrite import apply
 
         selection.blocks = set(self.blocks)
         pruned = apply(self._plan, selection.removed, self._graph, self.blocks)
+        if self.by_reference:
+            return pruned, pruned
         model = gs.export_onnx(pruned, do_type_check=False)
         model.ir_version = self._ir_version
         return pruned, model.SerializeToString()
@@ -224,7 +237,7 @@ def _guard_counted(result: SearchResult, model: CostModel, trials: Trials, analy
         check["alternative"]["achieved"] = float(count(built[0]))
         return check["alternative"]["achieved"] <= goal
 
-    result.fidelity_check = fidelity_guard(template, chosen, built[1] if built else None, calibration, None,
+    result.fidelity_check = fidelity_guard(trials.original(), chosen, built[1] if built else None, calibration, None,
                                            acceptable, (trials.io_cuts(result.selection), trials.io_cuts(uniform)))
     if result.fidelity_check["switched"]:
         result.achieved = result.fidelity_check["alternative"]["achieved"]
@@ -472,14 +485,15 @@ def _guard_latency(chosen: Candidate, flops_model: CostModel, trials: Trials, an
     return (uniform if check["switched"] else chosen), check
 
 
-def fidelity_guard(template: onnx.ModelProto, chosen: bytes, alternative: bytes | None, calibration,
-                   threads: int | None, acceptable: Callable[[dict], bool], io_cuts: tuple = ({}, {})) -> dict:
+def fidelity_guard(template: onnx.ModelProto | bytes | gs.Graph, chosen: bytes | gs.Graph,
+                   alternative: bytes | gs.Graph | None, calibration, threads: int | None,
+                   acceptable: Callable[[dict], bool], io_cuts: tuple = ({}, {})) -> dict:
     """Both candidates' fidelity before reconstruction; ``switched`` when the chosen one's
     collapsed against the alternative's (``search.guard.collapses``) and ``acceptable`` (whether
     the alternative meets the target, nearly as fast) says yes."""
     from .guard import candidate_fidelity, collapses
 
-    original = template.SerializeToString()
+    original = template.SerializeToString() if isinstance(template, onnx.ModelProto) else template
     fid = candidate_fidelity(original, chosen, calibration, threads, io_cuts=io_cuts[0])
     check = {"chosen": {"kind": "importance", "cosine": fid["cosine"]}, "alternative": None, "collapsed": False,
              "switched": False}
