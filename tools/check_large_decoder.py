@@ -110,7 +110,7 @@ def run_one(model: Path, folder: Path, calib: Path, heldout: np.ndarray, mode: s
     row = {"mode": mode, "seconds": probe["seconds"], "peak_extra": probe["extra"], "baseline": probe["baseline"],
            "disk_peak": watch.peak, "temp": max(0, watch.peak - written), "output": disk_size(out),
            "params": (data["before"]["params"], data["after"]["params"]),
-           "search": {k: data["search"].get(k) for k in ("status", "baseline", "achieved")} if "search" in data else None,
+           "search": {k: data["search"].get(k) for k in ("status", "baseline", "achieved")} if data.get("search") else None,
            "calib_fidelity": data.get("fidelity", {}).get("outputs", {}).get("y"),
            "reported_peak": data.get("memory", {}).get("peak_rss"),
            "heldout": heldout_fidelity(model, out, heldout)}
