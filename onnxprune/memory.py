@@ -22,17 +22,20 @@ def _status(key: str) -> int | None:
     return None
 
 
-def peak_rss() -> int | None:
-    """Bytes: the highest resident set size of this process so far (None where unknown)."""
+def peak_rss(at_least: int | None = None) -> int | None:
+    """Bytes: the highest resident set size of this process so far (None where unknown), and
+    at least ``at_least`` (a resident size measured earlier): the kernel updates its high-water
+    mark only at some points and keeps approximate counters, so the mark can read a few pages
+    below a size read earlier (60 kB seen)."""
     peak = _status("VmHWM")
     if peak is not None:
-        return peak
+        return max(peak, at_least or 0)
     try:
         import resource
     except ImportError:  # Windows
         return None
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(maxrss) if sys.platform == "darwin" else int(maxrss) * 1024
+    return max(int(maxrss) if sys.platform == "darwin" else int(maxrss) * 1024, at_least or 0)
 
 
 def current_rss() -> int | None:

@@ -48,7 +48,7 @@ class Pipeline:
         start = current_rss()
         for p in passes:
             run_pass(p, ctx)
-        ctx.report["memory"] = {"peak_rss": peak_rss(), "rss_at_start": start,
+        ctx.report["memory"] = {"peak_rss": peak_rss(at_least=start), "rss_at_start": start,
                                 "weights_in_files": external_bytes(model) if uses_external_data(model) else 0}
         return ctx
 
