@@ -34,10 +34,10 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..analysis.state import State, UnsupportedPattern, const, has_input, rank, static_shape
-from .common import norm_axis, pass_through, same_dim
+from .common import norm_axis, pass_through, same_dim, zero_by_parameters
 from .conv import bias_site
 from .elementwise import broadcast_dim, elementwise
-from .registry import dims, register, rule, spec_key
+from .registry import ZeroPath, dims, register, rule, spec_key
 
 #: integer types a folded DequantizeLinear may hold (int4, float8... stay unfolded: not pruned)
 _CODED = (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32)
@@ -324,6 +324,47 @@ def dynamic_quantize(node: gs.Node, state: State) -> None:
 dims(*_Q, *_DQ, "DynamicQuantizeLinear")(same_dim)
 
 
+def _zero_point(node: gs.Node) -> tuple | None:
+    """(zero point values, axis) of a Q/DQ node; None where the zero point is computed at run time."""
+    if not has_input(node, 2):
+        return (b"", None)  # zero point 0
+    z = const(node.inputs[2])
+    if z is None:
+        return None
+    axis = node.attrs.get("axis", 1) if z.ndim else None
+    return (z.tobytes() if np.any(z) else b"", axis)
+
+
+def _pair_keeps_zero(q: gs.Node, dq: gs.Node) -> bool:
+    """QuantizeLinear then DequantizeLinear with the same zero point: Q(0) is that zero point
+    exactly (0 / scale rounds to 0) and DQ maps it back to 0, whatever the scales."""
+    if spec_key(q) not in _Q or spec_key(dq) not in _DQ or int(q.attrs.get("block_size", 0) or 0):
+        return False
+    zq, zd = _zero_point(q), _zero_point(dq)
+    return zq is not None and zq == zd
+
+
+def _zero_quantize(node: gs.Node) -> ZeroPath | None:
+    """A QuantizeLinear read only by DequantizeLinears of its zero point passes zeros to them
+    (as codes: the zero point, which they decode to 0)."""
+    readers = [r for o in node.outputs for r in o.outputs]
+    if not readers or not all(_pair_keeps_zero(node, r) for r in readers):
+        return None
+    return ZeroPath(through=(0,))
+
+
+def _zero_dequantize(node: gs.Node) -> ZeroPath | None:
+    """A DequantizeLinear of a QuantizeLinear with its zero point: zero when the quantized input is."""
+    producers = node.inputs[0].inputs if node.inputs and not isinstance(node.inputs[0], gs.Constant) else []
+    if len(producers) != 1 or not _pair_keeps_zero(producers[0], node):
+        return None
+    return ZeroPath(through=(0,))
+
+
+register(*_Q, zero_out=_zero_quantize)
+register(*_DQ, zero_out=_zero_dequantize)
+
+
 # --- QOperator layers ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -484,10 +525,16 @@ def quantized_layer(node: gs.Node, state: State) -> None:
     state.set_track(node.outputs[0], y_axis, out, y_rank)
 
 
+#: layers whose output is zero when their integer weight, its zero point and the bias are all
+#: zero (w - zero point = 0); the QLinear ones requantize their output to a zero point instead
+_ZERO_OUT = ("ConvInteger", "MatMulInteger", "com.microsoft:MatMulIntegerToFloat", "com.microsoft:DynamicQuantizeMatMul")
+
 for _key, _layer in QLAYERS.items():
     rule(_key, channel_inputs=(0,))(quantized_layer)
     register(_key, integer_layer=True,
-             parameter_inputs=tuple(i for i in (_layer.weight, _layer.bias) if i is not None))
+             parameter_inputs=tuple(i for i in (_layer.weight, _layer.bias) if i is not None),
+             zero_out=zero_by_parameters(*(i for i in (_layer.weight, _layer.zero, _layer.bias) if i is not None))
+             if _key in _ZERO_OUT else None)
 
 #: quantized layers with no rule: they block the channels they touch (MatMulNBits: see ops/nbits.py)
 register("com.microsoft:QAttention", "com.microsoft:QOrderedMatMul", integer_layer=True)
