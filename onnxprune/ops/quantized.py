@@ -280,6 +280,8 @@ def encode_quantize(node: gs.Node) -> np.ndarray | None:
         s, z = s.reshape(shape), z.reshape(shape)
     elif s.size != 1:
         return None
+    if not np.all(np.isfinite(s)) or np.any(s == 0) or not np.all(np.isfinite(v)):
+        return None  # what the runtime makes of these is not ONNX's to say: left to it
     info = np.iinfo(z.dtype)
     q = np.rint(v / s).astype(np.float64) + z.astype(np.float64)
     return np.clip(q, info.min, info.max).astype(z.dtype)
