@@ -7,7 +7,9 @@ bias). ``normalize`` folds it into that float constant (:func:`decode_dequantize
 calibration and reconstruction's views all read the dequantized values; the rewrite slices the
 codec with the values (the integer weight, and per-channel scales and zero points along the
 pruned axis; per-tensor ones stay), and the export writes the DequantizeLinear back, with the
-original integer tensors where nothing changed. A blocked-quantized weight (``block_size``) loses
+original integer tensors where nothing changed. A float constant quantized in the graph
+(QuantizeLinear -> DequantizeLinear, as ONNX Runtime's quantizer writes some constant inputs) is
+evaluated into its integer form first and stored that way (the same values, no larger). A blocked-quantized weight (``block_size``) loses
 entries along its block axis only in whole blocks (:meth:`Dequantized.constrain` ties each
 block's channels into one), else the channels are refused. A weight that reconstruction refits
 is requantized on its own scales and zero points (:meth:`Dequantized.snap`), or the layer is
@@ -32,10 +34,10 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..analysis.state import State, UnsupportedPattern, const, has_input, rank, static_shape
-from .common import norm_axis, pass_through, same_dim
+from .common import norm_axis, pass_through, same_dim, zero_by_parameters
 from .conv import bias_site
 from .elementwise import broadcast_dim, elementwise
-from .registry import dims, register, rule, spec_key
+from .registry import ZeroPath, dims, register, rule, spec_key
 
 #: integer types a folded DequantizeLinear may hold (int4, float8... stay unfolded: not pruned)
 _CODED = (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32)
@@ -254,6 +256,36 @@ def decode_dequantize(node: gs.Node):
 
 
 register(*_DQ, decode=decode_dequantize)
+def encode_quantize(node: gs.Node) -> np.ndarray | None:
+    """A QuantizeLinear of constants evaluated as ONNX defines it, ``saturate(round(x / scale) +
+    zero_point)`` (rounding half to even), per tensor or per axis; None for other forms (blocks,
+    types other than 8-32-bit integers, parameters computed at run time): they stay computations.
+    int32 is ONNX Runtime's extension (its quantizer writes int32 biases so)."""
+    x, scale = node.inputs[0], node.inputs[1] if len(node.inputs) > 1 else None
+    zero = node.inputs[2] if has_input(node, 2) else None
+    if not isinstance(x, gs.Constant) or not isinstance(scale, gs.Constant) or zero is None \
+            or not isinstance(zero, gs.Constant) or int(node.attrs.get("block_size", 0) or 0):
+        return None
+    v, s, z = const(x), const(scale), const(zero)
+    if v.dtype.kind != "f" or s.dtype != v.dtype or z.dtype.type not in _CODED or z.shape != s.shape \
+            or node.attrs.get("output_dtype") not in (None, 0) or "saturate" in node.attrs:
+        return None
+    if s.ndim == 1 and s.size > 1 or s.ndim == 1 and v.ndim >= 1:
+        axis = norm_axis(int(node.attrs.get("axis", 1)), v.ndim)
+        if s.shape[0] != v.shape[axis]:
+            return None
+        shape = [-1 if i == axis else 1 for i in range(v.ndim)]
+        s, z = s.reshape(shape), z.reshape(shape)
+    elif s.size != 1:
+        return None
+    info = np.iinfo(z.dtype)
+    q = np.rint(v / s).astype(np.float64) + z.astype(np.float64)
+    return np.clip(q, info.min, info.max).astype(z.dtype)
+
+
+# a float constant quantized in the graph (QuantizeLinear -> DequantizeLinear) is evaluated into
+# its integer form first, then decoded like a stored one
+register(*_Q, encode=encode_quantize)
 
 
 # --- QDQ activations ----------------------------------------------------------------------------
@@ -290,6 +322,47 @@ def dynamic_quantize(node: gs.Node, state: State) -> None:
 
 
 dims(*_Q, *_DQ, "DynamicQuantizeLinear")(same_dim)
+
+
+def _zero_point(node: gs.Node) -> tuple | None:
+    """(zero point values, axis) of a Q/DQ node; None where the zero point is computed at run time."""
+    if not has_input(node, 2):
+        return (b"", None)  # zero point 0
+    z = const(node.inputs[2])
+    if z is None:
+        return None
+    axis = node.attrs.get("axis", 1) if z.ndim else None
+    return (z.tobytes() if np.any(z) else b"", axis)
+
+
+def _pair_keeps_zero(q: gs.Node, dq: gs.Node) -> bool:
+    """QuantizeLinear then DequantizeLinear with the same zero point: Q(0) is that zero point
+    exactly (0 / scale rounds to 0) and DQ maps it back to 0, whatever the scales."""
+    if spec_key(q) not in _Q or spec_key(dq) not in _DQ or int(q.attrs.get("block_size", 0) or 0):
+        return False
+    zq, zd = _zero_point(q), _zero_point(dq)
+    return zq is not None and zq == zd
+
+
+def _zero_quantize(node: gs.Node) -> ZeroPath | None:
+    """A QuantizeLinear read only by DequantizeLinears of its zero point passes zeros to them
+    (as codes: the zero point, which they decode to 0)."""
+    readers = [r for o in node.outputs for r in o.outputs]
+    if not readers or not all(_pair_keeps_zero(node, r) for r in readers):
+        return None
+    return ZeroPath(through=(0,))
+
+
+def _zero_dequantize(node: gs.Node) -> ZeroPath | None:
+    """A DequantizeLinear of a QuantizeLinear with its zero point: zero when the quantized input is."""
+    producers = node.inputs[0].inputs if node.inputs and not isinstance(node.inputs[0], gs.Constant) else []
+    if len(producers) != 1 or not _pair_keeps_zero(producers[0], node):
+        return None
+    return ZeroPath(through=(0,))
+
+
+register(*_Q, zero_out=_zero_quantize)
+register(*_DQ, zero_out=_zero_dequantize)
 
 
 # --- QOperator layers ---------------------------------------------------------------------------
@@ -452,10 +525,16 @@ def quantized_layer(node: gs.Node, state: State) -> None:
     state.set_track(node.outputs[0], y_axis, out, y_rank)
 
 
+#: layers whose output is zero when their integer weight, its zero point and the bias are all
+#: zero (w - zero point = 0); the QLinear ones requantize their output to a zero point instead
+_ZERO_OUT = ("ConvInteger", "MatMulInteger", "com.microsoft:MatMulIntegerToFloat", "com.microsoft:DynamicQuantizeMatMul")
+
 for _key, _layer in QLAYERS.items():
     rule(_key, channel_inputs=(0,))(quantized_layer)
     register(_key, integer_layer=True,
-             parameter_inputs=tuple(i for i in (_layer.weight, _layer.bias) if i is not None))
+             parameter_inputs=tuple(i for i in (_layer.weight, _layer.bias) if i is not None),
+             zero_out=zero_by_parameters(*(i for i in (_layer.weight, _layer.zero, _layer.bias) if i is not None))
+             if _key in _ZERO_OUT else None)
 
 #: quantized layers with no rule: they block the channels they touch (MatMulNBits: see ops/nbits.py)
 register("com.microsoft:QAttention", "com.microsoft:QOrderedMatMul", integer_layer=True)
