@@ -157,9 +157,18 @@ def _fold_decoded(graph: gs.Graph) -> None:
     integer weight: ``OpSpec.decode``) become that float constant, with the codec attached as
     ``codec``: the analysis reads the float values, the rewrite slices the codec with them and
     the export writes the node back (``rewrite.export_checked``), so a quantized model stays
-    quantized."""
+    quantized. A node that only encodes a constant for such readers (``OpSpec.encode``) is
+    evaluated first."""
     from .ops import decoder
+    from .ops.registry import encoder
 
+    for node in list(graph.nodes):
+        encode = encoder(node)
+        if encode is None or len(node.outputs) != 1 or node.outputs[0] in graph.outputs:
+            continue
+        encoded = encode(node)
+        if encoded is not None:
+            _replace_output_with_constant(graph, node, 0, encoded)
     for node in list(graph.nodes):
         decode = decoder(node)
         if decode is None or len(node.outputs) != 1 or not node.outputs[0].outputs \

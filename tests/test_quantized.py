@@ -176,6 +176,34 @@ def test_qdq_gemm_trans_b_per_channel():
     _still_quantized(ctx.pruned)
 
 
+@pytest.mark.parametrize("quantized_in_graph", ["bias", "weight and bias"])
+def test_constants_quantized_in_the_graph_prune_as_stored_integers(quantized_in_graph: str):
+    """ONNX Runtime's quantizer writes some constant inputs of quantized ops as a float constant
+    through QuantizeLinear -> DequantizeLinear (a BERT's MatMul + Add biases, when they are all
+    zero, get that form): the pair is evaluated into the integer constant and pruned as a stored
+    one; left as a computation, the Add met a tensor of unknown channels and blocked the group."""
+    b = Q(13)
+
+    def in_graph(values, scale, axis=None, dtype=np.int8):
+        s = b.const(np.asarray(scale, np.float32), "s")
+        z = b.const(np.zeros(np.shape(scale), dtype), "z")
+        attrs = {} if axis is None else {"axis": axis}
+        return b.node("DequantizeLinear", [b.node("QuantizeLinear", [b.const(values, "f"), s, z], **attrs), s, z],
+                      **attrs)
+
+    w1 = b.w(10, 12)
+    weight = in_graph(w1, np.abs(w1).max(0) / 127, axis=1, dtype=np.int8) if "weight" in quantized_in_graph \
+        else b.dq_weight(w1, 1)
+    h = b.node("Add", [in_graph(b.w(12), 0.01), b.node("MatMul", [b.qdq("x", 0.02), weight])])
+    h = b.qdq(b.node("Relu", [h]), 0.03)
+    y = b.node("MatMul", [h, b.dq_weight(b.w(12, 3), 1)])
+    ctx = assert_oracle(b.model([_x([2, 10])], [_y(y, [2, 3])]), ratio=0.5)
+    _still_quantized(ctx.pruned)
+    shapes = sorted(a.shape for a in _inits(ctx.pruned).values() if a.dtype.kind in "iu" and a.size > 1)
+    assert (6,) in shapes and (10, 6) in shapes and (6, 3) in shapes, shapes
+    assert not [n for n in ctx.pruned.graph.node if n.op_type == "QuantizeLinear" and n.input[0].startswith("f")]
+
+
 def test_quantized_weight_requantizes_a_refit_and_its_bias_follows():
     """A refit beyond a weight's range widens that channel's scale; the int32 bias's scale is
     multiplied by the same factor (ONNX Runtime fuses QDQ on bias scale = input x weight scale)."""
@@ -345,11 +373,16 @@ def _weights(model: onnx.ModelProto) -> int:
 
 
 def _quantized_ops(model: onnx.ModelProto) -> dict[str, int]:
-    """How many nodes of each quantization op type (the output has the input's, none written as floats)."""
+    """How many nodes of each quantization op type (the output has the input's, none written as floats).
+    A QuantizeLinear of a stored float constant is not counted: the pruned model stores the
+    integer constant it computes instead, read by the same DequantizeLinear."""
     from collections import Counter
 
-    return dict(Counter(n.op_type for n in model.graph.node if "Quant" in n.op_type or "Integer" in n.op_type
-                        or n.op_type.startswith("QLinear") or n.op_type == "QGemm"))
+    stored = {i.name for i in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
+                                                          for o in n.output}
+    return dict(Counter(n.op_type for n in model.graph.node
+                        if ("quant" in n.op_type.lower() or "Integer" in n.op_type or n.op_type.startswith("QLinear")
+                            or n.op_type == "QGemm") and not (n.op_type == "QuantizeLinear" and n.input[0] in stored)))
 
 
 class _Reader:

@@ -10,16 +10,25 @@ Models, quantized here with ONNX Runtime's own quantizer (``onnxruntime.quantiza
   writes ``build/minilm/minilm_torchscript.onnx``), ``quantize_static`` QDQ per channel on the
   first 128 calibration sentences, or ``quantize_dynamic`` (MatMulInteger); pruned with
   calibration data (``tools/minilm_calib_buckets.py`` writes ``build/minilm/calib_buckets_512``:
-  ``obs``, and ``lstsq`` refits where the layers are QDQ).
+  ``obs``, and ``lstsq`` refits where the layers are QDQ);
+- ``bert-qdq`` / ``bert-dynamic``: a BERT with bert-base's shapes (random weights,
+  ``tools/export_bert_base.py`` writes ``build/bert_base.onnx``), ``quantize_static`` QDQ per
+  channel on 8 random token sequences, or ``quantize_dynamic``; pruned from the weights (``l1``);
+- ``genai-int4``: the GenAI model builder's int4 decoder (MatMulNBits, GroupQueryAttention) with an
+  LLM's proportions, random weights (``tools/export_genai.py int4 --shape wide --out build/genai_wide``
+  writes ``build/genai_wide/genai_llama_int4``); pruned from the weights (``l1``).
 
 Reported per model: float-equivalent weights (elements of every initializer of two or more
-dimensions that is a float or 8-bit integer tensor: an int8 weight counts once per element)
+dimensions that is a float or 8-bit integer tensor: an int8 weight counts once per element; a
+MatMulNBits weight counts its N x K 4-bit entries)
 before and after and the % removed, whether the output passes ``onnx.checker`` and loads and
 runs in ONNX Runtime, and fidelity against the quantized unpruned model: mean cosine of the
 outputs (ResNet-50: logits on 8 other random images; MiniLM: mean-pooled embeddings of 150
-held-out sentences, ``build/minilm/heldout150.npz``).
+held-out sentences, ``build/minilm/heldout150.npz``; BERT: last hidden states of 8 other random
+sequences; the decoder: logits of 4 random 16-token prompts, no cache).
 
-    python tools/bench_quantized.py [--models resnet50 minilm-qdq minilm-dynamic] [--json out.json]
+    python tools/bench_quantized.py [--models resnet50 minilm-qdq minilm-dynamic bert-qdq bert-dynamic genai-int4]
+                                    [--json out.json]
 """
 
 from __future__ import annotations
@@ -41,11 +50,18 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
 MINILM = REPO / "build" / "minilm"
+BERT = REPO / "build" / "bert_base.onnx"
+GENAI = REPO / "build" / "genai_wide" / "genai_llama_int4"
 
 
 def weights(model: onnx.ModelProto) -> int:
+    packed = {n.input[1]: n for n in model.graph.node if n.op_type == "MatMulNBits"}
     total = 0
     for init in model.graph.initializer:
+        if init.name in packed:  # 4-bit weights packed two to a byte: N x K of them
+            attrs = {a.name: a.i for a in packed[init.name].attribute}
+            total += attrs["N"] * attrs["K"]
+            continue
         a = numpy_helper.to_array(init)
         if a.ndim >= 2 and (a.dtype.kind == "f" or a.itemsize == 1):
             total += a.size
@@ -146,6 +162,66 @@ def minilm(work: Path, kind: str) -> dict:
             "options": {"calibration": str(MINILM / "calib_buckets_512"), "calib_samples": 256}}
 
 
+def _needs(path: Path, how: str) -> None:
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: {how}")
+
+
+def _tokens(vocab: int, n: int, seq: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"input_ids": rng.integers(0, vocab, (n, seq)).astype(np.int64),
+            "attention_mask": np.ones((n, seq), dtype=np.int64)}
+
+
+def bert(work: Path, kind: str) -> dict:
+    from onnxruntime.quantization import QuantFormat, quantize_dynamic, quantize_static
+
+    _needs(BERT, "python tools/export_bert_base.py (torch, transformers) writes it")
+    out = work / f"bert_{kind}.onnx"
+    if kind == "dynamic":
+        quantize_dynamic(str(BERT), str(out), per_channel=True)
+    else:
+        calib = _tokens(30522, 8, 32, seed=0)
+        quantize_static(str(BERT), str(out), Reader([{k: v[i:i + 1] for k, v in calib.items()} for i in range(8)]),
+                        quant_format=QuantFormat.QDQ, per_channel=True)
+    test = _tokens(30522, 8, 32, seed=1)
+
+    def outputs(model):
+        return session(model).run(None, test)[0]
+
+    return {"model": out, "options": {"criterion": "l1"}, "outputs": outputs}
+
+
+def genai(work: Path) -> dict:
+    _needs(GENAI / "model.onnx", "python tools/export_genai.py int4 --shape wide --out build/genai_wide "
+                                 "(torch, transformers 5, onnxruntime-genai) writes it")
+    model = onnx.load(GENAI / "model.onnx")
+    onnx.save(model, work / "genai_int4.onnx")
+
+    head = json.loads((GENAI / "genai_config.json").read_text())["model"]["decoder"]["head_size"]
+    prompt = _tokens(320, 4, 16, seed=2)
+
+    def outputs(m):
+        s = session(m)
+        past = {i.name: np.zeros((4, int(i.shape[1]), 0, head), dtype=np.float32)  # no cache: an empty past
+                for i in s.get_inputs() if i.name.startswith("past_key_values")}
+        return s.run(["logits"], {**prompt, **past})[0]
+
+    return {"model": work / "genai_int4.onnx", "options": {"criterion": "l1"}, "outputs": outputs}
+
+
+SETUPS = {"resnet50": resnet50, "minilm-qdq": lambda w: minilm(w, "qdq"), "minilm-dynamic": lambda w: minilm(w, "dynamic"),
+          "bert-qdq": lambda w: bert(w, "qdq"), "bert-dynamic": lambda w: bert(w, "dynamic"), "genai-int4": genai}
+
+
+def _checks(model: onnx.ModelProto) -> bool:
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError:
+        return False
+    return True
+
+
 def measure(name: str, setup: dict) -> dict:
     import onnxprune
 
@@ -154,7 +230,8 @@ def measure(name: str, setup: dict) -> dict:
     result = onnxprune.prune(quantized, ratio=0.3, **setup["options"])
     seconds = time.perf_counter() - start
     pruned = result.model
-    onnx.checker.check_model(pruned)
+    if _checks(quantized):  # GenAI graphs hold ONNX Runtime's SimplifiedLayerNormalization in the ONNX domain
+        onnx.checker.check_model(pruned)
     before, after = weights(quantized), weights(pruned)
     cos = cosine(setup["outputs"](quantized), setup["outputs"](pruned))  # loads and runs, or raises
     refit = [r for r in (result.report.get("reconstruction") or {}).get("layers", [])
@@ -167,14 +244,14 @@ def measure(name: str, setup: dict) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["resnet50", "minilm-qdq", "minilm-dynamic"])
+    ap.add_argument("--models", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for name in args.models:
-            setup = resnet50(work) if name == "resnet50" else minilm(work, name.split("-")[1])
+            setup = SETUPS[name](work)
             row = measure(name, setup)
             rows.append(row)
             print(json.dumps(row), flush=True)

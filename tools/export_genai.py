@@ -16,6 +16,11 @@ tokens with ``onnxruntime_genai``. Needs torch, transformers, tokenizers and onn
 (the ``genai`` venv)::
 
     /work/venvs/genai/bin/python tools/export_genai.py [fp32 fp16 int4]
+
+``--shape wide --out DIR`` builds a decoder with an LLM's proportions instead (hidden size 512,
+8 query heads on 4 K/V heads of 64, 4 layers, a gated MLP of 1408 units, the same 320-token
+vocabulary: 12.5M parameters, 2.6% of them in the embeddings), into ``DIR/genai_llama_<precision>/``;
+``tools/bench_quantized.py`` prunes its int4 folder.
 """
 
 from __future__ import annotations
@@ -36,6 +41,12 @@ MODELS_DIR = os.path.join(REPO_ROOT, "models")
 SEED = 0
 VOCAB = 320
 PRECISIONS = ("fp32", "fp16", "int4")
+#: decoder shapes: the committed test models' (``tiny``), and one with an LLM's proportions
+#: (blocks far larger than the embeddings) for measuring what pruning removes
+SHAPES = {"tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=4,
+                       head_dim=16, intermediate_size=256),
+          "wide": dict(hidden_size=512, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
+                       head_dim=64, intermediate_size=1408)}
 #: the builder's execution provider per precision: fp16 is a CUDA precision to it (for the CPU it
 #: writes an unfused attention that ONNX Runtime GenAI fails to run)
 EP = {"fp32": "cpu", "fp16": "cuda", "int4": "cpu"}
@@ -72,12 +83,11 @@ def make_tokenizer(path: str) -> None:
     fast.save_pretrained(path)
 
 
-def make_checkpoint(path: str) -> None:
+def make_checkpoint(path: str, shape: str = "tiny") -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     torch.manual_seed(SEED)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=128, num_hidden_layers=2, num_attention_heads=8,
-                      num_key_value_heads=4, head_dim=16, intermediate_size=256, max_position_embeddings=128,
+    cfg = LlamaConfig(vocab_size=VOCAB, **SHAPES[shape], max_position_embeddings=128,
                       bos_token_id=0, eos_token_id=1, tie_word_embeddings=False, rms_norm_eps=1e-5)
     model = LlamaForCausalLM(cfg).eval()
     g = torch.Generator().manual_seed(SEED + 1)
@@ -115,15 +125,17 @@ def check_generation(folder: str, tokens: int = 16) -> list[int]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("precisions", nargs="*", help=f"some of {', '.join(PRECISIONS)} (default: all)")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
+    ap.add_argument("--out", default=MODELS_DIR, help="the folder the genai_llama_<precision> folders go in")
     args = ap.parse_args(argv)
     if set(args.precisions) - set(PRECISIONS):
         ap.error(f"precisions are {', '.join(PRECISIONS)}")
     args.precisions = args.precisions or list(PRECISIONS)
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir = os.path.join(tmp, "hf")
-        make_checkpoint(hf_dir)
+        make_checkpoint(hf_dir, args.shape)
         for precision in args.precisions:
-            out = os.path.join(MODELS_DIR, f"genai_llama_{precision}")
+            out = os.path.join(args.out, f"genai_llama_{precision}")
             build(hf_dir, precision, out)
             seq = check_generation(out)
             size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))

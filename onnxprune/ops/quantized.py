@@ -7,7 +7,9 @@ bias). ``normalize`` folds it into that float constant (:func:`decode_dequantize
 calibration and reconstruction's views all read the dequantized values; the rewrite slices the
 codec with the values (the integer weight, and per-channel scales and zero points along the
 pruned axis; per-tensor ones stay), and the export writes the DequantizeLinear back, with the
-original integer tensors where nothing changed. A blocked-quantized weight (``block_size``) loses
+original integer tensors where nothing changed. A float constant quantized in the graph
+(QuantizeLinear -> DequantizeLinear, as ONNX Runtime's quantizer writes some constant inputs) is
+evaluated into its integer form first and stored that way (the same values, no larger). A blocked-quantized weight (``block_size``) loses
 entries along its block axis only in whole blocks (:meth:`Dequantized.constrain` ties each
 block's channels into one), else the channels are refused. A weight that reconstruction refits
 is requantized on its own scales and zero points (:meth:`Dequantized.snap`), or the layer is
@@ -254,6 +256,36 @@ def decode_dequantize(node: gs.Node):
 
 
 register(*_DQ, decode=decode_dequantize)
+def encode_quantize(node: gs.Node) -> np.ndarray | None:
+    """A QuantizeLinear of constants evaluated as ONNX defines it, ``saturate(round(x / scale) +
+    zero_point)`` (rounding half to even), per tensor or per axis; None for other forms (blocks,
+    types other than 8-32-bit integers, parameters computed at run time): they stay computations.
+    int32 is ONNX Runtime's extension (its quantizer writes int32 biases so)."""
+    x, scale = node.inputs[0], node.inputs[1] if len(node.inputs) > 1 else None
+    zero = node.inputs[2] if has_input(node, 2) else None
+    if not isinstance(x, gs.Constant) or not isinstance(scale, gs.Constant) or zero is None \
+            or not isinstance(zero, gs.Constant) or int(node.attrs.get("block_size", 0) or 0):
+        return None
+    v, s, z = const(x), const(scale), const(zero)
+    if v.dtype.kind != "f" or s.dtype != v.dtype or z.dtype.type not in _CODED or z.shape != s.shape \
+            or node.attrs.get("output_dtype") not in (None, 0) or "saturate" in node.attrs:
+        return None
+    if s.ndim == 1 and s.size > 1 or s.ndim == 1 and v.ndim >= 1:
+        axis = norm_axis(int(node.attrs.get("axis", 1)), v.ndim)
+        if s.shape[0] != v.shape[axis]:
+            return None
+        shape = [-1 if i == axis else 1 for i in range(v.ndim)]
+        s, z = s.reshape(shape), z.reshape(shape)
+    elif s.size != 1:
+        return None
+    info = np.iinfo(z.dtype)
+    q = np.rint(v / s).astype(np.float64) + z.astype(np.float64)
+    return np.clip(q, info.min, info.max).astype(z.dtype)
+
+
+# a float constant quantized in the graph (QuantizeLinear -> DequantizeLinear) is evaluated into
+# its integer form first, then decoded like a stored one
+register(*_Q, encode=encode_quantize)
 
 
 # --- QDQ activations ----------------------------------------------------------------------------

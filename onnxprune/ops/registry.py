@@ -135,6 +135,12 @@ class OpSpec:
     #: another form (DequantizeLinear), or None: normalize folds it into the float constant with
     #: the codec attached (``codec.sliced``, ``codec.snap``, ``codec.computation``: see ops/quantized.py)
     decode: Callable[[gs.Node], Any] | None = None
+    #: (node) -> the integer constant a node of constants encodes for readers that decode it
+    #: (QuantizeLinear of a float constant read by DequantizeLinear, as ONNX Runtime's quantizer
+    #: writes constant inputs of quantized ops), or None: normalize evaluates it (never folded
+    #: otherwise) where every reader has a ``decode``, so the pair becomes one float constant with
+    #: its codec, as a stored integer weight does
+    encode: Callable[[gs.Node], Any] | None = None
     #: how the output is made zero (see :class:`ZeroPath`): the block oracle's walk back from a
     #: residual Add to the branch's output projection
     zero_out: ZeroFn | None = None
@@ -232,6 +238,15 @@ def runtime_extensions() -> frozenset[str]:
 def decoder(node: gs.Node) -> Callable[[gs.Node], Any] | None:
     """How to fold ``node`` (all inputs constant) into the float constant it stores (see :attr:`OpSpec.decode`)."""
     return spec_for(node).decode
+
+
+def encoder(node: gs.Node) -> Callable[[gs.Node], Any] | None:
+    """How to evaluate ``node`` when it only encodes a constant its readers decode (see
+    :attr:`OpSpec.encode`); None otherwise."""
+    readers = [r for o in node.outputs for r in o.outputs]
+    if not readers or not all(decoder(r) is not None for r in readers):
+        return None
+    return spec_for(node).encode
 
 
 def linear_view_for(node: gs.Node) -> type | None:
