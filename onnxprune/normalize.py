@@ -9,6 +9,7 @@ into initializers (``gs.Constant``) and then infer shapes.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -55,12 +56,30 @@ def normalize(model: onnx.ModelProto) -> gs.Graph:
     with G_LOGGER.suppress(G_LOGGER.ERROR):  # "no NumPy type for BFLOAT16": we read those with onnx
         graph = gs.import_onnx(model)
     lazy_external_values(graph)
+    _forget_generated_dims(graph)
     _constant_nodes_to_initializers(graph)
     _fold_decoded(graph)
     _fold_constant_nodes(graph, list(model.opset_import), model.ir_version)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     _name_nodes(graph)
     return infer_shapes(graph)
+
+
+#: the names ONNX shape inference gives dimensions it cannot name (``unk__<n>``)
+_GENERATED_DIM = re.compile(r"unk__\d+")
+
+
+def _forget_generated_dims(graph: gs.Graph) -> None:
+    """Dimensions a tool's earlier shape inference named ``unk__<n>`` (ONNX Runtime's quantizer
+    writes them into value_info) become unknown, for inference to name again: left, they stop
+    equal dimensions from being seen as equal (its run lacked data propagation, so a reshaped
+    attention output got a new name, and every residual block after it looked mismatched)."""
+    io = {id(t) for t in list(graph.inputs) + list(graph.outputs)}
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and id(tensor) not in io and tensor.shape is not None:
+            if any(isinstance(d, str) and _GENERATED_DIM.fullmatch(d) for d in tensor.shape):
+                tensor.shape = [None if isinstance(d, str) and _GENERATED_DIM.fullmatch(d) else d
+                                for d in tensor.shape]
 
 
 def _name_nodes(graph: gs.Graph) -> None:
@@ -102,8 +121,12 @@ def infer_shapes(graph: gs.Graph) -> gs.Graph:
             tt = vi.type.tensor_type
             if tensor.dtype is None and tt.elem_type:
                 tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
-            if tensor.shape is None and tt.HasField("shape"):
-                tensor.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+            if tt.HasField("shape"):
+                found = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+                if tensor.shape is None:
+                    tensor.shape = found
+                elif None in tensor.shape and len(found) == len(tensor.shape):  # fill what was unknown
+                    tensor.shape = [f if d is None else d for d, f in zip(tensor.shape, found)]
     return graph
 
 

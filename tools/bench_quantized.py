@@ -28,7 +28,7 @@ held-out sentences, ``build/minilm/heldout150.npz``; BERT: last hidden states of
 sequences; the decoder: logits of 4 random 16-token prompts, no cache).
 
     python tools/bench_quantized.py [--models resnet50 minilm-qdq minilm-dynamic bert-qdq bert-dynamic genai-int4]
-                                    [--json out.json]
+                                    [--prune blocks,heads,channels] [--json out.json]
 """
 
 from __future__ import annotations
@@ -222,12 +222,12 @@ def _checks(model: onnx.ModelProto) -> bool:
     return True
 
 
-def measure(name: str, setup: dict) -> dict:
+def measure(name: str, setup: dict, prune: str = "heads,channels") -> dict:
     import onnxprune
 
     quantized = onnx.load(setup["model"])
     start = time.perf_counter()
-    result = onnxprune.prune(quantized, ratio=0.3, **setup["options"])
+    result = onnxprune.prune(quantized, ratio=0.3, prune=prune, **setup["options"])
     seconds = time.perf_counter() - start
     pruned = result.model
     if _checks(quantized):  # GenAI graphs hold ONNX Runtime's SimplifiedLayerNormalization in the ONNX domain
@@ -245,6 +245,7 @@ def measure(name: str, setup: dict) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(SETUPS), choices=list(SETUPS))
+    ap.add_argument("--prune", default="heads,channels", help="what to remove (onnxprune's --prune)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     rows = []
@@ -252,7 +253,7 @@ def main(argv=None) -> int:
         work = Path(tmp)
         for name in args.models:
             setup = SETUPS[name](work)
-            row = measure(name, setup)
+            row = measure(name, setup, args.prune)
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:

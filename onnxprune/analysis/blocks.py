@@ -98,8 +98,8 @@ class _Graph:
 
 
 def _has_weights(spec) -> bool:
-    """A weight layer, float or packed (MatMulNBits)."""
-    return spec.weight_layer or spec.packed_params is not None
+    """A weight layer: float, integer (MatMulInteger, QLinearConv...) or packed (MatMulNBits)."""
+    return spec.weight_layer or spec.integer_layer or spec.packed_params is not None
 
 
 def _output_index(node: gs.Node, tensor: str) -> int | None:
@@ -257,8 +257,9 @@ def _zero_walk(g: _Graph, branch: str, dead: set[int]) -> tuple[list, list, str 
 
 
 def _params(g: _Graph, nodes: list[gs.Node], bias: list[gs.Constant]) -> int:
-    """Elements of the floating-point constants only removed nodes read, and of the bias fused
-    into the join (it goes with the branch) where nothing else reads it."""
+    """Elements of the floating-point constants only removed nodes read (and of integer layers'
+    weights and biases: float-equivalent, one parameter per integer), and of the bias fused into
+    the join (it goes with the branch) where nothing else reads it."""
     from ..dtypes import is_floating
 
     removed = {id(n) for n in nodes}
@@ -269,8 +270,11 @@ def _params(g: _Graph, nodes: list[gs.Node], bias: list[gs.Constant]) -> int:
                 readers.setdefault(id(t), []).append(node)
     total, seen = 0, set()
     for node in nodes:
-        packed = spec_for(node).packed_params
-        packed = packed(node) if packed is not None else {}
+        spec = spec_for(node)
+        packed = spec.packed_params(node) if spec.packed_params is not None else {}
+        if spec.integer_layer:
+            packed = {i: int(np.prod(node.inputs[i].shape, dtype=np.int64)) for i in spec.parameter_inputs or ()
+                      if i < len(node.inputs) and isinstance(node.inputs[i], gs.Constant)} | packed
         for i, t in enumerate(node.inputs):
             if isinstance(t, gs.Constant) and id(t) not in seen and (is_floating(t.dtype) or i in packed):
                 seen.add(id(t))

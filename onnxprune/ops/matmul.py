@@ -42,13 +42,13 @@ def gemm(node: gs.Node, state: State) -> None:
 def matmul(node: gs.Node, state: State) -> None:
     """Activation @ constant 2-D weight: the last axis is contracted in and created out.
 
-    Between two activations (attention), see :func:`_matmul_activations`.
+    Between two activations (attention), see :func:`matmul_activations`.
     """
     a, b = node.inputs[0], node.inputs[1]
     tr = state.track(a)
     weight = const(b)
     if weight is None:
-        _matmul_activations(node, state)
+        matmul_activations(node, state)
         return
     if weight.ndim != 2 or const(a) is not None:
         if tr is not None:
@@ -71,8 +71,9 @@ def matmul(node: gs.Node, state: State) -> None:
     state.set_track(node.outputs[0], r - 1, out, r)
 
 
-def _matmul_activations(node: gs.Node, state: State) -> None:
+def matmul_activations(node: gs.Node, state: State, operands: tuple[int, int] = (0, 1)) -> None:
     """``A @ B`` where B is computed: channels pass through where they do not meet each other.
+    ``operands``: the inputs holding A and B (QLinearMatMul: 0 and 3).
 
     A's rows (axis -2) become the output's rows and B's columns (axis -1) its columns, each
     output row/column depending on that one input row/column only; a batch axis (attention
@@ -80,7 +81,7 @@ def _matmul_activations(node: gs.Node, state: State) -> None:
     so the heads of A and B are tied like an element-wise op ties channels. Channels on the
     contracted axis (A's -1, B's -2) are refused: removing one would change every output.
     """
-    a, b = node.inputs[0], node.inputs[1]
+    a, b = node.inputs[operands[0]], node.inputs[operands[1]]
     ta, tb = state.track(a), state.track(b)
     if ta is None and tb is None:
         return
@@ -120,9 +121,9 @@ def _matmul_activations(node: gs.Node, state: State) -> None:
 
 
 @dims("MatMul")
-def matmul_dim(w, node: gs.Node, axis: int, r: int, d: int):
+def matmul_dim(w, node: gs.Node, axis: int, r: int, d: int, operands: tuple[int, int] = (0, 1)):
     """Rows from A, columns from B, batch axes broadcast (the two matrix axes take no part)."""
-    a, b = node.inputs[0], node.inputs[1]
+    a, b = node.inputs[operands[0]], node.inputs[operands[1]]
     ra, rb = rank_of(a), rank_of(b)
     if ra is None or rb is None or ra < 2 or rb < 2:
         return None

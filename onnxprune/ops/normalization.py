@@ -95,10 +95,15 @@ def mvn(node: gs.Node, state: State) -> None:
 
 @rule("Softmax", "LogSoftmax", "Hardmax", channel_inputs=(0,))
 def softmax(node: gs.Node, state: State) -> None:
+    softmax_of(node, state, state.opset)
+
+
+def softmax_of(node: gs.Node, state: State, opset: int) -> None:
+    """Softmax over ``axis`` as ONNX ``opset`` defines it (input 0); channels on other axes pass."""
     tr = state.track(node.inputs[0])
     if tr is None:
         return
-    if state.opset < 13:  # the input is coerced to 2-D from `axis`: every later axis is mixed
+    if opset < 13:  # the input is coerced to 2-D from `axis`: every later axis is mixed
         start = norm_axis(int(node.attrs.get("axis", 1)), tr.rank)
         axes = list(range(start, tr.rank))
     else:

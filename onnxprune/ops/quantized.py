@@ -31,13 +31,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from ..analysis.state import State, UnsupportedPattern, const, has_input, rank, static_shape
-from .common import norm_axis, pass_through, same_dim
+from .common import norm_axis, pass_through, same_dim, shape_of_input, zero_by_parameters
 from .conv import bias_site
 from .elementwise import broadcast_dim, elementwise
-from .registry import dims, register, rule, spec_key
+from .inference import ABSENT
+from .registry import Typed, ZeroPath, dims, register, rule, spec_key
 
 #: integer types a folded DequantizeLinear may hold (int4, float8... stay unfolded: not pruned)
 _CODED = (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32)
@@ -278,6 +280,8 @@ def encode_quantize(node: gs.Node) -> np.ndarray | None:
         s, z = s.reshape(shape), z.reshape(shape)
     elif s.size != 1:
         return None
+    if not np.all(np.isfinite(s)) or np.any(s == 0) or not np.all(np.isfinite(v)):
+        return None  # what the runtime makes of these is not ONNX's to say: left to it
     info = np.iinfo(z.dtype)
     q = np.rint(v / s).astype(np.float64) + z.astype(np.float64)
     return np.clip(q, info.min, info.max).astype(z.dtype)
@@ -322,6 +326,47 @@ def dynamic_quantize(node: gs.Node, state: State) -> None:
 
 
 dims(*_Q, *_DQ, "DynamicQuantizeLinear")(same_dim)
+
+
+def _zero_point(node: gs.Node) -> tuple | None:
+    """(zero point values, axis) of a Q/DQ node; None where the zero point is computed at run time."""
+    if not has_input(node, 2):
+        return (b"", None)  # zero point 0
+    z = const(node.inputs[2])
+    if z is None:
+        return None
+    axis = node.attrs.get("axis", 1) if z.ndim else None
+    return (z.tobytes() if np.any(z) else b"", axis)
+
+
+def _pair_keeps_zero(q: gs.Node, dq: gs.Node) -> bool:
+    """QuantizeLinear then DequantizeLinear with the same zero point: Q(0) is that zero point
+    exactly (0 / scale rounds to 0) and DQ maps it back to 0, whatever the scales."""
+    if spec_key(q) not in _Q or spec_key(dq) not in _DQ or int(q.attrs.get("block_size", 0) or 0):
+        return False
+    zq, zd = _zero_point(q), _zero_point(dq)
+    return zq is not None and zq == zd
+
+
+def _zero_quantize(node: gs.Node) -> ZeroPath | None:
+    """A QuantizeLinear read only by DequantizeLinears of its zero point passes zeros to them
+    (as codes: the zero point, which they decode to 0)."""
+    readers = [r for o in node.outputs for r in o.outputs]
+    if not readers or not all(_pair_keeps_zero(node, r) for r in readers):
+        return None
+    return ZeroPath(through=(0,))
+
+
+def _zero_dequantize(node: gs.Node) -> ZeroPath | None:
+    """A DequantizeLinear of a QuantizeLinear with its zero point: zero when the quantized input is."""
+    producers = node.inputs[0].inputs if node.inputs and not isinstance(node.inputs[0], gs.Constant) else []
+    if len(producers) != 1 or not _pair_keeps_zero(producers[0], node):
+        return None
+    return ZeroPath(through=(0,))
+
+
+register(*_Q, zero_out=_zero_quantize)
+register(*_DQ, zero_out=_zero_dequantize)
 
 
 # --- QOperator layers ---------------------------------------------------------------------------
@@ -449,12 +494,29 @@ def _rescale(node: gs.Node, out: np.ndarray, state: State) -> np.ndarray | None:
     return None
 
 
+def _qlinear_matmul_activations(node: gs.Node, state: State) -> None:
+    """QLinearMatMul of two activations (attention's q·kᵀ and weights·v): as MatMul's
+    (:func:`~onnxprune.ops.matmul.matmul_activations`), with A and B at inputs 0 and 3; their
+    scales and zero points (and the output's) must be one per tensor."""
+    from .matmul import matmul_activations
+
+    for i in (1, 2, 4, 5, 6, 7):
+        values = const(node.inputs[i]) if has_input(node, i) else np.zeros(())
+        if values is None or values.size != 1:
+            raise UnsupportedPattern(f"{node.op} between two activations with scales or zero points "
+                                     "that are not one per tensor")
+    matmul_activations(node, state, (0, 3))
+
+
 def quantized_layer(node: gs.Node, state: State) -> None:
     """A QOperator layer (see :data:`QLAYERS`): sites on its integer weight, per-channel weight
     scale and zero point, and bias; the output carries one new channel per output unit."""
     layer = QLAYERS[spec_key(node)]
     tr = state.track(node.inputs[0])
     weight = const(node.inputs[layer.weight])
+    if weight is None and spec_key(node) == "QLinearMatMul":
+        _qlinear_matmul_activations(node, state)
+        return
     if weight is None or weight.ndim < 2 or weight.dtype.kind not in "iu":
         if tr is not None:
             state.block(tr.atoms, f"{node.op} with weights computed at run time")
@@ -484,17 +546,29 @@ def quantized_layer(node: gs.Node, state: State) -> None:
     state.set_track(node.outputs[0], y_axis, out, y_rank)
 
 
+#: layers whose output is zero when their integer weight, its zero point and the bias are all
+#: zero (w - zero point = 0); the QLinear ones requantize their output to a zero point instead
+_ZERO_OUT = ("ConvInteger", "MatMulInteger", "com.microsoft:MatMulIntegerToFloat", "com.microsoft:DynamicQuantizeMatMul")
+
 for _key, _layer in QLAYERS.items():
-    rule(_key, channel_inputs=(0,))(quantized_layer)
+    rule(_key, channel_inputs=(0, 3) if _key == "QLinearMatMul" else (0,))(quantized_layer)
     register(_key, integer_layer=True,
-             parameter_inputs=tuple(i for i in (_layer.weight, _layer.bias) if i is not None))
+             parameter_inputs=tuple(i for i in (_layer.weight, _layer.bias) if i is not None),
+             zero_out=zero_by_parameters(*(i for i in (_layer.weight, _layer.zero, _layer.bias) if i is not None))
+             if _key in _ZERO_OUT else None)
 
 #: quantized layers with no rule: they block the channels they touch (MatMulNBits: see ops/nbits.py)
 register("com.microsoft:QAttention", "com.microsoft:QOrderedMatMul", integer_layer=True)
 
 
 def _matrix_dim(w, node: gs.Node, axis: int, r: int, d: int):
-    """A quantized matrix product's dims: the input's leading ones, the weight's columns last."""
+    """A quantized matrix product's dims: the input's leading ones, the weight's columns last
+    (between two activations, QLinearMatMul's as MatMul's)."""
+    layer = QLAYERS[spec_key(node)]
+    if const(node.inputs[layer.weight]) is None and spec_key(node) == "QLinearMatMul":
+        from .matmul import matmul_dim
+
+        return matmul_dim(w, node, axis, r, d, (0, 3))
     if axis == r - 1:
         return w.dim(node.inputs[QLAYERS[spec_key(node)].weight], 1, d)
     return w.dim(node.inputs[0], axis, d)
@@ -524,6 +598,64 @@ def qlinear_channelwise(node: gs.Node, state: State) -> None:
         raise UnsupportedPattern(f"{node.op} with parameters that are not one per tensor")
     pass_through(node, state)
 
+
+def _broadcast_shapes(a: list | None, b: list | None) -> list | None:
+    """Numpy broadcasting of two shapes (None where a dimension cannot be told)."""
+    if a is None or b is None:
+        return None
+    out = []
+    for x, y in zip([1] * (len(b) - len(a)) + list(a), [1] * (len(a) - len(b)) + list(b)):
+        out.append(y if x == 1 else x if y == 1 or x == y else None)
+    return out
+
+
+def _qlinear_broadcast_shapes(attrs: dict, shapes: list, n_outputs: int) -> list:
+    """QLinearAdd / QLinearMul: A (input 0) broadcast with B (input 3), quantized like A."""
+    return [_broadcast_shapes(shapes[0], shapes[3] if len(shapes) > 3 else None)]
+
+
+def _qgemm_shapes(attrs: dict, shapes: list, n_outputs: int) -> list:
+    """QGemm: (M, N) from A and B (transA/transB); a float output where it has no output scale."""
+    a, b = shapes[0], shapes[3] if len(shapes) > 3 else None
+    if not a or not b or len(a) != 2 or len(b) != 2:
+        return [None]
+    m = a[1] if attrs.get("transA", 0) else a[0]
+    n = b[0] if attrs.get("transB", 0) else b[1]
+    return [Typed([m, n], elem=None if len(shapes) > 7 and shapes[7] != ABSENT else onnx.TensorProto.FLOAT)]
+
+
+def _qlinear_concat_shapes(attrs: dict, shapes: list, n_outputs: int) -> list:
+    """QLinearConcat: inputs (Y_scale, Y_zero_point, then X, scale, zero point per tensor), along ``axis``."""
+    xs = shapes[2::3]
+    if not xs or any(x is None for x in xs) or len({len(x) for x in xs}) != 1:
+        return [None]
+    axis = int(attrs.get("axis", 0)) % len(xs[0])
+    sizes = [x[axis] for x in xs]
+    total = sum(sizes) if all(isinstance(d, int) for d in sizes) else None
+    return [Typed([total if i == axis else xs[0][i] for i in range(len(xs[0]))], like=2)]
+
+
+@rule("com.microsoft:QLinearSoftmax", channel_inputs=(0,))
+def qlinear_softmax(node: gs.Node, state: State) -> None:
+    """Softmax of a quantized tensor, as the ``opset`` it was quantized from defines Softmax;
+    its scales and zero points must be one per tensor."""
+    from .normalization import softmax_of
+
+    if state.track(node.inputs[0]) is None:
+        return
+    for i in range(1, len(node.inputs)):
+        values = const(node.inputs[i]) if has_input(node, i) else np.zeros(())
+        if values is None or values.size != 1:
+            raise UnsupportedPattern(f"{node.op} with scales or zero points that are not one per tensor")
+    softmax_of(node, state, int(node.attrs.get("opset", state.opset)))
+
+
+dims("com.microsoft:QLinearSoftmax")(same_dim)
+register(*QLINEAR_BROADCASTING, infer=_qlinear_broadcast_shapes)
+register("com.microsoft:QGemm", infer=_qgemm_shapes)
+register("com.microsoft:QLinearConcat", infer=_qlinear_concat_shapes)
+register("com.microsoft:QLinearSigmoid", "com.microsoft:QLinearLeakyRelu", "com.microsoft:QLinearSoftmax",
+         infer=shape_of_input(0))
 
 rule(*QLINEAR_BROADCASTING)(elementwise)  # its scales and zero points are scalars: they take no part
 dims(*QLINEAR_BROADCASTING)(broadcast_dim)
