@@ -114,6 +114,7 @@ def reconstruct(original: gs.Graph, pruned: gs.Graph, consumers: list[tuple], ca
     networks = StagedCapture(original, threads), StagedCapture(pruned, threads)
     waves = _waves(pruned, list(views))
     runs: list[CalibrationBatch] = []  # the runs' chunks and sizes, once read
+    strength = None  # the last ridge chosen: the next layer's walk starts there
     for number, wave in enumerate(waves, 1):
         # the residual a layer's output is added to, where it is already final in the pruned model
         residual = {n: r for n in wave if (r := _residual(views[n][0])) and upstream.get(r, set()) <= done}
@@ -130,7 +131,8 @@ def reconstruct(original: gs.Graph, pruned: gs.Graph, consumers: list[tuple], ca
         done |= set(wave)
         for name in wave:
             vo, vp, report = views[name]
-            _solve(acc.pop(name), vp, report, pruned, mode, ridge)  # each layer's matrices dropped once solved
+            # each layer's matrices are dropped once solved
+            strength = _solve(acc.pop(name), vp, report, pruned, mode, ridge, strength) or strength
     return reports
 
 
@@ -283,10 +285,13 @@ class _Walk:
         return self.best[2]
 
 
-def _downhill(grid: list[float], error) -> dict[float, float]:
-    """The errors of the strengths tried walking down from the grid's middle until the next one
-    is no better: held-out error is unimodal in the ridge strength in practice, and each solve
-    costs a factorisation of a Gram matrix up to thousands wide (about half the grid is tried)."""
+def _downhill(grid: list[float], error, start: int | None = None) -> dict[float, float]:
+    """The errors of the strengths tried walking downhill from ``start`` (the grid's middle
+    unless given) until the next one is no better: held-out error is unimodal in the ridge
+    strength in practice, so the walk ends at the same strength from any start, and each solve
+    costs a factorisation of a Gram matrix up to thousands wide. Started at the strength the
+    previous layer chose (layers of one network often choose alike), it tries 3 where that
+    strength wins again."""
     tried = {}
 
     def at(i: int) -> float:
@@ -294,7 +299,7 @@ def _downhill(grid: list[float], error) -> dict[float, float]:
             tried[grid[i]] = error(grid[i])
         return tried[grid[i]]
 
-    i = len(grid) // 2
+    i = len(grid) // 2 if start is None else start
     at(i)
     for step in (-1, 1):
         while 0 <= i + step < len(grid) and at(i + step) < at(i):
@@ -303,30 +308,32 @@ def _downhill(grid: list[float], error) -> dict[float, float]:
 
 
 def _solve(folds: list[_Accumulator], vp: LinearView, report: LayerReport, graph: gs.Graph,
-           mode: str, ridge: float | None) -> None:
+           mode: str, ridge: float | None, start: float | None = None) -> float | None:
     """Pick the refit by its error on the fold it was not fitted on, then fit on all data.
 
     Candidates: the layer as it is, bias only, and (lstsq) ridge solutions over ``RIDGE_GRID``
-    (or the given ``ridge``). A layer is never changed for the worse on held-out rows.
+    (or the given ``ridge``), walked from ``start``. A layer is never changed for the worse on
+    held-out rows. Returns the ridge strength the walk found best (None where none was tried).
     """
     for fold in folds:
         fold.flush()
     whole = _merged(folds)
     if not _finite(whole):
         report.skipped = NON_FINITE
-        return
+        return None
     w_p = vp.weight().astype(np.float64)
     current = np.vstack([w_p, vp.bias()[None, :]])
     report.error_before = _relative_error(whole, current)
     if not np.isfinite(report.error_before):  # sums that overflowed: nothing to compare a refit with
         report.error_before, report.skipped = None, NON_FINITE
-        return
+        return None
     fit, check = folds if folds[1].n else (whole, whole)
     candidates = {"current": (lambda a: current), "bias": (lambda a: _bias_only(a, w_p))}
     scores = {name: _held_out_error(check, make(fit)) for name, make in candidates.items()}
+    strength = None
     if mode == "lstsq":
-        walk = _Walk(fit, check)
-        tried = _downhill([ridge] if ridge else list(RIDGE_GRID), walk.error)
+        walk, grid = _Walk(fit, check), [ridge] if ridge else list(RIDGE_GRID)
+        tried = _downhill(grid, walk.error, grid.index(start) if start in grid else None)
         strength = min(sorted(tried), key=tried.get)  # the first of equals: the weakest
         candidates[f"ridge {strength:g}"] = (lambda a, s=strength: _ridge(a, s))
         scores[f"ridge {strength:g}"] = _held_out_error(check, walk.release().astype(np.float64))
@@ -344,10 +351,11 @@ def _solve(folds: list[_Accumulator], vp: LinearView, report: LayerReport, graph
     report.error_held_out = scores[best]
     if best == "current":
         report.error_after = report.error_before
-        return
+        return strength
     vp.set_weight(solution[:-1])
     vp.set_bias(solution[-1], graph)
     report.error_after = _relative_error(whole, solution)
+    return strength
 
 
 #: Why a layer is left as it is when its calibration statistics hold NaN or Inf.

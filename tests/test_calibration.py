@@ -333,3 +333,16 @@ def test_ridge_search_walks_down_to_the_grids_minimum_and_tries_the_given_streng
         assert min(tried, key=tried.get) == grid[best]
         assert len(tried) < len(grid) or best in (0, len(grid) - 1)
     assert _downhill([0.5], lambda s: 1.0) == {0.5: 1.0}
+
+
+def test_ridge_walk_from_any_start_ends_at_the_same_strength_and_from_the_winner_tries_three():
+    from onnxprune.reconstruct import RIDGE_GRID, _downhill
+
+    grid = list(RIDGE_GRID)
+    for best in range(len(grid)):
+        error = (lambda s, b=grid[best]: abs(np.log(s) - np.log(b)))
+        for start in range(len(grid)):
+            tried = _downhill(grid, error, start)
+            assert min(tried, key=tried.get) == grid[best]
+            assert grid[start] in tried  # the walk began where it was told
+        assert len(_downhill(grid, error, best)) == (2 if best in (0, len(grid) - 1) else 3)

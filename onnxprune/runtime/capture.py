@@ -146,24 +146,22 @@ class StagedCapture:
         """Prepare the stage that captures ``wanted`` (tensor names); True where it reads the
         calibration data (the first stage, or after the cut was dropped)."""
         self.graph.toposort()  # a refit may have appended a bias Add that earlier nodes read
-        model, weights = export_by_reference(self.graph)
-        g = model.graph
-        inputs = {i.name for i in g.input}
+        inputs = {t.name for t in self.graph.inputs}
         if self.kept and set(wanted) & self.ran - set(self.kept[0]):
             self.kept, self.ran = [], set()  # a wanted tensor left the cut: run from the inputs
         known = set(self.kept[0]) if self.kept else inputs
-        nodes = _needed_nodes(g, set(wanted), known)
+        nodes = _needed_nodes(self.graph.nodes, set(wanted), known)
         self.nodes_run = len(nodes)
-        produced = {t for n in nodes for t in n.output if t}
+        produced = {t.name for n in nodes for t in n.outputs if t.name}
         ran_after = (self.ran if self.kept else inputs) | produced
         # the new cut: tensors run so far that a node not yet run still reads
-        later = {t for n in g.node if not set(n.output) <= ran_after for t in list(n.input) + list(_subgraph_names(n))}
+        later = {t for n in self.graph.nodes if not {o.name for o in n.outputs} <= ran_after for t in _reads(n)}
         cut = sorted(t for t in ran_after & later if t)
         outputs = sorted((set(wanted) | set(cut)) & produced)
         self._plan, self._ran_after = (outputs, cut), ran_after
         dtypes = {k: v.dtype for k, v in self.kept[0].items()} if self.kept else {}
-        self._session = _cut_session(model, weights, nodes, outputs, known, dtypes,
-                                     self.threads) if outputs else None
+        self._session = _stage_session(self.graph, nodes, outputs, known, dtypes,
+                                       self.threads) if outputs else None
         self._new_kept: list[dict[str, np.ndarray]] | None = []
         self._bytes = 0
         return not self.kept
@@ -195,16 +193,38 @@ class StagedCapture:
             self.kept, self.ran = [], set()
 
 
-def _needed_nodes(graph, wanted: set[str], known: set[str]) -> list:
+def _reads(node: gs.Node) -> set[str]:
+    """The tensor names ``node`` reads, its subgraphs' outer references included."""
+    names = {t.name for t in node.inputs if t.name}
+    for value in node.attrs.values():
+        for sub in value if isinstance(value, list) else [value]:
+            if isinstance(sub, gs.Graph):
+                names.update(t for inner in sub.nodes for t in _reads(inner))
+    return names
+
+
+def _needed_nodes(nodes: list[gs.Node], wanted: set[str], known: set[str]) -> list[gs.Node]:
     """The nodes (in graph order) needed to compute ``wanted`` from the ``known`` tensors."""
     needed = set(wanted) - known
     kept = []
-    for node in reversed(graph.node):
-        if needed.intersection(node.output):
+    for node in reversed(nodes):
+        if needed.intersection(t.name for t in node.outputs):
             kept.append(node)
-            needed.update(t for t in list(node.input) + list(_subgraph_names(node)) if t not in known)
+            needed.update(t for t in _reads(node) if t not in known)
     kept.reverse()
     return kept
+
+
+def _stage_session(graph: gs.Graph, nodes: list[gs.Node], outputs: list[str], known: set[str],
+                   dtypes: dict[str, np.dtype], threads: int | None):
+    """The session of one stage, exported from its own nodes and the constants they read (by
+    reference: weights left in their files stay there), not from the whole graph each time."""
+    reads = set().union(*(_reads(n) for n in nodes))
+    own = gs.Graph(nodes=nodes, inputs=[t for t in graph.inputs if t.name in reads], outputs=[],
+                   name=graph.name, opset=graph.opset, import_domains=graph.import_domains,
+                   functions=graph.functions, ir_version=graph.ir_version)
+    model, weights = export_by_reference(own)
+    return _cut_session(model, weights, list(model.graph.node), outputs, known, dtypes, threads)
 
 
 def _cut_session(model, weights: dict[str, np.ndarray], nodes: list, outputs: list[str], known: set[str],
