@@ -320,7 +320,9 @@ class SlicedValues(ExternalValues):
             shape[axis] = int(mask.sum())
         self.shape, self.dtype = shape, source.dtype
         self._meta = onnx.TensorProto(name=source._meta.name, data_type=source._meta.data_type, dims=shape)
-        self.nbytes = self.length = int(np.prod(shape, dtype=np.int64)) * np.dtype(source.dtype).itemsize
+        # the stored element size (``dtype`` may be an ONNX type number: bfloat16, float8)
+        per_element = source.length // max(int(np.prod(source.shape, dtype=np.int64)), 1)
+        self.nbytes = self.length = int(np.prod(shape, dtype=np.int64)) * per_element
 
     def load(self) -> np.ndarray:
         values = self.source.load()
