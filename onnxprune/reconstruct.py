@@ -217,10 +217,17 @@ def _accumulate(acc: dict, name: str, run, vo: LinearView, vp: LinearView, x_o: 
     a.add(vp.rows(x_p, pick).astype(np.float32, copy=False), rows_o, drift)
 
 
-def _merged(folds: list[_Accumulator]) -> _Accumulator:
+def _merge_into_first(folds: list[_Accumulator]) -> _Accumulator:
+    """Both folds' sums, added into the first in place (the second's matrices go): a Gram
+    matrix thousands wide is never held three times."""
     a, b = folds
-    return _Accumulator(a.g + b.g, a.b + b.b, a.s_t + b.s_t, a.s_tt + b.s_tt, a.n + b.n,
-                        target_weight=a.target_weight)
+    if b.n:
+        a.g += b.g
+        a.b += b.b
+        a.s_t = a.s_t + b.s_t
+        a.s_tt, a.n = a.s_tt + b.s_tt, a.n + b.n
+    b.g = b.b = None
+    return a
 
 
 def _relative_error(a: _Accumulator, wa: np.ndarray, g_wa: np.ndarray | None = None) -> float:
@@ -248,12 +255,15 @@ def _ridge(a: _Accumulator, strength: float, g: np.ndarray | None = None, b: np.
     g, b = (a.g, a.b) if g is None else (g, b)
     k = g.shape[0] - 1
     scale = float(np.trace(a.g[:k, :k])) / max(k, 1)
-    lhs = g.copy()
-    lhs[np.arange(k), np.arange(k)] += strength * scale if scale > 0 else strength
+    at = np.arange(k)
+    diagonal = g[at, at].copy()  # the ridge goes on the diagonal in place, and comes off exactly
+    g[at, at] += strength * scale if scale > 0 else strength
     try:
-        return np.linalg.solve(lhs, b)
+        return np.linalg.solve(g, b)
     except np.linalg.LinAlgError:
-        return np.linalg.lstsq(lhs, b, rcond=None)[0]
+        return np.linalg.lstsq(g, b, rcond=None)[0]
+    finally:
+        g[at, at] = diagonal
 
 
 class _Walk:
@@ -264,7 +274,6 @@ class _Walk:
     def __init__(self, fit: _Accumulator, check: _Accumulator):
         self.fit, self.check = fit, check
         self.g, self.b = fit.g.astype(np.float32), fit.b.astype(np.float32)
-        self.check_g = check.g.astype(np.float32)
         #: the solution of the lowest error so far (the weakest of equals), (error, strength, solution):
         #: one solution held, not one per strength tried (each is as large as the layer's weight)
         self.best: tuple[float, float, np.ndarray] | None = None
@@ -273,16 +282,29 @@ class _Walk:
         solution = _ridge(self.fit, strength, self.g, self.b)
         error = float("inf")
         if np.isfinite(solution).all():
-            error = _relative_error(self.check, solution.astype(np.float64), self.check_g @ solution)
+            error = _relative_error(self.check, solution.astype(np.float64), _product32(self.check.g, solution))
             error = error if np.isfinite(error) else float("inf")
         if self.best is None or (error, strength) < self.best[:2]:
             self.best = error, strength, solution
         return error
 
     def release(self) -> np.ndarray:
-        """The best solution; the float32 copies of the Gram matrices are dropped."""
-        self.g = self.b = self.check_g = None
+        """The best solution; the float32 copy of the Gram matrix is dropped."""
+        self.g = self.b = None
         return self.best[2]
+
+
+#: Rows of a float64 Gram matrix cast to float32 at a time for the walk's products: no float32
+#: copy of the whole matrix is held beside the fit fold's
+PRODUCT_ROWS = 1024
+
+
+def _product32(g: np.ndarray, solution: np.ndarray) -> np.ndarray:
+    """``g @ solution`` in float32, ``g`` (float64) cast a block of rows at a time."""
+    out = np.empty((g.shape[0], solution.shape[1]), np.float32)
+    for start in range(0, g.shape[0], PRODUCT_ROWS):
+        out[start:start + PRODUCT_ROWS] = g[start:start + PRODUCT_ROWS].astype(np.float32) @ solution
+    return out
 
 
 def _downhill(grid: list[float], error, start: int | None = None) -> dict[float, float]:
@@ -317,17 +339,12 @@ def _solve(folds: list[_Accumulator], vp: LinearView, report: LayerReport, graph
     """
     for fold in folds:
         fold.flush()
-    whole = _merged(folds)
-    if not _finite(whole):
+    if not all(_finite(fold) for fold in folds if fold.n):
         report.skipped = NON_FINITE
         return None
     w_p = vp.weight().astype(np.float64)
     current = np.vstack([w_p, vp.bias()[None, :]])
-    report.error_before = _relative_error(whole, current)
-    if not np.isfinite(report.error_before):  # sums that overflowed: nothing to compare a refit with
-        report.error_before, report.skipped = None, NON_FINITE
-        return None
-    fit, check = folds if folds[1].n else (whole, whole)
+    fit, check = folds if folds[1].n else (folds[0], folds[0])  # one fold: it is the whole
     candidates = {"current": (lambda a: current), "bias": (lambda a: _bias_only(a, w_p))}
     scores = {name: _held_out_error(check, make(fit)) for name, make in candidates.items()}
     strength = None
@@ -338,8 +355,11 @@ def _solve(folds: list[_Accumulator], vp: LinearView, report: LayerReport, graph
         candidates[f"ridge {strength:g}"] = (lambda a, s=strength: _ridge(a, s))
         scores[f"ridge {strength:g}"] = _held_out_error(check, walk.release().astype(np.float64))
         del walk
-    for fold in folds:  # only ``whole`` is needed from here: the folds' matrices go
-        fold.g = fold.b = None
+    whole = _merge_into_first(folds)  # the folds are not needed from here
+    report.error_before = _relative_error(whole, current) if _finite(whole) else float("nan")
+    if not np.isfinite(report.error_before):  # sums that overflowed: nothing to compare a refit with
+        report.error_before, report.skipped = None, NON_FINITE
+        return None
     best = min(scores, key=scores.get)  # the first of equals: "current" wins ties
     solution = candidates[best](whole) if best != "current" else current
     if not np.isfinite(solution).all():
