@@ -385,13 +385,16 @@ class QLayer:
     per_tensor: tuple[int, ...] = ()
     #: the float output is rescaled by Mul(activation scale, weight scale) (dynamic quantization)
     rescaled: bool = False
+    #: its "weight" may be a second activation (QLinearMatMul: attention's q·kᵀ and weights·v),
+    #: multiplied as MatMul multiplies two activations
+    two_activations: bool = False
 
 
 QLAYERS = {
     "ConvInteger": QLayer("conv", 1, None, 3, None, per_tensor=(2,), rescaled=True),
     "QLinearConv": QLayer("conv", 3, 4, 5, 8, per_tensor=(1, 2, 6, 7)),
     "MatMulInteger": QLayer("matmul", 1, None, 3, None, per_tensor=(2,), rescaled=True),
-    "QLinearMatMul": QLayer("matmul", 3, 4, 5, None, per_tensor=(1, 2, 6, 7)),
+    "QLinearMatMul": QLayer("matmul", 3, 4, 5, None, per_tensor=(1, 2, 6, 7), two_activations=True),
     "com.microsoft:QGemm": QLayer("gemm", 3, 4, 5, 6, per_tensor=(1, 2, 7, 8)),
     "com.microsoft:MatMulIntegerToFloat": QLayer("matmul", 1, 3, 5, 6, per_tensor=(2, 4)),
     "com.microsoft:DynamicQuantizeMatMul": QLayer("matmul", 1, 2, 3, 4),
@@ -494,18 +497,23 @@ def _rescale(node: gs.Node, out: np.ndarray, state: State) -> np.ndarray | None:
     return None
 
 
-def _qlinear_matmul_activations(node: gs.Node, state: State) -> None:
-    """QLinearMatMul of two activations (attention's q·kᵀ and weights·v): as MatMul's
-    (:func:`~onnxprune.ops.matmul.matmul_activations`), with A and B at inputs 0 and 3; their
-    scales and zero points (and the output's) must be one per tensor."""
-    from .matmul import matmul_activations
-
-    for i in (1, 2, 4, 5, 6, 7):
+def _one_per_tensor(node: gs.Node, indices, what: str) -> None:
+    """Refuse ``node`` unless its inputs ``indices`` (scales, zero points) are constants of one
+    value each (or left out)."""
+    for i in indices:
         values = const(node.inputs[i]) if has_input(node, i) else np.zeros(())
         if values is None or values.size != 1:
-            raise UnsupportedPattern(f"{node.op} between two activations with scales or zero points "
-                                     "that are not one per tensor")
-    matmul_activations(node, state, (0, 3))
+            raise UnsupportedPattern(f"{node.op} {what} with scales or zero points that are not one per tensor")
+
+
+def _qlinear_matmul_activations(node: gs.Node, state: State, layer: QLayer) -> None:
+    """QLinearMatMul of two activations (attention's q·kᵀ and weights·v): as MatMul's
+    (:func:`~onnxprune.ops.matmul.matmul_activations`), with A at input 0 and B at the weight's
+    input; every scale and zero point (the output's too) must be one per tensor."""
+    from .matmul import matmul_activations
+
+    _one_per_tensor(node, [i for i in range(1, len(node.inputs)) if i != layer.weight], "between two activations")
+    matmul_activations(node, state, (0, layer.weight))
 
 
 def quantized_layer(node: gs.Node, state: State) -> None:
@@ -514,8 +522,8 @@ def quantized_layer(node: gs.Node, state: State) -> None:
     layer = QLAYERS[spec_key(node)]
     tr = state.track(node.inputs[0])
     weight = const(node.inputs[layer.weight])
-    if weight is None and spec_key(node) == "QLinearMatMul":
-        _qlinear_matmul_activations(node, state)
+    if weight is None and layer.two_activations:
+        _qlinear_matmul_activations(node, state, layer)
         return
     if weight is None or weight.ndim < 2 or weight.dtype.kind not in "iu":
         if tr is not None:
@@ -551,7 +559,7 @@ def quantized_layer(node: gs.Node, state: State) -> None:
 _ZERO_OUT = ("ConvInteger", "MatMulInteger", "com.microsoft:MatMulIntegerToFloat", "com.microsoft:DynamicQuantizeMatMul")
 
 for _key, _layer in QLAYERS.items():
-    rule(_key, channel_inputs=(0, 3) if _key == "QLinearMatMul" else (0,))(quantized_layer)
+    rule(_key, channel_inputs=(0, _layer.weight) if _layer.two_activations else (0,))(quantized_layer)
     register(_key, integer_layer=True,
              parameter_inputs=tuple(i for i in (_layer.weight, _layer.bias) if i is not None),
              zero_out=zero_by_parameters(*(i for i in (_layer.weight, _layer.zero, _layer.bias) if i is not None))
@@ -565,10 +573,10 @@ def _matrix_dim(w, node: gs.Node, axis: int, r: int, d: int):
     """A quantized matrix product's dims: the input's leading ones, the weight's columns last
     (between two activations, QLinearMatMul's as MatMul's)."""
     layer = QLAYERS[spec_key(node)]
-    if const(node.inputs[layer.weight]) is None and spec_key(node) == "QLinearMatMul":
+    if const(node.inputs[layer.weight]) is None and layer.two_activations:
         from .matmul import matmul_dim
 
-        return matmul_dim(w, node, axis, r, d, (0, 3))
+        return matmul_dim(w, node, axis, r, d, (0, layer.weight))
     if axis == r - 1:
         return w.dim(node.inputs[QLAYERS[spec_key(node)].weight], 1, d)
     return w.dim(node.inputs[0], axis, d)
@@ -643,10 +651,7 @@ def qlinear_softmax(node: gs.Node, state: State) -> None:
 
     if state.track(node.inputs[0]) is None:
         return
-    for i in range(1, len(node.inputs)):
-        values = const(node.inputs[i]) if has_input(node, i) else np.zeros(())
-        if values is None or values.size != 1:
-            raise UnsupportedPattern(f"{node.op} with scales or zero points that are not one per tensor")
+    _one_per_tensor(node, range(1, len(node.inputs)), "of a quantized tensor")
     softmax_of(node, state, int(node.attrs.get("opset", state.opset)))
 
 
