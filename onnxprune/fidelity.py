@@ -82,15 +82,11 @@ def output_fidelity(original: bytes | gs.Graph, pruned: bytes | gs.Graph, batche
     A model given as a graph (one whose weights were left in their files) runs with its weights
     handed to ONNX Runtime by reference, never serialized."""
     io_cuts = io_cuts or {}
-    from .runtime.capture import NO_PREPACKING, graph_session
+    from .runtime.capture import analysis_options, graph_session
     from .runtime.session import onnxruntime
 
     ort = onnxruntime()
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.add_session_config_entry(NO_PREPACKING, "1")
-    if threads:
-        opts.intra_op_num_threads = threads
+    opts = analysis_options(threads)
 
     def session(m):
         return graph_session(m, threads) if isinstance(m, gs.Graph) \
