@@ -230,10 +230,9 @@ def _merge_into_first(folds: list[_Accumulator]) -> _Accumulator:
     return a
 
 
-def _relative_error(a: _Accumulator, wa: np.ndarray, g_wa: np.ndarray | None = None) -> float:
-    """The sum of squared errors of ``wa`` on ``a`` over its total sum of squares; ``g_wa``: the
-    product ``a.g @ wa`` where already taken (in float32 by the ridge walk), summed in float64."""
-    g_wa = a.g @ wa if g_wa is None else g_wa
+def _relative_error(a: _Accumulator, wa: np.ndarray) -> float:
+    """The sum of squared errors of ``wa`` on ``a`` over its total sum of squares."""
+    g_wa = a.g @ wa
     sse = float(np.sum(wa * g_wa, dtype=np.float64) - 2 * np.sum(wa * a.b) + a.s_tt)
     sst = a.s_tt - float(a.s_t @ a.s_t) / a.n
     return max(sse, 0.0) / sst if sst > 0 else 0.0
@@ -249,14 +248,16 @@ def _bias_only(a: _Accumulator, w: np.ndarray) -> np.ndarray:
     return np.vstack([w, (a.s_t / a.n - mean_rows @ w)[None, :]])
 
 
-def _ridge(a: _Accumulator, strength: float, g: np.ndarray | None = None, b: np.ndarray | None = None) -> np.ndarray:
-    """The ridge solution at ``strength``, solved in the precision of ``g`` and ``b`` (``a``'s
-    own float64 matrices unless given: the walk passes float32 copies)."""
-    g, b = (a.g, a.b) if g is None else (g, b)
+def _ridge(a: _Accumulator, strength: float) -> np.ndarray:
+    """The ridge solution at ``strength`` from ``a``'s float64 matrices. The ridge goes on the
+    diagonal in place and comes off exactly, so no copy of a Gram matrix thousands wide is made
+    here (``np.linalg.solve`` makes its own, in float64 whatever the input's type: a float32
+    copy would only add a cast and a third matrix)."""
+    g, b = a.g, a.b
     k = g.shape[0] - 1
-    scale = float(np.trace(a.g[:k, :k])) / max(k, 1)
+    scale = float(np.trace(g[:k, :k])) / max(k, 1)
     at = np.arange(k)
-    diagonal = g[at, at].copy()  # the ridge goes on the diagonal in place, and comes off exactly
+    diagonal = g[at, at].copy()
     g[at, at] += strength * scale if scale > 0 else strength
     try:
         return np.linalg.solve(g, b)
@@ -264,47 +265,6 @@ def _ridge(a: _Accumulator, strength: float, g: np.ndarray | None = None, b: np.
         return np.linalg.lstsq(g, b, rcond=None)[0]
     finally:
         g[at, at] = diagonal
-
-
-class _Walk:
-    """The ridge walk's solves and held-out errors in float32: each of its solves factorises a
-    Gram matrix up to thousands wide, twice as fast as in float64. Only the strength is chosen
-    this way; the winner is scored again in float64 and the kept solve is float64 (``_solve``)."""
-
-    def __init__(self, fit: _Accumulator, check: _Accumulator):
-        self.fit, self.check = fit, check
-        self.g, self.b = fit.g.astype(np.float32), fit.b.astype(np.float32)
-        #: the solution of the lowest error so far (the weakest of equals), (error, strength, solution):
-        #: one solution held, not one per strength tried (each is as large as the layer's weight)
-        self.best: tuple[float, float, np.ndarray] | None = None
-
-    def error(self, strength: float) -> float:
-        solution = _ridge(self.fit, strength, self.g, self.b)
-        error = float("inf")
-        if np.isfinite(solution).all():
-            error = _relative_error(self.check, solution.astype(np.float64), _product32(self.check.g, solution))
-            error = error if np.isfinite(error) else float("inf")
-        if self.best is None or (error, strength) < self.best[:2]:
-            self.best = error, strength, solution
-        return error
-
-    def release(self) -> np.ndarray:
-        """The best solution; the float32 copy of the Gram matrix is dropped."""
-        self.g = self.b = None
-        return self.best[2]
-
-
-#: Rows of a float64 Gram matrix cast to float32 at a time for the walk's products: no float32
-#: copy of the whole matrix is held beside the fit fold's
-PRODUCT_ROWS = 1024
-
-
-def _product32(g: np.ndarray, solution: np.ndarray) -> np.ndarray:
-    """``g @ solution`` in float32, ``g`` (float64) cast a block of rows at a time."""
-    out = np.empty((g.shape[0], solution.shape[1]), np.float32)
-    for start in range(0, g.shape[0], PRODUCT_ROWS):
-        out[start:start + PRODUCT_ROWS] = g[start:start + PRODUCT_ROWS].astype(np.float32) @ solution
-    return out
 
 
 def _downhill(grid: list[float], error, start: int | None = None) -> dict[float, float]:
@@ -349,12 +309,13 @@ def _solve(folds: list[_Accumulator], vp: LinearView, report: LayerReport, graph
     scores = {name: _held_out_error(check, make(fit)) for name, make in candidates.items()}
     strength = None
     if mode == "lstsq":
-        walk, grid = _Walk(fit, check), [ridge] if ridge else list(RIDGE_GRID)
-        tried = _downhill(grid, walk.error, grid.index(start) if start in grid else None)
+        # each solution tried is dropped once scored: only the strengths' errors are kept
+        grid = [ridge] if ridge else list(RIDGE_GRID)
+        tried = _downhill(grid, lambda s: _held_out_error(check, _ridge(fit, s)),
+                          grid.index(start) if start in grid else None)
         strength = min(sorted(tried), key=tried.get)  # the first of equals: the weakest
         candidates[f"ridge {strength:g}"] = (lambda a, s=strength: _ridge(a, s))
-        scores[f"ridge {strength:g}"] = _held_out_error(check, walk.release().astype(np.float64))
-        del walk
+        scores[f"ridge {strength:g}"] = tried[strength]
     whole = _merge_into_first(folds)  # the folds are not needed from here
     report.error_before = _relative_error(whole, current) if _finite(whole) else float("nan")
     if not np.isfinite(report.error_before):  # sums that overflowed: nothing to compare a refit with
