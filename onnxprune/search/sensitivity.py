@@ -21,7 +21,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..analysis import Analysis
-from ..runtime.capture import NO_SPINNING
+from ..runtime.capture import analysis_options
 
 #: kept fractions swept by default
 FRACTIONS = (0.9, 0.75, 0.5, 0.25)
@@ -86,12 +86,8 @@ class _Reference:
         self.samples = samples
 
     def _session(self, model_bytes: bytes):
-        opts = self.ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.add_session_config_entry(NO_SPINNING, "0")  # numpy runs between its runs
-        if self.threads:
-            opts.intra_op_num_threads = self.threads
-        return self.ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+        return self.ort.InferenceSession(model_bytes, analysis_options(self.threads),
+                                         providers=["CPUExecutionProvider"])
 
     def compare(self, graph: gs.Graph) -> tuple[float, float]:
         """(mean cosine, relative error) of ``graph``'s outputs against the original's, pooled over outputs."""
