@@ -418,7 +418,10 @@ def _quantize(tmp_path: Path, source: str, kind: str, per_channel: bool) -> onnx
     q = pytest.importorskip("onnxruntime.quantization")
     out = tmp_path / f"{kind}.onnx"
     if kind == "dynamic":
-        q.quantize_dynamic(str(MODELS / source), str(out), per_channel=per_channel)
+        # 7-bit weights, as ONNX Runtime's guide advises for CPUs without VNNI: full-range ones
+        # saturate its u8s8 kernels there (AVX2), and the outputs of the zeroed and the pruned model
+        # then differ by where the saturating pairs of products fall, not by the pruning
+        q.quantize_dynamic(str(MODELS / source), str(out), per_channel=per_channel, reduce_range=True)
     else:
         feeds = _feeds(source, 32 if source.startswith("digits") else 8)
         fmt = q.QuantFormat.QDQ if kind == "qdq" else q.QuantFormat.QOperator
