@@ -26,7 +26,7 @@ OUTPUT = "Output and reports"
 SECTIONS = (INPUT, WHAT, CALIBRATION, RECONSTRUCTION, QUANTIZATION, TARGETS, OUTPUT)
 
 #: reconstruction modes; "none" is spelled --no-reconstruct on the command line
-RECONSTRUCT_MODES = ("none", "bias", "lstsq")
+RECONSTRUCT_MODES = ("none", "bias", "lstsq", "nonlinear")
 DEFAULT_RATIO = 0.3
 #: ``--quantize`` methods (``runtime/quantize.py`` applies them)
 QUANTIZE_METHODS = ("int8", "int8-dynamic", "int4")
@@ -163,8 +163,10 @@ class PruneOptions:
         "grayscale]; --calib-mean 0.5 --calib-std 0.5 gives [-1, 1].")
     #: None: "lstsq" with calibration data, "none" without; or "none", "bias", "lstsq"
     reconstruct: str | None = _opt(
-        flag="--reconstruct", group=RECONSTRUCTION, kind=("lstsq", "bias"),
-        help="How to repair the layers that lost inputs [default with --calib: lstsq].",
+        flag="--reconstruct", group=RECONSTRUCTION, kind=("lstsq", "bias", "nonlinear"),
+        help="How to repair the layers that lost inputs [default with --calib: lstsq]. nonlinear: lstsq, "
+        "then each MLP's two projections fitted together through its activation where that does better "
+        "on held-out calibration rows (slower).",
         alias=("--no-reconstruct", "none", "Do not repair layers, even with --calib."))
     #: None: chosen per layer on held-out calibration rows
     ridge: float | None = _opt(

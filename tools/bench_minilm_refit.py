@@ -68,7 +68,7 @@ def run_variant(ctx, variant: str) -> int:
     parts = variant.split("+")
     extra = [p for p in parts if p in PROJECTIONS]
     ridge = next((float(p[1:]) for p in parts if p.startswith("r")), None)
-    mode = "bias" if "bias" in parts else "none" if "none" in parts else "lstsq"
+    mode = next((p for p in parts if p in ("bias", "none", "nonlinear")), "lstsq")
     ctx.options = dataclasses.replace(ctx.options, ridge=ridge, reconstruct=mode)
     saved = builtin.refit_layers
     builtin.refit_layers = with_extra(saved, extra)

@@ -75,6 +75,10 @@ class LinearView:
         """The (node, input) holding the bias constant, None when there is none yet."""
         return None
 
+    def output_after_bias(self) -> gs.Variable:
+        """The layer's output with its bias added (what an activation after it reads)."""
+        return self.node.outputs[0]
+
     def refit_refused(self, w: np.ndarray) -> str | None:
         """Why a refit weight ``w`` cannot be stored, or None. A quantized weight (a folded
         DequantizeLinear's codec) is requantized on its scales, widened per channel where the

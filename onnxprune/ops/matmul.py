@@ -222,6 +222,10 @@ class MatrixView(LinearView):
         add = self._bias_add()
         return None if add is None else (add, 1 if add.inputs[0] is self.node.outputs[0] else 0)
 
+    def output_after_bias(self) -> gs.Variable:
+        add = None if self.node.op == "Gemm" else self._bias_add()
+        return (add or self.node).outputs[0]
+
     def bias(self) -> np.ndarray:
         n = self.weight().shape[1]
         if self.node.op == "Gemm":

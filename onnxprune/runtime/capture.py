@@ -197,6 +197,10 @@ class StagedCapture:
                 self._new_kept.append(kept)
         return have
 
+    def reset(self) -> None:
+        """Forget the kept cut (a layer upstream of it changed): the next stage runs from the inputs."""
+        self.kept, self.ran = [], set()
+
     def finish(self) -> None:
         """End the stage: the next one continues from its cut (or from the inputs)."""
         self._session = None
@@ -226,6 +230,13 @@ def _needed_nodes(nodes: list[gs.Node], wanted: set[str], known: set[str]) -> li
             needed.update(t for t in _reads(node) if t not in known)
     kept.reverse()
     return kept
+
+
+def subgraph_session(graph: gs.Graph, nodes: list[gs.Node], inputs: list[str], outputs: list[str],
+                     threads: int | None = None, dtype=np.float32):
+    """A session running ``nodes`` of ``graph`` (with the constants they read) from the tensors
+    ``inputs`` (of ``dtype``) to ``outputs``: a piece of a model evaluated on arrays of one's own."""
+    return _stage_session(graph, nodes, outputs, set(inputs), {n: np.dtype(dtype) for n in inputs}, threads)
 
 
 def _stage_session(graph: gs.Graph, nodes: list[gs.Node], outputs: list[str], known: set[str],

@@ -1,0 +1,128 @@
+"""``--reconstruct nonlinear``: an MLP's two projections fitted together through its activation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+from conftest import session
+from graphs import GraphBuilder
+
+from onnxprune import prune
+from onnxprune.mlp_refit import Activation, find_mlp
+
+
+def gelu(b: GraphBuilder, z: str) -> str:
+    """GELU as the TorchScript exporter writes it: x * (1 + erf(x / sqrt 2)) * 0.5."""
+    shape = b.shapes[z]
+    e = b.node("Erf", [b.node("Div", [z, b.const(np.float32(math.sqrt(2)))], shape)], shape)
+    one_plus = b.node("Add", [e, b.const(np.float32(1))], shape)
+    return b.node("Mul", [b.node("Mul", [z, one_plus], shape), b.const(np.float32(0.5))], shape)
+
+
+def mlp_model(seed: int, act: str = "gelu", hidden: int = 32) -> onnx.ModelProto:
+    """x + down(act(up(x))), tokens of 8 channels: a transformer's FFN sub-block."""
+    b = GraphBuilder(seed)
+    x = b.input(["batch", 3, 8], name="x")
+    z = b.matmul(x, hidden)
+    h = gelu(b, z) if act == "gelu" else b.act(z, act)
+    b.output(b.node("Add", [x, b.matmul(h, 8)], ["batch", 3, 8]))
+    return b.model()
+
+
+def data(seed: int, batches: int = 8) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal((64, 3, 8)).astype(np.float32)} for _ in range(batches)]
+
+
+def output_error(original: onnx.ModelProto, pruned: onnx.ModelProto, x: np.ndarray) -> float:
+    y0 = session(original).run(None, {"x": x})[0]
+    y1 = session(pruned).run(None, {"x": x})[0]
+    return float(np.linalg.norm(y1 - y0) / np.linalg.norm(y0))
+
+
+@pytest.mark.parametrize("act", ["gelu", "Relu", "Tanh"])
+def test_the_joint_fit_lowers_the_held_out_error_below_least_squares(act):
+    model = mlp_model(3, act)
+    held_out = np.concatenate([d["x"] for d in data(99, 2)])
+    errors, layers = {}, {}
+    for mode in ("lstsq", "nonlinear"):
+        result = prune(model, ratio=0.5, criterion="obs", calibration=data(1), reconstruct=mode)
+        onnx.checker.check_model(result.model, full_check=True)
+        errors[mode] = output_error(model, result.model, held_out)
+        layers[mode] = result.report["reconstruction"]["layers"]
+    (joint,) = layers["nonlinear"]
+    assert joint["choice"].endswith("+ joint") and joint["joint"].startswith("with "), joint
+    assert errors["nonlinear"] < 0.95 * errors["lstsq"], errors
+    assert layers["lstsq"][0]["joint"] is None  # lstsq does not try it
+
+
+def test_the_joint_fit_keeps_the_models_size_and_structure():
+    model = mlp_model(4)
+    lstsq = prune(model, ratio=0.5, calibration=data(1), reconstruct="lstsq").model
+    joint = prune(model, ratio=0.5, calibration=data(1), reconstruct="nonlinear").model
+    shapes = lambda m: sorted((t.name, tuple(t.dims)) for t in m.graph.initializer)  # noqa: E731
+    assert shapes(joint) == shapes(lstsq)
+    assert [n.op_type for n in joint.graph.node] == [n.op_type for n in lstsq.graph.node]
+
+
+def _graph(model: onnx.ModelProto) -> gs.Graph:
+    return gs.import_onnx(model)
+
+
+def _down(graph: gs.Graph) -> gs.Node:
+    return [n for n in graph.nodes if n.op == "MatMul"][-1]
+
+
+def test_the_activation_is_the_graphs_own_and_its_slope_is_right():
+    graph = _graph(mlp_model(5))
+    mlp, why = find_mlp(graph, _down(graph))
+    assert why is None and [n.op for n in mlp.nodes] == ["Div", "Erf", "Add", "Mul", "Mul"]
+    act = Activation(graph, mlp)
+    z = np.linspace(-4, 4, 64, dtype=np.float32).reshape(2, 32)
+    h, slope = act.with_slope(z)
+    erf = np.vectorize(math.erf)
+    np.testing.assert_allclose(h, 0.5 * z * (1 + erf(z / math.sqrt(2))), atol=1e-6)
+    exact = 0.5 * (1 + erf(z / math.sqrt(2))) + z * np.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+    np.testing.assert_allclose(slope, exact, atol=2e-3)
+
+
+def test_no_joint_fit_where_the_activation_is_read_elsewhere_or_reads_two_tensors():
+    b = GraphBuilder(6)
+    x = b.input(["batch", 8], name="x")
+    h = gelu(b, b.matmul(x, 16))
+    b.output(b.matmul(h, 8))
+    b.output(h)  # the hidden units are also a model output
+    graph = _graph(b.model())
+    assert find_mlp(graph, _down(graph)) == (None, f"{h} is also read outside the MLP")
+
+    b = GraphBuilder(7)  # SwiGLU: silu(gate(x)) * up(x)
+    x = b.input(["batch", 8], name="x")
+    gate = b.matmul(x, 16)
+    silu = b.node("Mul", [gate, b.act(gate, "Sigmoid")], ["batch", 16])
+    b.output(b.matmul(b.node("Mul", [silu, b.matmul(x, 16)], ["batch", 16]), 8))
+    graph = _graph(b.model())
+    assert find_mlp(graph, _down(graph)) == (None, "its activation reads more than one tensor")
+
+    b = GraphBuilder(8)  # Softmax is not element-wise: no activation the joint fit can use
+    x = b.input(["batch", 8], name="x")
+    b.output(b.matmul(b.node("Softmax", [b.matmul(x, 16)], ["batch", 16], axis=-1), 8))
+    graph = _graph(b.model())
+    assert find_mlp(graph, _down(graph)) == (None, "no activation between it and a linear layer")
+
+
+def test_layers_that_are_no_mlp_say_why_in_the_report():
+    b = GraphBuilder(9)  # SwiGLU, as LLaMA's MLP: not one up-projection
+    x = b.input(["batch", 8], name="x")
+    gate = b.matmul(x, 16)
+    silu = b.node("Mul", [gate, b.act(gate, "Sigmoid")], ["batch", 16])
+    b.output(b.matmul(b.node("Mul", [silu, b.matmul(x, 16)], ["batch", 16]), 8))
+    rng = np.random.default_rng(0)
+    calib = [{"x": rng.standard_normal((64, 8)).astype(np.float32)} for _ in range(4)]
+    result = prune(b.model(), ratio=0.5, calibration=calib, reconstruct="nonlinear")
+    (layer,) = result.report["reconstruction"]["layers"]
+    assert layer["joint"] == "its activation reads more than one tensor"
+    assert "joint" not in layer["choice"]
