@@ -159,7 +159,9 @@ def _joint_mlps(graph: gs.Graph, views: dict) -> dict[str, tuple]:
         if mlp is not None:
             vu = linear_view_for(mlp.up)(mlp.up)
             weights = const(mlp.up.inputs[1]), const(vp.node.inputs[1])
-            if any(w is None or w.dtype != np.float32 for w in weights):
+            if not (vu.rows_are_positions and vp.rows_are_positions):
+                why = "its rows are not positions (a conv's patches)"
+            elif any(w is None or w.dtype != np.float32 for w in weights):
                 why = "not float32 weights"
             else:
                 found[name] = (mlp, vu)

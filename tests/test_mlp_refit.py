@@ -126,3 +126,17 @@ def test_layers_that_are_no_mlp_say_why_in_the_report():
     (layer,) = result.report["reconstruction"]["layers"]
     assert layer["joint"] == "its activation reads more than one tensor"
     assert "joint" not in layer["choice"]
+
+
+def test_conv_layers_are_refit_alone():
+    """A 1x1 conv, ReLU and a 3x3 conv: the second's rows are patches, not positions of the first's
+    output, so no joint fit is tried (and nothing breaks)."""
+    b = GraphBuilder(10)
+    x = b.input(["batch", 4, 6, 6], name="x")
+    b.output(b.conv(b.act(b.conv(x, 16, k=1)), 4, k=3))
+    rng = np.random.default_rng(0)
+    calib = [{"x": rng.standard_normal((8, 4, 6, 6)).astype(np.float32)} for _ in range(4)]
+    result = prune(b.model(), ratio=0.5, calibration=calib, reconstruct="nonlinear")
+    (layer,) = result.report["reconstruction"]["layers"]
+    assert layer["joint"] == "its rows are not positions (a conv's patches)"
+    onnx.checker.check_model(result.model, full_check=True)

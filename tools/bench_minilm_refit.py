@@ -4,8 +4,8 @@ cosine on held-out sentences (the original's embedding as reference), one channe
 shared by every variant so that only the refit differs.
 
 A variant is ``+``-joined parts: ``lstsq`` (the default refit: the layers that lost inputs, the
-FFN down-projections, with the residual's drift in their target), ``bias`` or ``none`` (the other
-``--reconstruct`` modes), ``rSTRENGTH`` (a fixed ``--ridge``), and the unpruned layers to refit
+FFN down-projections, with the residual's drift in their target), ``bias``, ``nonlinear`` or
+``none`` (the other ``--reconstruct`` modes), ``rSTRENGTH`` (a fixed ``--ridge``), and the unpruned layers to refit
 as well, downstream of the first pruned one, toward the original's outputs: ``q``, ``k``, ``v``
 (attention projections), ``o`` (attention output projection, its target with the residual's
 drift too) and ``fc1`` (FFN up-projection, the original's kept outputs).

@@ -66,6 +66,10 @@ class LinearView:
 
     #: the axis of the weight constant that holds the layer's outputs
     out_axis = 0
+    #: each row is one position of the input, one input channel per column, and the output's
+    #: rows are the same positions in the same order (a matrix; not a conv's patches): a layer
+    #: feeding this one through an element-wise activation computes its rows position by position
+    rows_are_positions = False
 
     def set_weight(self, w: np.ndarray) -> None:
         #: a quantized weight's scales widened for the refit (the bias follows them), or None

@@ -222,6 +222,8 @@ class MatrixView(LinearView):
         add = self._bias_add()
         return None if add is None else (add, 1 if add.inputs[0] is self.node.outputs[0] else 0)
 
+    rows_are_positions = True
+
     def output_after_bias(self) -> gs.Variable:
         add = None if self.node.op == "Gemm" else self._bias_add()
         return (add or self.node).outputs[0]
