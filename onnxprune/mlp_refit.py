@@ -33,12 +33,14 @@ MAX_ROW_BYTES = 256 * 2**20
 
 @dataclass(frozen=True)
 class Mlp:
-    """An up-projection, the element-wise activation after it, and the down-projection it feeds."""
+    """Up-projections, the element-wise activation after them, and the down-projection it feeds:
+    one up-projection (GELU, ReLU, SiLU MLPs) or several reading the same input (SwiGLU:
+    ``silu(gate(x)) * up(x)``)."""
 
-    up: gs.Node
-    #: the activation's input (the up-projection's output after its bias) and output (the
-    #: down-projection's input)
-    pre: str
+    ups: tuple[gs.Node, ...]
+    #: the activation's inputs (each up-projection's output after its bias), in the same order
+    pres: tuple[str, ...]
+    #: the activation's output (the down-projection's input)
     hidden: str
     #: the activation's nodes, in graph order
     nodes: tuple[gs.Node, ...]
@@ -47,10 +49,10 @@ class Mlp:
 def find_mlp(graph: gs.Graph, down: gs.Node) -> tuple[Mlp | None, str | None]:
     """The MLP whose down-projection is ``down``, or why there is none that can be fitted jointly:
     the activation must be element-wise (its constants scalars), read nothing but the
-    up-projection's output, and feed nothing but ``down``."""
+    up-projections' outputs (all of one input), and feed nothing but ``down``."""
     hidden = down.inputs[0]
     path: dict[int, gs.Node] = {}
-    sources, stack, seen = [], [hidden], set()
+    sources, stack, seen = {}, [hidden], set()
     while stack:
         t = stack.pop()
         if t.name in seen:
@@ -61,22 +63,23 @@ def find_mlp(graph: gs.Graph, down: gs.Node) -> tuple[Mlp | None, str | None]:
             path[id(producer)] = producer
             stack.extend(i for i in producer.inputs if const(i) is None)
         else:
-            sources.append(t)
+            sources[t.name] = t
     if not path:
-        return None, "no activation between it and a linear layer"
-    if len(sources) != 1:
-        return None, "its activation reads more than one tensor"
-    pre = sources[0]
-    up = _up_projection(pre)
-    if up is None:
-        return None, "its activation's input is not a linear layer's output"
+        return None, "its input is not an element-wise activation (of a linear layer)"
+    ups = {name: _up_projection(t) for name, t in sources.items()}
+    if any(up is None for up in ups.values()):
+        return None, "its activation reads a tensor that is not a linear layer's output"
+    if len({up.inputs[0].name for up in ups.values()}) != 1:
+        return None, "its up-projections read different inputs"
     own = set(path) | {id(down)}
     outputs = {t.name for t in graph.outputs}
-    for t in [pre, *(o for n in path.values() for o in n.outputs)]:
+    for t in [*sources.values(), *(o for n in path.values() for o in n.outputs)]:
         if t.name in outputs or any(id(c) not in own for c in t.outputs):
             return None, f"{t.name} is also read outside the MLP"
+    order = {id(n): i for i, n in enumerate(graph.nodes)}
+    pres = tuple(sorted(ups, key=lambda name: order[id(ups[name])]))
     nodes = tuple(n for n in graph.nodes if id(n) in path)
-    return Mlp(up, pre.name, hidden.name, nodes), None
+    return Mlp(tuple(ups[p] for p in pres), pres, hidden.name, nodes), None
 
 
 def _pointwise(node: gs.Node) -> bool:
@@ -103,20 +106,25 @@ def _up_projection(pre: gs.Variable) -> gs.Node | None:
 
 
 class Activation:
-    """The graph's activation nodes as a function of an array, with its element-wise derivative."""
+    """The graph's activation nodes as a function of arrays (one per up-projection), with its
+    element-wise partial derivatives."""
 
     def __init__(self, graph: gs.Graph, mlp: Mlp, threads: int | None = None):
         self.mlp = mlp
-        self.session = subgraph_session(graph, list(mlp.nodes), [mlp.pre], [mlp.hidden], threads)
+        self.session = subgraph_session(graph, list(mlp.nodes), list(mlp.pres), [mlp.hidden], threads)
 
-    def __call__(self, z: np.ndarray) -> np.ndarray:
-        return capture(self.session, {self.mlp.pre: z})[self.mlp.hidden]
+    def __call__(self, zs: list[np.ndarray]) -> np.ndarray:
+        return capture(self.session, dict(zip(self.mlp.pres, zs)))[self.mlp.hidden]
 
-    def with_slope(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Values and slopes at ``z``; the slope by central differences (one run for the three)."""
-        step = (1e-2 * np.maximum(np.abs(z), 1.0)).astype(z.dtype)
-        h, up, down = np.split(self(np.concatenate([z, z + step, z - step])), 3)
-        return h, (up - down) / (2 * step)
+    def with_slopes(self, zs: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Values and slopes (one per input) at ``zs``, the slopes by central differences, in one
+        run: the values, then each input moved up and down by a step, the others kept."""
+        steps = [(1e-2 * np.maximum(np.abs(z), 1.0)).astype(z.dtype) for z in zs]
+        n = len(zs)
+        feeds = [np.concatenate([z] + [z + steps[j] if i == j else z for i in range(n)]
+                                + [z - steps[j] if i == j else z for i in range(n)]) for j, z in enumerate(zs)]
+        blocks = np.split(self(feeds), 1 + 2 * n)
+        return blocks[0], [(blocks[1 + i] - blocks[1 + n + i]) / (2 * steps[i]) for i in range(n)]
 
 
 @dataclass
@@ -146,13 +154,30 @@ class Rows:
 
 @dataclass(frozen=True)
 class Params:
-    w1: np.ndarray
-    b1: np.ndarray
+    """The MLP's parameters: each up-projection's weight and bias, the down-projection's."""
+
+    w1: tuple[np.ndarray, ...]
+    b1: tuple[np.ndarray, ...]
     w2: np.ndarray
     b2: np.ndarray
 
+    def hidden(self, x: np.ndarray, act: Activation) -> np.ndarray:
+        return act([x @ w + b for w, b in zip(self.w1, self.b1)])
+
     def forward(self, x: np.ndarray, act: Activation) -> np.ndarray:
-        return act(x @ self.w1 + self.b1) @ self.w2 + self.b2
+        return self.hidden(x, act) @ self.w2 + self.b2
+
+    def named(self) -> dict[str, np.ndarray]:
+        """Float32 copies by name (``w1.0``, ``b1.0``, ..., ``w2``, ``b2``): what Adam updates."""
+        arrays = {f"{k}.{i}": v for k in ("w1", "b1") for i, v in enumerate(getattr(self, k))}
+        arrays.update(w2=self.w2, b2=self.b2)
+        return {k: np.array(v, np.float32) for k, v in arrays.items()}
+
+    @classmethod
+    def of(cls, named: dict[str, np.ndarray]) -> "Params":
+        ups = range(sum(k.startswith("w1.") for k in named))
+        return cls(tuple(named[f"w1.{i}"].copy() for i in ups), tuple(named[f"b1.{i}"].copy() for i in ups),
+                   named["w2"].copy(), named["b2"].copy())
 
 
 def relative_error(params: Params, x: np.ndarray, t: np.ndarray, act: Activation,
@@ -216,14 +241,13 @@ def replay(start: Params, rows: tuple[np.ndarray, np.ndarray], act: Activation, 
 class _Adam:
     """Adam (mini-batches, float32) on the MLP's squared error over ``rows``."""
 
-    NAMES = ("w1", "b1", "w2", "b2")
-
     def __init__(self, start: Params, rows: tuple[np.ndarray, np.ndarray], act: Activation, seed: int):
         self.x, self.t = rows
         self.act = act
-        self.p = {k: getattr(start, k).astype(np.float32).copy() for k in self.NAMES}
-        self.scale = {k: float(np.sqrt(np.mean(np.square(self.p["w1" if k in ("w1", "b1") else "w2"])))) or 1.0
-                      for k in self.NAMES}
+        self.p = start.named()
+        # each tensor's step is relative to its layer's weights: the up-projections' or the down's
+        self.scale = {k: float(np.sqrt(np.mean(np.square(self.p["w2" if k in ("w2", "b2") else "w1." + k[3:]]))))
+                      or 1.0 for k in self.p}
         self.m = {k: np.zeros_like(v) for k, v in self.p.items()}
         self.v = {k: np.zeros_like(v) for k, v in self.p.items()}
         self.rng = np.random.default_rng(seed)
@@ -236,24 +260,28 @@ class _Adam:
             rows = order[i:i + BATCH_ROWS]
             grads = _gradients(self.p, self.x[rows], self.t[rows], self.act, self.norm / len(rows))
             self.step += 1
-            for k in self.NAMES:
-                self.m[k] = 0.9 * self.m[k] + 0.1 * grads[k]
-                self.v[k] = 0.999 * self.v[k] + 0.001 * grads[k] * grads[k]
+            for k, g in grads.items():
+                self.m[k] = 0.9 * self.m[k] + 0.1 * g
+                self.v[k] = 0.999 * self.v[k] + 0.001 * g * g
                 m_hat, v_hat = self.m[k] / (1 - 0.9 ** self.step), self.v[k] / (1 - 0.999 ** self.step)
                 self.p[k] -= (rate * self.scale[k]) * m_hat / (np.sqrt(v_hat) + 1e-12)
         self.rates = (*self.rates, rate)
 
     def params(self) -> Params:
-        return Params(*(self.p[k].copy() for k in self.NAMES))
+        return Params.of(self.p)
 
 
 def _gradients(p: dict, x: np.ndarray, t: np.ndarray, act: Activation, norm: float) -> dict:
     """The gradients of ``norm`` times the squared error of the MLP on one mini-batch."""
-    z = x @ p["w1"] + p["b1"]
-    h, slope = act.with_slope(z)
+    ups = range(sum(k.startswith("w1.") for k in p))
+    h, slopes = act.with_slopes([x @ p[f"w1.{i}"] + p[f"b1.{i}"] for i in ups])
     dy = (h @ p["w2"] + p["b2"] - t) * np.float32(2 * norm)
-    dz = (dy @ p["w2"].T) * slope
-    return {"w1": x.T @ dz, "b1": dz.sum(axis=0), "w2": h.T @ dy, "b2": dy.sum(axis=0)}
+    dh = dy @ p["w2"].T
+    grads = {"w2": h.T @ dy, "b2": dy.sum(axis=0)}
+    for i in ups:
+        dz = dh * slopes[i]
+        grads[f"w1.{i}"], grads[f"b1.{i}"] = x.T @ dz, dz.sum(axis=0)
+    return grads
 
 
 def refit_down(params: Params, rows: tuple[np.ndarray, np.ndarray], act: Activation, strength: float,
@@ -262,7 +290,7 @@ def refit_down(params: Params, rows: tuple[np.ndarray, np.ndarray], act: Activat
     the mean diagonal of the hidden units' Gram matrix; toward its current weights with ``prior``,
     toward zero otherwise): least squares on one fold, the joint fit's fair start there."""
     x, t = rows
-    h = act(x @ params.w1 + params.b1).astype(np.float64)
+    h = params.hidden(x, act).astype(np.float64)
     h = np.hstack([h, np.ones((h.shape[0], 1))])
     g, k = h.T @ h, h.shape[1] - 1
     shift = strength * (float(np.trace(g[:k, :k])) / max(k, 1) or 1.0)
@@ -274,18 +302,20 @@ def refit_down(params: Params, rows: tuple[np.ndarray, np.ndarray], act: Activat
     return Params(params.w1, params.b1, solution[:-1].astype(np.float32), solution[-1].astype(np.float32))
 
 
-def params_of(up: LinearView, down: LinearView) -> Params:
-    return Params(up.weight().astype(np.float32), np.asarray(up.bias(), np.float32),
+def params_of(ups: tuple[LinearView, ...], down: LinearView) -> Params:
+    return Params(tuple(u.weight().astype(np.float32) for u in ups), tuple(np.asarray(u.bias(), np.float32) for u in ups),
                   down.weight().astype(np.float32), np.asarray(down.bias(), np.float32))
 
 
-def store_params(params: Params, up: LinearView, down: LinearView, graph: gs.Graph) -> str | None:
-    """Write ``params`` into both layers; why not (a quantized weight's scales), before any change."""
-    why = up.refit_refused(params.w1) or down.refit_refused(params.w2)
+def store_params(params: Params, ups: tuple[LinearView, ...], down: LinearView, graph: gs.Graph) -> str | None:
+    """Write ``params`` into the layers; why not (a quantized weight's scales), before any change."""
+    why = next((w for w in (*(u.refit_refused(w1) for u, w1 in zip(ups, params.w1)), down.refit_refused(params.w2))
+                if w), None)
     if why:
         return why
-    up.set_weight(params.w1)
-    up.set_bias(params.b1, graph)
+    for up, w1, b1 in zip(ups, params.w1, params.b1):
+        up.set_weight(w1)
+        up.set_bias(b1, graph)
     down.set_weight(params.w2)
     down.set_bias(params.b2, graph)
     return None

@@ -125,7 +125,7 @@ def reconstruct(original: gs.Graph, pruned: gs.Graph, consumers: list[tuple], ca
         # the residual a layer's output is added to, where it is already final in the pruned model
         residual = {n: r for n in wave if (r := _residual(views[n][0])) and upstream.get(r, set()) <= done}
         wanted = [{views[n][side].node.inputs[0].name for n in wave} | set(residual.values()) for side in (0, 1)]
-        wanted[1] |= {joint[n][1].node.inputs[0].name for n in wave if n in joint}
+        wanted[1] |= {joint[n][0].ups[0].inputs[0].name for n in wave if n in joint}
         stores = {n: Rows.empty() for n in wave if n in joint}
         # each network runs only what the wave needs beyond the cut the previous wave kept
         reads = [net.start(sorted(names)) for net, names in zip(networks, wanted)]
@@ -151,25 +151,25 @@ def reconstruct(original: gs.Graph, pruned: gs.Graph, consumers: list[tuple], ca
 
 
 def _joint_mlps(graph: gs.Graph, views: dict) -> dict[str, tuple]:
-    """Per refit layer that is an MLP's down-projection: the MLP and its up-projection's view
+    """Per refit layer that is an MLP's down-projection: the MLP and its up-projections' views
     (``nonlinear``); the others say in their report why they are refit alone."""
     found = {}
     for name, (_, vp, report) in views.items():
         mlp, why = find_mlp(graph, vp.node)
         if mlp is not None:
-            vu = linear_view_for(mlp.up)(mlp.up)
-            weights = const(mlp.up.inputs[1]), const(vp.node.inputs[1])
-            if not (vu.rows_are_positions and vp.rows_are_positions):
+            ups = tuple(linear_view_for(up)(up) for up in mlp.ups)
+            weights = [const(n.inputs[1]) for n in (*mlp.ups, vp.node)]
+            if not all(v.rows_are_positions for v in (*ups, vp)):
                 why = "its rows are not positions (a conv's patches)"
             elif any(w is None or w.dtype != np.float32 for w in weights):
                 why = "not float32 weights"
             else:
-                found[name] = (mlp, vu)
+                found[name] = (mlp, ups)
         report.joint = why
     return found
 
 
-def _fit_jointly(mlp, vu: LinearView, vp: LinearView, sliced, rows: Rows, report: LayerReport, graph: gs.Graph,
+def _fit_jointly(mlp, ups: tuple[LinearView, ...], vp: LinearView, sliced, rows: Rows, report: LayerReport, graph: gs.Graph,
                  threads: int | None) -> bool:
     """Fit the MLP's two projections together; keep the result where it beats least squares on
     the held-out fold. As for the ridge strength, the choice is made on one fold (both started
@@ -187,12 +187,12 @@ def _fit_jointly(mlp, vu: LinearView, vp: LinearView, sliced, rows: Rows, report
         report.joint = f"not kept: held-out error {result.start_error:.4g}, joint {result.error:.4g}"
         return False
     rows_all = (np.concatenate([fit_rows[0], check_rows[0]]), np.concatenate([fit_rows[1], check_rows[1]]))
-    final = replay(params_of(vu, vp), rows_all, act, result.rates)
-    why = store_params(final, vu, vp, graph)
+    final = replay(params_of(ups, vp), rows_all, act, result.rates)
+    why = store_params(final, ups, vp, graph)
     if why:
         report.joint = f"not kept: {why}"
         return False
-    report.joint = (f"with {mlp.up.name}: {len(result.rates)} epochs, held-out error {result.start_error:.4g} "
+    report.joint = (f"with {', '.join(up.name for up in mlp.ups)}: {len(result.rates)} epochs, held-out error {result.start_error:.4g} "
                     f"-> {result.error:.4g}")
     report.choice = f"{report.choice} + joint"
     report.error_after = relative_error(final, *rows_all, act)
@@ -219,7 +219,7 @@ def _gather(networks: tuple[StagedCapture, StagedCapture], reads: list[bool], so
                 kept = (joint or {}).get(vo.node.name)
                 _accumulate(acc, vo.node.name, run, vo, vp, outs_o[vo.node.inputs[0].name],
                             outs_p[vp.node.inputs[0].name], None if r is None else (outs_o[r], outs_p[r]),
-                            rows_per_sample, kept and (*kept, outs_p[kept[1].node.inputs[0].name]))
+                            rows_per_sample, kept and (*kept, outs_p[kept[1][0].node.inputs[0].name]))
         seen.append(CalibrationBatch(run.chunk, run.samples, {}))
         del outs_o, outs_p
         bar.advance(run.samples)
@@ -286,8 +286,8 @@ def _accumulate(acc: dict, name: str, run, vo: LinearView, vp: LinearView, x_o: 
             if d.shape == drift.shape:
                 drift = d.astype(np.float32, copy=False)
     if joint is not None:
-        rows, vu, x_up = joint
-        x_rows = vu.rows(x_up, pick)
+        rows, ups, x_up = joint
+        x_rows = ups[0].rows(x_up, pick)
         if x_rows.shape[0] == rows_o.shape[0]:
             target = rows_o @ a.target_weight[0] + a.target_weight[1]
             rows.add(run.chunk % 2, x_rows, target if drift is None else target + drift)

@@ -23,12 +23,23 @@ def gelu(b: GraphBuilder, z: str) -> str:
     return b.node("Mul", [b.node("Mul", [z, one_plus], shape), b.const(np.float32(0.5))], shape)
 
 
+def swiglu(b: GraphBuilder, x: str, hidden: int) -> str:
+    """LLaMA's MLP activation: silu(gate(x)) * up(x), SiLU as x * sigmoid(x)."""
+    gate = b.matmul(x, hidden, bias=False)
+    shape = b.shapes[gate]
+    silu = b.node("Mul", [gate, b.act(gate, "Sigmoid")], shape)
+    return b.node("Mul", [silu, b.matmul(x, hidden, bias=False)], shape)
+
+
 def mlp_model(seed: int, act: str = "gelu", hidden: int = 32) -> onnx.ModelProto:
     """x + down(act(up(x))), tokens of 8 channels: a transformer's FFN sub-block."""
     b = GraphBuilder(seed)
     x = b.input(["batch", 3, 8], name="x")
-    z = b.matmul(x, hidden)
-    h = gelu(b, z) if act == "gelu" else b.act(z, act)
+    if act == "swiglu":
+        h = swiglu(b, x, hidden)
+    else:
+        z = b.matmul(x, hidden)
+        h = gelu(b, z) if act == "gelu" else b.act(z, act)
     b.output(b.node("Add", [x, b.matmul(h, 8)], ["batch", 3, 8]))
     return b.model()
 
@@ -44,7 +55,7 @@ def output_error(original: onnx.ModelProto, pruned: onnx.ModelProto, x: np.ndarr
     return float(np.linalg.norm(y1 - y0) / np.linalg.norm(y0))
 
 
-@pytest.mark.parametrize("act", ["gelu", "Relu", "Tanh"])
+@pytest.mark.parametrize("act", ["gelu", "Relu", "Tanh", "swiglu"])
 def test_the_joint_fit_lowers_the_held_out_error_below_least_squares(act):
     model = mlp_model(3, act)
     held_out = np.concatenate([d["x"] for d in data(99, 2)])
@@ -56,6 +67,7 @@ def test_the_joint_fit_lowers_the_held_out_error_below_least_squares(act):
         layers[mode] = result.report["reconstruction"]["layers"]
     (joint,) = layers["nonlinear"]
     assert joint["choice"].endswith("+ joint") and joint["joint"].startswith("with "), joint
+    assert joint["joint"].count("MatMul") == (2 if act == "swiglu" else 1), joint  # every up-projection
     assert errors["nonlinear"] < 0.95 * errors["lstsq"], errors
     assert layers["lstsq"][0]["joint"] is None  # lstsq does not try it
 
@@ -83,14 +95,29 @@ def test_the_activation_is_the_graphs_own_and_its_slope_is_right():
     assert why is None and [n.op for n in mlp.nodes] == ["Div", "Erf", "Add", "Mul", "Mul"]
     act = Activation(graph, mlp)
     z = np.linspace(-4, 4, 64, dtype=np.float32).reshape(2, 32)
-    h, slope = act.with_slope(z)
+    h, (slope,) = act.with_slopes([z])
     erf = np.vectorize(math.erf)
     np.testing.assert_allclose(h, 0.5 * z * (1 + erf(z / math.sqrt(2))), atol=1e-6)
     exact = 0.5 * (1 + erf(z / math.sqrt(2))) + z * np.exp(-z * z / 2) / math.sqrt(2 * math.pi)
     np.testing.assert_allclose(slope, exact, atol=2e-3)
 
 
-def test_no_joint_fit_where_the_activation_is_read_elsewhere_or_reads_two_tensors():
+def test_swiglus_slopes_are_its_partial_derivatives():
+    graph = _graph(mlp_model(5, "swiglu"))
+    mlp, why = find_mlp(graph, _down(graph))
+    assert why is None and len(mlp.ups) == 2 and mlp.ups[0].inputs[0] is mlp.ups[1].inputs[0]
+    gate_first = mlp.pres[0] == mlp.nodes[0].inputs[0].name  # the Sigmoid's input is the gate
+    g, u = np.linspace(-3, 3, 64, dtype=np.float32).reshape(2, 32), np.linspace(2, -1, 64, dtype=np.float32).reshape(2, 32)
+    zs = [g, u] if gate_first else [u, g]
+    h, slopes = Activation(graph, mlp).with_slopes(zs)
+    sig = 1 / (1 + np.exp(-g))
+    np.testing.assert_allclose(h, g * sig * u, rtol=1e-5, atol=1e-6)
+    d_gate, d_up = (sig * (1 + g * (1 - sig))) * u, g * sig
+    np.testing.assert_allclose(slopes[0 if gate_first else 1], d_gate, atol=2e-3)
+    np.testing.assert_allclose(slopes[1 if gate_first else 0], d_up, atol=2e-3)
+
+
+def test_no_joint_fit_where_the_activation_is_read_elsewhere_or_reads_other_tensors():
     b = GraphBuilder(6)
     x = b.input(["batch", 8], name="x")
     h = gelu(b, b.matmul(x, 16))
@@ -99,33 +126,36 @@ def test_no_joint_fit_where_the_activation_is_read_elsewhere_or_reads_two_tensor
     graph = _graph(b.model())
     assert find_mlp(graph, _down(graph)) == (None, f"{h} is also read outside the MLP")
 
-    b = GraphBuilder(7)  # SwiGLU: silu(gate(x)) * up(x)
-    x = b.input(["batch", 8], name="x")
-    gate = b.matmul(x, 16)
-    silu = b.node("Mul", [gate, b.act(gate, "Sigmoid")], ["batch", 16])
-    b.output(b.matmul(b.node("Mul", [silu, b.matmul(x, 16)], ["batch", 16]), 8))
+    b = GraphBuilder(7)  # a gate computed from another input than the up-projection's
+    x, y = b.input(["batch", 8], name="x"), b.input(["batch", 8], name="y")
+    b.output(b.matmul(b.node("Mul", [b.act(b.matmul(y, 16), "Sigmoid"), b.matmul(x, 16)], ["batch", 16]), 8))
     graph = _graph(b.model())
-    assert find_mlp(graph, _down(graph)) == (None, "its activation reads more than one tensor")
+    assert find_mlp(graph, _down(graph)) == (None, "its up-projections read different inputs")
+
+    b = GraphBuilder(7)  # gated by a tensor that no linear layer computes (a graph input)
+    x, y = b.input(["batch", 8], name="x"), b.input(["batch", 16], name="y")
+    b.output(b.matmul(b.node("Mul", [b.act(b.matmul(x, 16), "Relu"), y], ["batch", 16]), 8))
+    graph = _graph(b.model())
+    assert find_mlp(graph, _down(graph)) == (None, "its activation reads a tensor that is not a linear layer's output")
 
     b = GraphBuilder(8)  # Softmax is not element-wise: no activation the joint fit can use
     x = b.input(["batch", 8], name="x")
     b.output(b.matmul(b.node("Softmax", [b.matmul(x, 16)], ["batch", 16], axis=-1), 8))
     graph = _graph(b.model())
-    assert find_mlp(graph, _down(graph)) == (None, "no activation between it and a linear layer")
+    assert find_mlp(graph, _down(graph)) == (None, "its input is not an element-wise activation (of a linear layer)")
 
 
 def test_layers_that_are_no_mlp_say_why_in_the_report():
-    b = GraphBuilder(9)  # SwiGLU, as LLaMA's MLP: not one up-projection
+    b = GraphBuilder(9)  # the hidden units also feed a second branch
     x = b.input(["batch", 8], name="x")
-    gate = b.matmul(x, 16)
-    silu = b.node("Mul", [gate, b.act(gate, "Sigmoid")], ["batch", 16])
-    b.output(b.matmul(b.node("Mul", [silu, b.matmul(x, 16)], ["batch", 16]), 8))
+    h = b.act(b.matmul(x, 16), "Relu")
+    b.output(b.node("Add", [b.matmul(h, 8), b.matmul(h, 8)], ["batch", 8]))
     rng = np.random.default_rng(0)
     calib = [{"x": rng.standard_normal((64, 8)).astype(np.float32)} for _ in range(4)]
     result = prune(b.model(), ratio=0.5, calibration=calib, reconstruct="nonlinear")
-    (layer,) = result.report["reconstruction"]["layers"]
-    assert layer["joint"] == "its activation reads more than one tensor"
-    assert "joint" not in layer["choice"]
+    layers = result.report["reconstruction"]["layers"]
+    assert len(layers) == 2 and all(l["joint"] == f"{h} is also read outside the MLP" for l in layers), layers
+    assert not any("joint" in l["choice"] for l in layers)
 
 
 def test_conv_layers_are_refit_alone():
