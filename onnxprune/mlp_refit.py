@@ -114,7 +114,10 @@ class Activation:
         self.session = subgraph_session(graph, list(mlp.nodes), list(mlp.pres), [mlp.hidden], threads)
 
     def __call__(self, zs: list[np.ndarray]) -> np.ndarray:
-        return capture(self.session, dict(zip(self.mlp.pres, zs)))[self.mlp.hidden]
+        """The activation of rows ``zs``; shaped like them (a scalar constant of a higher rank in
+        the graph only adds leading dimensions of 1)."""
+        out = capture(self.session, dict(zip(self.mlp.pres, zs)))[self.mlp.hidden]
+        return out.reshape(zs[0].shape)
 
     def with_slopes(self, zs: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         """Values and slopes (one per input) at ``zs``, the slopes by central differences, in one
@@ -284,22 +287,33 @@ def _gradients(p: dict, x: np.ndarray, t: np.ndarray, act: Activation, norm: flo
     return grads
 
 
-def refit_down(params: Params, rows: tuple[np.ndarray, np.ndarray], act: Activation, strength: float,
-               prior: bool) -> Params:
-    """``params`` with the down-projection refit by ridge on ``rows`` at ``strength`` (relative to
-    the mean diagonal of the hidden units' Gram matrix; toward its current weights with ``prior``,
-    toward zero otherwise): least squares on one fold, the joint fit's fair start there."""
+def refit_down(params: Params, rows: tuple[np.ndarray, np.ndarray], act: Activation, choice: str | None,
+               block: int = 4096) -> Params:
+    """``params`` with the down-projection refit on ``rows`` as ``_solve`` chose for it (``"ridge
+    S"``: ridge at strength S relative to the mean diagonal of the hidden units' Gram matrix,
+    toward the current weights; ``"bias"``: the bias only; else as they are): that choice made on
+    one fold, the joint fit's fair start there. The Gram matrix is summed over blocks of rows."""
+    if choice != "bias" and not (choice or "").startswith("ridge "):
+        return params
     x, t = rows
-    h = params.hidden(x, act).astype(np.float64)
-    h = np.hstack([h, np.ones((h.shape[0], 1))])
-    g, k = h.T @ h, h.shape[1] - 1
-    shift = strength * (float(np.trace(g[:k, :k])) / max(k, 1) or 1.0)
+    k = params.w2.shape[0]
+    g, b = np.zeros((k + 1, k + 1)), np.zeros((k + 1, t.shape[1]))
+    for i in range(0, x.shape[0], block):
+        h = np.hstack([params.hidden(x[i:i + block], act), np.ones((min(block, x.shape[0] - i), 1), np.float32)])
+        g += h.T.astype(np.float64) @ h.astype(np.float64)
+        b += h.T.astype(np.float64) @ t[i:i + block].astype(np.float64)
+    if choice == "bias":
+        n = g[-1, -1]
+        return Params(params.w1, params.b1, params.w2, (b[-1] / n - (g[-1, :k] / n) @ params.w2).astype(np.float32))
+    shift = float(choice.split()[1]) * (float(np.trace(g[:k, :k])) / max(k, 1) or 1.0)
     g[np.arange(k), np.arange(k)] += shift
-    b = h.T @ t.astype(np.float64)
-    if prior:
-        b[:k] += shift * params.w2
-    solution = np.linalg.lstsq(g, b, rcond=None)[0] if not np.isfinite(g).all() else np.linalg.solve(g, b)
+    b[:k] += shift * params.w2
+    solution = np.linalg.solve(g, b) if np.isfinite(g).all() and np.isfinite(b).all() else np.full_like(b, np.nan)
     return Params(params.w1, params.b1, solution[:-1].astype(np.float32), solution[-1].astype(np.float32))
+
+
+def finite(params: Params) -> bool:
+    return all(np.isfinite(a).all() for a in (*params.w1, *params.b1, params.w2, params.b2))
 
 
 def params_of(ups: tuple[LinearView, ...], down: LinearView) -> Params:

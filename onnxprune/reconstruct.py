@@ -29,7 +29,8 @@ from .analysis.cache_io import cut_feeds
 from .analysis.state import const
 from .calibration.data import CalibrationBatch, runs_of, sample_total
 from .calibration.stats import PendingRows, cross_product
-from .mlp_refit import Activation, Rows, find_mlp, fit, params_of, refit_down, relative_error, replay, store_params
+from .mlp_refit import (Activation, Rows, finite, find_mlp, fit, params_of, refit_down, relative_error, replay,
+                        store_params)
 from .ops import linear_view_for
 from .ops.linear_view import MAX_ROWS_PER_SAMPLE, LinearView
 from .report.progress import Progress
@@ -179,29 +180,31 @@ def _fit_jointly(mlp, ups: tuple[LinearView, ...], vp: LinearView, sliced, rows:
     if fit_rows is None or check_rows is None:
         report.joint = "too few calibration samples for a held-out fold"
         return False
+    if not all(np.isfinite(a).all() for a in (*fit_rows, *check_rows)):
+        report.joint = "non-finite activations in its calibration rows"
+        return False
     act = Activation(graph, mlp, threads)
-    strength = _strength_of(report.choice)
-    start = sliced if strength is None else refit_down(sliced, fit_rows, act, strength, prior=True)
+    start = refit_down(sliced, fit_rows, act, report.choice)
     result = fit(start, fit_rows, check_rows, act)
     if not result.rates or not result.error < result.start_error * (1 - 1e-3):
         report.joint = f"not kept: held-out error {result.start_error:.4g}, joint {result.error:.4g}"
         return False
     rows_all = (np.concatenate([fit_rows[0], check_rows[0]]), np.concatenate([fit_rows[1], check_rows[1]]))
-    final = replay(params_of(ups, vp), rows_all, act, result.rates)
+    lstsq = params_of(ups, vp)
+    final = replay(lstsq, rows_all, act, result.rates)
+    error, before = relative_error(final, *rows_all, act), relative_error(lstsq, *rows_all, act)
+    if not (finite(final) and np.isfinite(error) and error <= before):
+        report.joint = "not kept: the joint fit on all rows is not finite or not better"
+        return False
     why = store_params(final, ups, vp, graph)
     if why:
         report.joint = f"not kept: {why}"
         return False
-    report.joint = (f"with {', '.join(up.name for up in mlp.ups)}: {len(result.rates)} epochs, held-out error {result.start_error:.4g} "
-                    f"-> {result.error:.4g}")
+    report.joint = (f"with {', '.join(up.name for up in mlp.ups)}: {len(result.rates)} epochs, held-out error "
+                    f"{result.start_error:.4g} -> {result.error:.4g}")
     report.choice = f"{report.choice} + joint"
-    report.error_after = relative_error(final, *rows_all, act)
+    report.error_held_out, report.error_after = result.error, error
     return True
-
-
-def _strength_of(choice: str | None) -> float | None:
-    """The ridge strength of a ``_solve`` choice ("ridge 0.01"), None for "current" and "bias"."""
-    return float(choice.split()[1]) if choice and choice.startswith("ridge ") else None
 
 
 def _gather(networks: tuple[StagedCapture, StagedCapture], reads: list[bool], source: Iterable[CalibrationBatch],

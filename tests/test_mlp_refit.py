@@ -170,3 +170,81 @@ def test_conv_layers_are_refit_alone():
     (layer,) = result.report["reconstruction"]["layers"]
     assert layer["joint"] == "its rows are not positions (a conv's patches)"
     onnx.checker.check_model(result.model, full_check=True)
+
+
+def stacked_model(seed: int) -> onnx.ModelProto:
+    """x -> L1 -> tanh -> L2 -> tanh -> L3: L2 is one MLP's down-projection and the next's up."""
+    b = GraphBuilder(seed)
+    x = b.input(["batch", 3, 8], name="x")
+    h1 = b.act(b.matmul(x, 32), "Tanh")
+    b.output(b.matmul(b.act(b.matmul(h1, 32), "Tanh"), 8))
+    return b.model()
+
+
+def test_later_waves_see_the_up_projections_the_joint_fit_changed(monkeypatch):
+    """Each joint fit changes a layer upstream of the pruned model's kept cut: later waves must
+    run from the calibration inputs again, as if nothing had been kept."""
+    import onnxprune.runtime.capture as capture
+
+    model = stacked_model(2)
+    kept = prune(model, ratio=0.5, calibration=data(1), reconstruct="nonlinear")
+    assert sum("+ joint" in l["choice"] for l in kept.report["reconstruction"]["layers"]) == 2
+    monkeypatch.setattr(capture, "MAX_CACHE_BYTES", 0)  # nothing kept between waves
+    uncached = prune(model, ratio=0.5, calibration=data(1), reconstruct="nonlinear")
+    assert kept.model.SerializeToString() == uncached.model.SerializeToString()
+
+
+def test_non_finite_rows_leave_the_least_squares_refit():
+    """exp(100) is infinite inside the model, yet tanh saturates it: the Gram matrices stay
+    finite, the joint fit's rows do not."""
+    b = GraphBuilder(3)
+    x = b.input(["batch", 3, 8], name="x")
+    h = b.act(b.matmul(b.node("Exp", [x], ["batch", 3, 8]), 32), "Tanh")
+    b.output(b.matmul(h, 8))
+    calib = data(1)
+    for batch in calib:
+        batch["x"][16, 0, 0] = 100.0
+    result = prune(b.model(), ratio=0.5, calibration=calib, reconstruct="nonlinear")
+    (layer,) = result.report["reconstruction"]["layers"]
+    assert layer["joint"] == "non-finite activations in its calibration rows"
+    for init in result.model.graph.initializer:
+        assert np.isfinite(onnx.numpy_helper.to_array(init)).all(), init.name
+
+
+def test_a_scalar_constant_of_higher_rank_in_the_activation():
+    b = GraphBuilder(3)
+    x = b.input(["batch", 3, 8], name="x")
+    scaled = b.node("Mul", [b.matmul(x, 32), b.const(np.full((1, 1, 1), 1.5, np.float32))], ["batch", 3, 32])
+    b.output(b.node("Add", [x, b.matmul(b.act(scaled, "Relu"), 8)], ["batch", 3, 8]))
+    model = b.model()
+    held_out = data(99, 1)[0]["x"]
+    errors = {mode: output_error(model, prune(model, ratio=0.5, calibration=data(1), reconstruct=mode).model, held_out)
+              for mode in ("lstsq", "nonlinear")}
+    assert errors["nonlinear"] < errors["lstsq"], errors
+
+
+@pytest.mark.parametrize("seed", [2, 3, 5])
+def test_the_joint_fit_is_judged_against_what_least_squares_chose(seed):
+    """A large up-bias makes the removed units carry a large mean, and with so few rows the
+    refit keeps only a new bias: the joint fit starts from that choice (not the sliced weights),
+    and what is kept is no worse than it on held-out rows."""
+    b = GraphBuilder(seed)
+    x = b.input(["batch", 3, 8], name="x")
+    b.output(b.matmul(b.act(b.matmul(x, 128), "Relu"), 8))
+    model = b.model()
+    for init in model.graph.initializer:
+        if tuple(init.dims) == (128,):
+            values = np.abs(onnx.numpy_helper.to_array(init)) + 3
+            init.CopyFrom(onnx.numpy_helper.from_array(values.astype(np.float32), init.name))
+    rng = np.random.default_rng(seed + 10)
+    calib = [{"x": rng.standard_normal((16, 3, 8)).astype(np.float32)} for _ in range(2)]
+    (layer,) = prune(model, ratio=0.5, calibration=calib, reconstruct="nonlinear", ridge=1e-8
+                     ).report["reconstruction"]["layers"]
+    (alone,) = prune(model, ratio=0.5, calibration=calib, reconstruct="lstsq", ridge=1e-8
+                     ).report["reconstruction"]["layers"]
+    if "+ joint" in layer["choice"]:
+        start = float(layer["joint"].split("held-out error ")[1].split(" ->")[0])
+        assert start <= 1.01 * alone["error_held_out"], (layer, alone)
+        assert layer["error_held_out"] < start
+    else:
+        assert layer["joint"].startswith("not kept"), layer
