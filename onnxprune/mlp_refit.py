@@ -27,7 +27,8 @@ from .ops.elementwise import BROADCASTING, UNARY
 from .ops.linear_view import LinearView
 from .runtime.capture import capture, subgraph_session
 
-#: rows (inputs and targets) held per MLP for the joint fit: 256 MB; rows past it are not used
+#: rows (inputs and targets) held for the joint fits of one reconstruction wave, all its MLPs together:
+#: 256 MB; rows past it are not used
 MAX_ROW_BYTES = 256 * 2**20
 
 
@@ -132,22 +133,27 @@ class Activation:
 
 @dataclass
 class Rows:
-    """The rows of one MLP for the joint fit, in two folds: its input, and the target output."""
+    """The rows of one MLP for the joint fit, in two folds: its input, and the target output.
+    Rows past ``limit`` bytes are not kept (the first batches' are)."""
 
     inputs: tuple[list, list]
     targets: tuple[list, list]
+    limit: int = MAX_ROW_BYTES
     bytes: int = 0
+    dropped: int = 0  # rows not kept
 
     @classmethod
-    def empty(cls) -> "Rows":
-        return cls(([], []), ([], []))
+    def empty(cls, limit: int = MAX_ROW_BYTES) -> "Rows":
+        return cls(([], []), ([], []), limit)
 
     def add(self, fold: int, x: np.ndarray, target: np.ndarray) -> None:
         size = x.nbytes + target.nbytes
-        if self.bytes + size <= MAX_ROW_BYTES:
+        if self.bytes + size <= self.limit:
             self.inputs[fold].append(x.astype(np.float32, copy=False))
             self.targets[fold].append(target.astype(np.float32, copy=False))
             self.bytes += size
+        else:
+            self.dropped += x.shape[0]
 
     def fold(self, i: int) -> tuple[np.ndarray, np.ndarray] | None:
         if not self.inputs[i]:

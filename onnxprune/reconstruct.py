@@ -29,7 +29,7 @@ from .analysis.cache_io import cut_feeds
 from .analysis.state import const
 from .calibration.data import CalibrationBatch, runs_of, sample_total
 from .calibration.stats import PendingRows, cross_product
-from .mlp_refit import (Activation, Rows, finite, find_mlp, fit, params_of, refit_down, relative_error, replay,
+from .mlp_refit import (MAX_ROW_BYTES, Activation, Rows, finite, find_mlp, fit, params_of, refit_down, relative_error, replay,
                         store_params)
 from .ops import linear_view_for
 from .ops.linear_view import MAX_ROWS_PER_SAMPLE, LinearView
@@ -127,7 +127,8 @@ def reconstruct(original: gs.Graph, pruned: gs.Graph, consumers: list[tuple], ca
         residual = {n: r for n in wave if (r := _residual(views[n][0])) and upstream.get(r, set()) <= done}
         wanted = [{views[n][side].node.inputs[0].name for n in wave} | set(residual.values()) for side in (0, 1)]
         wanted[1] |= {joint[n][0].ups[0].inputs[0].name for n in wave if n in joint}
-        stores = {n: Rows.empty() for n in wave if n in joint}
+        # the joint fit's rows: MAX_ROW_BYTES for the whole wave (many experts side by side share it)
+        stores = {n: Rows.empty(MAX_ROW_BYTES // max(sum(n in joint for n in wave), 1)) for n in wave if n in joint}
         # each network runs only what the wave needs beyond the cut the previous wave kept
         reads = [net.start(sorted(names)) for net, names in zip(networks, wanted)]
         source = runs_of(calibration) if any(reads) or not runs else iter(runs)
@@ -178,7 +179,8 @@ def _fit_jointly(mlp, ups: tuple[LinearView, ...], vp: LinearView, sliced, rows:
     on all rows from the least-squares refit of all. True where the layers changed."""
     fit_rows, check_rows = rows.fold(0), rows.fold(1)
     if fit_rows is None or check_rows is None:
-        report.joint = "too few calibration samples for a held-out fold"
+        report.joint = (f"one batch of its rows is over the {rows.limit / 2**20:.3g} MB the joint fit may hold" if rows.dropped
+                        else "too few calibration samples for a held-out fold")
         return False
     if not all(np.isfinite(a).all() for a in (*fit_rows, *check_rows)):
         report.joint = "non-finite activations in its calibration rows"

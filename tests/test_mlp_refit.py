@@ -248,3 +248,12 @@ def test_the_joint_fit_is_judged_against_what_least_squares_chose(seed):
         assert layer["error_held_out"] < start
     else:
         assert layer["joint"].startswith("not kept"), layer
+
+
+def test_rows_over_the_memory_cap_are_named(monkeypatch):
+    import onnxprune.reconstruct as rec
+
+    monkeypatch.setattr(rec, "MAX_ROW_BYTES", 1024)
+    result = prune(mlp_model(3), ratio=0.5, calibration=data(1), reconstruct="nonlinear")
+    (layer,) = result.report["reconstruction"]["layers"]
+    assert layer["joint"] == "one batch of its rows is over the 0.000977 MB the joint fit may hold", layer
