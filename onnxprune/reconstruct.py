@@ -149,6 +149,9 @@ def reconstruct(original: gs.Graph, pruned: gs.Graph, consumers: list[tuple], ca
             if name in stores and report.skipped is None and _fit_jointly(*joint[name], vp, sliced, stores.pop(name),
                                                                         report, pruned, threads):
                 networks[1].reset()  # the up-projection changed: the pruned model's kept cut is stale
+                for up in joint[name][0].ups:  # an up-projection refit in an earlier wave says so
+                    if up.name in views and up.name != name:
+                        views[up.name][2].joint = f"{views[up.name][2].joint or ''}; changed again with {name}".lstrip("; ")
     return reports
 
 
