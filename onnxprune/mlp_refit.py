@@ -2,8 +2,8 @@
 
 Least squares refits a down-projection alone, on the hidden units the pruning kept: what those
 units cannot express stays as error (MiniLM's FFNs at half their units keep a relative output
-error of 4 to 7% after the refit). Here the up-projection's kept units (weights and bias) and the
-down-projection are fitted together through the activation between them, by gradient descent
+error of 4 to 7% after the refit). Here the up-projection's kept units (weights and bias; both of
+a SwiGLU's up-projections) and the down-projection are fitted together through the activation between them, by gradient descent
 (Adam, mini-batches) on the rows reconstruction already gathers: the pruned model's input to the
 MLP and the original's output plus the drift of the residual it is added to. That is training,
 but of one MLP at a time on its own inputs and outputs, so it needs no labels, no loss of the
@@ -223,7 +223,7 @@ def fit(start: Params, fit_rows: tuple[np.ndarray, np.ndarray], check_rows: tupl
     best = start_error = relative_error(start, *check_rows, act)
     best_params, rates, rate, halvings = start, (), LEARNING_RATE, 0
     trainer = _Adam(start, fit_rows, act, seed)
-    for epoch in range(1, MAX_EPOCHS + 1):
+    for _ in range(MAX_EPOCHS):
         trainer.epoch(rate)
         candidate = trainer.params()
         error = relative_error(candidate, *check_rows, act)
