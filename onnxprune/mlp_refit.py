@@ -293,14 +293,11 @@ def _gradients(p: dict, x: np.ndarray, t: np.ndarray, act: Activation, norm: flo
     return grads
 
 
-def refit_down(params: Params, rows: tuple[np.ndarray, np.ndarray], act: Activation, choice: str | None,
-               block: int = 4096) -> Params:
-    """``params`` with the down-projection refit on ``rows`` as ``_solve`` chose for it (``"ridge
-    S"``: ridge at strength S relative to the mean diagonal of the hidden units' Gram matrix,
-    toward the current weights; ``"bias"``: the bias only; else as they are): that choice made on
-    one fold, the joint fit's fair start there. The Gram matrix is summed over blocks of rows."""
-    if choice != "bias" and not (choice or "").startswith("ridge "):
-        return params
+def hidden_products(params: Params, rows: tuple[np.ndarray, np.ndarray], act: Activation,
+                    block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """``[H,1]ᵀ[H,1]`` and ``[H,1]ᵀT`` over ``rows`` (float64 sums over blocks of rows), ``H`` the
+    hidden units at ``params``' up-projections: the down-projection's least-squares statistics,
+    from which the refit solves it as it does any layer."""
     x, t = rows
     k = params.w2.shape[0]
     g, b = np.zeros((k + 1, k + 1)), np.zeros((k + 1, t.shape[1]))
@@ -308,14 +305,7 @@ def refit_down(params: Params, rows: tuple[np.ndarray, np.ndarray], act: Activat
         h = np.hstack([params.hidden(x[i:i + block], act), np.ones((min(block, x.shape[0] - i), 1), np.float32)])
         g += h.T.astype(np.float64) @ h.astype(np.float64)
         b += h.T.astype(np.float64) @ t[i:i + block].astype(np.float64)
-    if choice == "bias":
-        n = g[-1, -1]
-        return Params(params.w1, params.b1, params.w2, (b[-1] / n - (g[-1, :k] / n) @ params.w2).astype(np.float32))
-    shift = float(choice.split()[1]) * (float(np.trace(g[:k, :k])) / max(k, 1) or 1.0)
-    g[np.arange(k), np.arange(k)] += shift
-    b[:k] += shift * params.w2
-    solution = np.linalg.solve(g, b) if np.isfinite(g).all() and np.isfinite(b).all() else np.full_like(b, np.nan)
-    return Params(params.w1, params.b1, solution[:-1].astype(np.float32), solution[-1].astype(np.float32))
+    return g, b
 
 
 def finite(params: Params) -> bool:

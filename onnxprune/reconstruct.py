@@ -19,7 +19,7 @@ waves together cost about one forward pass of each network.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 import numpy as np
@@ -29,8 +29,8 @@ from .analysis.cache_io import cut_feeds
 from .analysis.state import const
 from .calibration.data import CalibrationBatch, runs_of, sample_total
 from .calibration.stats import PendingRows, cross_product
-from .mlp_refit import (MAX_ROW_BYTES, Activation, Rows, finite, find_mlp, fit, params_of, refit_down, relative_error, replay,
-                        store_params)
+from .mlp_refit import (MAX_ROW_BYTES, Activation, Params, Rows, finite, find_mlp, fit, hidden_products, params_of,
+                        relative_error, replay, store_params)
 from .ops import linear_view_for
 from .ops.linear_view import MAX_ROWS_PER_SAMPLE, LinearView
 from .report.progress import Progress
@@ -144,8 +144,7 @@ def reconstruct(original: gs.Graph, pruned: gs.Graph, consumers: list[tuple], ca
             vo, vp, report = views[name]
             # each layer's matrices are dropped once solved
             sliced = params_of(joint[name][1], vp) if name in stores else None
-            chosen = _solve(acc.pop(name), vp, report, pruned, mode, ridge, strength)
-            strength = chosen or strength
+            strength = _solve(acc.pop(name), vp, report, pruned, mode, ridge, strength) or strength
             if name in stores and report.skipped is None and _fit_jointly(*joint[name], vp, sliced, stores.pop(name),
                                                                         report, pruned, threads):
                 networks[1].reset()  # the up-projection changed: the pruned model's kept cut is stale
@@ -177,9 +176,9 @@ def _joint_mlps(graph: gs.Graph, views: dict) -> dict[str, tuple]:
 def _fit_jointly(mlp, ups: tuple[LinearView, ...], vp: LinearView, sliced, rows: Rows, report: LayerReport, graph: gs.Graph,
                  threads: int | None) -> bool:
     """Fit the MLP's two projections together; keep the result where it beats least squares on
-    the held-out fold. As for the ridge strength, the choice is made on one fold (both started
-    from the sliced weights refit there, as ``_solve`` chose) and the chosen epochs are then run
-    on all rows from the least-squares refit of all. True where the layers changed."""
+    the held-out fold. As for the ridge strength, the choice is made on one fold (from the
+    sliced weights refit there as ``_solve`` chose, against that refit) and the chosen epochs are
+    then run on all rows from the refit of all. True where the layers changed."""
     fit_rows, check_rows = rows.fold(0), rows.fold(1)
     if fit_rows is None or check_rows is None:
         report.joint = (f"one batch of its rows is over the {rows.limit / 2**20:.3g} MB the joint fit may hold" if rows.dropped
@@ -189,7 +188,7 @@ def _fit_jointly(mlp, ups: tuple[LinearView, ...], vp: LinearView, sliced, rows:
         report.joint = "non-finite activations in its calibration rows"
         return False
     act = Activation(graph, mlp, threads)
-    start = refit_down(sliced, fit_rows, act, report.choice)
+    start = _refit_down(sliced, fit_rows, act, report.choice)
     result = fit(start, fit_rows, check_rows, act)
     if not result.rates or not result.error < result.start_error * (1 - 1e-3):
         report.joint = f"not kept: held-out error {result.start_error:.4g}, joint {result.error:.4g}"
@@ -210,6 +209,20 @@ def _fit_jointly(mlp, ups: tuple[LinearView, ...], vp: LinearView, sliced, rows:
     report.choice = f"{report.choice} + joint"
     report.error_held_out, report.error_after = result.error, error
     return True
+
+
+def _refit_down(params: Params, rows: tuple[np.ndarray, np.ndarray], act: Activation, choice: str | None) -> Params:
+    """``params`` with the down-projection refit on ``rows`` as ``_solve`` chose for it ("ridge S":
+    :func:`_ridge` toward the current weights, as nonlinear does; "bias": :func:`_bias_only`; else
+    as they are): that choice made on one fold, the joint fit's fair start there."""
+    if choice != "bias" and not (choice or "").startswith("ridge "):
+        return params
+    g, b = hidden_products(params, rows, act)
+    a = _Accumulator(g, b, b[-1].copy(), n=int(round(g[-1, -1])))  # the ones column: counts and sums
+    w = params.w2.astype(np.float64)
+    solution = _bias_only(a, w) if choice == "bias" else \
+        _ridge(a, float(choice.split()[1]), np.vstack([w, params.b2[None, :].astype(np.float64)]))
+    return replace(params, w2=solution[:-1].astype(np.float32), b2=solution[-1].astype(np.float32))
 
 
 def _gather(networks: tuple[StagedCapture, StagedCapture], reads: list[bool], source: Iterable[CalibrationBatch],
